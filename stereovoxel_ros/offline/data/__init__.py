@@ -1,0 +1,1 @@
+"""Stereo datasets: the on-disk format, synthetic worlds, bag extraction and public folder readers."""

@@ -1,0 +1,1 @@
+"""rosbag2 reading and writing with rosbags (pure Python; never imports rclpy)."""

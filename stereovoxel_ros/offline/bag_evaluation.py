@@ -1,0 +1,431 @@
+"""Score occupancy on stereo bags against their depth ground truth (IoU, Chamfer, latency, drops) and report it.
+
+Shared by the live replay (``stereovoxel_ros.ros.replay``, predictions recorded from the running node) and
+the offline mode here (predictors called directly on the bag's stereo pairs, no ROS graph, faster than
+real time, many bags in one go).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic, write_text_atomic
+from stereovoxel_ros.bags.bag_reader import BagError, BagReader
+from stereovoxel_ros.grid_spec import VoxelGridSpec
+from stereovoxel_ros.messages.image import image_to_numpy
+from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.metrics import voxel_chamfer, voxel_iou
+from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
+from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
+from stereovoxel_ros.voxel_grid import depth_to_voxels
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+
+
+class BagEvaluationError(RuntimeError):
+    """A bag lacks what an evaluation needs (stereo topics, ground-truth depth), or a run produced nothing."""
+
+
+@dataclass(frozen=True)
+class StereoBagTopics:
+    """The topics of one stereo camera in a bag (ZED / Jackal layout: ``.../left/image_rect`` etc.)."""
+
+    left_image: str
+    right_image: str
+    left_info: str
+    right_info: str
+    depth: str | None  # ground-truth depth, 32FC1 [m], aligned with the left image
+
+    @classmethod
+    def find(cls, topics: dict[str, str], bag: str | os.PathLike = "bag") -> StereoBagTopics:
+        """Pick the stereo topics out of ``{topic: msgtype}``; BagEvaluationError lists what is missing."""
+
+        def one(suffixes: Sequence[str], msgtype: str, required: bool = True) -> str | None:
+            hits = sorted(t for t, m in topics.items() if m == msgtype and t.endswith(tuple(suffixes)))
+            if len(hits) > 1:
+                raise BagEvaluationError(f"{bag}: several {msgtype} topics end with {suffixes}: {hits}")
+            if not hits and required:
+                raise BagEvaluationError(
+                    f"{bag}: no {msgtype} topic ending with {' or '.join(suffixes)} (topics: {sorted(topics)})"
+                )
+            return hits[0] if hits else None
+
+        return cls(
+            left_image=one(("left/image_rect", "left/image_rect_color", "left/image"), IMAGE_TYPE),  # type: ignore[arg-type]
+            right_image=one(("right/image_rect", "right/image_rect_color", "right/image"), IMAGE_TYPE),  # type: ignore[arg-type]
+            left_info=one(("left/camera_info",), INFO_TYPE),  # type: ignore[arg-type]
+            right_info=one(("right/camera_info",), INFO_TYPE),  # type: ignore[arg-type]
+            depth=one(
+                ("depth/image", "depth/image_rect", "depth/depth_registered"), IMAGE_TYPE, required=False
+            ),
+        )
+
+
+@dataclass
+class FrameScore:
+    """One ground-truth frame: how the occupancy for it scored, or that none came (dropped)."""
+
+    stamp_ns: int  # left image stamp [ns]
+    gt_voxels: int
+    predicted_voxels: int | None = None  # None: no occupancy published for this frame (dropped)
+    iou: float = math.nan
+    chamfer_m: float = math.nan  # Chamfer distance between occupied voxel centres [m] (metrics.voxel_chamfer)
+    latency_ms: float = math.nan  # image available -> occupancy out [ms]
+    grid_iou: float = math.nan  # 2D obstacle grid IoU (live replay only)
+
+    @property
+    def dropped(self) -> bool:
+        return self.predicted_voxels is None
+
+
+@dataclass
+class RunResult:
+    """All frames of one backend on one bag, and the run's timing."""
+
+    label: str  # e.g. "stereovoxelnet" or "sgbm"
+    mode: str  # "replay" (live graph) or "offline"
+    bag: str
+    frames: list[FrameScore]
+    wall_s: float  # how long the run took [s]
+    bag_duration_s: float  # span of the bag's image stamps [s]
+    pairs_in_bag: int
+    diagnostics: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics values
+    example: tuple[np.ndarray, np.ndarray] | None = None  # (predicted, ground truth) voxels of one frame
+
+    def summary(self) -> dict[str, Any]:
+        """The table row: frames, drops, rate, IoU, Chamfer, latency median/p99."""
+        scored = [f for f in self.frames if not f.dropped]
+        latency = np.array([f.latency_ms for f in scored if math.isfinite(f.latency_ms)])
+        chamfer = np.array([f.chamfer_m for f in scored if math.isfinite(f.chamfer_m)])
+        grid_iou = np.array([f.grid_iou for f in scored if math.isfinite(f.grid_iou)])
+        return {
+            "backend": self.label,
+            "mode": self.mode,
+            "bag": Path(self.bag).name,
+            "frames": len(self.frames),
+            "processed": len(scored),
+            "dropped": len(self.frames) - len(scored),
+            "rate_hz": len(scored) / self.wall_s if self.wall_s > 0 else math.nan,
+            "input_rate_hz": (self.pairs_in_bag - 1) / self.bag_duration_s
+            if self.bag_duration_s > 0
+            else math.nan,
+            "real_time_factor": self.bag_duration_s / self.wall_s if self.wall_s > 0 else math.nan,
+            "iou_mean": float(np.mean([f.iou for f in scored])) if scored else math.nan,
+            "chamfer_m_mean": float(chamfer.mean()) if chamfer.size else math.nan,
+            "grid_iou_mean": float(grid_iou.mean()) if grid_iou.size else math.nan,
+            "latency_ms_p50": float(np.percentile(latency, 50)) if latency.size else math.nan,
+            "latency_ms_p99": float(np.percentile(latency, 99)) if latency.size else math.nan,
+        }
+
+
+def score_occupancy(predicted: np.ndarray, truth: np.ndarray, grid: VoxelGridSpec) -> tuple[float, float]:
+    """(IoU, Chamfer distance [m]) of a predicted and a ground-truth (nx, ny, nz) occupancy."""
+    return float(voxel_iou(predicted, truth)), float(voxel_chamfer(predicted, truth, grid))
+
+
+def ground_truth_voxels(
+    bag: str | os.PathLike, grid: VoxelGridSpec, topics: StereoBagTopics | None = None
+) -> dict[int, np.ndarray]:
+    """Left-image stamp [ns] -> ground-truth occupancy from the bag's depth images (left optical frame)."""
+    with BagReader(bag) as reader:
+        topics = topics or StereoBagTopics.find(reader.topics, bag)
+        if topics.depth is None:
+            raise BagEvaluationError(
+                f"{bag}: no ground-truth depth image topic (…/depth/image) to score against"
+            )
+        infos = StereoInfoCache()
+        sides = {topics.left_info: "left", topics.right_info: "right"}
+        truth: dict[int, np.ndarray] = {}
+        for topic, _, msg in reader.messages((*sides, topics.depth)):
+            if topic in sides:
+                infos.update(sides[topic], msg)
+                continue
+            try:
+                camera = infos.model()
+                if camera is None:
+                    continue  # no camera yet: cannot place the depth in space
+                depth = image_to_numpy(msg).astype(np.float32)
+                if depth.ndim == 3:
+                    depth = depth[:, :, 0]
+                if msg.encoding.upper() == "16UC1":  # millimetres by the ROS depth convention
+                    depth = depth / 1000.0
+                truth[header_stamp_ns(msg)] = depth_to_voxels(depth, camera, grid)
+            except (StereoCameraError, ValueError) as err:
+                raise BagEvaluationError(f"{bag}: ground-truth depth on {topic}: {err}") from err
+    if not truth:
+        raise BagEvaluationError(f"{bag}: no ground-truth depth frame with camera infos before it")
+    return truth
+
+
+def stereo_pairs(
+    bag: str | os.PathLike, topics: StereoBagTopics | None = None, slop_s: float = 0.005
+) -> Iterator[tuple[Any, Any, StereoCameraModel | None]]:
+    """(left image, right image, camera) in bag order, paired as the node pairs them.
+
+    The camera comes from the latest camera infos; None before both arrived or when they are invalid.
+    """
+    with BagReader(bag) as reader:
+        topics = topics or StereoBagTopics.find(reader.topics, bag)
+        sync: StereoPairSynchronizer[Any] = StereoPairSynchronizer(slop_ns=round(slop_s * 1e9))
+        infos = StereoInfoCache()
+        sides = {topics.left_image: "left", topics.right_image: "right"}
+        info_sides = {topics.left_info: "left", topics.right_info: "right"}
+        for topic, _, msg in reader.messages((*sides, *info_sides)):
+            if topic in info_sides:
+                infos.update(info_sides[topic], msg)
+                continue
+            pair = sync.add(sides[topic], header_stamp_ns(msg), msg)
+            if pair is not None:
+                try:
+                    camera = infos.model()
+                except StereoCameraError:
+                    camera = None
+                yield pair.left, pair.right, camera
+
+
+def image_stamp_span_s(stamps: Iterable[int]) -> float:
+    """Seconds between the first and last stamp [ns]."""
+    stamps = list(stamps)
+    return (max(stamps) - min(stamps)) / 1e9 if len(stamps) > 1 else 0.0
+
+
+def evaluate_bag_offline(
+    bag: str | os.PathLike,
+    backend: str,
+    checkpoint: str | None = None,
+    grid: VoxelGridSpec | None = None,
+    predictor: Any = None,
+    progress: bool = True,
+) -> RunResult:
+    """Run ``backend`` on every stereo pair of ``bag`` (no ROS graph) and score it against the depth ground truth.
+
+    ``latency_ms`` here is the conversion + inference time of each frame [ms].
+    """
+    from tqdm import tqdm
+
+    from stereovoxel_ros.occupancy_predictor import make_predictor
+
+    if predictor is None:
+        from stereovoxel_ros.grid_spec import DEFAULT_GRID
+
+        predictor = make_predictor(backend, checkpoint, grid or DEFAULT_GRID)
+    grid = predictor.grid
+    with BagReader(bag) as reader:
+        topics = StereoBagTopics.find(reader.topics, bag)
+        total = reader.topic_counts.get(topics.left_image, 0)
+    truth = ground_truth_voxels(bag, grid, topics)
+    frames: dict[int, FrameScore] = {s: FrameScore(s, int(v.sum())) for s, v in truth.items()}
+    example_stamp, example = sorted(truth)[len(truth) // 2], None
+    start = time.perf_counter()
+    pairs = 0
+    for left, right, camera in tqdm(
+        stereo_pairs(bag, topics), total=total, desc=f"{Path(bag).name} {backend}", disable=not progress
+    ):
+        pairs += 1
+        t0 = time.perf_counter()
+        try:
+            frame = stereo_frame_from_messages(left, right, camera)
+        except StereoFrameError:
+            continue  # counted as a dropped frame below when it has ground truth
+        occupied = np.asarray(predictor.predict(frame.left, frame.right, frame.camera).occupied, bool)
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        score = frames.get(frame.stamp_ns)
+        if score is None:
+            continue
+        score.predicted_voxels = int(occupied.sum())
+        score.iou, score.chamfer_m = score_occupancy(occupied, truth[frame.stamp_ns], grid)
+        score.latency_ms = latency_ms
+        if frame.stamp_ns == example_stamp:
+            example = (occupied, truth[frame.stamp_ns])
+    wall = time.perf_counter() - start
+    if pairs == 0:
+        raise BagEvaluationError(f"{bag}: no stereo pairs on {topics.left_image} / {topics.right_image}")
+    return RunResult(
+        label=backend,
+        mode="offline",
+        bag=str(bag),
+        frames=[frames[s] for s in sorted(frames)],
+        wall_s=wall,
+        bag_duration_s=image_stamp_span_s(truth),
+        pairs_in_bag=pairs,
+        example=example,
+    )
+
+
+# ---- reporting ---------------------------------------------------------------------------------------------
+
+_COLUMNS = (
+    ("backend", "backend", "{}"),
+    ("mode", "mode", "{}"),
+    ("bag", "bag", "{}"),
+    ("frames", "frames", "{}"),
+    ("processed", "processed", "{}"),
+    ("dropped", "dropped", "{}"),
+    ("rate_hz", "rate [Hz]", "{:.1f}"),
+    ("input_rate_hz", "input [Hz]", "{:.1f}"),
+    ("iou_mean", "IoU", "{:.3f}"),
+    ("chamfer_m_mean", "Chamfer [m]", "{:.3f}"),
+    ("grid_iou_mean", "2D grid IoU", "{:.3f}"),
+    ("latency_ms_p50", "latency p50 [ms]", "{:.1f}"),
+    ("latency_ms_p99", "latency p99 [ms]", "{:.1f}"),
+)
+
+
+def summary_table(results: Sequence[RunResult], markdown: bool = False) -> str:
+    """The results as an aligned text table (or a Markdown table); ratios against the first row's IoU."""
+    rows = [r.summary() for r in results]
+    header = [title for _, title, _ in _COLUMNS]
+    body = [
+        [
+            ("-" if isinstance(row[k], float) and math.isnan(row[k]) else fmt.format(row[k]))
+            for k, _, fmt in _COLUMNS
+        ]
+        for row in rows
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in body)])
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    fmt_row = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths]), *map(fmt_row, body)])
+
+
+def _top_view(occupancy: np.ndarray) -> np.ma.MaskedArray:
+    """(nz, nx) index of the highest occupied voxel row (y points down) per column; masked where empty."""
+    occ = np.asarray(occupancy, bool)
+    top = np.argmax(occ, axis=1).T.astype(float)
+    return np.ma.masked_where(~occ.any(axis=1).T, top)
+
+
+def _plot(results: Sequence[RunResult], out_dir: Path) -> list[str]:
+    """IoU / latency over time and a bird's-eye example; returns the PNG file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for k, r in enumerate(results):
+        t0 = r.frames[0].stamp_ns if r.frames else 0
+        t = np.array([(f.stamp_ns - t0) / 1e9 for f in r.frames])
+        iou = np.array([f.iou for f in r.frames])
+        lat = np.array([f.latency_ms for f in r.frames])
+        label = f"{r.label} ({Path(r.bag).name})" if len({x.bag for x in results}) > 1 else r.label
+        (line,) = axes[0].plot(t, iou, ".-", label=label)
+        axes[1].plot(t, lat, ".", label=label)
+        dropped = np.array([f.dropped for f in r.frames], bool)
+        if dropped.any():
+            marks = np.full(dropped.sum(), 0.03 * (k + 1))
+            axes[0].plot(t[dropped], marks, "x", color=line.get_color(), label=f"{label}: dropped")
+    axes[0].set_ylabel("voxel IoU")
+    axes[0].set_ylim(0, 1)
+    axes[0].legend(loc="upper right", fontsize=8, ncol=2)
+    axes[1].set_ylabel("latency [ms]")
+    axes[1].set_xlabel("bag time [s]")
+    axes[0].grid(alpha=0.3)
+    axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    names.append("per_frame.png")
+    with atomic_write(out_dir / names[-1], "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+
+    examples = [r for r in results if r.example is not None]
+    if examples:
+        fig, axes = plt.subplots(1, len(examples) + 1, figsize=(4 * (len(examples) + 1), 4.2), squeeze=False)
+        panels = [("ground truth", examples[0].example[1])] + [  # type: ignore[index]
+            (f"{r.label} ({r.mode})", r.example[0])
+            for r in examples  # type: ignore[index]
+        ]
+        for ax, (name, occupancy) in zip(axes[0], panels):
+            image = ax.imshow(_top_view(occupancy), origin="lower", cmap="viridis_r", vmin=0)
+            ax.set_title(name)
+            ax.set_xlabel("x (right) [voxel]")
+            ax.set_ylabel("z (forward) [voxel]")
+        fig.colorbar(image, ax=axes[0].tolist(), label="highest occupied voxel row (0 = top of grid)")
+        fig.suptitle("occupancy seen from above, one frame mid-bag (the floor is the far colour)")
+        names.append("top_view_example.png")
+        with atomic_write(out_dir / names[-1], "wb") as handle:
+            fig.savefig(handle, format="png", dpi=110)
+        plt.close(fig)
+    return names
+
+
+def write_report(
+    results: Sequence[RunResult], out_dir: str | os.PathLike, title: str = "Occupancy evaluation"
+) -> Path:
+    """Write ``report.md``, ``summary.json``, ``frames.csv`` and PNG plots into ``out_dir``; returns report.md."""
+    if not results:
+        raise BagEvaluationError("nothing to report: no runs")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plot(results, out)
+    write_json_atomic(out / "summary.json", [r.summary() | {"diagnostics": r.diagnostics} for r in results])
+    lines = ["backend,bag,stamp_ns,gt_voxels,predicted_voxels,iou,chamfer_m,latency_ms,grid_iou"]
+    for r in results:
+        for f in r.frames:
+            d = asdict(f)
+            lines.append(
+                f"{r.label},{Path(r.bag).name},{f.stamp_ns},{f.gt_voxels},"
+                f"{'' if f.dropped else f.predicted_voxels},{d['iou']:.4f},{d['chamfer_m']:.4f},"
+                f"{d['latency_ms']:.2f},{d['grid_iou']:.4f}"
+            )
+    write_text_atomic(out / "frames.csv", "\n".join(lines) + "\n")
+    modes = sorted({r.mode for r in results})
+    latency_note = {
+        "replay": "latency = left image on the graph -> PointCloud2 received (end to end, wall clock)",
+        "offline": "latency = conversion + inference per frame (no ROS graph)",
+    }
+    md = [
+        f"# {title}",
+        "",
+        f"Bags: {', '.join(sorted({str(r.bag) for r in results}))}  ",
+        f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} on {os.cpu_count()} CPU cores.",
+        "",
+        summary_table(results, markdown=True),
+        "",
+        *(f"- {latency_note[m]}" for m in modes),
+        "- IoU and Chamfer [m] compare occupied voxels with the voxels of the bag's ground-truth depth;"
+        " a dropped frame is a ground-truth frame for which no occupancy came out.",
+        "",
+        *(f"![{name}]({name})\n" for name in plots),
+    ]
+    for r in results:
+        if r.diagnostics:
+            md += [f"## Node diagnostics at the end: {r.label}", "", "| key | value |", "|---|---|"]
+            md += [f"| {k} | {v} |" for k, v in r.diagnostics.items()]
+            md.append("")
+    write_text_atomic(out / "report.md", "\n".join(md))
+    return out / "report.md"
+
+
+def evaluate_bags_offline(
+    bags: Sequence[str | os.PathLike],
+    backends: Sequence[str],
+    checkpoint: str | None,
+    out_dir: str | os.PathLike,
+) -> tuple[list[RunResult], Path]:
+    """Offline mode over many bags and backends (one predictor per backend); returns the runs and report.md."""
+    from stereovoxel_ros.grid_spec import DEFAULT_GRID
+    from stereovoxel_ros.occupancy_predictor import make_predictor
+
+    results = []
+    for backend in backends:
+        predictor = make_predictor(backend, checkpoint if backend == "stereovoxelnet" else None, DEFAULT_GRID)
+        for bag in bags:
+            try:
+                results.append(evaluate_bag_offline(bag, backend, predictor=predictor))
+            except BagError as err:
+                raise BagEvaluationError(str(err)) from err
+    return results, write_report(results, out_dir, title="Offline occupancy evaluation")

@@ -1,0 +1,1 @@
+"""Evaluation, benchmarking and export of StereoVoxelNet and its baselines."""

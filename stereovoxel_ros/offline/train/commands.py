@@ -1,0 +1,256 @@
+"""``stereovoxel train`` and ``stereovoxel finetune``: train StereoVoxelNet (or the depth baseline) on datasets."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    return w, h
+
+
+def _common(p: argparse.ArgumentParser, lr: float, epochs: int) -> None:
+    p.add_argument("datasets", nargs="+", help="dataset directories (same grid)")
+    p.add_argument("--out", required=True, help="output directory: checkpoints, metrics.csv, plots")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (cosine schedule)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads per process")
+    p.add_argument("--time-budget-min", type=float, default=None, help="stop at an epoch boundary after this")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
+    p.add_argument("--no-augment", action="store_true", help="no photometric augmentation")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--ship", default=None, help="also write the best weights here (+ .json card) when done")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
+    if name == "train":
+        p = subparsers.add_parser(
+            name,
+            help=help,
+            description="Train StereoVoxelNet (soft IoU per octree level) or the depth-first baseline.",
+        )
+        _common(p, lr=2e-3, epochs=10)
+        p.add_argument("--model", choices=("stereovoxelnet", "stereo_depth_net"), default="stereovoxelnet")
+        p.add_argument("--variant", default=None, help="model variant by name (default: the model's default)")
+        p.add_argument("--input-size", type=_size, default=None, help="override input size, e.g. 320x192")
+        p.set_defaults(func=run_train)
+    else:
+        p = subparsers.add_parser(
+            name,
+            help=help,
+            description="Fine-tune a StereoVoxelNet checkpoint on collected data (e.g. `dataset from-bag`).",
+        )
+        p.add_argument("checkpoint", help="StereoVoxelNet checkpoint to start from")
+        _common(p, lr=5e-4, epochs=5)
+        p.add_argument("--method", choices=("dense", "spfde", "sparcl"), default="dense")
+        p.add_argument(
+            "--method-opt", action="append", default=[], metavar="KEY=VALUE", help="option for the method"
+        )
+        p.set_defaults(func=run_finetune)
+
+
+def _parse_opts(items: list[str]) -> dict:
+    import json
+
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"stereovoxel: --method-opt {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def run_meta(args: argparse.Namespace) -> dict:
+    """What is recorded with every checkpoint: the command, seed, versions (no git state)."""
+    import torch
+
+    from stereovoxel_ros.offline.train.trainer import describe_datasets
+
+    return {
+        "command": "stereovoxel " + shlex.join(sys.argv[1:]),
+        "args": {
+            k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+            for k, v in vars(args).items()
+            if k != "func"
+        },
+        "seed": args.seed,
+        "datasets": describe_datasets(args.datasets),
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "created_unix": int(time.time()),
+    }
+
+
+def _train(args: argparse.Namespace, task, method, meta: dict) -> int:
+    import torch
+
+    from stereovoxel_ros.offline.data.dataset_format import DatasetError
+    from stereovoxel_ros.offline.train.trainer import PreparedStereoSet, TrainConfig, Trainer, TrainingError
+
+    torch.set_num_threads(max(1, args.threads))
+    progress = not args.no_progress
+    size = task.model.config.input_size
+    try:
+        train_set = PreparedStereoSet(args.datasets, "train", size, task.needs_depth, progress, args.limit)
+        try:
+            val_set = PreparedStereoSet(args.datasets, "val", size, task.needs_depth, progress)
+        except TrainingError:
+            val_set = None
+    except DatasetError as err:
+        print(f"stereovoxel {args.command}: {err}", file=sys.stderr)
+        return 1
+    if task.kind == "stereovoxelnet":
+        try:
+            train_set.grid.check_matches(task.model.grid, "the model")
+        except ValueError as err:
+            print(
+                f"stereovoxel {args.command}: dataset grid does not match the checkpoint: {err}",
+                file=sys.stderr,
+            )
+            return 1
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        augment=not args.no_augment,
+        time_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60,
+        progress=progress,
+    )
+    trainer = Trainer(task, train_set, val_set, args.out, config, method, meta)
+    last = Path(args.out) / "last.pt"
+    if args.resume:
+        if not last.is_file():
+            print(f"stereovoxel {args.command}: --resume but {last} does not exist", file=sys.stderr)
+            return 1
+        trainer.resume(last)
+        if trainer.is_main:
+            print(f"resumed from {last} at epoch {trainer.start_epoch + 1}", flush=True)
+    start = time.monotonic()
+    try:
+        result = trainer.fit()
+    except TrainingError as err:
+        print(f"stereovoxel {args.command}: {err}", file=sys.stderr)
+        return 1
+    if not trainer.is_main:
+        return 0
+    elapsed = time.monotonic() - start
+    print(
+        f"trained {result.epochs_done} epochs in {elapsed / 60:.1f} min"
+        + (" (stopped by the time budget)" if result.stopped_early else "")
+        + f"; outputs in {args.out}"
+    )
+    if args.ship:
+        _ship(args, task, meta, result, elapsed)
+    return 0
+
+
+def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float) -> None:
+    """Write the best weights without optimizer state, plus a JSON card, to ``args.ship``."""
+    import torch
+    from torch.torch_version import TorchVersion
+
+    from stereovoxel_ros.offline.train.trainer import write_checkpoint_card
+
+    best = Path(args.out) / "best.pt"
+    with torch.serialization.safe_globals([TorchVersion]):  # metadata of checkpoints from older runs
+        payload = torch.load(best if best.is_file() else Path(args.out) / "final.pt", weights_only=True)
+    task.model.load_state_dict(payload["state_dict"])
+    history = result.history
+    card_meta = {**meta, "train_minutes": round(elapsed_s / 60, 2), "epochs": result.epochs_done}
+    ship = Path(args.ship)
+    task.save(ship, {**card_meta, "history": history})
+    write_checkpoint_card(
+        ship.with_suffix(".json"),
+        {
+            **card_meta,
+            "checkpoint": ship.name,
+            "model": task.kind,
+            "variant": task.variant,
+            "config": task.model.config.to_dict(),
+            "grid": task.model.grid.to_dict() if hasattr(task.model, "grid") else None,
+            "size_mb": round(ship.stat().st_size / 2**20, 2),
+            "best_validation": result.best_metric,
+            "history": history,
+        },
+    )
+    print(f"shipped {ship} ({ship.stat().st_size / 2**20:.2f} MB) and {ship.with_suffix('.json').name}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from stereovoxel_ros.offline.data.dataset_format import DatasetError, read_manifest
+    from stereovoxel_ros.offline.train.trainer import DepthTask, OccupancyTask
+
+    try:
+        grid = read_manifest(args.datasets[0]).grid
+    except DatasetError as err:
+        print(f"stereovoxel train: {err}", file=sys.stderr)
+        return 1
+    overrides = {"input_size": args.input_size} if args.input_size else {}
+    torch_seed(args.seed)
+    if args.model == "stereovoxelnet":
+        from stereovoxel_ros.models.stereovoxelnet import STEREOVOXELNET_CONFIGS, StereoVoxelNet
+
+        variant = args.variant or "stereovoxelnet"
+        if variant not in STEREOVOXELNET_CONFIGS:
+            print(f"stereovoxel train: unknown variant {variant!r}; known {sorted(STEREOVOXELNET_CONFIGS)}")
+            return 2
+        task = OccupancyTask(
+            StereoVoxelNet(replace(STEREOVOXELNET_CONFIGS[variant], **overrides), grid), variant
+        )
+    else:
+        from stereovoxel_ros.models.stereo_depth_net import create_stereo_depth_net
+
+        task = DepthTask(create_stereo_depth_net(args.variant or "stereo_depth_net", **overrides))
+    return _train(args, task, None, run_meta(args))
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNetError, load_checkpoint
+    from stereovoxel_ros.offline.train.trainer import OccupancyTask, TrainingError, make_training_method
+
+    torch_seed(args.seed)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        method = make_training_method(args.method, **_parse_opts(args.method_opt))
+    except (StereoVoxelNetError, TrainingError) as err:
+        print(f"stereovoxel finetune: {err}", file=sys.stderr)
+        return 1
+    ckpt.model.train()
+    meta = {
+        **run_meta(args),
+        "finetuned_from": str(args.checkpoint),
+        "method": args.method,
+        "parent": ckpt.meta,
+    }
+    meta["parent"].pop("history", None)
+    return _train(args, OccupancyTask(ckpt.model, ckpt.variant), method, meta)
+
+
+def torch_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,816 @@
+"""StereoVoxelNet occupancy for Nav2: a lifecycle node from rectified stereo to voxels, an obstacle grid and markers."""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point
+from nav_msgs.msg import OccupancyGrid, Odometry
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from stereovoxel_ros.grid_spec import GridSpecError, VoxelGridSpec, grid_preset
+from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_HEIGHT_M, ODOM_FRAME, JackalTopics
+from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
+from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
+from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
+from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
+from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
+from stereovoxel_ros.tracing import RollingWindow, StageTracer
+from stereovoxel_ros.voxel_grid import (
+    obstacle_grid_2d,
+    occupied_voxel_centers,
+    optical_to_base_transform,
+    transform_points,
+)
+
+BACKENDS = ("stereovoxelnet", "sgbm")
+EXTRINSICS_SOURCES = ("auto", "tf", "parameters")
+GRID_FRAMES = ("base_frame", "odom_frame")
+EXTRINSIC_PARAMETERS = ("camera_height", "camera_pitch", "camera_forward")
+_JACKAL = JackalTopics(namespace="")  # relative names: the node's namespace makes them the robot's
+
+
+class OccupancyConfigError(ValueError):
+    """A node parameter is invalid; the message names the parameter."""
+
+
+# name -> (default, description). Every parameter is declared with its description and checked at configure.
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "backend": ("stereovoxelnet", f"occupancy backend: {' or '.join(BACKENDS)}"),
+    "checkpoint": (
+        "",
+        "StereoVoxelNet checkpoint [.pt]; empty = the shipped one (SGBM if none is installed)",
+    ),
+    "grid": ("jackal_wide", "voxel grid preset (stereovoxel_ros.grid_spec), must match the checkpoint"),
+    "left_image_topic": (_JACKAL.left_image.lstrip("/"), "left rectified image (rgb8/bgr8/mono8)"),
+    "right_image_topic": (_JACKAL.right_image.lstrip("/"), "right rectified image"),
+    "left_info_topic": (_JACKAL.left_info.lstrip("/"), "left sensor_msgs/CameraInfo"),
+    "right_info_topic": (_JACKAL.right_info.lstrip("/"), "right sensor_msgs/CameraInfo (P[0,3] = -fx*B)"),
+    "odom_topic": (
+        _JACKAL.odom.lstrip("/"),
+        "nav_msgs/Odometry, used when occupancy_grid_frame is odom_frame",
+    ),
+    "sync_slop": (0.005, "largest left/right stamp difference paired as one stereo frame [s]"),
+    "base_frame": (BASE_FRAME, "robot frame the cloud and markers are published in"),
+    "odom_frame": (ODOM_FRAME, "odometry frame"),
+    "occupancy_grid_frame": ("base_frame", "frame of the 2D obstacle grid: base_frame or odom_frame"),
+    "extrinsics_source": (
+        "auto",
+        "camera->base transform: tf (needs tf2_ros), parameters, or auto (tf if available)",
+    ),
+    "camera_height": (
+        CAMERA_HEIGHT_M,
+        "left optical centre above base_frame [m] (extrinsics from parameters)",
+    ),
+    "camera_pitch": (0.0, "camera tilt, positive looks down [rad] (extrinsics from parameters)"),
+    "camera_forward": (0.0, "left optical centre ahead of base_frame [m] (extrinsics from parameters)"),
+    "obstacle_min_height": (
+        0.10,
+        "lowest voxel centre above base_frame that counts as an obstacle in the grid [m]",
+    ),
+    "obstacle_max_height": (
+        1.50,
+        "highest voxel centre above base_frame that counts as an obstacle in the grid [m]",
+    ),
+    "grid_resolution": (0.2, "2D obstacle grid cell size [m/cell]"),
+    "grid_extent": (
+        [-1.0, 13.0, -7.0, 7.0],
+        "2D grid window [x_min, x_max, y_min, y_max] around base_frame [m]",
+    ),
+    "publish_markers": (True, "publish the RViz MarkerArray (only built while someone subscribes)"),
+    "diagnostics_period": (1.0, "period of /diagnostics messages [s] (steady clock)"),
+    "autostart": (
+        True,
+        "configure and activate on start; set false when a Nav2 lifecycle_manager manages the node",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class OccupancyNodeConfig:
+    """The node's validated parameters."""
+
+    backend: str
+    checkpoint: str
+    grid: VoxelGridSpec
+    left_image_topic: str
+    right_image_topic: str
+    left_info_topic: str
+    right_info_topic: str
+    odom_topic: str
+    sync_slop_s: float
+    base_frame: str
+    odom_frame: str
+    grid_in_odom: bool
+    extrinsics_source: str
+    camera_height_m: float
+    camera_pitch_rad: float
+    camera_forward_m: float
+    obstacle_band_m: tuple[float, float]
+    grid_resolution_m: float
+    grid_extent_m: tuple[float, float, float, float]
+    publish_markers: bool
+    diagnostics_period_s: float
+
+    @classmethod
+    def from_parameters(cls, values: dict[str, Any]) -> OccupancyNodeConfig:
+        """Check every value; OccupancyConfigError names the first bad parameter and why."""
+
+        def bad(name: str, why: str) -> OccupancyConfigError:
+            return OccupancyConfigError(f"parameter {name!r} = {values.get(name)!r}: {why}")
+
+        def finite(name: str, low: float = -math.inf, high: float = math.inf) -> float:
+            value = values[name]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise bad(name, "must be a finite number")
+            if not low <= value <= high:
+                raise bad(name, f"must be in [{low}, {high}]")
+            return float(value)
+
+        def text(name: str, choices: Sequence[str] | None = None) -> str:
+            value = values[name]
+            if not isinstance(value, str) or not value.strip():
+                raise bad(name, "must be a non-empty string")
+            if choices is not None and value not in choices:
+                raise bad(name, f"must be one of {', '.join(choices)}")
+            return value.strip()
+
+        try:
+            grid = grid_preset(text("grid"))
+        except GridSpecError as err:
+            raise bad("grid", str(err)) from err
+        checkpoint = values["checkpoint"]
+        if not isinstance(checkpoint, str):
+            raise bad("checkpoint", "must be a path string (empty for the shipped checkpoint)")
+        band = (finite("obstacle_min_height", -5.0, 5.0), finite("obstacle_max_height", -5.0, 5.0))
+        if band[0] >= band[1]:
+            raise bad("obstacle_max_height", f"must be above obstacle_min_height ({band[0]} m)")
+        extent = values["grid_extent"]
+        if len(extent) != 4 or not all(isinstance(v, float) and math.isfinite(v) for v in extent):
+            raise bad("grid_extent", "must be 4 finite numbers [x_min, x_max, y_min, y_max]")
+        if extent[0] >= extent[1] or extent[2] >= extent[3]:
+            raise bad("grid_extent", "needs x_min < x_max and y_min < y_max")
+        resolution = finite("grid_resolution", 0.01, 10.0)
+        if (extent[1] - extent[0]) * (extent[3] - extent[2]) / resolution**2 > 4_000_000:
+            raise bad("grid_resolution", "makes the 2D grid larger than 4 million cells")
+        return cls(
+            backend=text("backend", BACKENDS),
+            checkpoint=checkpoint.strip(),
+            grid=grid,
+            left_image_topic=text("left_image_topic"),
+            right_image_topic=text("right_image_topic"),
+            left_info_topic=text("left_info_topic"),
+            right_info_topic=text("right_info_topic"),
+            odom_topic=text("odom_topic"),
+            sync_slop_s=finite("sync_slop", 0.0, 1.0),
+            base_frame=text("base_frame"),
+            odom_frame=text("odom_frame"),
+            grid_in_odom=text("occupancy_grid_frame", GRID_FRAMES) == "odom_frame",
+            extrinsics_source=text("extrinsics_source", EXTRINSICS_SOURCES),
+            camera_height_m=finite("camera_height", -10.0, 10.0),
+            camera_pitch_rad=finite("camera_pitch", -math.pi / 2, math.pi / 2),
+            camera_forward_m=finite("camera_forward", -10.0, 10.0),
+            obstacle_band_m=band,
+            grid_resolution_m=resolution,
+            grid_extent_m=tuple(float(v) for v in extent),  # type: ignore[arg-type]
+            publish_markers=bool(values["publish_markers"]),
+            diagnostics_period_s=finite("diagnostics_period", 0.05, 60.0),
+        )
+
+
+class FrameError(RuntimeError):
+    """One stereo frame could not be turned into occupancy (the node counts it and goes on)."""
+
+
+def rigid_transform_from_pose(translation: Sequence[float], quaternion_xyzw: Sequence[float]) -> np.ndarray:
+    """4x4 transform from a translation [m] and a unit quaternion (x, y, z, w); FrameError if not finite."""
+    values = np.asarray([*translation, *quaternion_xyzw], dtype=np.float64)
+    if values.shape != (7,) or not np.all(np.isfinite(values)):
+        raise FrameError(
+            f"transform has non-finite values: translation {translation}, rotation {quaternion_xyzw}"
+        )
+    x, y, z, w = values[3:]
+    norm = math.sqrt(x * x + y * y + z * z + w * w)
+    if norm < 1e-9:
+        raise FrameError("transform rotation is a zero quaternion")
+    x, y, z, w = x / norm, y / norm, z / norm, w / norm
+    t = np.eye(4)
+    t[:3, :3] = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ]
+    t[:3, 3] = values[:3]
+    return t
+
+
+def grid_window(config: OccupancyNodeConfig, base_to_out: np.ndarray) -> tuple[tuple[float, float], int, int]:
+    """Origin [m] and (width, height) [cells] of the 2D grid in its output frame.
+
+    In base_frame the window is ``grid_extent``; in odom_frame an axis-aligned square around the robot
+    that holds the extent at any heading, snapped to whole cells so cells stay put as the robot moves.
+    """
+    res = config.grid_resolution_m
+    x0, x1, y0, y1 = config.grid_extent_m
+    if not config.grid_in_odom:
+        return (x0, y0), round((x1 - x0) / res), round((y1 - y0) / res)
+    half = max(abs(v) for v in config.grid_extent_m)
+    cells = 2 * math.ceil(half / res)
+    cx, cy = base_to_out[0, 3], base_to_out[1, 3]
+    origin = (math.floor(cx / res) * res - cells // 2 * res, math.floor(cy / res) * res - cells // 2 * res)
+    return origin, cells, cells
+
+
+def observed_cells(
+    camera: StereoCameraModel,
+    grid: VoxelGridSpec,
+    optical_to_out: np.ndarray,
+    origin: tuple[float, float],
+    resolution: float,
+    size: tuple[int, int],
+    height_m: float,
+) -> np.ndarray:
+    """(height, width) bool: 2D cells whose centre at ``height_m`` [m] is in the camera's view and the voxel grid."""
+    width, rows = size
+    col, row = np.meshgrid(np.arange(width), np.arange(rows))
+    cells = np.stack(
+        [
+            origin[0] + (col.ravel() + 0.5) * resolution,
+            origin[1] + (row.ravel() + 0.5) * resolution,
+            np.full(col.size, height_m),
+        ],
+        axis=1,
+    )
+    in_optical = transform_points(cells, np.linalg.inv(optical_to_out))
+    uv, front = camera.project(in_optical)
+    in_image = (
+        front & (uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < camera.height)
+    )
+    lo, hi = grid.origin, grid.upper
+    x, z = in_optical[:, 0], in_optical[:, 2]
+    in_grid = (x >= lo[0]) & (x < hi[0]) & (z >= lo[2]) & (z < hi[2])
+    return (in_image & in_grid).reshape(rows, width)
+
+
+def obstacle_cells(
+    config: OccupancyNodeConfig,
+    camera: StereoCameraModel,
+    camera_to_base: np.ndarray,
+    points_base: np.ndarray,
+    base_to_out: np.ndarray,
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """The 2D obstacle grid: (height, width) int8 cells (100 obstacle in the height band, 0 seen free,
+    -1 unseen) in the output frame, and the origin [m] of cell (0, 0)'s outer corner."""
+    low, high = config.obstacle_band_m
+    in_band = points_base[(points_base[:, 2] >= low) & (points_base[:, 2] <= high)]
+    origin, width, height = grid_window(config, base_to_out)
+    res = config.grid_resolution_m
+    obstacles = obstacle_grid_2d(
+        transform_points(in_band, base_to_out), res, width, height, origin, (-math.inf, math.inf)
+    )
+    seen = observed_cells(
+        camera,
+        config.grid,
+        base_to_out @ camera_to_base,
+        origin,
+        res,
+        (width, height),
+        base_to_out[2, 3] + (low + high) / 2,
+    )
+    return np.where(obstacles > 0, np.int8(100), np.where(seen, np.int8(0), np.int8(-1))), origin
+
+
+class OccupancyStats:
+    """Thread-safe counters and recent latencies the node reports in /diagnostics."""
+
+    def __init__(self, window: int = 200) -> None:
+        self._lock = threading.Lock()
+        self.pairs = 0  # complete stereo pairs from the synchronizer
+        self.processed = 0  # pairs turned into published occupancy
+        self.dropped_newest = 0  # pairs replaced by a newer one before inference got to them
+        self.input_errors = 0
+        self.errors_since_report = 0
+        self.last_input_error = ""
+        self.processing_ms = RollingWindow(window)  # pair complete -> published [ms], wall clock
+        self.stamp_latency_ms = RollingWindow(window)  # node clock at publish - image stamp [ms]
+        self.published_at: deque[float] = deque(maxlen=window)  # monotonic publish times [s]
+
+    def add_pair(self, replaced_unprocessed: bool) -> None:
+        with self._lock:
+            self.pairs += 1
+            self.dropped_newest += int(replaced_unprocessed)
+
+    def add_error(self, message: str) -> None:
+        with self._lock:
+            self.input_errors += 1
+            self.errors_since_report += 1
+            self.last_input_error = message
+
+    def add_published(self, processing_ms: float, stamp_latency_ms: float) -> None:
+        with self._lock:
+            self.processed += 1
+            self.processing_ms.add(processing_ms)
+            self.stamp_latency_ms.add(stamp_latency_ms)
+            self.published_at.append(time.monotonic())
+
+    def report(self) -> dict[str, Any]:
+        """A snapshot for diagnostics; resets the errors-since-last-report counter."""
+        with self._lock:
+            now = time.monotonic()
+            recent = [t for t in self.published_at if now - t <= 5.0]
+            rate = (
+                (len(recent) - 1) / (recent[-1] - recent[0])
+                if len(recent) > 2 and recent[-1] > recent[0]
+                else 0.0
+            )
+            proc = self.processing_ms.quantiles((0.5, 0.99))
+            stamp = self.stamp_latency_ms.quantiles((0.5, 0.99))
+            snapshot = {
+                "rate_hz": rate,
+                "seconds_since_output": now - self.published_at[-1] if self.published_at else math.inf,
+                "processing_ms_median": proc[0],
+                "processing_ms_p99": proc[1],
+                "latency_ms_median": stamp[0],
+                "latency_ms_p99": stamp[1],
+                "pairs": self.pairs,
+                "processed": self.processed,
+                "dropped_newest": self.dropped_newest,
+                "input_errors": self.input_errors,
+                "errors_since_report": self.errors_since_report,
+                "last_input_error": self.last_input_error,
+            }
+            self.errors_since_report = 0
+            return snapshot
+
+
+class ParameterExtrinsics:
+    """Camera->base transform from the camera_height / camera_pitch / camera_forward parameters."""
+
+    source = "parameters"
+
+    def __init__(self, height_m: float, pitch_rad: float, forward_m: float) -> None:
+        self.update(height_m, pitch_rad, forward_m)
+
+    def update(self, height_m: float, pitch_rad: float, forward_m: float) -> None:
+        values = (height_m, pitch_rad, forward_m)
+        if not all(math.isfinite(v) for v in values):
+            raise FrameError(
+                f"camera extrinsics are not finite: height {height_m}, pitch {pitch_rad}, forward {forward_m}"
+            )
+        self.values = values
+        self._transform = optical_to_base_transform(height_m, pitch=pitch_rad, forward=forward_m)
+
+    def describe(self) -> str:
+        h, p, f = self.values
+        return f"parameters camera_height={h} m, camera_pitch={p} rad, camera_forward={f} m"
+
+    def camera_to_base(self, camera_frame: str) -> np.ndarray:
+        return self._transform
+
+
+class TfExtrinsics:
+    """Camera->base transform looked up in tf2 (the robot's URDF), latest available (a fixed mount)."""
+
+    source = "tf"
+
+    def __init__(self, node: LifecycleNode, base_frame: str) -> None:
+        import tf2_ros  # only on a full ROS install; the caller checks
+
+        self._base_frame = base_frame
+        self._buffer = tf2_ros.Buffer()
+        self._listener = tf2_ros.TransformListener(self._buffer, node)
+
+    def describe(self) -> str:
+        return f"tf2 ({self._base_frame} <- image frame_id)"
+
+    def camera_to_base(self, camera_frame: str) -> np.ndarray:
+        try:
+            tf = self._buffer.lookup_transform(self._base_frame, camera_frame, rclpy.time.Time()).transform
+        except Exception as err:  # tf2 raises several unrelated exception types
+            raise FrameError(f"no transform {self._base_frame} <- {camera_frame!r} in tf2: {err}") from err
+        t, q = tf.translation, tf.rotation
+        return rigid_transform_from_pose((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+
+
+def tf2_available() -> bool:
+    """Whether ``tf2_ros`` imports (a full ROS install; not in the PyPI wheels)."""
+    try:
+        import tf2_ros  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def voxel_markers(points: np.ndarray, header: Any, voxel_size_m: float, namespace: str) -> MarkerArray:
+    """One RViz CUBE_LIST marker of voxel-sized cubes at ``points`` [m]."""
+    marker = Marker()
+    marker.header = header
+    marker.ns = namespace
+    marker.id = 0
+    marker.type = Marker.CUBE_LIST
+    marker.action = Marker.ADD
+    marker.pose.orientation.w = 1.0
+    marker.scale.x = marker.scale.y = marker.scale.z = float(voxel_size_m)
+    marker.color.r, marker.color.g, marker.color.b, marker.color.a = 0.1, 0.6, 1.0, 0.8
+    marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in points.tolist()]
+    return MarkerArray(markers=[marker])
+
+
+class StereoOccupancyNode(LifecycleNode):
+    """Rectified stereo in; occupied voxels (PointCloud2), an obstacle OccupancyGrid, markers and diagnostics out."""
+
+    def __init__(self, node_name: str = "stereo_occupancy", *, tracer: Any = None, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        # Stage timing seam: conversion / inference / publish inside one frame per stereo pair.
+        self.tracer = tracer if tracer is not None else StageTracer(node_name)
+        self.config: OccupancyNodeConfig | None = None
+        self.predictor: Any = None
+        self.backend_in_use = ""
+        self.extrinsics: ParameterExtrinsics | TfExtrinsics | None = None
+        self.last_camera: StereoCameraModel | None = None  # geometry of the last published frame
+        self.last_camera_to_base: np.ndarray | None = None
+        self.stats = OccupancyStats()
+        self._state = "unconfigured"
+        self.configure_error = ""
+        self._lock = threading.Lock()
+        self._newest: tuple[Any, Any, float] | None = None  # (left, right, monotonic time paired)
+        self._infos = StereoInfoCache()
+        self._last_input_ns: dict[str, int] = {"left": -1, "right": -1}
+        self._sync_dropped_earlier = 0  # drops counted by synchronizers replaced after a stamp jump
+        self._odom: deque[tuple[int, np.ndarray]] = deque(maxlen=200)  # (stamp [ns], base->odom 4x4)
+        self._sync: StereoPairSynchronizer | None = None
+        self._outputs: dict[str, Any] = {}
+        self._inputs: list[Any] = []
+        self._wake: Any = None
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._inference_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer: Any = None
+        period = self.get_parameter("diagnostics_period").value
+        self._start_diagnostics(period if isinstance(period, float) and 0.05 <= period <= 60.0 else 1.0)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            config = OccupancyNodeConfig.from_parameters({n: self.get_parameter(n).value for n in PARAMETERS})
+            predictor, backend = self._make_predictor(config)
+            extrinsics = self._make_extrinsics(config)
+        except Exception as err:  # anything here leaves the node unconfigured with the reason logged
+            self.configure_error = str(err)
+            self.get_logger().error(f"configure failed, node stays unconfigured: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self.config, self.predictor, self.backend_in_use, self.extrinsics = (
+            config,
+            predictor,
+            backend,
+            extrinsics,
+        )
+        self.configure_error = ""
+        self._sync = StereoPairSynchronizer(slop_ns=round(config.sync_slop_s * 1e9))
+        self._outputs = {
+            "cloud": self.create_lifecycle_publisher(PointCloud2, "~/cloud", reliable_qos(depth=2)),
+            "grid": self.create_lifecycle_publisher(OccupancyGrid, "~/obstacle_grid", map_qos()),
+            "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", reliable_qos(depth=1)),
+        }
+        self._start_diagnostics(config.diagnostics_period_s)
+        self.get_logger().info(
+            f"configured: backend {backend}, grid {config.grid.name} {config.grid.shape} x {config.grid.voxel_size} m, "
+            f"camera->base extrinsics from {extrinsics.describe()}, obstacle grid in "
+            f"{config.odom_frame if config.grid_in_odom else config.base_frame}"
+        )
+        self._state = "inactive"
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        config = self.config
+        assert config is not None
+        self._wake = self.create_guard_condition(self._on_wake, callback_group=self._inference_group)
+        streams = (
+            (Image, config.left_image_topic, lambda m: self._on_image("left", m)),
+            (Image, config.right_image_topic, lambda m: self._on_image("right", m)),
+            (CameraInfo, config.left_info_topic, lambda m: self._infos.update("left", m)),
+            (CameraInfo, config.right_info_topic, lambda m: self._infos.update("right", m)),
+        )
+        self._inputs = [
+            self.create_subscription(kind, topic, callback, sensor_qos(), callback_group=self._input_group)
+            for kind, topic, callback in streams
+        ]
+        if config.grid_in_odom:
+            self._inputs.append(
+                self.create_subscription(
+                    Odometry,
+                    config.odom_topic,
+                    self._on_odom,
+                    sensor_qos(20),
+                    callback_group=self._input_group,
+                )
+            )
+        self._state = "active"
+        self.get_logger().info(
+            f"active: listening on {config.left_image_topic} and {config.right_image_topic}"
+        )
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._state = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release()
+        self._state = "finalized"
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_inputs(self) -> None:
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        self._inputs = []
+        if self._wake is not None:
+            self.destroy_guard_condition(self._wake)
+            self._wake = None
+        with self._lock:
+            self._newest = None
+
+    def _release(self) -> None:
+        for pub in self._outputs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._outputs = {}
+        self.config = self.predictor = self.extrinsics = self._sync = None
+        self.backend_in_use = ""
+        self._state = "unconfigured"
+
+    def _make_predictor(self, config: OccupancyNodeConfig) -> tuple[Any, str]:
+        from stereovoxel_ros.occupancy_predictor import default_checkpoint_path, make_predictor
+
+        backend, checkpoint = config.backend, config.checkpoint
+        if backend == "stereovoxelnet" and not checkpoint:
+            shipped = default_checkpoint_path()
+            if not shipped.is_file():
+                self.get_logger().warning(
+                    f"no shipped StereoVoxelNet checkpoint ({shipped}); falling back to sgbm"
+                )
+                backend = "sgbm"
+            else:
+                checkpoint = str(shipped)
+        elif checkpoint and not Path(checkpoint).is_file():
+            raise OccupancyConfigError(f"parameter 'checkpoint' = {checkpoint!r}: no such file")
+        predictor = make_predictor(backend, checkpoint if backend == "stereovoxelnet" else None, config.grid)
+        return predictor, backend
+
+    def _make_extrinsics(self, config: OccupancyNodeConfig) -> ParameterExtrinsics | TfExtrinsics:
+        if config.extrinsics_source == "tf" or (config.extrinsics_source == "auto" and tf2_available()):
+            if not tf2_available():
+                raise OccupancyConfigError("parameter 'extrinsics_source' = 'tf': tf2_ros is not installed")
+            return TfExtrinsics(self, config.base_frame)
+        if config.extrinsics_source == "auto":
+            self.get_logger().info("tf2_ros is not installed: camera->base extrinsics come from parameters")
+        return ParameterExtrinsics(config.camera_height_m, config.camera_pitch_rad, config.camera_forward_m)
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Extrinsic parameters apply live; a non-finite value is refused, counted and reported."""
+        for param in params:
+            if param.name in EXTRINSIC_PARAMETERS and self.config is not None:
+                value = param.value
+                if not isinstance(value, (int, float)) or not math.isfinite(value):
+                    reason = f"parameter {param.name!r} = {value!r} refused: extrinsics must be finite"
+                    self.stats.add_error(reason)
+                    self.get_logger().warning(reason)
+                    return SetParametersResult(successful=False, reason=reason)
+        if isinstance(self.extrinsics, ParameterExtrinsics):
+            new = dict(zip(EXTRINSIC_PARAMETERS, self.extrinsics.values))
+            new.update({p.name: float(p.value) for p in params if p.name in EXTRINSIC_PARAMETERS})
+            self.extrinsics.update(*(new[n] for n in EXTRINSIC_PARAMETERS))
+        return SetParametersResult(successful=True)
+
+    # ---- inputs ----------------------------------------------------------------------------------------------
+
+    def _on_odom(self, msg: Odometry) -> None:
+        pose = msg.pose.pose
+        try:
+            base_to_odom = rigid_transform_from_pose(
+                (pose.position.x, pose.position.y, pose.position.z),
+                (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w),
+            )
+        except FrameError as err:
+            self._report_error(f"odometry on {self.config.odom_topic if self.config else '?'}: {err}")
+            return
+        self._odom.append((header_stamp_ns(msg), base_to_odom))
+
+    def _on_image(self, side: str, msg: Image) -> None:
+        sync, config = self._sync, self.config
+        if sync is None or config is None:
+            return
+        stamp_ns = header_stamp_ns(msg)
+        if stamp_ns < self._last_input_ns[side]:
+            # A bag loop or clock reset: start pairing afresh instead of calling every new image late.
+            self._report_error(
+                f"{side} image stamp went backwards by {(self._last_input_ns[side] - stamp_ns) / 1e6:.1f} ms "
+                "(bag loop or clock reset?); stereo pairing and odometry history restarted"
+            )
+            self._sync_dropped_earlier += sync.counts.dropped
+            self._sync = sync = StereoPairSynchronizer(slop_ns=round(config.sync_slop_s * 1e9))
+            self._last_input_ns = {"left": -1, "right": -1}
+            self._odom.clear()
+        self._last_input_ns[side] = stamp_ns
+        pair = sync.add(side, stamp_ns, msg)
+        if pair is None:
+            return
+        with self._lock:
+            replaced = self._newest is not None
+            self._newest = (pair.left, pair.right, time.monotonic())
+        self.stats.add_pair(replaced_unprocessed=replaced)
+        if self._wake is not None:
+            self._wake.trigger()
+
+    # ---- inference -------------------------------------------------------------------------------------------
+
+    def _on_wake(self) -> None:
+        with self._lock:
+            item, self._newest = self._newest, None
+        if item is None:
+            return
+        try:
+            self._process(*item)
+        except (FrameError, StereoFrameError) as err:
+            self._report_error(str(err))
+        except Exception as err:  # a backend failing on one frame must not take the node down
+            self._report_error(f"{type(err).__name__} while processing a frame: {err}")
+
+    def _process(self, left: Image, right: Image, paired_at: float) -> None:
+        config, predictor, extrinsics = self.config, self.predictor, self.extrinsics
+        if config is None or predictor is None or extrinsics is None:
+            return
+        stamp_ns = header_stamp_ns(left)
+        self.tracer.begin()
+        with self.tracer.stage("conversion"):
+            try:
+                camera = self._infos.model()
+            except StereoCameraError as err:
+                raise StereoFrameError(f"camera info: {err}") from err
+            frame = stereo_frame_from_messages(left, right, camera)
+            camera_to_base = extrinsics.camera_to_base(left.header.frame_id)
+        self.last_camera, self.last_camera_to_base = camera, camera_to_base
+        with self.tracer.stage("inference"):
+            result = predictor.predict(frame.left, frame.right, frame.camera)
+        with self.tracer.stage("publish"):
+            occupied = np.asarray(result.occupied, dtype=bool)
+            points = transform_points(occupied_voxel_centers(occupied, config.grid), camera_to_base)
+            header = Header(stamp=left.header.stamp, frame_id=config.base_frame)
+            probabilities = getattr(result, "probabilities", None)
+            intensity = None if probabilities is None else np.asarray(probabilities)[occupied]
+            self._outputs["cloud"].publish(points_to_pointcloud2(points, header, intensity=intensity))
+            if config.publish_markers and self._outputs["markers"].get_subscription_count() > 0:
+                self._outputs["markers"].publish(
+                    voxel_markers(points, header, config.grid.voxel_size, "stereo_occupancy")
+                )
+            base_to_out = self._base_to_odom(stamp_ns) if config.grid_in_odom else np.eye(4)
+            cells, origin = obstacle_cells(config, frame.camera, camera_to_base, points, base_to_out)
+            header = Header(
+                stamp=left.header.stamp,
+                frame_id=config.odom_frame if config.grid_in_odom else config.base_frame,
+            )
+            self._outputs["grid"].publish(
+                array_to_occupancy_grid(cells, config.grid_resolution_m, (*origin, 0.0), header)
+            )
+        self.tracer.frame(
+            stamp_ns, occupied_voxels=int(occupied.sum()), image_px=camera.width * camera.height
+        )
+        now_ns = self.get_clock().now().nanoseconds
+        self.stats.add_published((time.monotonic() - paired_at) * 1e3, (now_ns - stamp_ns) / 1e6)
+
+    def _base_to_odom(self, stamp_ns: int) -> np.ndarray:
+        """base->odom at ``stamp_ns`` from the nearest odometry message (within 0.5 s)."""
+        history = list(self._odom)
+        if not history:
+            raise FrameError(
+                f"no odometry received on {self.config.odom_topic if self.config else '?'}; grid not published"
+            )
+        nearest_ns, transform = min(history, key=lambda item: abs(item[0] - stamp_ns))
+        if abs(nearest_ns - stamp_ns) > 500_000_000:
+            raise FrameError(
+                f"newest odometry is {(stamp_ns - nearest_ns) / 1e9:.2f} s from the image; grid not published"
+            )
+        return transform
+
+    # ---- diagnostics -----------------------------------------------------------------------------------------
+
+    def _report_error(self, message: str) -> None:
+        self.stats.add_error(message)
+        self.get_logger().warning(message, throttle_duration_sec=1.0)
+
+    def _start_diagnostics(self, period_s: float) -> None:
+        if self._diagnostics_timer is not None:
+            if abs(self._diagnostics_timer.timer_period_ns - period_s * 1e9) < 1:
+                return
+            self.destroy_timer(self._diagnostics_timer)
+        self._diagnostics_timer = self.create_timer(
+            period_s,
+            self.publish_diagnostics,
+            callback_group=self._diagnostics_group,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+        )
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """The node's health: state, backend, rate, latency, drops and the last input error."""
+        report = self.stats.report()
+        sync_dropped = self._sync_dropped_earlier + (
+            self._sync.counts.dropped if self._sync is not None else 0
+        )
+        level, message = DiagnosticStatus.OK, f"{self._state}, {report['rate_hz']:.1f} Hz"
+        if self.configure_error:
+            level, message = DiagnosticStatus.ERROR, f"configure failed: {self.configure_error}"
+        elif report["errors_since_report"]:
+            level, message = DiagnosticStatus.WARN, f"input errors: {report['last_input_error']}"
+        elif self._state == "active" and report["pairs"] and report["seconds_since_output"] > 3.0:
+            level, message = DiagnosticStatus.WARN, "stereo pairs arrive but no occupancy is published"
+        values = {
+            "state": self._state,
+            "backend": self.backend_in_use,
+            "extrinsics": self.extrinsics.describe() if self.extrinsics is not None else "",
+            "rate_hz": f"{report['rate_hz']:.2f}",
+            "latency_ms_median": f"{report['latency_ms_median']:.1f}",
+            "latency_ms_p99": f"{report['latency_ms_p99']:.1f}",
+            "processing_ms_median": f"{report['processing_ms_median']:.1f}",
+            "processing_ms_p99": f"{report['processing_ms_p99']:.1f}",
+            "pairs_received": str(report["pairs"]),
+            "frames_processed": str(report["processed"]),
+            "frames_dropped": str(report["dropped_newest"] + sync_dropped),
+            "frames_dropped_newest_pair": str(report["dropped_newest"]),
+            "frames_dropped_unpaired": str(sync_dropped),
+            "input_errors": str(report["input_errors"]),
+            "last_input_error": report["last_input_error"],
+        }
+        return DiagnosticStatus(
+            level=level,
+            name=f"{self.get_fully_qualified_name()}: stereo occupancy",
+            message=message,
+            hardware_id=self.config.left_image_topic if self.config else "",
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+
+    def publish_diagnostics(self) -> None:
+        msg = DiagnosticArray(status=[self.diagnostic_status()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(msg)
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """``ros2 run stereovoxel_ros stereo_occupancy``: spin the node on a multi-threaded executor."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = StereoOccupancyNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return 1
+            node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""``stereovoxel replay BAG``: play a bag through the live occupancy node, record its output and score it."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stereovoxel_ros.offline.bag_evaluation import (
+    BagEvaluationError,
+    FrameScore,
+    RunResult,
+    StereoBagTopics,
+    ground_truth_voxels,
+    image_stamp_span_s,
+    score_occupancy,
+    summary_table,
+    write_report,
+)
+
+BACKENDS = ("stereovoxelnet", "sgbm")
+
+
+class ReplayError(RuntimeError):
+    """A replay could not run: the node did not configure, the graph did not connect, or nothing came out."""
+
+
+@dataclass
+class ReplayRecording:
+    """What the recorder saw, keyed by left image stamp [ns]; times are ``time.monotonic()`` [s]."""
+
+    image_seen: dict[int, float] = field(default_factory=dict)
+    clouds: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)  # (received, points in base)
+    grids: dict[int, np.ndarray] = field(default_factory=dict)  # OccupancyGrid cells (rows=y, cols=x)
+    diagnostics: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics key/values
+
+
+def _make_recorder(context: Any, node_fqn: str, left_image_topic: str) -> tuple[Any, ReplayRecording]:
+    """A node recording the occupancy node's outputs and when each left image appeared on the graph."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import OccupancyGrid
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image, PointCloud2
+
+    from stereovoxel_ros.messages.occupancy_grid import occupancy_grid_to_array
+    from stereovoxel_ros.messages.pointcloud2 import pointcloud2_to_points
+    from stereovoxel_ros.messages.stamps import header_stamp_ns
+    from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
+    from stereovoxel_ros.tracing import cdr_header_stamp_ns
+
+    rec = ReplayRecording()
+    node = Node("stereovoxel_replay_recorder", context=context)
+    lock = threading.Lock()
+
+    def on_image(raw: bytes) -> None:  # raw CDR: only the stamp is needed, no deserialization
+        now = time.monotonic()
+        with lock:
+            rec.image_seen.setdefault(cdr_header_stamp_ns(raw), now)
+
+    def on_cloud(msg: Any) -> None:
+        now = time.monotonic()
+        rec.clouds[header_stamp_ns(msg)] = (now, pointcloud2_to_points(msg).copy())
+
+    def on_grid(msg: Any) -> None:
+        rec.grids[header_stamp_ns(msg)] = occupancy_grid_to_array(msg).copy()
+
+    def on_diagnostics(msg: Any) -> None:
+        for status in msg.status:
+            if status.name.startswith(node_fqn + ":"):
+                rec.diagnostics = {kv.key: kv.value for kv in status.values}
+
+    node.create_subscription(Image, left_image_topic, on_image, sensor_qos(50), raw=True)
+    node.create_subscription(PointCloud2, f"{node_fqn}/cloud", on_cloud, reliable_qos(100))
+    node.create_subscription(OccupancyGrid, f"{node_fqn}/obstacle_grid", on_grid, reliable_qos(100))
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable_qos(20))
+    return node, rec
+
+
+def _grid_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """IoU of the obstacle cells (value 100) of two equally shaped 2D grids; NaN when both are empty."""
+    p, t = predicted == 100, truth == 100
+    union = int(np.count_nonzero(p | t))
+    return np.count_nonzero(p & t) / union if union else math.nan
+
+
+def replay_bag(
+    bag: str | os.PathLike,
+    backend: str = "stereovoxelnet",
+    checkpoint: str | None = None,
+    rate: float = 1.0,
+    parameters: dict[str, Any] | None = None,
+    domain_id: int | None = None,
+    settle_s: float = 2.0,
+    progress: bool = True,
+) -> RunResult:
+    """Play ``bag`` through a live ``StereoOccupancyNode`` (use_sim_time, /clock from the player) and score it.
+
+    Per ground-truth frame: voxel IoU and Chamfer of the published cloud, obstacle-grid IoU, and latency =
+    left image on the graph -> cloud received (wall clock). ``parameters`` override node parameters.
+    """
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from tqdm import tqdm
+
+    from stereovoxel_ros.bags.bag_reader import BagReader
+    from stereovoxel_ros.ros.bag_player import BagPlayer
+    from stereovoxel_ros.ros.occupancy_node import StereoOccupancyNode, obstacle_cells
+    from stereovoxel_ros.voxel_grid import points_to_voxels, transform_points
+
+    with BagReader(bag) as reader:
+        topics = StereoBagTopics.find(reader.topics, bag)
+        odom = next((t for t, m in reader.topics.items() if m == "nav_msgs/msg/Odometry"), None)
+        left_count = reader.topic_counts.get(topics.left_image, 0)
+    params: dict[str, Any] = {
+        "backend": backend,
+        "checkpoint": checkpoint or "",
+        "left_image_topic": topics.left_image,
+        "right_image_topic": topics.right_image,
+        "left_info_topic": topics.left_info,
+        "right_info_topic": topics.right_info,
+        "occupancy_grid_frame": "base_frame",
+        **({"odom_topic": odom} if odom else {}),
+        **(parameters or {}),
+        "use_sim_time": True,
+    }
+    context = rclpy.context.Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    executor = None
+    nodes: list[Any] = []
+    try:
+        occupancy = StereoOccupancyNode(
+            context=context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]
+        )
+        nodes.append(occupancy)
+        if occupancy.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise ReplayError(f"occupancy node did not configure: {occupancy.configure_error}")
+        occupancy.trigger_activate()
+        truth = ground_truth_voxels(bag, occupancy.config.grid, topics)
+        recorder, rec = _make_recorder(context, occupancy.get_fully_qualified_name(), topics.left_image)
+        player_node = Node("stereovoxel_replay_player", context=context)
+        nodes += [recorder, player_node]
+        streams = [topics.left_image, topics.right_image, topics.left_info, topics.right_info]
+        player = BagPlayer(player_node, bag, rate=rate, topics=streams + ([odom] if odom else []))
+        executor = MultiThreadedExecutor(num_threads=4, context=context)
+        for node in nodes:
+            executor.add_node(node)
+        spinner = threading.Thread(target=executor.spin, name="replay_executor", daemon=True)
+        spinner.start()
+        cloud_topic = f"{occupancy.get_fully_qualified_name()}/cloud"
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and recorder.count_publishers(cloud_topic) == 0:
+            time.sleep(0.02)
+        if not player.wait_for_subscribers(streams, timeout_s=10.0) or not recorder.count_publishers(
+            cloud_topic
+        ):
+            raise ReplayError(
+                "the player, occupancy node and recorder did not discover each other within 10 s"
+            )
+        start = time.monotonic()
+        playing = player.start()
+        with tqdm(total=left_count, desc=f"replay {Path(bag).name} {backend}", disable=not progress) as bar:
+            while playing.is_alive():
+                playing.join(0.2)
+                bar.update(player.stats.published.get(topics.left_image, 0) - bar.n)
+        if player.error is not None:
+            raise ReplayError(f"playback failed: {player.error}")
+        # Let the node finish: until every published pair has a cloud, or none came for settle_s.
+        published = player.stats.published.get(topics.left_image, 0)
+        last = (len(rec.clouds), time.monotonic())
+        while len(rec.clouds) < published and time.monotonic() - last[1] < settle_s:
+            time.sleep(0.02)
+            if len(rec.clouds) != last[0]:
+                last = (len(rec.clouds), time.monotonic())
+        end = max((t for t, _ in rec.clouds.values()), default=time.monotonic())
+        occupancy.publish_diagnostics()
+        time.sleep(0.2)
+        diagnostics = rec.diagnostics or {kv.key: kv.value for kv in occupancy.diagnostic_status().values}
+        for key, window in sorted(
+            occupancy.tracer.summaries(exact=True).items()
+        ):  # the node's own stage timing
+            if key.startswith("stage."):
+                diagnostics[f"{key} p50 / p99 [ms]"] = f"{window.p50:.1f} / {window.p99:.1f}"
+        config, camera, camera_to_base = (
+            occupancy.config,
+            occupancy.last_camera,
+            occupancy.last_camera_to_base,
+        )
+        used = occupancy.backend_in_use
+        label = backend if used == backend else f"{used} (fallback)"
+    finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=5.0)
+        for node in nodes:
+            node.destroy_node()
+        context.try_shutdown()
+    if not rec.clouds or camera_to_base is None:
+        raise ReplayError(f"{bag}: the occupancy node published no cloud (diagnostics: {diagnostics})")
+
+    base_to_optical = np.linalg.inv(camera_to_base)
+    frames = []
+    example = None
+    mid = sorted(truth)[len(truth) // 2]
+    for stamp, gt in sorted(truth.items()):
+        score = FrameScore(stamp, int(gt.sum()))
+        if stamp in rec.clouds:
+            received, points = rec.clouds[stamp]
+            predicted = points_to_voxels(transform_points(points, base_to_optical), config.grid)
+            score.predicted_voxels = int(predicted.sum())
+            score.iou, score.chamfer_m = score_occupancy(predicted, gt, config.grid)
+            if stamp in rec.image_seen:
+                score.latency_ms = (received - rec.image_seen[stamp]) * 1e3
+            if stamp in rec.grids:
+                gt_points = transform_points(config.grid.voxel_centers(np.argwhere(gt)), camera_to_base)
+                gt_cells, _ = obstacle_cells(config, camera, camera_to_base, gt_points, np.eye(4))
+                if gt_cells.shape == rec.grids[stamp].shape:
+                    score.grid_iou = _grid_iou(rec.grids[stamp], gt_cells)
+            if stamp == mid:
+                example = (predicted, gt)
+        frames.append(score)
+    return RunResult(
+        label=label,
+        mode="replay",
+        bag=str(bag),
+        frames=frames,
+        wall_s=end - start,
+        bag_duration_s=image_stamp_span_s(truth),
+        pairs_in_bag=left_count,
+        diagnostics=diagnostics,
+        example=example,
+    )
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), yaml.safe_load(value)
+
+
+def default_output_dir(bags: list[str], mode: str) -> Path:
+    """``outputs/<mode>/<first bag>_<time>``."""
+    return Path("outputs") / mode / f"{Path(bags[0]).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``stereovoxel replay`` command."""
+    out = (
+        Path(args.output)
+        if args.output
+        else default_output_dir(args.bags, "offline" if args.offline else "replay")
+    )
+    try:
+        if args.offline:
+            from stereovoxel_ros.offline.bag_evaluation import evaluate_bags_offline
+
+            results, report = evaluate_bags_offline(args.bags, args.backend, args.checkpoint, out)
+        else:
+            results = [
+                replay_bag(
+                    bag,
+                    backend,
+                    args.checkpoint,
+                    rate=args.rate,
+                    parameters=dict(args.param),
+                    domain_id=args.domain_id,
+                )
+                for bag in args.bags
+                for backend in args.backend
+            ]
+            report = write_report(results, out, title="Stereo occupancy replay")
+    except (ReplayError, BagEvaluationError) as err:
+        print(f"stereovoxel replay: {err}")
+        return 1
+    print(summary_table(results))
+    print(f"\nreport: {report}")
+    return 0
+
+
+def register(subparsers: Any, name: str, help: str) -> None:
+    p = subparsers.add_parser(
+        name,
+        help=help,
+        description="Play stereo bags through the live occupancy node (or, with --offline, straight through the "
+        "predictor) and score the occupancy against the bags' ground-truth depth: IoU, Chamfer, latency, "
+        "rate and drops. Writes report.md, summary.json, frames.csv and PNG plots.",
+    )
+    p.add_argument("bags", nargs="+", help="rosbag2 bag directories or .mcap/.db3 files")
+    p.add_argument(
+        "--backend", nargs="+", choices=BACKENDS, default=["stereovoxelnet"], help="one or more backends"
+    )
+    p.add_argument("--checkpoint", default=None, help="StereoVoxelNet checkpoint (default: the shipped one)")
+    p.add_argument("--rate", type=float, default=1.0, help="playback rate (1.0 = real time)")
+    p.add_argument("--offline", action="store_true", help="no ROS graph: run the predictor on every pair")
+    p.add_argument("--output", default=None, help="report folder (default: outputs/replay/<bag>_<time>)")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        type=_parse_param,
+        default=[],
+        metavar="NAME=VALUE",
+        help="override an occupancy node parameter, e.g. -p camera_pitch=0.1",
+    )
+    p.add_argument(
+        "--domain-id",
+        type=int,
+        default=None,
+        help="ROS domain of the replay graph (default: ROS_DOMAIN_ID); use a free one to keep robots out",
+    )
+    p.set_defaults(func=run)

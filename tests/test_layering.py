@@ -1,0 +1,106 @@
+"""Import rules: only stereovoxel_ros/ros/ may import rclpy; offline/ never imports stereovoxel_ros.ros."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "stereovoxel_ros"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _pure_files() -> list[Path]:
+    """Every Python file of the package outside the ROS layer."""
+    return sorted(p for p in PACKAGE.rglob("*.py") if "ros" not in p.relative_to(PACKAGE).parts[:1])
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import statement in a file, including ones inside functions."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, node.module] if node.module else base)
+            found.append((node.lineno, module))
+            found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def test_pure_modules_never_import_rclpy_statically() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}: {name}"
+        for path in _pure_files()
+        for line, name in _imports(path)
+        if name == "rclpy" or name.startswith("rclpy.")
+    ]
+    assert not offenders, "rclpy imported outside stereovoxel_ros/ros/:\n" + "\n".join(offenders)
+
+
+def test_offline_never_imports_the_ros_layer() -> None:
+    offline = sorted((PACKAGE / "offline").rglob("*.py"))
+    assert offline, "stereovoxel_ros/offline/ is empty"
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}: {name}"
+        for path in offline
+        for line, name in _imports(path)
+        if name == "stereovoxel_ros.ros" or name.startswith("stereovoxel_ros.ros.")
+    ]
+    assert not offenders, "offline/ imports the ROS layer:\n" + "\n".join(offenders)
+
+
+_IMPORT_ALL = """
+import importlib, json, sys, traceback
+result = {"failed": {}, "rclpy_by": None, "ros_by": {}}
+for name in json.loads(sys.argv[1]):
+    before = set(sys.modules)
+    try:
+        importlib.import_module(name)
+    except BaseException:
+        result["failed"][name] = traceback.format_exc(limit=-3)
+    new = set(sys.modules) - before
+    if result["rclpy_by"] is None and "rclpy" in sys.modules:
+        result["rclpy_by"] = name
+    ros = sorted(m for m in new if m == "stereovoxel_ros.ros" or m.startswith("stereovoxel_ros.ros."))
+    if ros and name.startswith("stereovoxel_ros.offline"):
+        result["ros_by"][name] = ros
+result["rclpy_loaded"] = "rclpy" in sys.modules
+print(json.dumps(result))
+"""
+
+
+def test_importing_every_pure_module_leaves_rclpy_unloaded() -> None:
+    """Strict: every module must import (a broken module fails here), and none may pull in rclpy."""
+    modules = [_module_name(p) for p in _pure_files()]
+    # offline modules first, so a ROS-layer import they trigger is attributed to them
+    modules.sort(key=lambda m: (not m.startswith("stereovoxel_ros.offline"), m))
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ALL, json.dumps(modules)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not result["failed"], "modules that do not import:\n" + "\n".join(
+        f"{name}:\n{tb}" for name, tb in result["failed"].items()
+    )
+    assert not result["rclpy_loaded"], f"importing {result['rclpy_by']} loaded rclpy"
+    assert not result["ros_by"], f"offline modules loaded the ROS layer: {result['ros_by']}"
+    assert len(modules) > 20

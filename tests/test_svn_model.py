@@ -1,0 +1,205 @@
+"""StereoVoxelNet model: MobileNetV2 blocks, voxel-depth cost volume, octree levels, pruned decoding, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stereovoxel_ros.grid_spec import DEFAULT_GRID, JACKAL_GRID, PAPER_GRID, VoxelGridSpec
+from stereovoxel_ros.models.mobilenet_v2 import InvertedResidual, MobileNetV2Config, mobilenet_v2
+from stereovoxel_ros.models.stereovoxelnet import (
+    StereoVoxelNetError,
+    create_stereovoxelnet,
+    load_checkpoint,
+    sampled_cost_volume,
+    save_checkpoint,
+)
+from stereovoxel_ros.octree_decoder import octree_targets, soft_iou_loss, sparse_soft_iou_loss
+from stereovoxel_ros.stereo_camera import ZED2_640x360
+
+torch.set_num_threads(1)
+SMALL = {"input_size": (64, 32)}
+
+
+def _inputs(model, batch: int = 1, seed: int = 0):
+    w, h = model.config.input_size
+    g = torch.Generator().manual_seed(seed)
+    cam = ZED2_640x360.scaled(w, h)
+    camera = torch.tensor([[cam.fx, cam.fy, cam.cx, cam.cy, cam.baseline]]).repeat(batch, 1)
+    return torch.rand(batch, 3, h, w, generator=g), torch.rand(batch, 3, h, w, generator=g), camera
+
+
+def test_mobilenet_v2_pyramid_and_head():
+    model = mobilenet_v2("mobilenetv2_050", num_classes=7).eval()
+    feats = model.forward_features(torch.rand(2, 3, 64, 96))
+    assert [f.shape[-1] for f in feats] == [96 // s["stride"] for s in model.feature_info]
+    assert [s["stride"] for s in model.feature_info] == [2, 4, 8, 16, 32]
+    assert [f.shape[1] for f in feats] == [s["channels"] for s in model.feature_info]
+    assert model(torch.rand(2, 3, 64, 96)).shape == (2, 7)
+    block = InvertedResidual(16, 16, 1, 6)
+    assert block.use_residual and not InvertedResidual(16, 24, 1, 6).use_residual
+    narrow = mobilenet_v2("mobilenetv2_035")
+    assert sum(p.numel() for p in narrow.parameters()) < sum(
+        p.numel() for p in mobilenet_v2("mobilenetv2_100").parameters()
+    )
+    assert MobileNetV2Config().width_mult == 1.0
+
+
+@pytest.mark.parametrize(
+    ("grid", "levels"),
+    [
+        (DEFAULT_GRID, [(8, 2, 8), (16, 4, 16), (32, 8, 32), (64, 16, 64)]),
+        (PAPER_GRID, [(8, 8, 8), (16, 16, 16), (32, 32, 32), (64, 64, 64)]),
+        (JACKAL_GRID, [(8, 8, 8), (16, 16, 16), (32, 32, 32), (64, 64, 64)]),
+    ],
+)
+def test_octree_levels_per_grid(grid, levels):
+    model = create_stereovoxelnet("stereovoxelnet_fast", grid, **SMALL).eval()
+    with torch.no_grad():
+        out = model(*_inputs(model))
+    assert [tuple(o.shape[1:]) for o in out] == levels
+    assert model.depth_levels.numel() == 12
+    assert np.allclose(model.depth_levels.numpy(), grid.depth_levels(12))
+
+
+def test_cost_volume_peaks_at_the_true_disparity():
+    """Right features = left features shifted by 3 px: the level with disparity 3 correlates best."""
+    g = torch.Generator().manual_seed(1)
+    left = torch.randn(1, 8, 6, 40, generator=g)
+    right = torch.zeros_like(left)
+    right[..., :-3] = left[..., 3:]  # a point at x in the left image is at x - 3 in the right image
+    disparities = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.5]])
+    cost = sampled_cost_volume(left, right, disparities, groups=2)
+    assert cost.shape == (1, 2, 6, 6, 40)
+    mean = cost[..., 8:].mean(dim=(0, 1, 3, 4))
+    assert int(mean.argmax()) == 3
+
+
+def test_model_disparities_follow_voxel_depths():
+    model = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, **SMALL)
+    seen = {}
+
+    def spy(left, right, disparities, groups):
+        seen["d"] = disparities
+        return sampled_cost_volume(left, right, disparities, groups)
+
+    import stereovoxel_ros.models.stereovoxelnet as svn
+
+    original = svn.sampled_cost_volume
+    svn.sampled_cost_volume = spy
+    try:
+        left, right, cam = _inputs(model)
+        with torch.no_grad():
+            model(left, right, cam)
+    finally:
+        svn.sampled_cost_volume = original
+    fb = float(cam[0, 0] * cam[0, 4])
+    expected = fb / DEFAULT_GRID.depth_levels(12) / 4  # d = f·B/z at 1/4 resolution
+    assert np.allclose(seen["d"][0].numpy(), expected, rtol=1e-5)
+
+
+def test_pruned_decoder_matches_dense_and_follows_occupancy():
+    model = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, **SMALL).eval()
+    left, right, cam = _inputs(model)
+    with torch.no_grad():
+        frustums = model.frustum_pyramid(left, right, cam)
+        dense = [torch.sigmoid(o[0]) for o in model.decoder(frustums, cam, gate_threshold=None)]
+        gated = torch.sigmoid(model.decoder(frustums, cam, gate_threshold=0.45)[-1][0])
+    full = model.predict_octree(left, right, cam, prune_threshold=0.0)
+    assert full.cells_evaluated == [128, 1024, 8192, 65536]
+    assert torch.allclose(full.probabilities, dense[-1], atol=1e-6)
+    # at threshold 0.45 only children of cells above it are evaluated, and they equal the dense values there
+    pruned = model.predict_octree(left, right, cam, prune_threshold=0.45)
+    for level in range(1, 4):
+        parents = (pruned.level_probabilities[level - 1] > 0.45).sum().item()
+        assert pruned.cells_evaluated[level] == 8 * parents
+    refined = pruned.level_probabilities[-1] != pruned.level_probabilities[-2].repeat_interleave(
+        2, 0
+    ).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    assert torch.allclose(pruned.probabilities[refined], dense[-1][refined], atol=1e-6)
+    # the gated dense decoder (export path) outputs exactly what the pruned one does, everywhere
+    assert torch.allclose(pruned.probabilities, gated, atol=1e-6)
+    # force the coarsest level empty / full: work follows occupancy, FLOPs with it
+    head = model.decoder.heads[0]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-10.0)
+    with FlopCounterMode(display=False) as empty_flops:
+        empty = model.predict_octree(left, right, cam)
+    assert empty.cells_evaluated == [128, 0, 0, 0]
+    assert not (empty.probabilities > 0.5).any()
+    with torch.no_grad():
+        head.bias.fill_(10.0)
+    with FlopCounterMode(display=False) as full_flops:
+        model.predict_octree(left, right, cam)
+    assert empty_flops.get_total_flops() < full_flops.get_total_flops()
+    early = model.predict_octree(left, right, cam, exit_level=0)
+    assert early.cells_evaluated == [128] and early.probabilities.shape == (64, 16, 64)
+    assert bool((early.probabilities > 0.5).all())
+
+
+def test_batch_items_are_independent_and_training_path_refines_occupied_targets():
+    model = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, **SMALL).eval()
+    left, right, cam = _inputs(model, batch=2)
+    cam[1, 0] *= 1.1
+    with torch.no_grad():
+        both = model(left, right, cam)
+        second = model(left[1:], right[1:], cam[1:])
+    assert all(torch.allclose(a[1], b[0], atol=1e-5) for a, b in zip(both, second))
+    voxels = torch.zeros(2, 64, 16, 64)
+    voxels[0, 10:12, 14, 5:9] = 1
+    targets = octree_targets(voxels, 4)
+    assert tuple(targets[0].shape[1:]) == (8, 2, 8)
+    assert targets[0][0].sum() == 2 and targets[0][1].sum() == 0
+    with torch.no_grad():
+        model.decoder.heads[0].bias.fill_(-10.0)
+        model.decoder.heads[0].weight.zero_()
+        levels = model(left, right, cam, targets)
+    # only the target-occupied coarse cells of item 0 got children
+    bidx, logits, _ = levels[1]
+    assert len(logits) == 16 and bool((bidx == 0).all())
+    losses = sparse_soft_iou_loss(levels, 2)
+    assert all(v.shape == (2,) for v in losses)
+    dense = soft_iou_loss(torch.full((2, 8, 2, 8), -10.0), targets[0])
+    assert torch.allclose(losses[0], dense, atol=1e-4)
+
+
+def test_bad_inputs_are_named():
+    model = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, **SMALL)
+    left, right, cam = _inputs(model)
+    with pytest.raises(StereoVoxelNetError, match=r"left image tensor has shape \(1, 3, 32, 60\)"):
+        model.check_inputs(left[..., :60], right, cam)
+    with pytest.raises(StereoVoxelNetError, match=r"right image tensor.*expected \(B, 3"):
+        model.check_inputs(left, right[:, :1], cam)
+    bad = right.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(StereoVoxelNetError, match="right image has non-finite pixels"):
+        model.check_inputs(left, bad, cam)
+    with pytest.raises(StereoVoxelNetError, match="multiples of 32"):
+        create_stereovoxelnet("stereovoxelnet", input_size=(100, 64))
+
+
+def test_checkpoint_round_trip_and_mismatches(tmp_path):
+    model = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, **SMALL).eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, "stereovoxelnet_fast", {"seed": 3})
+    loaded = load_checkpoint(path, DEFAULT_GRID)
+    assert loaded.meta["seed"] == 3 and loaded.variant == "stereovoxelnet_fast"
+    inputs = _inputs(model)
+    with torch.no_grad():
+        assert torch.equal(model(*inputs)[-1], loaded.model(*inputs)[-1])
+    with pytest.raises(StereoVoxelNetError, match=r"'jackal_wide'.*'paper'"):
+        load_checkpoint(path, PAPER_GRID)
+    other = VoxelGridSpec("mine", DEFAULT_GRID.origin, 0.25, DEFAULT_GRID.shape)
+    with pytest.raises(StereoVoxelNetError, match=r"voxel 0\.2 m"):
+        load_checkpoint(path, other)
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = 99
+    torch.save(payload, tmp_path / "v99.pt")
+    with pytest.raises(StereoVoxelNetError, match="version 99"):
+        load_checkpoint(tmp_path / "v99.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(StereoVoxelNetError, match=r"junk\.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
