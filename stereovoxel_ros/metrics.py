@@ -87,17 +87,28 @@ class BandCounts:
 
 @dataclass
 class OccupancyScores:
-    """Accumulates per-frame IoU and Chamfer, and per-band precision/recall counts."""
+    """Accumulates per-frame IoU and Chamfer, and per-band precision/recall counts.
+
+    With ``obstacle_max_y`` [m] (the optical-frame y of the lowest obstacle height: camera height above the
+    floor minus the obstacle band's lower edge, y points down) it also scores the obstacle IoU: the IoU of
+    the voxels whose centres lie above that height, i.e. without the floor, which otherwise dominates.
+    """
 
     grid: VoxelGridSpec
     bands: tuple[float, ...] = DEFAULT_RANGE_BANDS
+    obstacle_max_y: float | None = None
     ious: list[float] = field(default_factory=list)
+    obstacle_ious: list[float] = field(default_factory=list)
     chamfers: list[float] = field(default_factory=list)
     band_counts: list[BandCounts] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._ranges = voxel_ranges(self.grid)
         self.band_counts = [BandCounts(lo, hi) for lo, hi in zip(self.bands[:-1], self.bands[1:])]
+        self._above_floor = None
+        if self.obstacle_max_y is not None:
+            y = self.grid.origin[1] + (np.arange(self.grid.shape[1]) + 0.5) * self.grid.voxel_size
+            self._above_floor = np.broadcast_to((y < self.obstacle_max_y)[None, :, None], self.grid.shape)
 
     def add(self, pred: np.ndarray, target: np.ndarray) -> None:
         pred, target = _check_pair(pred, target)
@@ -106,6 +117,8 @@ class OccupancyScores:
                 f"occupancy has shape {pred.shape}, grid {self.grid.name!r} is {self.grid.shape}"
             )
         self.ious.append(voxel_iou(pred, target))
+        if self._above_floor is not None:
+            self.obstacle_ious.append(voxel_iou(pred & self._above_floor, target & self._above_floor))
         self.chamfers.append(voxel_chamfer(pred, target, self.grid))
         for band in self.band_counts:
             inside = (self._ranges >= band.low) & (self._ranges < band.high)
@@ -120,6 +133,8 @@ class OccupancyScores:
             "iou": float(np.mean(self.ious)) if self.ious else math.nan,
             "chamfer_m": float(np.mean(self.chamfers)) if self.chamfers else math.nan,
         }
+        if self._above_floor is not None:
+            out["obstacle_iou"] = float(np.mean(self.obstacle_ious)) if self.obstacle_ious else math.nan
         for band in self.band_counts:
             tag = f"{band.low:g}-{band.high:g}m"
             out[f"precision_{tag}"] = band.precision

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,15 @@ class OctreeOutput:
     cells_evaluated: list[int] = field(default_factory=list)  # cells whose logits were computed, per level
     cells_dense: list[int] = field(default_factory=list)  # cells a dense decoder evaluates, per level
     exit_level: int = 3
+
+
+class TrainCells(NamedTuple):
+    """The cells one level evaluated in training: batch index (N,), cell index (N, 3), logit and target (N,)."""
+
+    bidx: torch.Tensor
+    ijk: torch.Tensor
+    logits: torch.Tensor
+    target: torch.Tensor
 
 
 class PointMLP(nn.Sequential):
@@ -246,8 +256,8 @@ class OctreeDecoder(nn.Module):
 
     def forward_train(
         self, frustums: list[torch.Tensor], camera: torch.Tensor, targets: list[torch.Tensor]
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(batch indices, logits, targets) of the evaluated cells per level.
+    ) -> list[TrainCells]:
+        """The evaluated cells per level (batch index, cell index, logit, target).
 
         Children are evaluated for cells occupied in the target or predicted occupied (p > 0.5), so the
         network sees the cells inference will refine; every other cell is empty in the target, which lets
@@ -256,7 +266,7 @@ class OctreeDecoder(nn.Module):
         out = []
         for level, (bidx, ijk, logits) in enumerate(self._run(frustums, camera, "train", 0.5, targets)):
             tgt = targets[level].reshape(-1)[self.flat_index(level, bidx, ijk)]
-            out.append((bidx, logits, tgt))
+            out.append(TrainCells(bidx, ijk, logits, tgt))
         return out
 
     # ---- pruned (inference) -----------------------------------------------------------------------------------
@@ -301,16 +311,39 @@ class OctreeDecoder(nn.Module):
         )
 
 
-def sparse_soft_iou_loss(
-    levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], batch: int, eps: float = 1.0
-) -> list[torch.Tensor]:
+def sparse_soft_iou_loss(levels: list[TrainCells], batch: int, eps: float = 1.0) -> list[torch.Tensor]:
     """Per-level, per-item (B,) 1 − soft IoU from ``OctreeDecoder.forward_train`` output."""
     out = []
-    for bidx, logits, tgt in levels:
-        p = torch.sigmoid(logits)
-        inter = torch.zeros(batch, dtype=p.dtype, device=p.device).index_add(0, bidx, p * tgt)
-        union = torch.zeros(batch, dtype=p.dtype, device=p.device).index_add(0, bidx, p + tgt - p * tgt)
+    for cells in levels:
+        p, tgt = torch.sigmoid(cells.logits), cells.target
+        inter = torch.zeros(batch, dtype=p.dtype, device=p.device).index_add(0, cells.bidx, p * tgt)
+        union = torch.zeros(batch, dtype=p.dtype, device=p.device).index_add(
+            0, cells.bidx, p + tgt - p * tgt
+        )
         out.append(1 - (inter + eps) / (union + eps))
+    return out
+
+
+def height_balanced_soft_iou_loss(
+    levels: list[TrainCells], batch: int, level_shapes: list[tuple[int, int, int]], eps: float = 1.0
+) -> list[torch.Tensor]:
+    """Per-level, per-item (B,) mean over occupied height slices (grid y rows) of 1 − that slice's soft IoU.
+
+    The plain soft IoU is dominated by the ground, which fills far more voxels than the obstacles on it; a
+    network can score well by predicting the floor only. Averaging the IoU per height slice gives every
+    occupied slice the same weight, so obstacles count as much as the floor.
+    """
+    out = []
+    for cells, shape in zip(levels, level_shapes):
+        ny = shape[1]
+        p, tgt = torch.sigmoid(cells.logits), cells.target
+        group = cells.bidx * ny + cells.ijk[:, 1]
+        zeros = torch.zeros(batch * ny, dtype=p.dtype, device=p.device)
+        inter = zeros.index_add(0, group, p * tgt).view(batch, ny)
+        union = zeros.index_add(0, group, p + tgt - p * tgt).view(batch, ny)
+        occupied = (zeros.index_add(0, group, tgt).view(batch, ny) > 0).to(p.dtype)
+        slice_loss = (1 - (inter + eps) / (union + eps)) * occupied
+        out.append(slice_loss.sum(1) / occupied.sum(1).clamp(min=1))
     return out
 
 

@@ -158,8 +158,8 @@ def test_batch_items_are_independent_and_training_path_refines_occupied_targets(
         model.decoder.heads[0].weight.zero_()
         levels = model(left, right, cam, targets)
     # only the target-occupied coarse cells of item 0 got children
-    bidx, logits, _ = levels[1]
-    assert len(logits) == 16 and bool((bidx == 0).all())
+    cells = levels[1]
+    assert len(cells.logits) == 16 and bool((cells.bidx == 0).all())
     losses = sparse_soft_iou_loss(levels, 2)
     assert all(v.shape == (2,) for v in losses)
     dense = soft_iou_loss(torch.full((2, 8, 2, 8), -10.0), targets[0])
@@ -203,3 +203,28 @@ def test_checkpoint_round_trip_and_mismatches(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(StereoVoxelNetError, match=r"junk\.pt"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_height_balanced_loss_punishes_a_floor_only_prediction():
+    from stereovoxel_ros.octree_decoder import TrainCells, height_balanced_soft_iou_loss
+
+    shape = (8, 4, 8)
+    target = torch.zeros(1, *shape)
+    target[0, :, 3, :] = 1  # floor: 64 voxels in the lowest row
+    target[0, 2:4, 1:3, 5] = 1  # an obstacle: 4 voxels in two rows above it
+    ijk = torch.stack(torch.meshgrid(*(torch.arange(n) for n in shape), indexing="ij"), -1).reshape(-1, 3)
+    bidx = torch.zeros(len(ijk), dtype=torch.long)
+    floor_only = torch.where(ijk[:, 1] == 3, 10.0, -10.0)
+    perfect = torch.where(target.reshape(-1) > 0, 10.0, -10.0)
+    tgt = target.reshape(-1)
+
+    def losses(logits):
+        cells = [TrainCells(bidx, ijk, logits, tgt)]
+        return float(sparse_soft_iou_loss(cells, 1)[0][0]), float(
+            height_balanced_soft_iou_loss(cells, 1, [shape])[0][0]
+        )
+
+    plain, height = losses(floor_only)
+    assert plain < 0.1  # the published loss barely notices the missing obstacle ...
+    assert height > 0.4  # ... the height-balanced one does: two of three occupied rows are missed
+    assert max(losses(perfect)) < 0.01

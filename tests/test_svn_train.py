@@ -51,7 +51,8 @@ def test_train_resume_finetune(tmp_path, capsys):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {f"train_loss_l{i}" for i in range(4)} <= set(rows[0]) and "val_iou" in rows[0]
     total = float(rows[0]["train_loss"])
-    assert total == pytest.approx(sum(float(rows[0][f"train_loss_l{i}"]) for i in range(4)), rel=1e-5)
+    terms = [f"train_loss_l{i}" for i in range(4)] + [f"train_height_loss_l{i}" for i in range(4)]
+    assert total == pytest.approx(sum(float(rows[0][k]) for k in terms), rel=1e-5)
     assert (out / "training_curves.png").stat().st_size > 1000
     assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
     # resume continues at epoch 3 with the history kept

@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+from stereovoxel_ros.jackal import CAMERA_HEIGHT_M
+
 CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 FAST_CHECKPOINT = CHECKPOINT_DIR / "stereovoxelnet_fast_jackal_wide.pt"
 DEPTH_CHECKPOINT = CHECKPOINT_DIR / "stereo_depth_net.pt"
@@ -62,6 +64,13 @@ def _models(p: argparse.ArgumentParser) -> None:
         "--depth-checkpoint", default=str(DEPTH_CHECKPOINT), help="depth-first baseline ('' to skip)"
     )
     p.add_argument("--threshold", type=float, default=0.5, help="occupancy probability threshold")
+    p.add_argument(
+        "--camera-height",
+        type=float,
+        default=CAMERA_HEIGHT_M,
+        help="[m] camera above the floor, for the obstacle IoU (voxels above --obstacle-min-height)",
+    )
+    p.add_argument("--obstacle-min-height", type=float, default=0.10, help="[m] above the floor")
     p.add_argument("--sgbm-width", type=int, default=None, help="run SGBM at this width (default: native)")
     p.add_argument("--sgbm-min-points", type=int, default=5, help="points an SGBM voxel needs")
     p.add_argument("--depth-min-points", type=int, default=1, help="points a depth-net voxel needs")
@@ -108,14 +117,23 @@ def run_eval(args: argparse.Namespace) -> int:
             extra[f"stereovoxelnet_exit_l{args.exit_level}"] = {"exit_level": args.exit_level}
         methods = build_predictors(args, grid, extra)
         results, first = evaluate_methods(
-            [args.dataset], args.split, {k: v.predict for k, v in methods.items()}, args.limit
+            [args.dataset],
+            args.split,
+            {k: v.predict for k, v in methods.items()},
+            args.limit,
+            obstacle_max_y=args.camera_height - args.obstacle_min_height,
         )
     except (DatasetError, PredictorError) as err:
         print(f"stereovoxel eval: {err}", file=sys.stderr)
         return 1
     rows = [r.row() for r in results]
     bands = [k.removeprefix("precision_") for k in rows[0] if k.startswith("precision_")]
-    columns = [("method", "method", ""), ("iou", "IoU", ".3f"), ("chamfer_m", "Chamfer [m]", ".3f")]
+    columns = [
+        ("method", "method", ""),
+        ("iou", "IoU", ".3f"),
+        ("obstacle_iou", "obstacle IoU", ".3f"),
+        ("chamfer_m", "Chamfer [m]", ".3f"),
+    ]
     for b in bands:
         columns += [(f"precision_{b}", f"P {b}", ".2f"), (f"recall_{b}", f"R {b}", ".2f")]
     columns += [("latency_median_ms", "median [ms]", ".1f"), ("latency_p99_ms", "p99 [ms]", ".1f")]

@@ -91,13 +91,18 @@ def evaluate_methods(
     methods: dict[str, Predictor],
     limit: int | None = None,
     progress: bool = True,
+    obstacle_max_y: float | None = None,
 ) -> tuple[list[MethodResult], StereoSample | None]:
-    """Run every method on every sample of the split; returns per-method results and the first sample."""
+    """Run every method on every sample of the split; returns per-method results and the first sample.
+
+    ``obstacle_max_y`` adds the obstacle IoU (see :class:`~stereovoxel_ros.metrics.OccupancyScores`)."""
     from tqdm import tqdm
 
     roots = list(roots)
     grid = read_manifest(roots[0]).grid
-    results = {name: MethodResult(name, OccupancyScores(grid)) for name in methods}
+    results = {
+        name: MethodResult(name, OccupancyScores(grid, obstacle_max_y=obstacle_max_y)) for name in methods
+    }
     first: StereoSample | None = None
     samples = [(root, sid, s) for root in roots for sid, s in iter_samples(root, split)]
     if limit is not None:
