@@ -29,7 +29,7 @@ setup(
             # ROS 2 nodes (ros2 run stereovoxel_ros <name>)
             "stereo_occupancy = stereovoxel_ros.ros.occupancy_node:main",
             "timing_tracer = stereovoxel_ros.ros.tracer_node:main",
-            "patch_defended_detector = stereovoxel_ros.ros.detector_node:main",
+            "patch_defended_detector = stereovoxel_ros.ros.patch_detector_node:main",
             "run_stack = stereovoxel_ros.ros.stack_runner:main",
             # offline tools
             "stereovoxel = stereovoxel_ros.cli:main",

@@ -17,6 +17,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 NODES = [
     ("stereo_occupancy", "stereo_occupancy"),
     ("timing_tracer", "timing_tracer"),
+    ("patch_defended_detector", "patch_defended_detector"),
 ]
 
 

@@ -18,6 +18,7 @@ from launch_ros.actions import Node
 NODES = [
     ("stereo_occupancy", "stereo_occupancy"),
     ("timing_tracer", "timing_tracer"),
+    ("patch_defended_detector", "patch_defended_detector"),
 ]
 
 

@@ -102,7 +102,8 @@ class StereoVoxelNetPredictor:
 
     Options: ``threshold`` (occupancy probability cut, 0.5), ``prune_threshold`` (refine children of cells
     above it, default = threshold), ``exit_level`` (stop at this octree level, None = finest),
-    ``dense`` (evaluate every cell, then gate by the parents: same output, dense cost), ``num_threads`` (torch intra-op threads, 2).
+    ``dense`` (evaluate every cell, then gate by the parents: same output, dense cost), ``num_threads`` (torch intra-op threads, 2),
+    ``pruning`` (run-time All-in-One pruning with the checkpoint's masks: :meth:`set_pruning_ratio`; BN unfused).
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class StereoVoxelNetPredictor:
         exit_level: int | None = None,
         dense: bool = False,
         num_threads: int | None = 2,
+        pruning: bool = False,
     ) -> None:
         import torch
 
@@ -137,11 +139,57 @@ class StereoVoxelNetPredictor:
             )
         if num_threads:
             torch.set_num_threads(int(num_threads))
-        self.model = fuse_batchnorm(loaded.model.eval())
         self.variant, self.meta = loaded.variant, loaded.meta
         self.grid = grid
         self.threshold, self.exit_level, self.dense = float(threshold), exit_level, bool(dense)
         self._torch = torch
+        self.pruning: PrunedStereoVoxelNet | None = None
+        if pruning:  # BatchNorm stays unfused: each ratio has its own statistics
+            self.model = loaded.model.eval()
+            self.pruning = PrunedStereoVoxelNet(self.model, checkpoint_masks(loaded.meta, checkpoint))
+        else:
+            self.model = fuse_batchnorm(loaded.model.eval())
+
+    @property
+    def pruning_ratios(self) -> tuple[float, ...]:
+        """The trained pruning ratios the model can switch between (empty when pruning is off)."""
+        return self.pruning.ratios if self.pruning is not None else ()
+
+    @property
+    def pruning_ratio(self) -> float:
+        """The active pruning ratio (0 when pruning is off)."""
+        return self.pruning.ratio if self.pruning is not None else 0.0
+
+    def set_pruning_ratio(self, ratio: float) -> None:
+        """Switch to one of :attr:`pruning_ratios` (cheap: the sub-networks are built at load time)."""
+        if self.pruning is None:
+            raise PredictorError("pruning is off for this predictor (construct it with pruning=True)")
+        self.pruning.set_ratio(ratio)
+
+    def profile_pruning(self, repeats: int = 5) -> list[float]:
+        """Median end-to-end latency [ms] per pruning ratio on a synthetic pair (restores the active ratio).
+
+        Ratios are run round-robin, so load from other processes falls on all of them alike.
+        """
+        if self.pruning is None:
+            raise PredictorError("pruning is off for this predictor (construct it with pruning=True)")
+        from stereovoxel_ros.stereo_camera import ZED2_640x360
+
+        w, h = self.model.config.input_size
+        camera = ZED2_640x360.scaled(w, h)
+        rng = np.random.default_rng(0)
+        left = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        right = np.roll(left, -4, axis=1)
+        active = self.pruning_ratio
+        times: dict[float, list[float]] = {r: [] for r in self.pruning_ratios}
+        for rep in range(max(1, repeats) + 1):  # the first round warms up
+            for ratio in self.pruning_ratios:
+                self.set_pruning_ratio(ratio)
+                latency = self.predict(left, right, camera).stats["latency_ms"]
+                if rep:
+                    times[ratio].append(latency)
+        self.set_pruning_ratio(active)
+        return [sorted(t)[len(t) // 2] for t in times.values()]
 
     def prepare(self, left_rgb: np.ndarray, right_rgb: np.ndarray, camera: StereoCameraModel):
         """Check and resize the pair; tensors (1, 3, H, W) in [0, 1] and the (1, 5) camera tensor."""
@@ -182,7 +230,138 @@ class StereoVoxelNetPredictor:
             "latency_ms": (time.perf_counter() - start) * 1e3,
             "cells_evaluated": cells,
         }
+        if self.pruning is not None:
+            stats["pruning_ratio"] = self.pruning.ratio
         return OccupancyResult(probabilities > self.threshold, probabilities, stats)
+
+
+# = offline.train.all_in_one_finetune.MASKS_META_KEY (this module must not import the offline tools)
+MASKS_META_KEY = "pruning_masks"
+
+
+def checkpoint_masks(meta: dict, checkpoint: str | Path = "checkpoint") -> Any:
+    """The All-in-One :class:`NestedMasks` recorded in a checkpoint's metadata; PredictorError when absent."""
+    from stereovoxel_ros.pruning_switch import NestedMasks, PruningSwitchError
+
+    state = meta.get(MASKS_META_KEY)
+    if not state:
+        raise PredictorError(
+            f"checkpoint {checkpoint} carries no pruning masks; run-time pruning needs one made by "
+            "`stereovoxel finetune CKPT DATA --method all_in_one`"
+        )
+    try:
+        return NestedMasks.from_state(state)
+    except (PruningSwitchError, TypeError) as err:
+        raise PredictorError(f"checkpoint {checkpoint} has malformed pruning masks: {err}") from err
+
+
+def _switched_part(switch: Any) -> Any:
+    """A module standing in for a model part (e.g. ``model.extractor``) that runs the switch's active module."""
+    from torch import nn
+
+    class SwitchedPart(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self._switch = [switch]  # a list: the switch's modules are not this module's children
+
+        def forward(self, *args: Any) -> Any:
+            return self._switch[0].module(*args)
+
+    return SwitchedPart()
+
+
+class PrunedStereoVoxelNet:
+    """Run-time pruning of a StereoVoxelNet with All-in-One masks: one ``PrunedModelSwitch`` per masked part.
+
+    The masks name convs of the whole model; they are grouped by top-level part (``extractor``, ``encoder``),
+    each part gets a :class:`~stereovoxel_ros.pruning_switch.PrunedModelSwitch` built with the part's real
+    input (captured in one forward pass), and the model calls the switch's active module in the part's place.
+    BatchNorm statistics of the ratio outside the masked parts are applied to the shared model. Every ratio's
+    sub-network is built here, so :meth:`set_ratio` is cheap on the inference thread.
+    """
+
+    def __init__(self, model: Any, masks: Any) -> None:
+        import torch
+
+        from stereovoxel_ros.pruning_switch import NestedMasks, PrunedModelSwitch, PruningSwitchError
+        from stereovoxel_ros.stereo_camera import ZED2_640x360
+
+        modules = dict(model.named_modules())
+        missing = sorted(set(masks.levels) - set(modules))
+        if missing:
+            raise PredictorError(f"pruning masks name layers this model lacks: {missing[:5]}")
+        parts = sorted({name.split(".")[0] for name in masks.levels})
+        self.masks, self.model = masks, model
+        examples: dict[str, tuple] = {}
+        handles = [
+            getattr(model, part).register_forward_pre_hook(
+                lambda module, args, part=part: examples.setdefault(part, args)
+            )
+            for part in parts
+        ]
+        w, h = model.config.input_size
+        cam = ZED2_640x360.scaled(w, h)
+        try:
+            with torch.no_grad():
+                img = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+                camera = torch.tensor([[cam.fx, cam.fy, cam.cx, cam.cy, cam.baseline]], dtype=torch.float32)
+                model.frustum_pyramid(img, img.roll(-4, dims=3), camera)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.switches: dict[str, Any] = {}
+        try:
+            for part in parts:
+                prefix = part + "."
+
+                def inside(name: str, prefix: str = prefix) -> str | None:
+                    return name[len(prefix) :] if name.startswith(prefix) else None
+
+                sub = NestedMasks(
+                    masks.ratios,
+                    {inside(k): v for k, v in masks.levels.items() if inside(k)},
+                    {inside(k): inside(v) for k, v in masks.mask_points.items() if inside(k)},
+                    [{inside(k): v for k, v in s.items() if inside(k)} for s in masks.bn_stats],
+                )
+                switch = PrunedModelSwitch(getattr(model, part), sub, examples[part])
+                for ratio in masks.ratios[1:]:
+                    switch.set_ratio(ratio)
+                switch.set_ratio(masks.ratios[0])
+                self.switches[part] = switch
+        except PruningSwitchError as err:
+            raise PredictorError(f"pruning masks do not fit the model: {err}") from err
+        self.rest_bn = [
+            {k: v for k, v in s.items() if k.split(".")[0] not in self.switches} for s in masks.bn_stats
+        ]
+        for part, switch in self.switches.items():
+            setattr(model, part, _switched_part(switch))  # the original part lives on in switch.model
+        self.index = 0
+        self.set_ratio(masks.ratios[0])
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        return tuple(self.masks.ratios)
+
+    @property
+    def ratio(self) -> float:
+        return self.masks.ratios[self.index]
+
+    def set_ratio(self, ratio: float) -> None:
+        """Activate ``ratio`` (PredictorError when it is not one of the trained ratios)."""
+        from stereovoxel_ros.pruning_switch import PruningSwitchError
+
+        try:
+            index = self.masks.index(float(ratio))
+        except (PruningSwitchError, TypeError, ValueError) as err:
+            raise PredictorError(str(err)) from err
+        for switch in self.switches.values():
+            switch.set_ratio(self.masks.ratios[index])
+        if index < len(self.rest_bn) and self.rest_bn[index]:
+            modules = dict(self.model.named_modules())
+            for name, (mean, var) in self.rest_bn[index].items():
+                modules[name].running_mean.copy_(mean)
+                modules[name].running_var.copy_(var)
+        self.index = index
 
 
 def make_predictor(

@@ -11,6 +11,7 @@ The network is split in two so that a defense can work on the shallow feature ma
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
@@ -235,6 +236,10 @@ def preprocess_images(images_rgb: list[np.ndarray] | np.ndarray, input_size: tup
         images_rgb = [images_rgb]
     elif isinstance(images_rgb, np.ndarray) and images_rgb.ndim == 4:
         images_rgb = list(images_rgb)
+    elif isinstance(images_rgb, np.ndarray):
+        raise PatchDetectorError(
+            f"images must have shape (H, W, 3) or (B, H, W, 3), got an array of shape {images_rgb.shape}"
+        )
     elif not isinstance(images_rgb, (list, tuple)):
         raise PatchDetectorError(
             f"images must be an (H, W, 3) / (B, H, W, 3) array or a list of arrays, got {type(images_rgb).__name__}"
@@ -362,7 +367,8 @@ def save_detector(
     payload = {
         "config": asdict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": dict(meta or {}),
+        # plain JSON types only, so ``torch.load(weights_only=True)`` can read it back
+        "meta": json.loads(json.dumps(dict(meta or {}), default=str)),
     }
     with atomic_write(path, "wb") as handle:
         torch.save(payload, handle)

@@ -100,6 +100,15 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     ),
     "publish_markers": (True, "publish the RViz MarkerArray (only built while someone subscribes)"),
     "diagnostics_period": (1.0, "period of /diagnostics messages [s] (steady clock)"),
+    "pruning": (
+        "off",
+        "run-time All-in-One pruning: off, auto (ratio follows pruning_latency_target_ms) or a trained ratio "
+        "such as 0.25; needs a checkpoint made by `stereovoxel finetune --method all_in_one`",
+    ),
+    "pruning_latency_target_ms": (
+        150.0,
+        "inference latency the auto pruning ratio aims at [ms] (> 0)",
+    ),
     "autostart": (
         True,
         "configure and activate on start; set false when a Nav2 lifecycle_manager manages the node",
@@ -132,6 +141,9 @@ class OccupancyNodeConfig:
     grid_extent_m: tuple[float, float, float, float]
     publish_markers: bool
     diagnostics_period_s: float
+    pruning: str = "off"  # "off", "auto" or "fixed"
+    pruning_ratio: float | None = None  # the fixed ratio
+    pruning_latency_target_ms: float = 150.0
 
     @classmethod
     def from_parameters(cls, values: dict[str, Any]) -> OccupancyNodeConfig:
@@ -172,10 +184,17 @@ class OccupancyNodeConfig:
         if extent[0] >= extent[1] or extent[2] >= extent[3]:
             raise bad("grid_extent", "needs x_min < x_max and y_min < y_max")
         resolution = finite("grid_resolution", 0.01, 10.0)
+        backend = text("backend", BACKENDS)
+        pruning, pruning_ratio = parse_pruning(values["pruning"], bad)
+        if pruning != "off" and backend != "stereovoxelnet":
+            raise bad("pruning", f"needs backend stereovoxelnet, not {backend}")
+        target = values["pruning_latency_target_ms"]
+        if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target < math.inf:
+            raise bad("pruning_latency_target_ms", "must be a finite number > 0")
         if (extent[1] - extent[0]) * (extent[3] - extent[2]) / resolution**2 > 4_000_000:
             raise bad("grid_resolution", "makes the 2D grid larger than 4 million cells")
         return cls(
-            backend=text("backend", BACKENDS),
+            backend=backend,
             checkpoint=checkpoint.strip(),
             grid=grid,
             left_image_topic=text("left_image_topic"),
@@ -196,7 +215,33 @@ class OccupancyNodeConfig:
             grid_extent_m=tuple(float(v) for v in extent),  # type: ignore[arg-type]
             publish_markers=bool(values["publish_markers"]),
             diagnostics_period_s=finite("diagnostics_period", 0.05, 60.0),
+            pruning=pruning,
+            pruning_ratio=pruning_ratio,
+            pruning_latency_target_ms=float(target),
         )
+
+
+def parse_pruning(value: Any, bad: Any = None) -> tuple[str, float | None]:
+    """The ``pruning`` parameter -> ("off" | "auto", None) or ("fixed", ratio in [0, 1))."""
+
+    def error(why: str) -> OccupancyConfigError:
+        if bad is not None:
+            return bad("pruning", why)
+        return OccupancyConfigError(f"parameter 'pruning' = {value!r}: {why}")
+
+    why = "must be off, auto or a pruning ratio in [0, 1) such as 0.25"
+    if not isinstance(value, str):
+        raise error(why)
+    text = value.strip().lower()
+    if text in ("off", "auto"):
+        return text, None
+    try:
+        ratio = float(text)
+    except ValueError:
+        raise error(why) from None
+    if not 0.0 <= ratio < 1.0:  # also refuses NaN
+        raise error(why)
+    return "fixed", ratio
 
 
 class FrameError(RuntimeError):
@@ -448,6 +493,8 @@ class StereoOccupancyNode(LifecycleNode):
         self.tracer = tracer if tracer is not None else StageTracer(node_name)
         self.config: OccupancyNodeConfig | None = None
         self.predictor: Any = None
+        self.pruning_selector: Any = None  # RatioSelector when pruning is "auto"
+        self._cpu_mhz: tuple[float, float] | None = None  # (current, max) at the end of the last frame
         self.backend_in_use = ""
         self.extrinsics: ParameterExtrinsics | TfExtrinsics | None = None
         self.last_camera: StereoCameraModel | None = None  # geometry of the last published frame
@@ -482,6 +529,7 @@ class StereoOccupancyNode(LifecycleNode):
             predictor, backend = self._make_predictor(config)
             extrinsics = self._make_extrinsics(config)
         except Exception as err:  # anything here leaves the node unconfigured with the reason logged
+            self.pruning_selector = self._cpu_mhz = None
             self.configure_error = str(err)
             self.get_logger().error(f"configure failed, node stays unconfigured: {err}")
             return TransitionCallbackReturn.FAILURE
@@ -572,11 +620,16 @@ class StereoOccupancyNode(LifecycleNode):
             self.destroy_lifecycle_publisher(pub)
         self._outputs = {}
         self.config = self.predictor = self.extrinsics = self._sync = None
+        self.pruning_selector = self._cpu_mhz = None
         self.backend_in_use = ""
         self._state = "unconfigured"
 
     def _make_predictor(self, config: OccupancyNodeConfig) -> tuple[Any, str]:
-        from stereovoxel_ros.occupancy_predictor import default_checkpoint_path, make_predictor
+        from stereovoxel_ros.occupancy_predictor import (
+            PredictorError,
+            default_checkpoint_path,
+            make_predictor,
+        )
 
         backend, checkpoint = config.backend, config.checkpoint
         if backend == "stereovoxelnet" and not checkpoint:
@@ -590,8 +643,84 @@ class StereoOccupancyNode(LifecycleNode):
                 checkpoint = str(shipped)
         elif checkpoint and not Path(checkpoint).is_file():
             raise OccupancyConfigError(f"parameter 'checkpoint' = {checkpoint!r}: no such file")
-        predictor = make_predictor(backend, checkpoint if backend == "stereovoxelnet" else None, config.grid)
+        pruning = config.pruning if config.pruning != "fixed" else f"{config.pruning_ratio:g}"
+        if config.pruning != "off" and backend != "stereovoxelnet":
+            raise OccupancyConfigError(
+                f"parameter 'pruning' = {pruning!r}: no StereoVoxelNet checkpoint to prune (backend {backend})"
+            )
+        opts = {"pruning": True} if config.pruning != "off" else {}
+        try:
+            predictor = make_predictor(
+                backend, checkpoint if backend == "stereovoxelnet" else None, config.grid, **opts
+            )
+        except PredictorError as err:
+            if config.pruning == "off":
+                raise
+            raise OccupancyConfigError(f"parameter 'pruning' = {pruning!r}: {err}") from err
+        self.pruning_selector = self._make_pruning(config, predictor) if config.pruning != "off" else None
         return predictor, backend
+
+    def _make_pruning(self, config: OccupancyNodeConfig, predictor: Any) -> Any:
+        """Fixed ratio: set it. Auto: profile each ratio once and return the RatioSelector."""
+        from stereovoxel_ros.occupancy_predictor import PredictorError
+        from stereovoxel_ros.pruning_switch import RatioSelector, SelectorConfig, read_cpu_frequency_mhz
+
+        if config.pruning == "fixed":
+            try:
+                predictor.set_pruning_ratio(config.pruning_ratio)
+            except PredictorError as err:
+                raise OccupancyConfigError(
+                    f"parameter 'pruning' = '{config.pruning_ratio:g}': {err}"
+                ) from err
+            return None
+        latency = predictor.profile_pruning(repeats=5)
+        relative = [latency[0] / latency[0]]
+        for value in latency[1:]:  # a more pruned network is never predicted slower (timing noise)
+            relative.append(min(relative[-1], value / latency[0]))
+        self._cpu_mhz = read_cpu_frequency_mhz()
+        self.get_logger().info(
+            "pruning auto: ratios "
+            + ", ".join(f"{r:g} {ms:.1f} ms" for r, ms in zip(predictor.pruning_ratios, latency))
+            + f"; target {config.pruning_latency_target_ms:g} ms"
+        )
+        return RatioSelector(
+            predictor.pruning_ratios, relative, SelectorConfig(config.pruning_latency_target_ms)
+        )
+
+    def _update_pruning(self, latency_ms: float) -> None:
+        """Feed one frame's inference latency to the selector and switch the ratio for the next frame.
+
+        When the CPU frequency is known (cpufreq sysfs or psutil), the latency is rescaled from the frequency
+        the frame ran at to the frequency now, so a DVFS step changes the ratio before the next frame.
+        """
+        from stereovoxel_ros.pruning_switch import read_cpu_frequency_mhz
+
+        selector, predictor = self.pruning_selector, self.predictor
+        if selector is None or predictor is None:
+            return
+        before, now = self._cpu_mhz, read_cpu_frequency_mhz()
+        self._cpu_mhz = now
+        if before is not None and now is not None and now[0] > 0:
+            latency_ms *= before[0] / now[0]
+        ratio = selector.update_latency(latency_ms, predictor.pruning_ratio)
+        if ratio != predictor.pruning_ratio:
+            predictor.set_pruning_ratio(ratio)
+
+    def pruning_status(self) -> dict[str, str]:
+        """/diagnostics key/values of run-time pruning."""
+        config, predictor = self.config, self.predictor
+        mode = config.pruning if config is not None else "off"
+        values = {"pruning": mode}
+        if mode == "off" or predictor is None:
+            return values
+        values["pruning_ratios"] = ",".join(f"{r:g}" for r in predictor.pruning_ratios)
+        if self.pruning_selector is not None:
+            values.update(self.pruning_selector.status())
+        else:
+            values["pruning_ratio"] = f"{predictor.pruning_ratio:.2f}"
+        if self._cpu_mhz is not None:
+            values["cpu_mhz"] = f"{self._cpu_mhz[0]:.0f}/{self._cpu_mhz[1]:.0f}"
+        return values
 
     def _make_extrinsics(self, config: OccupancyNodeConfig) -> ParameterExtrinsics | TfExtrinsics:
         if config.extrinsics_source == "tf" or (config.extrinsics_source == "auto" and tf2_available()):
@@ -688,6 +817,8 @@ class StereoOccupancyNode(LifecycleNode):
         self.last_camera, self.last_camera_to_base = camera, camera_to_base
         with self.tracer.stage("inference"):
             result = predictor.predict(frame.left, frame.right, frame.camera)
+            if self.pruning_selector is not None:
+                self._update_pruning(float(result.stats["latency_ms"]))
         with self.tracer.stage("publish"):
             occupied = np.asarray(result.occupied, dtype=bool)
             points = transform_points(occupied_voxel_centers(occupied, config.grid), camera_to_base)
@@ -775,6 +906,7 @@ class StereoOccupancyNode(LifecycleNode):
             "frames_dropped_unpaired": str(sync_dropped),
             "input_errors": str(report["input_errors"]),
             "last_input_error": report["last_input_error"],
+            **self.pruning_status(),
         }
         return DiagnosticStatus(
             level=level,

@@ -26,6 +26,7 @@ PACKAGE = "stereovoxel_ros"
 NODE_REGISTRY: dict[str, str] = {
     "stereo_occupancy": "stereovoxel_ros.ros.occupancy_node:StereoOccupancyNode",
     "timing_tracer": "stereovoxel_ros.ros.tracer_node:TimingTracerNode",
+    "patch_defended_detector": "stereovoxel_ros.ros.patch_detector_node:PatchDefendedDetectorNode",
 }
 WILDCARD_KEY = "/**"
 

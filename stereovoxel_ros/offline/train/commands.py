@@ -32,6 +32,13 @@ def _common(p: argparse.ArgumentParser, lr: float, epochs: int) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--ship", default=None, help="also write the best weights here (+ .json card) when done")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--loss",
+        choices=("soft_iou", "soft_iou+height"),
+        default="soft_iou+height",
+        help="StereoVoxelNet loss per octree level: the published soft IoU, or plus the height-balanced "
+        "soft IoU (every occupied height slice weighs the same, so obstacles count as much as the floor)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -54,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
         )
         p.add_argument("checkpoint", help="StereoVoxelNet checkpoint to start from")
         _common(p, lr=5e-4, epochs=5)
-        p.add_argument("--method", choices=("dense", "spfde", "sparcl"), default="dense")
+        p.add_argument("--method", choices=("dense", "spfde", "sparcl", "all_in_one"), default="dense")
         p.add_argument(
             "--method-opt", action="append", default=[], metavar="KEY=VALUE", help="option for the method"
         )
@@ -157,25 +164,47 @@ def _train(args: argparse.Namespace, task, method, meta: dict) -> int:
         + f"; outputs in {args.out}"
     )
     if args.ship:
-        _ship(args, task, meta, result, elapsed)
+        _ship(args, task, meta, result, elapsed, method)
     return 0
 
 
-def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float) -> None:
-    """Write the best weights without optimizer state, plus a JSON card, to ``args.ship``."""
+def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float, method=None) -> None:
+    """Write the best weights without optimizer state, plus a JSON card, to ``args.ship``.
+
+    A method with ``ship_final`` (e.g. all_in_one: masks and calibrated statistics made in ``finalize``) ships
+    ``final.pt`` with its ``finalize`` metadata instead of ``best.pt``.
+    """
+    import json
+
     import torch
     from torch.torch_version import TorchVersion
 
     from stereovoxel_ros.offline.train.trainer import write_checkpoint_card
 
     best = Path(args.out) / "best.pt"
+    ship_final = bool(getattr(method, "ship_final", False))
+    source = best if best.is_file() and not ship_final else Path(args.out) / "final.pt"
     with torch.serialization.safe_globals([TorchVersion]):  # metadata of checkpoints from older runs
-        payload = torch.load(best if best.is_file() else Path(args.out) / "final.pt", weights_only=True)
+        payload = torch.load(source, weights_only=True)
     task.model.load_state_dict(payload["state_dict"])
     history = result.history
     card_meta = {**meta, "train_minutes": round(elapsed_s / 60, 2), "epochs": result.epochs_done}
+    method_meta = {
+        k: v
+        for k, v in payload.get("meta", {}).items()
+        if ship_final and k not in meta and k not in ("history", "train_config", "epoch")
+    }
     ship = Path(args.ship)
-    task.save(ship, {**card_meta, "history": history})
+    task.save(ship, {**method_meta, **card_meta, "history": history})
+
+    def json_ready(value) -> bool:
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    card_meta.update({k: v for k, v in method_meta.items() if json_ready(v)})
     write_checkpoint_card(
         ship.with_suffix(".json"),
         {
@@ -187,6 +216,7 @@ def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float) 
             "grid": task.model.grid.to_dict() if hasattr(task.model, "grid") else None,
             "size_mb": round(ship.stat().st_size / 2**20, 2),
             "best_validation": result.best_metric,
+            "shipped_weights": source.name,  # best.pt, or final.pt for a ship_final method
             "history": history,
         },
     )
@@ -214,7 +244,7 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"stereovoxel train: unknown variant {variant!r}; known {sorted(STEREOVOXELNET_CONFIGS)}")
             return 2
         task = OccupancyTask(
-            StereoVoxelNet(replace(STEREOVOXELNET_CONFIGS[variant], **overrides), grid), variant
+            StereoVoxelNet(replace(STEREOVOXELNET_CONFIGS[variant], **overrides), grid), variant, args.loss
         )
     else:
         from stereovoxel_ros.models.stereo_depth_net import create_stereo_depth_net
@@ -242,7 +272,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         "parent": ckpt.meta,
     }
     meta["parent"].pop("history", None)
-    return _train(args, OccupancyTask(ckpt.model, ckpt.variant), method, meta)
+    meta["parent"].pop("pruning_masks", None)  # tensors; the parent's masks do not apply to the new weights
+    return _train(args, OccupancyTask(ckpt.model, ckpt.variant, args.loss), method, meta)
 
 
 def torch_seed(seed: int) -> None:

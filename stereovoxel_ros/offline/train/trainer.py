@@ -41,6 +41,7 @@ class TrainContext:
     rank: int
     out_dir: Path
     num_samples: int
+    train_set: Any = None  # the PreparedStereoSet being trained on (e.g. for BN re-calibration in finalize)
 
 
 class TrainingMethod:
@@ -53,7 +54,8 @@ class TrainingMethod:
         per epoch:
             select_samples(epoch, indices) -> indices      which training samples this epoch uses (SparCL-style
                                                            data efficiency); the trainer shuffles and shards them
-            per batch:  forward, loss.backward()
+            per batch:  compute_losses(task, net, batch) -> (per-sample loss, logs)   default: task.losses
+                        loss.backward()
                 record_sample_losses(epoch, indices, losses)   per-sample losses (B,), detached
                 before_optimizer_step(model, step)         e.g. mask gradients of pruned weights
                 optimizer.step()
@@ -73,6 +75,10 @@ class TrainingMethod:
 
     def select_samples(self, epoch: int, indices: np.ndarray) -> np.ndarray:
         return indices
+
+    def compute_losses(self, task: Any, net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-sample training loss (B,) and logs of one batch (a joint loss over sub-networks goes here)."""
+        return task.losses(net, batch)
 
     def record_sample_losses(self, epoch: int, indices: np.ndarray, losses: torch.Tensor) -> None:
         pass
@@ -99,6 +105,7 @@ class TrainingMethod:
 METHOD_MODULES = {
     "spfde": "stereovoxel_ros.offline.train.spfde",
     "sparcl": "stereovoxel_ros.offline.train.sparcl",
+    "all_in_one": "stereovoxel_ros.offline.train.all_in_one_finetune",
 }
 
 
@@ -211,24 +218,41 @@ class PreparedStereoSet:
 
 
 class OccupancyTask:
-    """StereoVoxelNet: soft-IoU loss summed over the octree levels; validation IoU at the finest level."""
+    """StereoVoxelNet: soft-IoU loss summed over the octree levels; validation IoU at the finest level.
+
+    ``loss`` "soft_iou" is the published loss; "soft_iou+height" (default) adds the height-balanced soft IoU
+    of :func:`~stereovoxel_ros.octree_decoder.height_balanced_soft_iou_loss` at every level.
+    """
 
     kind = "stereovoxelnet"
     needs_depth = False
     metric_keys = ("iou", "count")
+    losses_available = ("soft_iou", "soft_iou+height")
 
-    def __init__(self, model: nn.Module, variant: str) -> None:
-        self.model, self.variant = model, variant
+    def __init__(self, model: nn.Module, variant: str, loss: str = "soft_iou+height") -> None:
+        if loss not in self.losses_available:
+            raise TrainingError(f"unknown StereoVoxelNet loss {loss!r}; choose from {self.losses_available}")
+        self.model, self.variant, self.loss = model, variant, loss
 
     def losses(self, net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Per-sample loss (B,): soft IoU summed over levels, children evaluated where occupied."""
-        from stereovoxel_ros.octree_decoder import octree_targets, sparse_soft_iou_loss
+        """Per-sample loss (B,): soft IoU (+ height-balanced) summed over levels, children where occupied."""
+        from stereovoxel_ros.octree_decoder import (
+            height_balanced_soft_iou_loss,
+            octree_targets,
+            sparse_soft_iou_loss,
+        )
 
+        batch_size = batch["voxels"].shape[0]
         targets = octree_targets(batch["voxels"], self.model.num_levels)
         levels = net(batch["left"], batch["right"], batch["camera"], targets)
-        per_level = sparse_soft_iou_loss(levels, batch["voxels"].shape[0])
+        per_level = sparse_soft_iou_loss(levels, batch_size)
         logs = {f"loss_l{i}": float(v.detach().mean()) for i, v in enumerate(per_level)}
-        logs["cells_l3"] = float(levels[-1][1].shape[0]) / batch["voxels"].shape[0]
+        if self.loss == "soft_iou+height":
+            shapes = [tuple(t.shape[1:]) for t in targets]
+            height = height_balanced_soft_iou_loss(levels, batch_size, shapes)
+            logs.update({f"height_loss_l{i}": float(v.detach().mean()) for i, v in enumerate(height)})
+            per_level = [a + b for a, b in zip(per_level, height)]
+        logs["cells_l3"] = float(levels[-1].logits.shape[0]) / batch_size
         return torch.stack(per_level).sum(0), logs
 
     @torch.no_grad()
@@ -379,7 +403,13 @@ class Trainer:
         self.start_epoch = 0
         self.best = -math.inf
         self.ctx = TrainContext(
-            config.epochs, self.steps_per_epoch, self.world, self.rank, self.out_dir, len(train_set)
+            config.epochs,
+            self.steps_per_epoch,
+            self.world,
+            self.rank,
+            self.out_dir,
+            len(train_set),
+            train_set,
         )
         self.method.setup(self.model, self.optimizer, self.ctx)
 
@@ -461,7 +491,7 @@ class Trainer:
                     group["lr"] = cosine_lr(progress, cfg.lr, step, cfg.warmup_steps)
                 batch_idx = order[start : start + cfg.batch_size]
                 batch = self.train_set.batch(batch_idx, augment=cfg.augment, rng=rng)
-                per_sample, logs = self.task.losses(self.net, batch)
+                per_sample, logs = self.method.compute_losses(self.task, self.net, batch)
                 loss = per_sample.mean()
                 if not torch.isfinite(loss):
                     raise TrainingError(f"loss became {float(loss)} at epoch {epoch + 1}, step {i}")

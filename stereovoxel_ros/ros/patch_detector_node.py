@@ -1,0 +1,579 @@
+"""Patch-defended 2D detection for a Jackal camera: a lifecycle node around ``patch_defense.PatchDefendedDetector``.
+
+In: ``image_topic`` (sensor_msgs/Image rgb8/bgr8/mono8, sensor-data QoS, depth 1; only the newest frame is
+processed, older ones are dropped while the detector is busy). Out: ``~/detections``
+(vision_msgs/Detection2DArray when vision_msgs is installed, else ``~/detections_json`` std_msgs/String),
+``~/annotated`` (rgb8 with detections in green and neutralized patch regions in red), ``/diagnostics``
+(WARN naming the region while an adversarial patch is seen, OK otherwise) and per-frame stage timings for
+the timing tracer (``StageTracer`` + ``StageTimingPublisher``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from stereovoxel_ros.jackal import JackalTopics
+from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
+from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
+from stereovoxel_ros.ros.stage_timing import StageTimingPublisher
+from stereovoxel_ros.tracing import StageTracer
+
+NEUTRALIZE_MODES = ("feature_mask", "inpaint")
+_JACKAL = JackalTopics(namespace="")
+
+
+class DetectorNodeConfigError(ValueError):
+    """A node parameter is invalid; the message names the parameter."""
+
+
+def _defense_defaults() -> Any:
+    from stereovoxel_ros.patch_defense import PatchDefenseConfig
+
+    return PatchDefenseConfig()
+
+
+# name -> (default, description); numeric defense defaults mirror PatchDefenseConfig (checked in the tests)
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "image_topic": (_JACKAL.left_image.lstrip("/"), "camera image (rgb8, bgr8 or mono8)"),
+    "checkpoint": ("", "detector checkpoint [.pt]; empty = stereovoxel_ros/checkpoints/patch_detector.pt"),
+    "defense": (True, "run the Themis-style patch defense (false: plain detection)"),
+    "neutralize": ("feature_mask", f"how a confirmed patch is neutralized: {' or '.join(NEUTRALIZE_MODES)}"),
+    "temporal_reuse": (True, "reuse importance maps and region decisions on unchanged image blocks"),
+    "refresh_interval": (15, "recompute the whole importance map at least every this many frames"),
+    "change_threshold": (6.0, "mean |frame difference| [DN] that marks a block as changed"),
+    "concentration_threshold": (6.0, "importance share / area share that makes a candidate patch region"),
+    "recovery_threshold": (0.25, "class-score rise when masking a candidate that confirms a patch"),
+    "score_threshold": (0.3, "lowest detection score published"),
+    "torch_threads": (2, "CPU threads for inference"),
+    "publish_annotated": (True, "publish ~/annotated (only drawn while someone subscribes)"),
+    "diagnostics_period": (1.0, "period of /diagnostics messages [s] (steady clock)"),
+    "autostart": (True, "configure and activate on start; false when a lifecycle manager manages the node"),
+}
+
+
+@dataclass(frozen=True)
+class DetectorNodeConfig:
+    """The node's validated parameters."""
+
+    image_topic: str
+    checkpoint: str
+    defense: bool
+    neutralize: str
+    temporal_reuse: bool
+    refresh_interval: int
+    change_threshold: float
+    concentration_threshold: float
+    recovery_threshold: float
+    score_threshold: float
+    torch_threads: int
+    publish_annotated: bool
+    diagnostics_period_s: float
+
+    @classmethod
+    def from_parameters(cls, values: dict[str, Any]) -> DetectorNodeConfig:
+        """Check every value; DetectorNodeConfigError names the first bad parameter and why."""
+
+        def bad(name: str, why: str) -> DetectorNodeConfigError:
+            return DetectorNodeConfigError(f"parameter {name!r} = {values.get(name)!r}: {why}")
+
+        def number(name: str, low: float, high: float) -> float:
+            value = values[name]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise bad(name, "must be a finite number")
+            if not low <= value <= high:
+                raise bad(name, f"must be in [{low}, {high}]")
+            return float(value)
+
+        def integer(name: str, low: int, high: int) -> int:
+            value = values[name]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise bad(name, f"must be an integer in [{low}, {high}]")
+            return int(value)
+
+        def flag(name: str) -> bool:
+            if not isinstance(values[name], bool):
+                raise bad(name, "must be true or false")
+            return bool(values[name])
+
+        topic = values["image_topic"]
+        if not isinstance(topic, str) or not topic.strip() or " " in topic.strip():
+            raise bad("image_topic", "must be a non-empty topic name")
+        checkpoint = values["checkpoint"]
+        if not isinstance(checkpoint, str):
+            raise bad("checkpoint", "must be a path string (empty for the shipped checkpoint)")
+        if values["neutralize"] not in NEUTRALIZE_MODES:
+            raise bad("neutralize", f"must be one of {', '.join(NEUTRALIZE_MODES)}")
+        return cls(
+            image_topic=topic.strip(),
+            checkpoint=checkpoint.strip(),
+            defense=flag("defense"),
+            neutralize=values["neutralize"],
+            temporal_reuse=flag("temporal_reuse"),
+            refresh_interval=integer("refresh_interval", 1, 100000),
+            change_threshold=number("change_threshold", 0.0, 255.0),
+            concentration_threshold=number("concentration_threshold", 1.0, 1e6),
+            recovery_threshold=number("recovery_threshold", 0.0, 1.0),
+            score_threshold=number("score_threshold", 0.0, 1.0),
+            torch_threads=integer("torch_threads", 1, 64),
+            publish_annotated=flag("publish_annotated"),
+            diagnostics_period_s=number("diagnostics_period", 0.05, 60.0),
+        )
+
+    def defense_config(self) -> Any:
+        """The ``PatchDefenseConfig`` these parameters describe."""
+        return replace(
+            _defense_defaults(),
+            neutralize=self.neutralize,
+            temporal_reuse=self.temporal_reuse,
+            refresh_interval=self.refresh_interval,
+            change_threshold=self.change_threshold,
+            concentration_threshold=self.concentration_threshold,
+            recovery_threshold=self.recovery_threshold,
+            score_threshold=self.score_threshold,
+        )
+
+
+def image_message_to_rgb(msg: Image) -> np.ndarray:
+    """An Image message as (H, W, 3) uint8 RGB; ImageEncodingError for other encodings or bad sizes."""
+    encoding = str(msg.encoding)
+    if encoding not in ("rgb8", "bgr8", "mono8"):
+        raise ImageEncodingError(f"image encoding {encoding!r} is not supported (rgb8, bgr8 or mono8)")
+    pixels = image_to_numpy(msg)
+    if encoding == "bgr8":
+        return np.ascontiguousarray(pixels[:, :, ::-1])
+    if encoding == "mono8":
+        return np.repeat(pixels[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(pixels)
+
+
+def draw_annotations(image: np.ndarray, result: Any, class_names: Sequence[str]) -> np.ndarray:
+    """A copy of ``image`` with detections (green) and neutralized regions (red) drawn."""
+    import cv2
+
+    out = np.ascontiguousarray(image.copy())
+    for box, score, label in zip(result.detections.boxes, result.detections.scores, result.detections.labels):
+        x0, y0, x1, y1 = (round(float(v)) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), (0, 255, 0), 1)
+        name = class_names[int(label)] if 0 <= int(label) < len(class_names) else str(int(label))
+        cv2.putText(
+            out, f"{name} {score:.2f}", (x0, max(8, y0 - 2)), cv2.FONT_HERSHEY_PLAIN, 0.7, (0, 255, 0), 1
+        )
+    for x0, y0, x1, y1 in result.regions:
+        cv2.rectangle(out, (int(x0), int(y0)), (math.ceil(x1), math.ceil(y1)), (255, 0, 0), 2)
+    return out
+
+
+def detections_to_json(result: Any, class_names: Sequence[str], stamp_ns: int, frame_id: str) -> str:
+    """The std_msgs/String fallback payload."""
+    dets = result.detections
+    return json.dumps(
+        {
+            "stamp_ns": int(stamp_ns),
+            "frame_id": frame_id,
+            "detections": [
+                {
+                    "box_xyxy": [round(float(v), 2) for v in b],
+                    "score": round(float(s), 4),
+                    "label": int(lab),
+                    "class": class_names[int(lab)] if 0 <= int(lab) < len(class_names) else "",
+                }
+                for b, s, lab in zip(dets.boxes, dets.scores, dets.labels)
+            ],
+            "patch_alert": bool(result.alert),
+            "patch_regions_xyxy": [[round(float(v), 2) for v in r] for r in result.regions],
+        }
+    )
+
+
+def vision_msgs_available() -> bool:
+    try:
+        import vision_msgs.msg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def detections_to_vision_msgs(result: Any, class_names: Sequence[str], header: Any) -> Any:
+    """vision_msgs/Detection2DArray (centre + size boxes, one hypothesis per detection)."""
+    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+    msg = Detection2DArray(header=header)
+    for box, score, label in zip(result.detections.boxes, result.detections.scores, result.detections.labels):
+        det = Detection2D(header=header)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        center = det.bbox.center
+        if hasattr(center, "position"):  # Humble and newer: Pose2D with position
+            center.position.x, center.position.y = (x0 + x1) / 2, (y0 + y1) / 2
+        else:
+            center.x, center.y = (x0 + x1) / 2, (y0 + y1) / 2
+        det.bbox.size_x, det.bbox.size_y = x1 - x0, y1 - y0
+        hyp = ObjectHypothesisWithPose()
+        name = class_names[int(label)] if 0 <= int(label) < len(class_names) else str(int(label))
+        if hasattr(hyp, "hypothesis"):
+            hyp.hypothesis.class_id, hyp.hypothesis.score = name, float(score)
+        else:
+            hyp.id, hyp.score = name, float(score)
+        det.results.append(hyp)
+        msg.detections.append(det)
+    return msg
+
+
+class DetectorStats:
+    """Thread-safe counters the node reports in /diagnostics."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.received = 0
+        self.processed = 0
+        self.dropped_stale = 0
+        self.input_errors = 0
+        self.last_input_error = ""
+        self.alerts = 0
+        self.last_alert = False
+        self.last_regions: list[tuple[float, float, float, float]] = []
+        self.last_processing_ms = math.nan
+        self.published_at: list[float] = []
+
+    def add_received(self, replaced: bool) -> None:
+        with self._lock:
+            self.received += 1
+            self.dropped_stale += int(replaced)
+
+    def add_error(self, message: str) -> None:
+        with self._lock:
+            self.input_errors += 1
+            self.last_input_error = message
+
+    def add_result(self, alert: bool, regions: list, processing_ms: float) -> None:
+        with self._lock:
+            self.processed += 1
+            self.alerts += int(alert)
+            self.last_alert = alert
+            self.last_regions = list(regions)
+            self.last_processing_ms = processing_ms
+            now = time.monotonic()
+            self.published_at = [t for t in self.published_at if now - t <= 5.0] + [now]
+
+
+class PatchDefendedDetectorNode(LifecycleNode):
+    """Camera image in; defended detections, an annotated image, patch alerts and stage timings out."""
+
+    def __init__(
+        self,
+        node_name: str = "patch_defended_detector",
+        *,
+        tracer: Any = None,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        self.tracer = tracer if tracer is not None else StageTracer("detector")
+        self.timing = StageTimingPublisher(self, self.tracer)
+        self._injected_model = model  # tests / embedding: a ready AnchorFreeDetector instead of a checkpoint
+        self.config: DetectorNodeConfig | None = None
+        self.detector: Any = None
+        self.class_names: tuple[str, ...] = ()
+        self.checkpoint_in_use = ""
+        self.output_path = ""
+        self.stats = DetectorStats()
+        self.configure_error = ""
+        self._state = "unconfigured"
+        self._lock = threading.Lock()
+        self._newest: tuple[Image, float] | None = None
+        self._outputs: dict[str, Any] = {}
+        self._input: Any = None
+        self._wake: Any = None
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._inference_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        period = self.get_parameter("diagnostics_period").value
+        self._diagnostics_timer = self.create_timer(
+            period if isinstance(period, float) and 0.05 <= period <= 60.0 else 1.0,
+            self.publish_diagnostics,
+            callback_group=self._diagnostics_group,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            config = DetectorNodeConfig.from_parameters({n: self.get_parameter(n).value for n in PARAMETERS})
+            detector, names, checkpoint = self._make_detector(config)
+        except Exception as err:  # anything here leaves the node unconfigured with the reason logged
+            self.configure_error = str(err)
+            self.get_logger().error(f"configure failed, node stays unconfigured: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self.config, self.detector, self.class_names, self.checkpoint_in_use = (
+            config,
+            detector,
+            names,
+            checkpoint,
+        )
+        self.configure_error = ""
+        use_vision = vision_msgs_available()
+        self._outputs = {
+            "annotated": self.create_lifecycle_publisher(Image, "~/annotated", reliable_qos(depth=2))
+        }
+        if use_vision:
+            from vision_msgs.msg import Detection2DArray
+
+            self._outputs["detections"] = self.create_lifecycle_publisher(
+                Detection2DArray, "~/detections", reliable_qos()
+            )
+            self.output_path = "vision_msgs/Detection2DArray on ~/detections"
+        else:
+            self._outputs["detections_json"] = self.create_lifecycle_publisher(
+                String, "~/detections_json", reliable_qos()
+            )
+            self.output_path = "std_msgs/String JSON on ~/detections_json (vision_msgs is not installed)"
+        self.get_logger().info(
+            f"configured: detector {checkpoint}, defense {'on' if config.defense else 'off'} "
+            f"({config.neutralize}, temporal reuse {config.temporal_reuse}); detections as {self.output_path}"
+        )
+        self._state = "inactive"
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        config = self.config
+        assert config is not None
+        self._wake = self.create_guard_condition(self._on_wake, callback_group=self._inference_group)
+        self._input = self.create_subscription(
+            Image, config.image_topic, self._on_image, sensor_qos(depth=1), callback_group=self._input_group
+        )
+        self._state = "active"
+        self.get_logger().info(f"active: listening on {config.image_topic}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        self._state = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        self._release()
+        self._state = "finalized"
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_input(self) -> None:
+        if self._input is not None:
+            self.destroy_subscription(self._input)
+            self._input = None
+        if self._wake is not None:
+            self.destroy_guard_condition(self._wake)
+            self._wake = None
+        with self._lock:
+            self._newest = None
+
+    def _release(self) -> None:
+        for pub in self._outputs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._outputs = {}
+        self.config = self.detector = None
+        self._state = "unconfigured"
+
+    def _make_detector(self, config: DetectorNodeConfig) -> tuple[Any, tuple[str, ...], str]:
+        import torch
+
+        from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
+        from stereovoxel_ros.patch_defense import PatchDefendedDetector
+
+        torch.set_num_threads(config.torch_threads)
+        if self._injected_model is not None and not config.checkpoint:
+            model, source = self._injected_model, "(model given to the node)"
+        else:
+            path = Path(config.checkpoint) if config.checkpoint else default_detector_checkpoint()
+            if not path.is_file():
+                raise DetectorNodeConfigError(
+                    f"parameter 'checkpoint': detector checkpoint {path} does not exist"
+                )
+            model, _, _ = load_detector(path)
+            source = str(path)
+        detector = PatchDefendedDetector(model, model.config, config.defense_config())
+        return detector, tuple(model.config.class_names), source
+
+    # ---- input -----------------------------------------------------------------------------------------------
+    def _on_image(self, msg: Image) -> None:
+        with self._lock:
+            replaced = self._newest is not None
+            self._newest = (msg, time.monotonic())
+        self.stats.add_received(replaced)
+        if self._wake is not None:
+            self._wake.trigger()
+
+    def _on_wake(self) -> None:
+        with self._lock:
+            item, self._newest = self._newest, None
+        if item is None:
+            return
+        try:
+            self._process(*item)
+        except Exception as err:  # one bad frame must not take the node down
+            self.stats.add_error(f"{type(err).__name__}: {err}")
+            self.get_logger().error(
+                f"frame on {self.config.image_topic if self.config else '?'} skipped: {err}",
+                throttle_duration_sec=1.0,
+            )
+
+    def _process(self, msg: Image, received_at: float) -> None:
+        config, detector = self.config, self.detector
+        if config is None or detector is None:
+            return
+        stamp_ns = header_stamp_ns(msg)
+        self.tracer.begin()
+        with self.tracer.stage("conversion"):
+            image = image_message_to_rgb(msg)
+        if config.defense:
+            result = detector.process(image, stamp_ns)
+        else:
+            from stereovoxel_ros.patch_defense import DefendedResult
+
+            start = time.perf_counter()
+            result = DefendedResult(detector.detect(image), [], False, False, {})
+            result.stage_seconds["detect"] = time.perf_counter() - start
+        for name, seconds in result.stage_seconds.items():
+            self.tracer.record(name, seconds * 1e3)
+        with self.tracer.stage("publish"):
+            if "detections" in self._outputs:
+                self._outputs["detections"].publish(
+                    detections_to_vision_msgs(result, self.class_names, msg.header)
+                )
+            else:
+                text = detections_to_json(result, self.class_names, stamp_ns, msg.header.frame_id)
+                self._outputs["detections_json"].publish(String(data=text))
+            annotated = self._outputs["annotated"]
+            if config.publish_annotated and annotated.get_subscription_count() > 0:
+                annotated.publish(
+                    numpy_to_image(draw_annotations(image, result, self.class_names), "rgb8", msg.header)
+                )
+        self.tracer.frame(
+            stamp_ns,
+            detections=len(result.detections),
+            patch_alert=int(result.alert),
+            reused=int(result.reused),
+            image_px=int(image.shape[0] * image.shape[1]),
+        )
+        was_alert = self.stats.last_alert
+        self.stats.add_result(result.alert, result.regions, (time.monotonic() - received_at) * 1e3)
+        if result.alert != was_alert:
+            if result.alert:
+                self.get_logger().warning(f"adversarial patch detected at {_fmt_regions(result.regions)}")
+            self.publish_diagnostics()  # say it now, not at the next period
+
+    # ---- diagnostics -----------------------------------------------------------------------------------------
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """OK, WARN with the region while a patch is seen (or on input errors), ERROR if configure failed."""
+        s = self.stats
+        with s._lock:
+            alert, regions, errors, last_error = (
+                s.last_alert,
+                list(s.last_regions),
+                s.input_errors,
+                s.last_input_error,
+            )
+            recent = list(s.published_at)
+            values = {
+                "state": self._state,
+                "checkpoint": self.checkpoint_in_use,
+                "detections_output": self.output_path,
+                "patch_alert": str(alert).lower(),
+                "patch_regions_xyxy": _fmt_regions(regions),
+                "frames_received": str(s.received),
+                "frames_processed": str(s.processed),
+                "frames_dropped_stale": str(s.dropped_stale),
+                "frames_with_patch": str(s.alerts),
+                "processing_ms_last": f"{s.last_processing_ms:.1f}",
+                "input_errors": str(errors),
+                "last_input_error": last_error,
+            }
+        rate = (
+            (len(recent) - 1) / (recent[-1] - recent[0])
+            if len(recent) > 2 and recent[-1] > recent[0]
+            else 0.0
+        )
+        values["rate_hz"] = f"{rate:.2f}"
+        if self.detector is not None:
+            values.update({f"reuse_{k}": f"{v:.3f}" if isinstance(v, float) else str(v)
+                           for k, v in self.detector.cache.stats().items()})  # fmt: skip
+        level, message = DiagnosticStatus.OK, f"{self._state}, no adversarial patch"
+        if self.configure_error:
+            level, message = DiagnosticStatus.ERROR, f"configure failed: {self.configure_error}"
+        elif alert:
+            level, message = (
+                DiagnosticStatus.WARN,
+                f"adversarial patch neutralized at {_fmt_regions(regions)}",
+            )
+        return DiagnosticStatus(
+            level=level,
+            name=f"{self.get_fully_qualified_name()}: patch-defended detector",
+            message=message,
+            hardware_id=self.config.image_topic if self.config else "",
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+
+    def publish_diagnostics(self) -> None:
+        msg = DiagnosticArray(status=[self.diagnostic_status()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(msg)
+
+
+def _fmt_regions(regions: Sequence[Sequence[float]]) -> str:
+    return "; ".join("[" + ", ".join(f"{v:.0f}" for v in r) + "] px" for r in regions)
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """``ros2 run stereovoxel_ros patch_defended_detector``."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PatchDefendedDetectorNode()
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return 1
+            node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Patch defense (Themis-style region detection, neutralization, temporal reuse), the EOT attack and LGS.
+
+The defense logic runs on ``CraftedPatchDetector`` (tests/patch_defense_helpers.py): a deterministic
+detector whose known weakness (high-frequency texture suppresses nearby detections) is what a hiding
+adversarial patch exploits. When the shipped detector checkpoint exists, one test also runs the defense on
+it end to end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from patch_defense_helpers import (
+    OBJECT_BOX,
+    PATCH_BOX,
+    SIZE,
+    CraftedPatchDetector,
+    checkerboard,
+    clean_frame,
+    patched_frame,
+)
+
+from stereovoxel_ros.patch_defense import (
+    PatchDefendedDetector,
+    PatchDefenseConfig,
+    PatchDefenseError,
+    find_candidate_regions,
+)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+def _covers(region, box) -> bool:
+    x0, y0, x1, y1 = region
+    return x0 <= box[0] and y0 <= box[1] and x1 >= box[2] and y1 >= box[3]
+
+
+def test_patch_is_found_neutralized_and_clean_frames_are_left_alone() -> None:
+    defended = PatchDefendedDetector(CraftedPatchDetector())
+    undefended = defended.detect(patched_frame())
+    result = defended.process(patched_frame())
+    assert result.alert and len(result.regions) == 1
+    assert _covers(result.regions[0], PATCH_BOX), f"region {result.regions[0]} misses the patch {PATCH_BOX}"
+    x0, y0, x1, y1 = result.regions[0]
+    assert (x1 - x0) * (y1 - y0) < 0.5 * np.prod(OBJECT_BOX[2:] - OBJECT_BOX[:2])  # small, not the object
+    assert result.candidates[0].recovery > 0.5
+    # neutralizing brings the hidden object back with a higher score than without the defense
+    assert result.detections.scores.max() > undefended.scores.max() + 0.2
+    assert set(result.stage_seconds) >= {
+        "preprocess",
+        "importance",
+        "region_search",
+        "robustness_check",
+        "decode",
+    }
+
+    for seed in range(3):
+        defended.reset()
+        clean = defended.process(clean_frame(seed))
+        assert not clean.alert and clean.regions == []
+        np.testing.assert_allclose(clean.detections.scores, defended.detect(clean_frame(seed)).scores)
+
+
+def test_inpaint_neutralization_also_recovers_the_object() -> None:
+    config = PatchDefenseConfig(neutralize="inpaint", temporal_reuse=False)
+    defended = PatchDefendedDetector(CraftedPatchDetector(), None, config)
+    result = defended.process(patched_frame())
+    assert result.alert and _covers(result.regions[0], PATCH_BOX)
+    assert result.detections.scores.max() > 0.9
+
+
+def test_concentration_threshold_decides_candidates() -> None:
+    importance = np.ones((24, 32))
+    importance[10:13, 14:17] = 200.0
+    config = PatchDefenseConfig()
+    (region,) = find_candidate_regions(importance, config)[:1]
+    assert region.cells[0] <= 14 and region.cells[2] >= 17 and region.concentration > 6
+    assert find_candidate_regions(np.ones((24, 32)), config) == []
+    assert find_candidate_regions(np.zeros((24, 32)), config) == []
+
+
+def test_temporal_cache_reuses_on_static_video_and_recomputes_on_change() -> None:
+    config = PatchDefenseConfig(refresh_interval=5)
+    defended = PatchDefendedDetector(CraftedPatchDetector(), None, config)
+    first = defended.process(patched_frame(0))
+    assert not first.reused and first.alert
+    for seed in range(1, 5):  # same scene, new sensor noise: everything reused, the patch stays masked
+        r = defended.process(patched_frame(seed))
+        assert r.reused and r.alert and r.blocks_recomputed == 0
+        assert "importance" not in r.stage_seconds
+        assert r.regions == first.regions
+    refreshed = defended.process(patched_frame(5))  # refresh_interval reached
+    assert not refreshed.reused and refreshed.blocks_recomputed == refreshed.blocks_total
+    moved = defended.process(clean_frame(6, shift=8))  # the object moves and the patch is gone
+    assert not moved.reused and 0 < moved.blocks_recomputed < moved.blocks_total
+    assert not moved.alert and moved.regions == []
+    stats = defended.cache.stats()
+    assert stats["frames"] == 7 and stats["frames_reused"] == 4 and stats["blocks_skipped"] > 0
+
+    no_reuse = PatchDefendedDetector(
+        CraftedPatchDetector(), None, dataclasses.replace(config, temporal_reuse=False)
+    )
+    for seed in range(3):
+        assert not no_reuse.process(patched_frame(seed)).reused
+
+
+@pytest.mark.parametrize(
+    ("image", "words"),
+    [
+        (np.zeros((96, 128, 3), np.float32), "uint8"),
+        (np.full((96, 128, 3), np.nan, np.float32), "NaN"),
+        (np.zeros((96, 128), np.uint8), "(H, W, 3)"),
+        (np.zeros((96, 128, 4), np.uint8), "(H, W, 3)"),
+        (np.zeros((4, 4, 3), np.uint8), "too small"),
+        ([[1, 2, 3]], "numpy array"),
+    ],
+)
+def test_bad_images_raise_clear_errors(image, words: str) -> None:
+    defended = PatchDefendedDetector(CraftedPatchDetector())
+    with pytest.raises(PatchDefenseError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        defended.process(image)
+
+
+def test_bad_defense_config_is_named() -> None:
+    with pytest.raises(PatchDefenseError, match="neutralize"):
+        PatchDefenseConfig(neutralize="blur")
+    with pytest.raises(PatchDefenseError, match="block_size"):
+        PatchDefenseConfig(block_size=20)
+    with pytest.raises(PatchDefenseError, match="recovery_threshold"):
+        PatchDefenseConfig(recovery_threshold=float("nan"))
+
+
+def test_attack_lowers_the_target_score_on_a_tiny_run() -> None:
+    from stereovoxel_ros.models.anchor_free_detector import preprocess_images
+    from stereovoxel_ros.offline.detection.patch_attack import (
+        AttackConfig,
+        optimize_patch,
+        paste_patch,
+        patch_box,
+        target_score,
+    )
+
+    model = CraftedPatchDetector()
+    frames = [clean_frame(seed) for seed in range(4)]
+    images = preprocess_images(frames, SIZE)
+    boxes = torch.from_numpy(np.repeat(OBJECT_BOX[None], 4, axis=0))
+    config = AttackConfig(steps=12, batch_size=2, patch_pixels=12, size_share=0.08, lr=0.1, seed=1)
+    patch, losses = optimize_patch(model, images, boxes, config)
+    assert patch.shape == (12, 12, 3) and patch.dtype == np.uint8
+    assert np.mean(losses[-3:]) < losses[0]
+    where = patch_box(OBJECT_BOX, config.size_share)
+    attacked, covered = paste_patch(frames[0], patch, where)
+    grey, _ = paste_patch(frames[0], np.full_like(patch, 128), where)
+    assert target_score(model, attacked, OBJECT_BOX, SIZE) < target_score(model, grey, OBJECT_BOX, SIZE) - 0.2
+    assert covered[0] >= OBJECT_BOX[0] and covered[2] <= OBJECT_BOX[2]
+
+
+def test_patch_renders_into_the_3d_scene() -> None:
+    from stereovoxel_ros.offline.detection.patch_attack import render_patched_sequence
+
+    frames = render_patched_sequence(checkerboard(16, 2), 0.2, seed=3, num_frames=2, size=(128, 96))
+    assert len(frames) == 2 and frames[0]["image"].shape == (96, 128, 3)
+    box = frames[0]["patch_box"]
+    assert box is not None and box[2] > box[0] and box[3] > box[1]
+
+
+def test_local_gradient_smoothing_suppresses_the_patch_not_smooth_areas() -> None:
+    from stereovoxel_ros.offline.detection.gradient_smoothing import (
+        GradientSmoothingError,
+        LgsConfig,
+        local_gradient_smoothing,
+    )
+
+    img = patched_frame()
+    out = local_gradient_smoothing(img)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    x0, y0, x1, y1 = (int(v) for v in PATCH_BOX)
+    assert out[y0:y1, x0:x1].mean() < 0.6 * img[y0:y1, x0:x1].mean()
+    np.testing.assert_array_equal(out[:10, :20], img[:10, :20])  # smooth background untouched
+    with pytest.raises(GradientSmoothingError, match="uint8"):
+        local_gradient_smoothing(img.astype(np.float32))
+    with pytest.raises(GradientSmoothingError, match="overlap"):
+        LgsConfig(window_size=5, overlap=5)
+
+
+def test_eval_metrics_helpers() -> None:
+    from stereovoxel_ros.models.anchor_free_detector import Detections
+    from stereovoxel_ros.offline.detection.defense_evaluation import region_hits, target_detected
+
+    det = Detections(np.array([[10, 10, 50, 50]], np.float32), np.array([0.9], np.float32), np.array([1]))
+    assert target_detected(det, np.array([12, 10, 50, 52], np.float32), 1)
+    assert not target_detected(det, np.array([12, 10, 50, 52], np.float32), 0)
+    assert region_hits([(0, 0, 20, 20), (30, 30, 40, 40)], np.array([5, 5, 15, 15])) == [True, False]
+
+
+def test_real_detector_architecture_runs_under_the_defense() -> None:
+    """The shipped detector when it exists, else an untrained AnchorFreeDetector (architecture/API check)."""
+    from stereovoxel_ros.models.anchor_free_detector import (
+        AnchorFreeDetector,
+        DetectorConfig,
+        default_detector_checkpoint,
+        load_detector,
+    )
+
+    path = default_detector_checkpoint()
+    if path.is_file():
+        model, config, _ = load_detector(path)
+    else:
+        torch.manual_seed(0)
+        config = DetectorConfig()
+        model = AnchorFreeDetector(config).eval()
+    defended = PatchDefendedDetector(model, config)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (config.input_size[1], config.input_size[0], 3), dtype=np.uint8)
+    result = defended.process(frame)
+    assert result.detections.boxes.shape[1] == 4 and "importance" in result.stage_seconds
+    again = defended.process(frame)
+    assert again.reused and len(again.detections) == len(result.detections)
