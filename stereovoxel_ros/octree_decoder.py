@@ -311,36 +311,50 @@ class OctreeDecoder(nn.Module):
         )
 
 
-def sparse_soft_iou_loss(levels: list[TrainCells], batch: int, eps: float = 1.0) -> list[torch.Tensor]:
-    """Per-level, per-item (B,) 1 − soft IoU from ``OctreeDecoder.forward_train`` output."""
+def sparse_soft_iou_loss(
+    levels: list[TrainCells], batch: int, eps: float = 1.0, fp_weights: list[float] | None = None
+) -> list[torch.Tensor]:
+    """Per-level, per-item (B,) 1 − soft IoU from ``OctreeDecoder.forward_train`` output.
+
+    ``fp_weights`` (one per level, default 1) scale the false-positive term of the union, a Tversky index:
+    TP / (TP + w·FP + FN). Below 1 it favours recall, which coarse levels need: a coarse cell predicted
+    empty is never refined, so its obstacles are lost for good, while a false positive only costs work.
+    """
     out = []
-    for cells in levels:
+    for level, cells in enumerate(levels):
+        w = 1.0 if fp_weights is None else fp_weights[level]
         p, tgt = torch.sigmoid(cells.logits), cells.target
         inter = torch.zeros(batch, dtype=p.dtype, device=p.device).index_add(0, cells.bidx, p * tgt)
         union = torch.zeros(batch, dtype=p.dtype, device=p.device).index_add(
-            0, cells.bidx, p + tgt - p * tgt
+            0, cells.bidx, p * tgt + w * p * (1 - tgt) + (1 - p) * tgt
         )
         out.append(1 - (inter + eps) / (union + eps))
     return out
 
 
 def height_balanced_soft_iou_loss(
-    levels: list[TrainCells], batch: int, level_shapes: list[tuple[int, int, int]], eps: float = 1.0
+    levels: list[TrainCells],
+    batch: int,
+    level_shapes: list[tuple[int, int, int]],
+    eps: float = 1.0,
+    fp_weights: list[float] | None = None,
 ) -> list[torch.Tensor]:
     """Per-level, per-item (B,) mean over occupied height slices (grid y rows) of 1 − that slice's soft IoU.
 
     The plain soft IoU is dominated by the ground, which fills far more voxels than the obstacles on it; a
     network can score well by predicting the floor only. Averaging the IoU per height slice gives every
-    occupied slice the same weight, so obstacles count as much as the floor.
+    occupied slice the same weight, so obstacles count as much as the floor. ``fp_weights`` as in
+    :func:`sparse_soft_iou_loss`.
     """
     out = []
-    for cells, shape in zip(levels, level_shapes):
+    for level, (cells, shape) in enumerate(zip(levels, level_shapes)):
+        w = 1.0 if fp_weights is None else fp_weights[level]
         ny = shape[1]
         p, tgt = torch.sigmoid(cells.logits), cells.target
         group = cells.bidx * ny + cells.ijk[:, 1]
         zeros = torch.zeros(batch * ny, dtype=p.dtype, device=p.device)
         inter = zeros.index_add(0, group, p * tgt).view(batch, ny)
-        union = zeros.index_add(0, group, p + tgt - p * tgt).view(batch, ny)
+        union = zeros.index_add(0, group, p * tgt + w * p * (1 - tgt) + (1 - p) * tgt).view(batch, ny)
         occupied = (zeros.index_add(0, group, tgt).view(batch, ny) > 0).to(p.dtype)
         slice_loss = (1 - (inter + eps) / (union + eps)) * occupied
         out.append(slice_loss.sum(1) / occupied.sum(1).clamp(min=1))

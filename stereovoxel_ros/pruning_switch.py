@@ -193,6 +193,17 @@ def _compact_copy(model: nn.Module, masks: NestedMasks, index: int, example: tup
                     frontier.append(user)
                 elif type(mod) is nn.Conv2d and mod.groups == 1 and user.args[0] is cur:
                     consumers.append((user.target, "conv"))
+                elif (
+                    type(mod) is nn.Conv2d
+                    and mod.groups > 1
+                    and mod.groups == mod.in_channels == mod.out_channels
+                    and user.args[0] is cur
+                ):  # depthwise: channel c only sees channel c, so it shrinks with its input
+                    consumers.append((user.target, "depthwise"))
+                    frontier.append(user)
+                elif isinstance(mod, _BN) and cur is not node:  # per-channel BN after a depthwise conv
+                    consumers.append((user.target, "bn"))
+                    frontier.append(user)
                 elif isinstance(mod, _PASS_MODULES) or (
                     user.op == "call_function" and user.target in _PASS_FUNCTIONS
                 ):
@@ -221,20 +232,22 @@ def _compact_copy(model: nn.Module, masks: NestedMasks, index: int, example: tup
             conv.bias = nn.Parameter(conv.bias.detach()[keep].clone())
         conv.out_channels = len(keep)
         if bn_name != node.target:
-            bn = modules[bn_name]
-            for attr in ("weight", "bias"):
-                if getattr(bn, attr) is not None:
-                    setattr(bn, attr, nn.Parameter(getattr(bn, attr).detach()[keep].clone()))
-            bn.running_mean = bn.running_mean[keep].clone()
-            bn.running_var = bn.running_var[keep].clone()
-            bn.num_features = len(keep)
+            _slice_batchnorm(modules[bn_name], keep)
         for name, kind in consumers:
             mod = modules[name]
-            mod.weight = nn.Parameter(mod.weight.detach()[:, keep].clone())
-            if kind == "conv":
-                mod.in_channels = len(keep)
+            if kind == "bn":
+                _slice_batchnorm(mod, keep)
+            elif kind == "depthwise":
+                mod.weight = nn.Parameter(mod.weight.detach()[keep].clone())
+                if mod.bias is not None:
+                    mod.bias = nn.Parameter(mod.bias.detach()[keep].clone())
+                mod.in_channels = mod.out_channels = mod.groups = len(keep)
             else:
-                mod.in_features = len(keep)
+                mod.weight = nn.Parameter(mod.weight.detach()[:, keep].clone())
+                if kind == "conv":
+                    mod.in_channels = len(keep)
+                else:
+                    mod.in_features = len(keep)
         point = modules[bn_name if bn_name in modules else node.target]
         for hook in point._forward_hooks.values():
             if isinstance(hook, _MaskHook):
@@ -242,6 +255,16 @@ def _compact_copy(model: nn.Module, masks: NestedMasks, index: int, example: tup
         pruned.add(node.target)
     gm.recompile()
     return gm, pruned
+
+
+def _slice_batchnorm(bn: nn.Module, keep: torch.Tensor) -> None:
+    """Keep only channels ``keep`` of a batch-norm layer (affine parameters and running statistics)."""
+    for attr in ("weight", "bias"):
+        if getattr(bn, attr) is not None:
+            setattr(bn, attr, nn.Parameter(getattr(bn, attr).detach()[keep].clone()))
+    bn.running_mean = bn.running_mean[keep].clone()
+    bn.running_var = bn.running_var[keep].clone()
+    bn.num_features = len(keep)
 
 
 def _as_args(example: torch.Tensor | tuple) -> tuple:

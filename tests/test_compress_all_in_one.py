@@ -96,6 +96,32 @@ def test_switch_compact_models_match_masked_model_and_shrink():
     )
 
 
+def test_switch_compacts_through_a_depthwise_block():
+    """MobileNet-style expand 1x1 -> BN -> ReLU -> depthwise 3x3 -> BN -> ReLU -> project 1x1 shrinks too."""
+    torch.manual_seed(0)
+    block = nn.Sequential(
+        nn.Conv2d(4, 16, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
+        nn.Conv2d(16, 8, 1),
+    )
+    aio = AllInOne(block, (0.0, 0.5), exclude=("3", "6"))
+    assert aio.conv_names == ["0"]
+    x = torch.randn(2, 4, 6, 6)
+    stats = aio.calibrate_bn(lambda: iter([torch.randn(8, 4, 6, 6)]))
+    switch = PrunedModelSwitch(aio.detach_model(), aio.export(stats), example_input=x)
+    compact = switch.set_ratio(0.5)
+    assert switch.compact_layers[1] == 1
+    modules = dict(compact.named_modules())
+    assert modules["0"].out_channels == 8 and modules["3"].groups == 8 and modules["4"].num_features == 8
+    assert modules["6"].in_channels == 8
+    with torch.no_grad():
+        assert torch.allclose(compact(x), switch.model(x), atol=1e-5)
+
+
 def test_switch_without_compaction_still_zeroes_pruned_channels():
     aio = _trained_all_in_one(steps=1)
     masks = aio.export()

@@ -127,11 +127,14 @@ def test_predictor_switches_ratio_with_outputs_of_the_masked_model(pruned_checkp
             predictor.set_pruning_ratio(ratio)
             reference.set_ratio(ratio)
             got = torch.sigmoid(predictor.model(*inputs)[-1])
-            torch.testing.assert_close(got, torch.sigmoid(reference.module(*inputs)[-1]), rtol=0, atol=1e-6)
+            # compacted convs (pruned channels removed) sum in another order: float noise only
+            torch.testing.assert_close(got, torch.sigmoid(reference.module(*inputs)[-1]), rtol=0, atol=1e-4)
             outputs[ratio] = got
             result = predictor.predict(left, right, CAMERA)
             assert result.stats["pruning_ratio"] == ratio
     torch.testing.assert_close(outputs[0.0], plain, rtol=0, atol=1e-6)  # ratio 0 = the unpruned model
+    # pruned ratios run physically smaller convs (through the depthwise convs), not just masks
+    assert all(sw.compact_layers[2] > 0 for sw in predictor.pruning.switches.values())
     assert not torch.equal(outputs[0.0], outputs[0.5])
     with pytest.raises(PredictorError, match="not among the trained ratios"):
         predictor.set_pruning_ratio(0.3)

@@ -109,6 +109,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         150.0,
         "inference latency the auto pruning ratio aims at [ms] (> 0)",
     ),
+    "torch_threads": (
+        1,
+        "torch intra-op threads for StereoVoxelNet (1..64); more than the free cores stalls under load",
+    ),
     "autostart": (
         True,
         "configure and activate on start; set false when a Nav2 lifecycle_manager manages the node",
@@ -144,6 +148,7 @@ class OccupancyNodeConfig:
     pruning: str = "off"  # "off", "auto" or "fixed"
     pruning_ratio: float | None = None  # the fixed ratio
     pruning_latency_target_ms: float = 150.0
+    torch_threads: int = 1
 
     @classmethod
     def from_parameters(cls, values: dict[str, Any]) -> OccupancyNodeConfig:
@@ -191,6 +196,9 @@ class OccupancyNodeConfig:
         target = values["pruning_latency_target_ms"]
         if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target < math.inf:
             raise bad("pruning_latency_target_ms", "must be a finite number > 0")
+        threads = values["torch_threads"]
+        if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64:
+            raise bad("torch_threads", "must be an integer in 1..64")
         if (extent[1] - extent[0]) * (extent[3] - extent[2]) / resolution**2 > 4_000_000:
             raise bad("grid_resolution", "makes the 2D grid larger than 4 million cells")
         return cls(
@@ -218,6 +226,7 @@ class OccupancyNodeConfig:
             pruning=pruning,
             pruning_ratio=pruning_ratio,
             pruning_latency_target_ms=float(target),
+            torch_threads=threads,
         )
 
 
@@ -648,7 +657,9 @@ class StereoOccupancyNode(LifecycleNode):
             raise OccupancyConfigError(
                 f"parameter 'pruning' = {pruning!r}: no StereoVoxelNet checkpoint to prune (backend {backend})"
             )
-        opts = {"pruning": True} if config.pruning != "off" else {}
+        opts: dict[str, Any] = {"pruning": True} if config.pruning != "off" else {}
+        if backend == "stereovoxelnet":
+            opts["num_threads"] = config.torch_threads
         try:
             predictor = make_predictor(
                 backend, checkpoint if backend == "stereovoxelnet" else None, config.grid, **opts
@@ -657,8 +668,18 @@ class StereoOccupancyNode(LifecycleNode):
             if config.pruning == "off":
                 raise
             raise OccupancyConfigError(f"parameter 'pruning' = {pruning!r}: {err}") from err
+        self._warm_up(predictor, backend)
         self.pruning_selector = self._make_pruning(config, predictor) if config.pruning != "off" else None
         return predictor, backend
+
+    def _warm_up(self, predictor: Any, backend: str) -> None:
+        """Run one synthetic pair so the first camera frame does not pay for lazy initialisation (~1 s)."""
+        from stereovoxel_ros.stereo_camera import ZED2_640x360 as camera
+
+        left = np.random.default_rng(0).integers(0, 256, (camera.height, camera.width, 3), dtype=np.uint8)
+        start = time.perf_counter()
+        predictor.predict(left, np.roll(left, -8, axis=1), camera)
+        self.get_logger().info(f"{backend} warmed up in {(time.perf_counter() - start) * 1e3:.0f} ms")
 
     def _make_pruning(self, config: OccupancyNodeConfig, predictor: Any) -> Any:
         """Fixed ratio: set it. Auto: profile each ratio once and return the RatioSelector."""

@@ -221,13 +221,15 @@ class OccupancyTask:
     """StereoVoxelNet: soft-IoU loss summed over the octree levels; validation IoU at the finest level.
 
     ``loss`` "soft_iou" is the published loss; "soft_iou+height" (default) adds the height-balanced soft IoU
-    of :func:`~stereovoxel_ros.octree_decoder.height_balanced_soft_iou_loss` at every level.
+    of :func:`~stereovoxel_ros.octree_decoder.height_balanced_soft_iou_loss` at every level, and weighs
+    false positives at the coarse levels by ``COARSE_FP_WEIGHT`` (recall first where empty cells are pruned).
     """
 
     kind = "stereovoxelnet"
     needs_depth = False
     metric_keys = ("iou", "count")
     losses_available = ("soft_iou", "soft_iou+height")
+    COARSE_FP_WEIGHT = 0.3
 
     def __init__(self, model: nn.Module, variant: str, loss: str = "soft_iou+height") -> None:
         if loss not in self.losses_available:
@@ -245,11 +247,14 @@ class OccupancyTask:
         batch_size = batch["voxels"].shape[0]
         targets = octree_targets(batch["voxels"], self.model.num_levels)
         levels = net(batch["left"], batch["right"], batch["camera"], targets)
-        per_level = sparse_soft_iou_loss(levels, batch_size)
+        fp_weights = None
+        if self.loss == "soft_iou+height":
+            fp_weights = [self.COARSE_FP_WEIGHT] * (len(levels) - 1) + [1.0]
+        per_level = sparse_soft_iou_loss(levels, batch_size, fp_weights=fp_weights)
         logs = {f"loss_l{i}": float(v.detach().mean()) for i, v in enumerate(per_level)}
         if self.loss == "soft_iou+height":
             shapes = [tuple(t.shape[1:]) for t in targets]
-            height = height_balanced_soft_iou_loss(levels, batch_size, shapes)
+            height = height_balanced_soft_iou_loss(levels, batch_size, shapes, fp_weights=fp_weights)
             logs.update({f"height_loss_l{i}": float(v.detach().mean()) for i, v in enumerate(height)})
             per_level = [a + b for a, b in zip(per_level, height)]
         logs["cells_l3"] = float(levels[-1].logits.shape[0]) / batch_size
