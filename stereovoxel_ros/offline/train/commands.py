@@ -68,13 +68,14 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
         p.set_defaults(func=run_finetune)
 
 
-def _parse_opts(items: list[str]) -> dict:
+def parse_key_values(items: list[str]) -> dict:
+    """``KEY=VALUE`` options (``--method-opt``) as a dict; values parse as JSON where they can."""
     import json
 
     out: dict = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"stereovoxel: --method-opt {item!r} is not KEY=VALUE")
+            raise SystemExit(f"stereovoxel: option {item!r} is not KEY=VALUE")
         key, value = item.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -260,7 +261,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     torch_seed(args.seed)
     try:
         ckpt = load_checkpoint(args.checkpoint)
-        method = make_training_method(args.method, **_parse_opts(args.method_opt))
+        method = make_training_method(args.method, **parse_key_values(args.method_opt))
     except (StereoVoxelNetError, TrainingError) as err:
         print(f"stereovoxel finetune: {err}", file=sys.stderr)
         return 1

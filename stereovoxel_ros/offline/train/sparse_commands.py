@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from stereovoxel_ros.offline.train.commands import parse_key_values
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -52,19 +53,6 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
     o.set_defaults(func=_run_occupancy)
 
 
-def _parse_opts(items: list[str]) -> dict:
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"stereovoxel sparse: option {item!r} is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
 def _run_digits(args: argparse.Namespace) -> int:
     import torch
 
@@ -72,7 +60,7 @@ def _run_digits(args: argparse.Namespace) -> int:
     from stereovoxel_ros.offline.train.trainer import TrainingError
 
     torch.set_num_threads(max(1, args.threads))
-    opts = _parse_opts(args.method_opt)
+    opts = parse_key_values(args.method_opt)
     epochs = args.epochs or (30 if args.benchmark == "spfde" else 8)
     cmd = cb.row_command(args.benchmark, args.method, opts, epochs, args.seed)
     run = cb.run_digits_standard if args.benchmark == "spfde" else cb.run_digits_continual
