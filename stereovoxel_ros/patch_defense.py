@@ -50,8 +50,9 @@ class PatchDefenseError(ValueError):
 class PatchDefenseConfig:
     """Thresholds of the defense (defaults chosen on validation frames, see ``detector eval-defense --tune``)."""
 
-    importance_target: str = "all_logits"  # all_logits: sum of max-class logits (crop-consistent); top_k
-    top_k: int = 16  # peaks used when importance_target == "top_k"
+    importance_target: str = "all_logits"  # all_logits: sum of max-class logits (sees suppressed objects,
+    # crop-consistent for partial recompute); top_k: only the k best logits (the current top detections)
+    top_k: int = 16  # logits used when importance_target == "top_k"
     window_fractions: tuple[float, ...] = (0.08, 0.12, 0.18)  # window side / shorter side of the stem map
     min_window_share: float = 0.15  # the window must hold at least this share of all importance
     concentration_threshold: float = 6.0  # importance share / area share that makes a candidate region

@@ -372,6 +372,7 @@ def save_detector(
     }
     with atomic_write(path, "wb") as handle:
         torch.save(payload, handle)
+    os.chmod(path, 0o644)  # readable by the node's user (the temporary file was 0600)
 
 
 def load_detector(path: str | os.PathLike) -> tuple[AnchorFreeDetector, DetectorConfig, dict[str, Any]]:

@@ -177,8 +177,8 @@ def tune_defense(
     attacked: Sequence[np.ndarray],
     gts: Sequence[tuple[np.ndarray, np.ndarray]],
     class_names: Sequence[str],
-    concentration: Sequence[float] = (3.0, 4.5, 6.0, 9.0),
-    recovery: Sequence[float] = (0.1, 0.2, 0.3, 0.45),
+    concentration: Sequence[float] = (2.5, 3.5, 5.0, 7.0),
+    recovery: Sequence[float] = (0.15, 0.25, 0.35),
     max_clean_drop: float = 0.01,
 ) -> tuple[Any, list[dict[str, float]]]:
     """Grid search on validation frames: the (concentration, recovery) thresholds with the best attacked
@@ -231,9 +231,10 @@ def latency_rows(
         plain = PatchDefendedDetector(model, None, replace(defense_config, temporal_reuse=False))
         no_reuse = PatchDefendedDetector(model, None, replace(defense_config, temporal_reuse=False))
         reuse = PatchDefendedDetector(model, None, replace(defense_config, temporal_reuse=True))
-        plain.detect(frames[0])  # warm-up
-        no_reuse.process(frames[0])
+        for warm in (plain.detect, no_reuse.process, reuse.process):  # warm-up: allocations, kernels
+            warm(frames[0])
         no_reuse.reset()
+        reuse.reset()
         t = {"detect": [], "defense_no_reuse": [], "defense_reuse": []}
         for img in tqdm(frames, desc=f"latency {name}", unit="frame", disable=not progress):
             for key, run in (("detect", plain.detect), ("defense_no_reuse", no_reuse.process),
@@ -456,6 +457,13 @@ def run_eval_defense(args: argparse.Namespace) -> int:
         boxes = torch.from_numpy(np.stack([t.box for t in val_targets]))
         patch, losses = optimize_patch(model, images, boxes, attack, progress=True)
     out = Path(args.out)
+    if not args.patch:
+        import cv2
+
+        from stereovoxel_ros.atomic_file import atomic_write
+
+        with atomic_write(out / "patch.png", "wb") as handle:
+            handle.write(cv2.imencode(".png", cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))[1].tobytes())
     tuning_rows: list[dict[str, float]] = []
     if args.tune:
         val_idx, val_att, _ = attack_frames(val, val_targets, patch, args.size_share)

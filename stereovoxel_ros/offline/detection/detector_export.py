@@ -43,7 +43,8 @@ def example_input(model: AnchorFreeDetector, seed: int = 0, batch: int = 1) -> t
 def export_torchscript(model: AnchorFreeDetector, path: str | Path) -> None:
     """Trace (fixed input size) and save."""
     wrapper = DetectorExportWrapper(model.eval())
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the input-shape check is a constant in the trace (fixed size)
         traced = torch.jit.trace(wrapper, example_input(model), check_trace=False)
     buf = io.BytesIO()
     torch.jit.save(traced, buf)
