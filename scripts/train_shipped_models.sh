@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Re-make every occupancy checkpoint shipped in stereovoxel_ros/checkpoints/ with the project's own commands,
+# on synthetic data the project generates (nothing is downloaded). About 30 min on 2 CPU cores.
+#   bash scripts/train_shipped_models.sh [WORKDIR]     (default WORKDIR: .cache/shipped_models)
+# One torch thread per process: on a busy 2-core machine two threads stall (OpenMP spin), see README.
+# The patch detector's checkpoint has its own command, recorded in stereovoxel_ros/checkpoints/patch_detector.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-.cache/shipped_models}
+SV=(.venv/bin/python -m stereovoxel_ros.cli)
+CK=stereovoxel_ros/checkpoints
+mkdir -p "$WORK"
+
+# 960 frames of 160 short drives (6 frames each) through random worlds: 80/10/10 train/val/test by drive.
+[ -f "$WORK/data/dataset.json" ] || "${SV[@]}" dataset synth "$WORK/data" --frames 960 --seed 1 --sequence-length 6
+
+"${SV[@]}" train "$WORK/data" --out "$WORK/svn" --epochs 12 --batch-size 4 --lr 3e-3 --seed 0 \
+    --threads 1 --time-budget-min 14 --ship "$CK/stereovoxelnet_jackal_wide.pt"
+"${SV[@]}" train "$WORK/data" --variant stereovoxelnet_fast --out "$WORK/svn_fast" --epochs 12 --batch-size 4 \
+    --lr 3e-3 --seed 0 --threads 1 --time-budget-min 8 --ship "$CK/stereovoxelnet_fast_jackal_wide.pt"
+"${SV[@]}" train "$WORK/data" --model stereo_depth_net --out "$WORK/depth" --epochs 12 --batch-size 4 --lr 2e-3 \
+    --seed 0 --threads 1 --time-budget-min 8 --ship "$CK/stereo_depth_net.pt"
+"${SV[@]}" finetune "$CK/stereovoxelnet_jackal_wide.pt" "$WORK/data" --out "$WORK/svn_allinone" \
+    --method all_in_one --method-opt ratios=0,0.25,0.5 --epochs 3 --batch-size 4 --lr 5e-4 --seed 3 \
+    --threads 1 --time-budget-min 6 --ship "$CK/stereovoxelnet_jackal_wide_allinone.pt"
