@@ -20,7 +20,6 @@ from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -32,6 +31,7 @@ from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_HEIGHT_M, ODOM_FRAME, Jack
 from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
 from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
 from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
@@ -945,24 +945,7 @@ class StereoOccupancyNode(LifecycleNode):
 
 def main(args: Sequence[str] | None = None) -> int:
     """``ros2 run stereovoxel_ros stereo_occupancy``: spin the node on a multi-threaded executor."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = StereoOccupancyNode()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return 1
-            node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(StereoOccupancyNode, args, num_threads=4)
 
 
 if __name__ == "__main__":

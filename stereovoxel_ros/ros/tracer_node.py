@@ -10,13 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 
+from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.stage_timing import (
     DEFAULT_TOPIC,
     STAGE_TIMING_QOS,
@@ -459,23 +458,7 @@ class TimingTracerNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run stereovoxel_ros timing_tracer``."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = TimingTracerNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except TracerConfigError as err:
-        print(f"timing_tracer: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(TimingTracerNode, args, config_errors=(TracerConfigError,))
 
 
 if __name__ == "__main__":
