@@ -154,3 +154,12 @@ def test_dataset_is_byte_identical_for_a_seed(tmp_path):
     manifest = read_manifest(tmp_path / "a")
     assert manifest.num_samples == 3 and manifest.extra["class_names"] == ["person", "cone", "box"]
     assert sum(len(read_split(tmp_path / "a", s)) for s in ("train", "val", "test")) == 3
+
+
+@pytest.mark.parametrize("size", [(320, 180), (100, 75)])
+def test_any_image_size_renders(size):
+    """Texture lookups are laid out 1024 wide for cv2.remap; sizes whose pixel count is not a multiple work."""
+    world = SynthWorld.random(SynthConfig.for_size(*size), seed=0)
+    frame = world.render(np.eye(4))
+    assert frame.left.shape == (size[1], size[0], 3) and frame.right.shape == frame.left.shape
+    assert frame.left.std() > 5  # textured, not a constant fill

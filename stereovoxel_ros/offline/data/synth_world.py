@@ -302,12 +302,12 @@ def _sample_texture(tex: np.ndarray, u: np.ndarray, v: np.ndarray, footprint: np
     fv = v * s - np.float32(0.5)
     fv -= np.floor(fv / s) * s
     fv += tile_y0[key]
-    shape = fu.shape
-    cols = 1024 if fu.size % 1024 == 0 else 1  # remap wants a 2D map with sides < 32767
-    out = cv2.remap(
-        atlas, fu.reshape(-1, cols), fv.reshape(-1, cols), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-    return out.reshape(shape)
+    shape, n = fu.shape, fu.size
+    cols = 1024  # remap wants a 2D map with sides < 32767: lay the lookups out 1024 wide, padding the tail
+    pad = -n % cols
+    fu, fv = (np.pad(c.reshape(-1), (0, pad), mode="edge").reshape(-1, cols) for c in (fu, fv))
+    out = cv2.remap(atlas, fu, fv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(-1)[:n].reshape(shape)
 
 
 # -------------------------------------------------------------------------------------------- lighting
