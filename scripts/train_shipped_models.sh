@@ -23,3 +23,7 @@ mkdir -p "$WORK"
 "${SV[@]}" finetune "$CK/stereovoxelnet_jackal_wide.pt" "$WORK/data" --out "$WORK/svn_allinone" \
     --method all_in_one --method-opt ratios=0,0.25,0.5 --epochs 3 --batch-size 4 --lr 5e-4 --seed 3 \
     --threads 1 --time-budget-min 6 --ship "$CK/stereovoxelnet_jackal_wide_allinone.pt"
+
+# Held-out worlds (another seed) for `stereovoxel eval` and `stereovoxel bench`, the numbers in the README.
+[ -f "$WORK/heldout/dataset.json" ] || "${SV[@]}" dataset synth "$WORK/heldout" --frames 120 --seed 2 --sequence-length 6
+"${SV[@]}" eval "$WORK/heldout" --split train --out "$WORK/eval"

@@ -102,7 +102,8 @@ class StereoVoxelNetPredictor:
 
     Options: ``threshold`` (occupancy probability cut, 0.5), ``prune_threshold`` (refine children of cells
     above it, default = threshold), ``exit_level`` (stop at this octree level, None = finest),
-    ``dense`` (evaluate every cell, then gate by the parents: same output, dense cost), ``num_threads`` (torch intra-op threads, 2),
+    ``dense`` (evaluate every cell, then gate by the parents: same output, dense cost), ``num_threads`` (torch
+    intra-op threads, 1: on a shared 2-core CPU a second thread stalls in OpenMP spin-waits; None = leave as is),
     ``pruning`` (run-time All-in-One pruning with the checkpoint's masks: :meth:`set_pruning_ratio`; BN unfused).
     """
 
@@ -114,7 +115,7 @@ class StereoVoxelNetPredictor:
         prune_threshold: float | None = None,
         exit_level: int | None = None,
         dense: bool = False,
-        num_threads: int | None = 2,
+        num_threads: int | None = 1,
         pruning: bool = False,
     ) -> None:
         import torch
