@@ -67,7 +67,9 @@ class PatchDefenseConfig:
     block_size: int = 32  # [px of the network input] blocks of the change test
     change_threshold: float = 6.0  # mean |difference| [DN of 255] that marks a block changed
     refresh_interval: int = 15  # recompute everything at least every this many frames
-    max_partial_fraction: float = 0.5  # above this share of changed blocks, recompute the whole map
+    max_partial_fraction: float = (
+        0.4  # crop (changed blocks + context) larger than this image share: full map
+    )
     context_blocks: int = 1  # blocks of context around changed blocks in a partial recompute
 
     def __post_init__(self) -> None:
@@ -390,21 +392,21 @@ class PatchDefendedDetector:
             x = preprocess_images(inpaint_regions(image, boxes), self.config.input_size)
             return self.model(x)
 
+    def _crop_box(self, changed: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        """xyxy [input px] around the changed blocks plus ``context_blocks`` (block_size is a multiple of 32,
+        so the crop keeps the pyramid aligned)."""
+        b, m = self.defense.block_size, self.defense.context_blocks
+        h, w = shape
+        rows, cols = np.nonzero(changed)
+        r0, r1 = max(0, rows.min() - m), min(changed.shape[0], rows.max() + 1 + m)
+        c0, c1 = max(0, cols.min() - m), min(changed.shape[1], cols.max() + 1 + m)
+        return c0 * b, r0 * b, min(w, c1 * b), min(h, r1 * b)
+
     def _partial_importance(
         self, x: torch.Tensor, changed: np.ndarray
     ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """Importance on a crop around the changed blocks: (crop map, stem cell box it covers)."""
-        b, m = self.defense.block_size, self.defense.context_blocks
-        rows, cols = np.nonzero(changed)
-        _, _, h, w = x.shape
-        r0, r1 = max(0, rows.min() - m), min(changed.shape[0], rows.max() + 1 + m)
-        c0, c1 = max(0, cols.min() - m), min(changed.shape[1], cols.max() + 1 + m)
-        # the crop must be a multiple of 32 px so the pyramid aligns
-        y0, y1 = r0 * b, min(h, r1 * b)
-        x0, x1 = c0 * b, min(w, c1 * b)
-        y1 = min(h, y0 + math.ceil((y1 - y0) / 32) * 32)
-        x1 = min(w, x0 + math.ceil((x1 - x0) / 32) * 32)
-        y0, x0 = max(0, y1 - math.ceil((y1 - y0) / 32) * 32), max(0, x1 - math.ceil((x1 - x0) / 32) * 32)
+        x0, y0, x1, y1 = self._crop_box(changed, (x.shape[2], x.shape[3]))
         with torch.no_grad():
             shallow = self.model.stem_features(x[..., y0:y1, x0:x1])
         imp, _ = importance_map(self.model, shallow, self.defense.importance_target, self.defense.top_k)
@@ -425,7 +427,10 @@ class PatchDefendedDetector:
         with timer("change_detection"):
             grey = x[0].mean(0).numpy() * np.float32(255.0)
             changed = self.cache.plan(grey)
-            full = bool(changed.all()) or changed.mean() > d.max_partial_fraction
+            full = bool(changed.all())
+            if not full and changed.any():  # a crop this large costs more than the full map (one pass)
+                cx0, cy0, cx1, cy1 = self._crop_box(changed, (x.shape[2], x.shape[3]))
+                full = (cx1 - cx0) * (cy1 - cy0) > d.max_partial_fraction * x.shape[2] * x.shape[3]
             if full:
                 changed[:] = True
         reused = not changed.any()

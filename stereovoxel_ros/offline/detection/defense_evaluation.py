@@ -491,7 +491,7 @@ def run_eval_defense(args: argparse.Namespace) -> int:
         + " ".join(
             f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items()
-            if k not in ("func",) and v not in (None, False)
+            if k not in ("func", "command", "detector_command") and v not in (None, False)
         ),
         "checkpoint": str(ckpt),
         "defense_config": asdict(defense),
