@@ -24,8 +24,16 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     ),
     "replay": ("benchmarks.bench_replay", [], "live node at 15 Hz: rate, drops, latency (SGBM baseline)"),
     "tracing": ("benchmarks.bench_tracing", ["--quick"], "tracer overhead and window-statistics cost"),
-    "search": ("benchmarks.bench_search", [], "EfficientFormerV2 LUT accuracy, searched model vs MobileNetV2"),
-    "spfde": ("stereovoxel_ros.cli", ["sparse", "table", "spfde"], "SpFDE vs dense vs sparse: accuracy, FLOPs"),
+    "search": (
+        "benchmarks.bench_search",
+        [],
+        "EfficientFormerV2 LUT accuracy, searched model vs MobileNetV2",
+    ),
+    "spfde": (
+        "stereovoxel_ros.cli",
+        ["sparse", "table", "spfde"],
+        "SpFDE vs dense vs sparse: accuracy, FLOPs",
+    ),
     "sparcl": ("stereovoxel_ros.cli", ["sparse", "table", "sparcl"], "SparCL vs DER++: accuracy, forgetting"),
     "detector": ("benchmarks.bench_detector", [], "patch detector latency/params/FLOPs"),
     "patch_defense": ("benchmarks.bench_patch_defense", [], "defense overhead with and without reuse"),

@@ -21,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("stereovoxel_ros.offline.trace_commands", "timing-variance reports and experiments"),
     "search": ("stereovoxel_ros.offline.search.commands", "EfficientFormerV2 latency tables and search"),
     "compress": ("stereovoxel_ros.offline.compress.commands", "PIM-QAT and All-in-One pruning"),
-    "sparse": ("stereovoxel_ros.offline.train.sparse_commands", "SpFDE / SparCL efficient-training benchmarks"),
+    "sparse": (
+        "stereovoxel_ros.offline.train.sparse_commands",
+        "SpFDE / SparCL efficient-training benchmarks",
+    ),
     "detector": (
         "stereovoxel_ros.offline.detection.commands",
         "patch-defended detector: train, attack, eval",

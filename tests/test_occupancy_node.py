@@ -104,10 +104,10 @@ def test_odom_grid_window_follows_the_robot_on_whole_cells() -> None:
 
 @pytest.fixture
 def graph(ros_context) -> Iterator[dict]:
-    """A multi-threaded executor spinning in the background, as ``main()`` runs the node."""
-    from rclpy.executors import MultiThreadedExecutor
+    """An executor spinning in the background, as ``main()`` runs the node (inference on its worker thread)."""
+    from rclpy.executors import SingleThreadedExecutor
 
-    executor = MultiThreadedExecutor(num_threads=4, context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
     thread = threading.Thread(target=executor.spin, daemon=True)
     state = {"executor": executor, "context": ros_context, "nodes": []}
     thread.start()

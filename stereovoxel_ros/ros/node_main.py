@@ -27,7 +27,9 @@ def run_node(
     node = None
     try:
         node = make_node()
-        executor = MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
+        executor = (
+            MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
+        )
         executor.add_node(node)
         if isinstance(node, LifecycleNode) and node.get_parameter("autostart").value:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:

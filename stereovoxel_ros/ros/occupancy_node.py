@@ -43,6 +43,7 @@ from stereovoxel_ros.voxel_grid import (
     optical_to_base_transform,
     transform_points,
 )
+from stereovoxel_ros.wakeup_worker import WakeupWorker
 
 BACKENDS = ("stereovoxelnet", "sgbm")
 EXTRINSICS_SOURCES = ("auto", "tf", "parameters")
@@ -520,9 +521,8 @@ class StereoOccupancyNode(LifecycleNode):
         self._sync: StereoPairSynchronizer | None = None
         self._outputs: dict[str, Any] = {}
         self._inputs: list[Any] = []
-        self._wake: Any = None
+        self._worker = WakeupWorker(self._on_wake, name=f"{self.get_name()}_inference")
         self._input_group = MutuallyExclusiveCallbackGroup()
-        self._inference_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer: Any = None
@@ -567,7 +567,7 @@ class StereoOccupancyNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         config = self.config
         assert config is not None
-        self._wake = self.create_guard_condition(self._on_wake, callback_group=self._inference_group)
+        self._worker.start()
         streams = (
             (Image, config.left_image_topic, lambda m: self._on_image("left", m)),
             (Image, config.right_image_topic, lambda m: self._on_image("right", m)),
@@ -618,9 +618,7 @@ class StereoOccupancyNode(LifecycleNode):
         for sub in self._inputs:
             self.destroy_subscription(sub)
         self._inputs = []
-        if self._wake is not None:
-            self.destroy_guard_condition(self._wake)
-            self._wake = None
+        self._worker.stop()
         with self._lock:
             self._newest = None
 
@@ -805,8 +803,7 @@ class StereoOccupancyNode(LifecycleNode):
             replaced = self._newest is not None
             self._newest = (pair.left, pair.right, time.monotonic())
         self.stats.add_pair(replaced_unprocessed=replaced)
-        if self._wake is not None:
-            self._wake.trigger()
+        self._worker.wake()
 
     # ---- inference -------------------------------------------------------------------------------------------
 
@@ -944,8 +941,8 @@ class StereoOccupancyNode(LifecycleNode):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """``ros2 run stereovoxel_ros stereo_occupancy``: spin the node on a multi-threaded executor."""
-    return run_node(StereoOccupancyNode, args, num_threads=4)
+    """``ros2 run stereovoxel_ros stereo_occupancy``: inference runs on the node's worker thread."""
+    return run_node(StereoOccupancyNode, args)
 
 
 if __name__ == "__main__":

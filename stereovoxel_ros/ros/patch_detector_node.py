@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -34,9 +32,11 @@ from std_msgs.msg import String
 from stereovoxel_ros.jackal import JackalTopics
 from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
 from stereovoxel_ros.ros.stage_timing import StageTimingPublisher
 from stereovoxel_ros.tracing import StageTracer
+from stereovoxel_ros.wakeup_worker import WakeupWorker
 
 NEUTRALIZE_MODES = ("feature_mask", "inpaint")
 _JACKAL = JackalTopics(namespace="")
@@ -304,9 +304,8 @@ class PatchDefendedDetectorNode(LifecycleNode):
         self._newest: tuple[Image, float] | None = None
         self._outputs: dict[str, Any] = {}
         self._input: Any = None
-        self._wake: Any = None
+        self._worker = WakeupWorker(self._on_wake, name=f"{self.get_name()}_inference")
         self._input_group = MutuallyExclusiveCallbackGroup()
-        self._inference_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = self.get_parameter("diagnostics_period").value
@@ -359,7 +358,7 @@ class PatchDefendedDetectorNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         config = self.config
         assert config is not None
-        self._wake = self.create_guard_condition(self._on_wake, callback_group=self._inference_group)
+        self._worker.start()
         self._input = self.create_subscription(
             Image, config.image_topic, self._on_image, sensor_qos(depth=1), callback_group=self._input_group
         )
@@ -391,9 +390,7 @@ class PatchDefendedDetectorNode(LifecycleNode):
         if self._input is not None:
             self.destroy_subscription(self._input)
             self._input = None
-        if self._wake is not None:
-            self.destroy_guard_condition(self._wake)
-            self._wake = None
+        self._worker.stop()
         with self._lock:
             self._newest = None
 
@@ -430,8 +427,7 @@ class PatchDefendedDetectorNode(LifecycleNode):
             replaced = self._newest is not None
             self._newest = (msg, time.monotonic())
         self.stats.add_received(replaced)
-        if self._wake is not None:
-            self._wake.trigger()
+        self._worker.wake()
 
     def _on_wake(self) -> None:
         with self._lock:
@@ -555,24 +551,7 @@ def _fmt_regions(regions: Sequence[Sequence[float]]) -> str:
 
 def main(args: Sequence[str] | None = None) -> int:
     """``ros2 run stereovoxel_ros patch_defended_detector``."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PatchDefendedDetectorNode()
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return 1
-            node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(PatchDefendedDetectorNode, args)
 
 
 if __name__ == "__main__":

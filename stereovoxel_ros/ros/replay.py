@@ -106,7 +106,7 @@ def replay_bag(
     left image on the graph -> cloud received (wall clock). ``parameters`` override node parameters.
     """
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.node import Node
     from rclpy.parameter import Parameter
@@ -151,7 +151,7 @@ def replay_bag(
         nodes += [recorder, player_node]
         streams = [topics.left_image, topics.right_image, topics.left_info, topics.right_info]
         player = BagPlayer(player_node, bag, rate=rate, topics=streams + ([odom] if odom else []))
-        executor = MultiThreadedExecutor(num_threads=4, context=context)
+        executor = SingleThreadedExecutor(context=context)  # inference runs on the node's own worker thread
         for node in nodes:
             executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, name="replay_executor", daemon=True)

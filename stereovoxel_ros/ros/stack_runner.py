@@ -179,9 +179,9 @@ class StackRunner:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``run_stack``: run the configured nodes on one MultiThreadedExecutor until Ctrl-C."""
+    """``run_stack``: run the configured nodes on one executor until Ctrl-C."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
     parser = argparse.ArgumentParser(
         prog="run_stack",
@@ -196,7 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--use-sim-time", action="store_true", help="follow /clock (bag replay)")
     parser.add_argument("--nodes", nargs="+", help="only these nodes of the file")
-    parser.add_argument("--threads", type=int, default=4, help="executor threads (default 4)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="executor threads (default 1: the nodes run inference on their own worker threads, and rclpy's "
+        "multi-threaded executor busy-waits on entities it cannot dispatch yet)",
+    )
     args, ros_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         runner = StackRunner(args.config, args.namespace, args.use_sim_time, args.nodes)
@@ -204,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run_stack: {err}", file=sys.stderr)
         return 2
     rclpy.init(args=["run_stack", *ros_args])
-    executor = MultiThreadedExecutor(num_threads=args.threads)
+    executor = (
+        MultiThreadedExecutor(num_threads=args.threads) if args.threads > 1 else SingleThreadedExecutor()
+    )
     try:
         runner.create_nodes()
         runner.add_to(executor)
