@@ -31,6 +31,7 @@ from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_HEIGHT_M, ODOM_FRAME, Jack
 from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
 from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
@@ -492,7 +493,7 @@ def voxel_markers(points: np.ndarray, header: Any, voxel_size_m: float, namespac
     return MarkerArray(markers=[marker])
 
 
-class StereoOccupancyNode(LifecycleNode):
+class StereoOccupancyNode(StreamLifecycleNode):
     """Rectified stereo in; occupied voxels (PointCloud2), an obstacle OccupancyGrid, markers and diagnostics out."""
 
     def __init__(self, node_name: str = "stereo_occupancy", *, tracer: Any = None, **kwargs: Any) -> None:
@@ -593,26 +594,6 @@ class StereoOccupancyNode(LifecycleNode):
             f"active: listening on {config.left_image_topic} and {config.right_image_topic}"
         )
         return super().on_activate(state)
-
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_inputs()
-        self._state = "inactive"
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return super().on_cleanup(state)
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_inputs()
-        self._release()
-        self._state = "finalized"
-        return super().on_shutdown(state)
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_inputs()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
 
     def _stop_inputs(self) -> None:
         for sub in self._inputs:

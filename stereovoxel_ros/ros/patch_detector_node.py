@@ -25,13 +25,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from stereovoxel_ros.jackal import JackalTopics
 from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
 from stereovoxel_ros.ros.stage_timing import StageTimingPublisher
@@ -275,7 +276,7 @@ class DetectorStats:
             self.published_at = [t for t in self.published_at if now - t <= 5.0] + [now]
 
 
-class PatchDefendedDetectorNode(LifecycleNode):
+class PatchDefendedDetectorNode(StreamLifecycleNode):
     """Camera image in; defended detections, an annotated image, patch alerts and stage timings out."""
 
     def __init__(
@@ -366,27 +367,7 @@ class PatchDefendedDetectorNode(LifecycleNode):
         self.get_logger().info(f"active: listening on {config.image_topic}")
         return super().on_activate(state)
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_input()
-        self._state = "inactive"
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return super().on_cleanup(state)
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_input()
-        self._release()
-        self._state = "finalized"
-        return super().on_shutdown(state)
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_input()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def _stop_input(self) -> None:
+    def _stop_inputs(self) -> None:
         if self._input is not None:
             self.destroy_subscription(self._input)
             self._input = None
