@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from stereovoxel_ros.atomic_file import atomic_write
 from stereovoxel_ros.models.anchor_free_detector import AnchorFreeDetector, DetectorExportWrapper
+from stereovoxel_ros.offline.export_files import save_onnx, save_torchscript
 
 ONNX_OPSET = 17
 OUTPUT_NAMES = ("heatmap", "box")
@@ -42,37 +40,21 @@ def example_input(model: AnchorFreeDetector, seed: int = 0, batch: int = 1) -> t
 
 def export_torchscript(model: AnchorFreeDetector, path: str | Path) -> None:
     """Trace (fixed input size) and save."""
-    wrapper = DetectorExportWrapper(model.eval())
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the input-shape check is a constant in the trace (fixed size)
-        traced = torch.jit.trace(wrapper, example_input(model), check_trace=False)
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf)
-    with atomic_write(path, "wb") as handle:
-        handle.write(buf.getvalue())
+    save_torchscript(DetectorExportWrapper(model.eval()), (example_input(model),), path)
 
 
 def export_onnx(model: AnchorFreeDetector, path: str | Path) -> None:
     """ONNX (legacy TorchScript exporter, dynamic batch) with inputs ``images`` and outputs heatmap, box."""
-    wrapper = DetectorExportWrapper(model.eval())
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                wrapper,
-                (example_input(model),),
-                buf,
-                input_names=["images"],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes={"images": {0: "batch"}, "heatmap": {0: "batch"}, "box": {0: "batch"}},
-                opset_version=ONNX_OPSET,
-                dynamo=False,
-            )
-        except Exception as err:
-            raise DetectorExportError(f"ONNX export failed: {err}") from err
-    with atomic_write(path, "wb") as handle:
-        handle.write(buf.getvalue())
+    save_onnx(
+        DetectorExportWrapper(model.eval()),
+        (example_input(model),),
+        path,
+        DetectorExportError,
+        input_names=["images"],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={"images": {0: "batch"}, "heatmap": {0: "batch"}, "box": {0: "batch"}},
+        opset_version=ONNX_OPSET,
+    )
 
 
 def _compare(reference: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> ExportCheck:

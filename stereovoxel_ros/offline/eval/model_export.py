@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from stereovoxel_ros.atomic_file import atomic_write
 from stereovoxel_ros.models.stereovoxelnet import DenseOccupancy, StereoVoxelNet
+from stereovoxel_ros.offline.export_files import save_onnx, save_torchscript
 
 ONNX_OPSET = 20  # GridSample on 5D inputs (the frustum lookup) needs opset 20
 INPUT_NAMES = ("left", "right", "camera")
@@ -40,36 +38,20 @@ def example_inputs(model: StereoVoxelNet, seed: int = 0) -> tuple[torch.Tensor, 
 
 def export_torchscript(model: StereoVoxelNet, path: str | Path) -> torch.jit.ScriptModule:
     """Trace the dense model (fixed input size) and save it."""
-    wrapper = DenseOccupancy(model.eval())
-    with torch.no_grad():
-        traced = torch.jit.trace(wrapper, example_inputs(model), check_trace=False)
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf)
-    with atomic_write(path, "wb") as handle:
-        handle.write(buf.getvalue())
-    return traced
+    return save_torchscript(DenseOccupancy(model.eval()), example_inputs(model), path)
 
 
 def export_onnx(model: StereoVoxelNet, path: str | Path) -> None:
     """Export the dense model to ONNX (opset 20, legacy TorchScript exporter: no onnxscript needed)."""
-    wrapper = DenseOccupancy(model.eval())
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                wrapper,
-                example_inputs(model),
-                buf,
-                input_names=list(INPUT_NAMES),
-                output_names=["occupancy"],
-                opset_version=ONNX_OPSET,
-                dynamo=False,
-            )
-        except Exception as err:
-            raise ExportError(f"ONNX export failed: {err}") from err
-    with atomic_write(path, "wb") as handle:
-        handle.write(buf.getvalue())
+    save_onnx(
+        DenseOccupancy(model.eval()),
+        example_inputs(model),
+        path,
+        ExportError,
+        input_names=list(INPUT_NAMES),
+        output_names=["occupancy"],
+        opset_version=ONNX_OPSET,
+    )
 
 
 def _compare(reference: np.ndarray, other: np.ndarray) -> ExportCheck:
