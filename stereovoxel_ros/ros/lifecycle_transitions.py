@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 
@@ -10,10 +13,21 @@ class StreamLifecycleNode(LifecycleNode):
 
     Subclasses implement ``_stop_inputs()`` (drop subscriptions, stop the worker, forget pending frames) and
     ``_release()`` (destroy publishers, free the model, ``_state = "unconfigured"``); ``_state`` mirrors the
-    lifecycle state for diagnostics.
+    lifecycle state for diagnostics. ``diagnostic_status()`` describes the node; :meth:`publish_diagnostics`
+    sends it on ``_diagnostics_pub``.
     """
 
     _state: str = "unconfigured"
+    _diagnostics_pub: Any = None
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        raise NotImplementedError
+
+    def publish_diagnostics(self) -> None:
+        """Publish :meth:`diagnostic_status` on /diagnostics, stamped now."""
+        msg = DiagnosticArray(status=[self.diagnostic_status()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(msg)
 
     def _stop_inputs(self) -> None:
         raise NotImplementedError

@@ -915,11 +915,6 @@ class StereoOccupancyNode(StreamLifecycleNode):
             values=[KeyValue(key=k, value=v) for k, v in values.items()],
         )
 
-    def publish_diagnostics(self) -> None:
-        msg = DiagnosticArray(status=[self.diagnostic_status()])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(msg)
-
 
 def main(args: Sequence[str] | None = None) -> int:
     """``ros2 run stereovoxel_ros stereo_occupancy``: inference runs on the node's worker thread."""

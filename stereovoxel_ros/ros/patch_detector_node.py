@@ -520,11 +520,6 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
             values=[KeyValue(key=k, value=v) for k, v in values.items()],
         )
 
-    def publish_diagnostics(self) -> None:
-        msg = DiagnosticArray(status=[self.diagnostic_status()])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(msg)
-
 
 def _fmt_regions(regions: Sequence[Sequence[float]]) -> str:
     return "; ".join("[" + ", ".join(f"{v:.0f}" for v in r) + "] px" for r in regions)
