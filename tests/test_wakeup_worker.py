@@ -28,7 +28,8 @@ def test_wakeups_during_a_run_merge_into_one_more_run_and_stop_joins():
     while len(runs) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.1)
-    assert runs == ["test_worker", "test_worker"]  # ten wake-ups -> exactly one more run, on the worker thread
+    # ten wake-ups during the first run -> exactly one more run, on the worker thread
+    assert runs == ["test_worker", "test_worker"]
     worker.stop()
     assert not worker.running
     worker.wake()
