@@ -82,7 +82,6 @@ STEREOVOXELNET_CONFIGS: dict[str, StereoVoxelNetConfig] = {
         input_size=(192, 96), extractor_width=0.35, feature_channels=16, encoder_channels=(16, 24, 32)
     ),
     "stereovoxelnet_effv2": StereoVoxelNetConfig(extractor="efficientformerv2"),
-    "stereovoxelnet_d32": StereoVoxelNetConfig(num_depth_levels=32, input_size=(384, 192)),
 }
 
 
