@@ -31,6 +31,7 @@ from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_HEIGHT_M, ODOM_FRAME, Jack
 from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.newest_item_worker import NewestItemWorker
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
@@ -44,7 +45,6 @@ from stereovoxel_ros.voxel_grid import (
     optical_to_base_transform,
     transform_points,
 )
-from stereovoxel_ros.wakeup_worker import WakeupWorker
 
 BACKENDS = ("stereovoxelnet", "sgbm")
 EXTRINSICS_SOURCES = ("auto", "tf", "parameters")
@@ -513,8 +513,6 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self.stats = OccupancyStats()
         self._state = "unconfigured"
         self.configure_error = ""
-        self._lock = threading.Lock()
-        self._newest: tuple[Any, Any, float] | None = None  # (left, right, monotonic time paired)
         self._infos = StereoInfoCache()
         self._last_input_ns: dict[str, int] = {"left": -1, "right": -1}
         self._sync_dropped_earlier = 0  # drops counted by synchronizers replaced after a stamp jump
@@ -522,7 +520,10 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self._sync: StereoPairSynchronizer | None = None
         self._outputs: dict[str, Any] = {}
         self._inputs: list[Any] = []
-        self._worker = WakeupWorker(self._on_wake, name=f"{self.get_name()}_inference")
+        # (left, right, monotonic time paired) of the newest pair, processed on the inference thread
+        self._worker: NewestItemWorker[tuple[Image, Image, float]] = NewestItemWorker(
+            self._on_pair, name=f"{self.get_name()}_inference"
+        )
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -600,8 +601,6 @@ class StereoOccupancyNode(StreamLifecycleNode):
             self.destroy_subscription(sub)
         self._inputs = []
         self._worker.stop()
-        with self._lock:
-            self._newest = None
 
     def _release(self) -> None:
         for pub in self._outputs.values():
@@ -780,19 +779,12 @@ class StereoOccupancyNode(StreamLifecycleNode):
         pair = sync.add(side, stamp_ns, msg)
         if pair is None:
             return
-        with self._lock:
-            replaced = self._newest is not None
-            self._newest = (pair.left, pair.right, time.monotonic())
+        replaced = self._worker.submit((pair.left, pair.right, time.monotonic()))
         self.stats.add_pair(replaced_unprocessed=replaced)
-        self._worker.wake()
 
     # ---- inference -------------------------------------------------------------------------------------------
 
-    def _on_wake(self) -> None:
-        with self._lock:
-            item, self._newest = self._newest, None
-        if item is None:
-            return
+    def _on_pair(self, item: tuple[Image, Image, float]) -> None:
         try:
             self._process(*item)
         except (FrameError, StereoFrameError) as err:

@@ -32,12 +32,12 @@ from std_msgs.msg import String
 from stereovoxel_ros.jackal import JackalTopics
 from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.newest_item_worker import NewestItemWorker
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
 from stereovoxel_ros.ros.stage_timing import StageTimingPublisher
 from stereovoxel_ros.tracing import StageTracer
-from stereovoxel_ros.wakeup_worker import WakeupWorker
 
 NEUTRALIZE_MODES = ("feature_mask", "inpaint")
 _JACKAL = JackalTopics(namespace="")
@@ -301,11 +301,12 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         self.stats = DetectorStats()
         self.configure_error = ""
         self._state = "unconfigured"
-        self._lock = threading.Lock()
-        self._newest: tuple[Image, float] | None = None
         self._outputs: dict[str, Any] = {}
         self._input: Any = None
-        self._worker = WakeupWorker(self._on_wake, name=f"{self.get_name()}_inference")
+        # (image, monotonic time received) of the newest frame, processed on the inference thread
+        self._worker: NewestItemWorker[tuple[Image, float]] = NewestItemWorker(
+            self._on_frame, name=f"{self.get_name()}_inference"
+        )
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -372,8 +373,6 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
             self.destroy_subscription(self._input)
             self._input = None
         self._worker.stop()
-        with self._lock:
-            self._newest = None
 
     def _release(self) -> None:
         for pub in self._outputs.values():
@@ -404,17 +403,9 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
 
     # ---- input -----------------------------------------------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
-        with self._lock:
-            replaced = self._newest is not None
-            self._newest = (msg, time.monotonic())
-        self.stats.add_received(replaced)
-        self._worker.wake()
+        self.stats.add_received(self._worker.submit((msg, time.monotonic())))
 
-    def _on_wake(self) -> None:
-        with self._lock:
-            item, self._newest = self._newest, None
-        if item is None:
-            return
+    def _on_frame(self, item: tuple[Image, float]) -> None:
         try:
             self._process(*item)
         except Exception as err:  # one bad frame must not take the node down
