@@ -9,34 +9,25 @@ LATCHED_TYPES = frozenset({"nav_msgs/msg/OccupancyGrid", "nav_msgs/msg/MapMetaDa
 LATCHED_TOPIC_SUFFIXES = ("/tf_static", "/map", "/robot_description")
 
 
+def _keep_last(depth: int, reliability: ReliabilityPolicy, durability: DurabilityPolicy) -> QoSProfile:
+    return QoSProfile(
+        depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=reliability, durability=durability
+    )
+
+
 def sensor_qos(depth: int = 5) -> QoSProfile:
     """Best-effort, volatile, keep-last: for camera images and infos (matches reliable publishers too)."""
-    return QoSProfile(
-        depth=depth,
-        history=HistoryPolicy.KEEP_LAST,
-        reliability=ReliabilityPolicy.BEST_EFFORT,
-        durability=DurabilityPolicy.VOLATILE,
-    )
+    return _keep_last(depth, ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE)
 
 
 def reliable_qos(depth: int = 10) -> QoSProfile:
     """Reliable, volatile, keep-last: the default for published streams (detections, clouds, diagnostics)."""
-    return QoSProfile(
-        depth=depth,
-        history=HistoryPolicy.KEEP_LAST,
-        reliability=ReliabilityPolicy.RELIABLE,
-        durability=DurabilityPolicy.VOLATILE,
-    )
+    return _keep_last(depth, ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE)
 
 
 def map_qos(depth: int = 1) -> QoSProfile:
     """Reliable, transient-local, keep-last 1: occupancy maps and static transforms (late joiners get them)."""
-    return QoSProfile(
-        depth=depth,
-        history=HistoryPolicy.KEEP_LAST,
-        reliability=ReliabilityPolicy.RELIABLE,
-        durability=DurabilityPolicy.TRANSIENT_LOCAL,
-    )
+    return _keep_last(depth, ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def clock_qos() -> QoSProfile:
