@@ -194,6 +194,17 @@ class PIMLayerMixin:
     bias: torch.Tensor | None
     training: bool
 
+    @classmethod
+    def _adopt(cls, module: nn.Module, config: PIMConfig, mode: str):
+        """An instance of ``cls`` that shares ``module``'s parameters, buffers and settings."""
+        new = cls.__new__(cls)
+        new.__dict__ = module.__dict__.copy()
+        new._parameters = dict(module._parameters)
+        new._buffers = dict(module._buffers)
+        new._modules = dict(module._modules)
+        new._init_pim(config, mode)
+        return new
+
     def _init_pim(self, config: PIMConfig, mode: str = "pim") -> None:
         self.pim_config = config
         self.mode = mode
@@ -257,13 +268,7 @@ class PIMConv2d(PIMLayerMixin, nn.Conv2d):
             raise PIMError(
                 f"PIMConv2d: padding={conv.padding!r} padding_mode={conv.padding_mode!r} unsupported"
             )
-        new = cls.__new__(cls)
-        new.__dict__ = conv.__dict__.copy()
-        new._parameters = dict(conv._parameters)
-        new._buffers = dict(conv._buffers)
-        new._modules = dict(conv._modules)
-        new._init_pim(config, mode)
-        return new
+        return cls._adopt(conv, config, mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "float":
@@ -304,13 +309,7 @@ class PIMLinear(PIMLayerMixin, nn.Linear):
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: PIMConfig, mode: str = "pim") -> PIMLinear:
         """Wrap an existing linear layer, sharing its parameters."""
-        new = cls.__new__(cls)
-        new.__dict__ = linear.__dict__.copy()
-        new._parameters = dict(linear._parameters)
-        new._buffers = dict(linear._buffers)
-        new._modules = dict(linear._modules)
-        new._init_pim(config, mode)
-        return new
+        return cls._adopt(linear, config, mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "float":
