@@ -39,3 +39,17 @@ def ros_executor(ros_context):
             executor.remove_node(node)
             node.destroy_node()
         executor.shutdown()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test: on a shared 2-core machine two threads stall in OpenMP spin-waits.
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

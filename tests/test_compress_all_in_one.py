@@ -20,14 +20,7 @@ from stereovoxel_ros.pruning_switch import (
     read_cpu_frequency_mhz,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The CI box has 2 shared cores: one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)

@@ -9,14 +9,7 @@ import torch
 
 from stereovoxel_ros.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The CI box has 2 shared cores: one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 def test_pim_qat_train_and_eval_write_table_and_plot(tmp_path):

@@ -24,14 +24,7 @@ from stereovoxel_ros.offline.compress.pim_simulator import (
     pim_matmul,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The CI box has 2 shared cores: one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 # A 2×2 crossbar: 2 rows (reduction), 2 columns (outputs); 3-bit weights (|w| <= 3), 2-bit unsigned acts (<= 3).

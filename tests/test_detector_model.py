@@ -23,13 +23,7 @@ from stereovoxel_ros.models.anchor_free_detector import (
 SMALL = DetectorConfig(input_size=(128, 96), head_channels=16, width=0.35)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, 2 threads are many times slower under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "efficientformerv2_s0"])

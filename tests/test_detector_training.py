@@ -40,13 +40,7 @@ CLASSES = ("person", "cone", "box")
 SMALL = DetectorConfig(input_size=(128, 96), head_channels=16, width=0.35)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, 2 threads are many times slower under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 _COLORS = {0: (220, 40, 40), 1: (250, 140, 20), 2: (120, 80, 40)}

@@ -20,14 +20,7 @@ from stereovoxel_ros.models.efficientformer_v2 import (
     stage_resolutions,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded torch: the CI machine is shared, and oversubscribed threads crawl."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 def _timm_usable() -> tuple[bool, str]:

@@ -12,13 +12,7 @@ from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
 from stereovoxel_ros.offline.search.search_space import SearchSpace, SearchSpaceError
 from stereovoxel_ros.offline.search.supernet import Supernet, recalibrate_batchnorm, train_supernet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 def _small_space(classes: int = 3) -> SearchSpace:
