@@ -25,13 +25,23 @@ CONFIG = ROOT / "config" / "jackal.yaml"
 NAMESPACE = "j100_0000"
 
 
-def _launch_nodes(path: Path) -> list[tuple[str, str]]:
-    """The (executable, node name) pairs of a launch file's ``NODES`` list (launch_ros is not importable)."""
+def _module_list(path: Path, name: str) -> list | None:
+    """A module-level list literal of a launch file (launch_ros is not importable here), or None."""
     tree = ast.parse(path.read_text(), filename=str(path))
     for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and any(getattr(t, "id", "") == "NODES" for t in stmt.targets):
-            return [tuple(x) for x in ast.literal_eval(stmt.value)]
-    raise AssertionError(f"{path.name} has no NODES list")
+        if isinstance(stmt, ast.Assign) and any(getattr(t, "id", "") == name for t in stmt.targets):
+            return ast.literal_eval(stmt.value)
+    return None
+
+
+def _launch_nodes(path: Path) -> list[tuple[str, str]]:
+    """The (executable, node name) pairs a launch file starts: its ``NODES`` list plus those of the launch
+    files in its ``INCLUDES`` list."""
+    nodes = [tuple(x) for x in _module_list(path, "NODES") or []]
+    for included in _module_list(path, "INCLUDES") or []:
+        nodes += _launch_nodes(path.parent / included)
+    assert nodes, f"{path.name} has neither a NODES nor an INCLUDES list"
+    return nodes
 
 
 def _console_scripts() -> dict[str, str]:
@@ -46,6 +56,7 @@ def test_launch_files_name_registered_nodes_and_scripts() -> None:
     for path in LAUNCH_FILES:
         nodes = _launch_nodes(path)
         assert "jackal.yaml" in path.read_text(), f"{path.name} must read config/jackal.yaml"
+        assert len(nodes) == len(set(nodes)), f"{path.name} starts a node twice"
         assert {name for _, name in nodes} == yaml_nodes, (
             f"{path.name} and {CONFIG.name} name different nodes"
         )
