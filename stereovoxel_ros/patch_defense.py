@@ -1,21 +1,26 @@
 """Themis-style adversarial-patch defense for the anchor-free detector, with temporal reuse for video.
 
-The defense reuses what the detector computes anyway (no second network):
+The defense reuses what the detector computes anyway (no second network, no backward pass):
 
-1. **Feature importance** at the detector's shallow layer: |gradient x activation| of the detection logits
-   with respect to ``stem_features``, summed over channels (one backward pass through the heads).
-2. **Concentration**: the k x k window (several k) holding the largest share of the total importance; a
-   patch shows up as a window whose importance share is many times its area share.
-3. **Robustness check**: the candidate region is masked at feature level and the heads re-run; an
-   adversarial (hiding) patch gives itself away because masking it *raises* objectness elsewhere (the hidden
-   object comes back). Natural objects only lose their own score, so they are left alone.
-4. **Neutralize and re-detect**: zero the region's shallow features (``feature_mask``) or inpaint the
-   input pixels (``inpaint``) and detect again.
+1. **Feature importance** at the detector's shallow layer: the activation anomaly of ``stem_features`` --
+   per channel a robust z-score against the frame's own statistics (median, MAD), the largest |z| over
+   channels per cell. An adversarial patch is a small block of abnormally high-energy, high-frequency
+   features. (Gradients of the surviving detections do not point at a *hiding* patch: it suppresses the
+   very detections whose gradients one would take.)
+2. **Concentration**: centre-surround windows (several sizes) whose mean anomaly exceeds the mean of the
+   ring around them by ``concentration_threshold`` z units; the best ``max_regions`` become candidates.
+3. **Robustness check**: all candidates are neutralized in one extra detection pass (input inpainting, or
+   zeroed shallow features). A candidate is a patch when a detection near it *re-emerges*: new, or scored
+   at least ``recovery_threshold`` higher than before, with a score of at least ``min_recovered_score``.
+   Natural texture only loses its own detections when masked, so it is left alone.
+4. **Neutralize and re-detect**: the re-emerged detections near confirmed regions are merged (NMS) with the
+   frame's detections; frames without a confirmed region output the plain detections unchanged.
 
-Video: :class:`TemporalDefenseCache` keeps the importance map and the confirmed regions; importance is
-recomputed only on the input blocks whose content changed since they were last analysed (mean absolute
-difference above ``change_threshold``), on a crop around them, or everywhere every ``refresh_interval``
-frames. Frames whose blocks are all unchanged reuse the region decision outright (no backward pass).
+Video: :class:`TemporalDefenseCache` keeps the anomaly map, its statistics and the confirmed regions (with
+their re-emerged detections); the map is recomputed only on the input blocks whose content changed since
+they were last analysed (mean absolute difference above ``change_threshold``), or everywhere every
+``refresh_interval`` frames. A candidate whose blocks did not change reuses its earlier decision; frames
+whose blocks are all unchanged reuse everything (no check pass).
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ from stereovoxel_ros.models.anchor_free_detector import (
     Detections,
     DetectorConfig,
     DetectorHeads,
+    box_iou_matrix,
     decode_detections,
+    nms,
     preprocess_images,
 )
 
-NEUTRALIZE_MODES = ("feature_mask", "inpaint")
-IMPORTANCE_TARGETS = ("all_logits", "top_k")
+NEUTRALIZE_MODES = ("inpaint", "feature_mask")
 STEM_STRIDE = 4  # stem_features map is at 1/4 of the network input
 
 
@@ -48,18 +54,17 @@ class PatchDefenseError(ValueError):
 
 @dataclass(frozen=True)
 class PatchDefenseConfig:
-    """Thresholds of the defense (defaults chosen on validation frames, see ``detector eval-defense --tune``)."""
+    """Thresholds of the defense (defaults chosen on validation frames, see ``detector eval-defense --tune``
+    and the README's "Patch defense" section for the command)."""
 
-    importance_target: str = "all_logits"  # all_logits: sum of max-class logits (sees suppressed objects,
-    # crop-consistent for partial recompute); top_k: only the k best logits (the current top detections)
-    top_k: int = 16  # logits used when importance_target == "top_k"
-    window_fractions: tuple[float, ...] = (0.08, 0.12, 0.18)  # window side / shorter side of the stem map
-    min_window_share: float = 0.15  # the window must hold at least this share of all importance
-    concentration_threshold: float = 6.0  # importance share / area share that makes a candidate region
-    recovery_threshold: float = 0.25  # masking must raise some class score (sigmoid) by this much to alert
+    window_cells: tuple[int, ...] = (2, 3, 4, 6, 8)  # candidate window sides [stem cells, 4 input px each]
+    concentration_threshold: float = 10.0  # window mean anomaly - ring mean anomaly [z units]
+    recovery_threshold: float = 0.4  # score rise of a re-emerging detection that confirms a patch
+    min_recovered_score: float = 0.5  # ... and the least score it must reach
     max_regions: int = 3  # candidate regions examined per frame
-    region_margin: float = 0.25  # each side of a region grows by this fraction of its size before masking
-    neutralize: str = "feature_mask"  # or "inpaint" (input pixels, cv2.inpaint + a full re-detection)
+    region_margin: float = 0.15  # each side of a candidate grows by this fraction of its size before masking
+    neighbourhood: float = 0.5  # re-emerged detection centres count within the region grown by this x size
+    neutralize: str = "inpaint"  # input pixels (cv2.inpaint) or "feature_mask" (zero shallow features)
     score_threshold: float = 0.3
     max_detections: int = 50
     nms_iou: float = 0.5
@@ -67,41 +72,35 @@ class PatchDefenseConfig:
     block_size: int = 32  # [px of the network input] blocks of the change test
     change_threshold: float = 6.0  # mean |difference| [DN of 255] that marks a block changed
     refresh_interval: int = 15  # recompute everything at least every this many frames
-    max_partial_fraction: float = (
-        0.4  # crop (changed blocks + context) larger than this image share: full map
-    )
-    context_blocks: int = 1  # blocks of context around changed blocks in a partial recompute
+    max_partial_fraction: float = 0.4  # changed blocks above this image share: full analysis (new statistics)
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> PatchDefenseError:
             return PatchDefenseError(f"PatchDefenseConfig.{name} = {getattr(self, name)!r}: {why}")
 
-        if self.importance_target not in IMPORTANCE_TARGETS:
-            raise bad("importance_target", f"must be one of {IMPORTANCE_TARGETS}")
         if self.neutralize not in NEUTRALIZE_MODES:
             raise bad("neutralize", f"must be one of {NEUTRALIZE_MODES}")
-        if not self.window_fractions or not all(0.0 < f < 1.0 for f in self.window_fractions):
-            raise bad("window_fractions", "must be a non-empty list of fractions in (0, 1)")
+        if not self.window_cells or not all(isinstance(k, int) and k >= 1 for k in self.window_cells):
+            raise bad("window_cells", "must be a non-empty list of positive integers")
         for name, low, high in (
-            ("min_window_share", 0.0, 1.0),
             ("recovery_threshold", 0.0, 1.0),
+            ("min_recovered_score", 0.0, 1.0),
             ("score_threshold", 0.0, 1.0),
             ("nms_iou", 0.0, 1.0),
             ("max_partial_fraction", 0.0, 1.0),
             ("region_margin", 0.0, 2.0),
-            ("concentration_threshold", 1.0, 1e6),
+            ("neighbourhood", 0.0, 4.0),
+            ("concentration_threshold", 0.0, 1e6),
             ("change_threshold", 0.0, 255.0),
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
                 raise bad(name, f"must be a finite number in [{low}, {high}]")
-        for name in ("top_k", "max_regions", "max_detections", "refresh_interval", "block_size"):
+        for name in ("max_regions", "max_detections", "refresh_interval", "block_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "must be a positive integer")
         if self.block_size % 32:
             raise bad("block_size", "must be a multiple of 32 px (the detector's coarsest stride)")
-        if not isinstance(self.context_blocks, int) or self.context_blocks < 0:
-            raise bad("context_blocks", "must be a non-negative integer")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,10 +111,10 @@ class CandidateRegion:
     """A window of concentrated importance: ``cells`` = (x0, y0, x1, y1) on the stem map."""
 
     cells: tuple[int, int, int, int]
-    share: float  # share of all importance inside
-    concentration: float  # share / area share
-    recovery: float = 0.0  # largest class-score rise when masked
+    concentration: float  # window mean anomaly - ring mean anomaly [z units]
+    recovery: float = 0.0  # largest score rise of a detection near it when it is neutralized
     confirmed: bool = False
+    recovered: Detections | None = None  # the re-emerged detections [px of the original image]
 
 
 @dataclass
@@ -149,22 +148,25 @@ def check_image(image_rgb: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- pieces
+def anomaly_statistics(shallow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel robust centre and scale of a (1, C, h, w) shallow map: median and 1.4826 x MAD, the scale
+    floored at a tenth of the channel's standard deviation (and 1e-6) so flat channels do not blow up."""
+    flat = shallow.detach().flatten(2)
+    median = flat.median(dim=-1).values
+    mad = (flat - median[..., None]).abs().median(dim=-1).values * 1.4826
+    scale = torch.maximum(mad, 0.1 * flat.std(dim=-1)).clamp(min=1e-6)
+    return median[..., None, None], scale[..., None, None]
+
+
 def importance_map(
-    model: AnchorFreeDetector, shallow: torch.Tensor, target: str = "all_logits", top_k: int = 16
-) -> tuple[torch.Tensor, DetectorHeads]:
-    """|gradient x activation| of the detection logits w.r.t. ``shallow`` summed over channels: (B, h, w);
-    also returns the heads of that forward pass (they are the undefended detections)."""
-    leaf = shallow.detach().requires_grad_(True)
-    with torch.enable_grad():
-        heads = model.forward_from_stem(leaf)
-        logits = heads.heatmap.amax(dim=1).flatten(1)  # (B, cells): best class per cell
-        if target == "top_k":
-            score = logits.topk(min(top_k, logits.shape[1]), dim=1).values.sum()
-        else:
-            score = logits.sum()
-        (grad,) = torch.autograd.grad(score, leaf)
-    importance = (grad * leaf.detach()).abs().sum(dim=1)
-    return importance, DetectorHeads(heads.heatmap.detach(), heads.box.detach())
+    shallow: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> np.ndarray:
+    """Activation anomaly of a (1, C, h, w) shallow map: max over channels of |robust z| per cell, (h, w).
+    ``statistics`` = ``anomaly_statistics`` of the whole frame (pass them when ``shallow`` is a crop)."""
+    if shallow.ndim != 4 or shallow.shape[0] != 1:
+        raise PatchDefenseError(f"shallow features must be (1, C, h, w), got {tuple(shallow.shape)}")
+    median, scale = statistics if statistics is not None else anomaly_statistics(shallow)
+    return ((shallow.detach() - median) / scale).abs().amax(dim=1)[0].numpy()
 
 
 def _window_sums(values: np.ndarray, k: int) -> np.ndarray:
@@ -173,57 +175,42 @@ def _window_sums(values: np.ndarray, k: int) -> np.ndarray:
     return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
 
 
+def centre_surround(importance: np.ndarray, k: int) -> np.ndarray:
+    """For every k x k window (top-left indexed, (h - k + 1, w - k + 1)): its mean minus the mean of the ring
+    max(1, k // 2) cells wide around it (edge-replicated at the border)."""
+    r = max(1, k // 2)
+    outer_k = k + 2 * r
+    inner = _window_sums(importance, k)
+    outer = _window_sums(np.pad(importance, r, mode="edge"), outer_k)[: inner.shape[0], : inner.shape[1]]
+    return inner / (k * k) - (outer - inner) / (outer_k * outer_k - k * k)
+
+
 def find_candidate_regions(importance: np.ndarray, config: PatchDefenseConfig) -> list[CandidateRegion]:
-    """Windows where importance is extremely concentrated (best window per size, up to ``max_regions``)."""
-    imp = np.asarray(importance, np.float64).copy()
+    """Windows where importance is extremely concentrated: the best centre-surround window over all sizes,
+    then the next best away from it, ..., up to ``max_regions`` above ``concentration_threshold``."""
+    imp = np.asarray(importance, np.float64)
     if imp.ndim != 2:
         raise PatchDefenseError(f"importance map must be 2D, got shape {imp.shape}")
-    total = float(imp.sum())
+    if not np.isfinite(imp).all():
+        raise PatchDefenseError("importance map contains NaN or inf")
     h, w = imp.shape
+    scores = [(k, centre_surround(imp, k)) for k in config.window_cells if k <= min(h, w)]
+    taken = np.zeros((h, w), np.float64)
     found: list[CandidateRegion] = []
-    if not total > 0 or not math.isfinite(total):
-        return found
-    sides = sorted({max(2, min(round(f * min(h, w)), h, w)) for f in config.window_fractions})
     for _ in range(config.max_regions):
         best: CandidateRegion | None = None
-        for k in sides:
-            sums = _window_sums(imp, k)
-            idx = int(np.argmax(sums))
-            y, x = divmod(idx, sums.shape[1])
-            share = float(sums[y, x]) / total
-            concentration = share / (k * k / (h * w))
-            if share < config.min_window_share:
-                continue
-            if best is None or concentration > best.concentration:
-                best = CandidateRegion((x, y, x + k, y + k), share, concentration)
-        if best is None or best.concentration < config.concentration_threshold:
+        for k, score in scores:
+            if taken.any():
+                score = np.where(_window_sums(taken, k) > 0, -np.inf, score)
+            y, x = divmod(int(np.argmax(score)), score.shape[1])
+            if best is None or score[y, x] > best.concentration:
+                best = CandidateRegion((x, y, x + k, y + k), float(score[y, x]))
+        if best is None or not best.concentration >= config.concentration_threshold:
             break
-        best = _refine(imp, best, total)
         found.append(best)
-        x0, y0, x1, y1 = grow_cells(best.cells, 0.5, (h, w))
-        imp[y0:y1, x0:x1] = 0.0  # look for a second patch elsewhere, not next to this one
+        x0, y0, x1, y1 = grow_cells(best.cells, 1.0, (h, w))
+        taken[y0:y1, x0:x1] = 1.0  # the next candidate lies elsewhere, not next to this one
     return found
-
-
-def _refine(imp: np.ndarray, window: CandidateRegion, total: float) -> CandidateRegion:
-    """Fit the window to the hot cells around it: the bounding box of cells near the window whose importance
-    is at least a third of the window's mean (a patch larger than the window is covered whole)."""
-    h, w = imp.shape
-    x0, y0, x1, y1 = window.cells
-    mean = imp[y0:y1, x0:x1].mean()
-    gx0, gy0, gx1, gy1 = grow_cells(window.cells, 1.0, (h, w))
-    rows, cols = np.nonzero(imp[gy0:gy1, gx0:gx1] >= mean / 3.0)
-    if len(rows) == 0:
-        return window
-    cells = (
-        min(x0, gx0 + int(cols.min())),
-        min(y0, gy0 + int(rows.min())),
-        max(x1, gx0 + int(cols.max()) + 1),
-        max(y1, gy0 + int(rows.max()) + 1),
-    )
-    share = float(imp[cells[1] : cells[3], cells[0] : cells[2]].sum()) / total
-    area = (cells[2] - cells[0]) * (cells[3] - cells[1]) / (h * w)
-    return CandidateRegion(cells, share, share / area)
 
 
 def grow_cells(
@@ -278,8 +265,10 @@ class TemporalDefenseCache:
 
     def reset(self) -> None:
         self.reference: np.ndarray | None = None  # (H, W) float32 grey input [DN] each block was analysed on
-        self.importance: np.ndarray | None = None  # (h, w) stem-map importance
+        self.importance: np.ndarray | None = None  # (h, w) stem-map importance (activation anomaly)
+        self.statistics: tuple[torch.Tensor, torch.Tensor] | None = None  # its per-channel centre and scale
         self.regions: list[CandidateRegion] = []  # confirmed regions of the last analysis
+        self.checked: list[CandidateRegion] = []  # every candidate of the last analysis, with its decision
         self.since_refresh = 0
         self.frames = 0
         self.frames_reused = 0
@@ -384,6 +373,7 @@ class PatchDefendedDetector:
     def _neutralized_heads(
         self, image: np.ndarray, shallow: torch.Tensor, cells_list: list[tuple[int, int, int, int]]
     ) -> DetectorHeads:
+        """Heads of one detection pass with every cell box neutralized (inpainted input or zeroed features)."""
         with torch.no_grad():
             if self.defense.neutralize == "feature_mask":
                 return self.model.forward_from_stem(feature_mask(shallow, cells_list))
@@ -392,26 +382,50 @@ class PatchDefendedDetector:
             x = preprocess_images(inpaint_regions(image, boxes), self.config.input_size)
             return self.model(x)
 
-    def _crop_box(self, changed: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-        """xyxy [input px] around the changed blocks plus ``context_blocks`` (block_size is a multiple of 32,
-        so the crop keeps the pyramid aligned)."""
-        b, m = self.defense.block_size, self.defense.context_blocks
-        h, w = shape
-        rows, cols = np.nonzero(changed)
-        r0, r1 = max(0, rows.min() - m), min(changed.shape[0], rows.max() + 1 + m)
-        c0, c1 = max(0, cols.min() - m), min(changed.shape[1], cols.max() + 1 + m)
-        return c0 * b, r0 * b, min(w, c1 * b), min(h, r1 * b)
+    def _check_candidates(
+        self,
+        image: np.ndarray,
+        shallow: torch.Tensor,
+        base: Detections,
+        candidates: list[CandidateRegion],
+    ) -> None:
+        """The robustness check: neutralize all ``candidates`` in one pass and set their ``recovery``,
+        ``confirmed`` and ``recovered`` (detections that re-emerged near each)."""
+        d = self.defense
+        stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
+        image_size = (image.shape[1], image.shape[0])
+        masks = [grow_cells(c.cells, d.region_margin, stem_shape) for c in candidates]
+        after = self._decode(self._neutralized_heads(image, shallow, masks), image_size)
+        same = after.labels[:, None] == base.labels[None, :]
+        overlap = same & (box_iou_matrix(after.boxes, base.boxes) >= 0.3)
+        centres = (after.boxes[:, :2] + after.boxes[:, 2:]) / 2.0
+        base_centres = (base.boxes[:, :2] + base.boxes[:, 2:]) / 2.0
+        for cand, cells in zip(candidates, masks):
+            box = cells_to_image_box(grow_cells(cells, d.neighbourhood, stem_shape), stem_shape, image_size)
+            near = _inside(centres, box)
+            # a re-emerged detection is compared with the best same-class detection it overlaps (IoU >= 0.3)
+            # or that was confidently detected inside the masked region: a peak that merely moved is not a
+            # recovery
+            masked_box = cells_to_image_box(cells, stem_shape, image_size)
+            confident = _inside(base_centres, masked_box) & (base.scores >= d.min_recovered_score)
+            own = same & confident[None, :]
+            before = np.where(overlap | own, base.scores[None, :], 0.0)
+            rise = after.scores - before.max(axis=1, initial=0.0)
+            cand.recovery = float(rise[near].max()) if near.any() else 0.0
+            back = near & (rise >= d.recovery_threshold) & (after.scores >= d.min_recovered_score)
+            cand.confirmed = bool(back.any())
+            cand.recovered = Detections(after.boxes[back], after.scores[back], after.labels[back])
 
-    def _partial_importance(
-        self, x: torch.Tensor, changed: np.ndarray
-    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """Importance on a crop around the changed blocks: (crop map, stem cell box it covers)."""
-        x0, y0, x1, y1 = self._crop_box(changed, (x.shape[2], x.shape[3]))
-        with torch.no_grad():
-            shallow = self.model.stem_features(x[..., y0:y1, x0:x1])
-        imp, _ = importance_map(self.model, shallow, self.defense.importance_target, self.defense.top_k)
-        s = STEM_STRIDE
-        return imp[0].numpy(), (x0 // s, y0 // s, x1 // s, y1 // s)
+    def _merge(self, base: Detections, regions: list[CandidateRegion]) -> Detections:
+        """``base`` plus the re-emerged detections of ``regions`` (class-aware NMS)."""
+        extra = [r.recovered for r in regions if r.recovered is not None and len(r.recovered)]
+        if not extra:
+            return base
+        boxes = np.concatenate([base.boxes, *(e.boxes for e in extra)])
+        scores = np.concatenate([base.scores, *(e.scores for e in extra)])
+        labels = np.concatenate([base.labels, *(e.labels for e in extra)])
+        keep = nms(boxes, scores, labels, self.defense.nms_iou)[: self.defense.max_detections]
+        return Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32), labels[keep])
 
     # ---- main entry ----------------------------------------------------------------------------------------
     def process(self, image_rgb: np.ndarray, stamp_ns: int | None = None) -> DefendedResult:
@@ -427,32 +441,27 @@ class PatchDefendedDetector:
         with timer("change_detection"):
             grey = x[0].mean(0).numpy() * np.float32(255.0)
             changed = self.cache.plan(grey)
-            full = bool(changed.all())
-            if not full and changed.any():  # a crop this large costs more than the full map (one pass)
-                cx0, cy0, cx1, cy1 = self._crop_box(changed, (x.shape[2], x.shape[3]))
-                full = (cx1 - cx0) * (cy1 - cy0) > d.max_partial_fraction * x.shape[2] * x.shape[3]
+            full = bool(changed.all()) or bool(changed.mean() > d.max_partial_fraction)
             if full:
                 changed[:] = True
         reused = not changed.any()
-        stem_shape = tuple(shallow.shape[-2:])
+        stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
         if full:
             with timer("importance"):
-                imp, heads = importance_map(self.model, shallow, d.importance_target, d.top_k)
-                self.cache.importance = imp[0].numpy()
-        else:
-            with timer("detect"), torch.no_grad():
-                heads = self.model.forward_from_stem(shallow)
-            if not reused:
-                with timer("importance"):
-                    crop, (cx0, cy0, _cx1, _cy1) = self._partial_importance(x, changed)
-                    cache_imp = self.cache.importance
-                    assert cache_imp is not None
-                    s = d.block_size // STEM_STRIDE
-                    for r, c in zip(*np.nonzero(changed)):
-                        ys, xs = slice(r * s, (r + 1) * s), slice(c * s, (c + 1) * s)
-                        cache_imp[ys, xs] = crop[
-                            ys.start - cy0 : ys.stop - cy0, xs.start - cx0 : xs.stop - cx0
-                        ]
+                self.cache.statistics = anomaly_statistics(shallow)
+                self.cache.importance = importance_map(shallow, self.cache.statistics)
+        elif not reused:
+            with timer("importance"):
+                cache_imp, stats = self.cache.importance, self.cache.statistics
+                assert cache_imp is not None and stats is not None
+                s = d.block_size // STEM_STRIDE
+                for r, c in zip(*np.nonzero(changed)):
+                    ys, xs = slice(r * s, (r + 1) * s), slice(c * s, (c + 1) * s)
+                    cache_imp[ys, xs] = importance_map(shallow[..., ys, xs], stats)
+        with timer("detect"), torch.no_grad():
+            heads = self.model.forward_from_stem(shallow)
+        with timer("decode"):
+            base = self._decode(heads, image_size)
         self.cache.commit(grey, changed, full)
         confirmed: list[CandidateRegion] = []
         candidates: list[CandidateRegion] = []
@@ -464,27 +473,29 @@ class PatchDefendedDetector:
                 assert self.cache.importance is not None
                 candidates = find_candidate_regions(self.cache.importance, d)
             with timer("robustness_check"):
-                base = torch.sigmoid(heads.heatmap)
+                to_check = []
                 for cand in candidates:
                     cells = grow_cells(cand.cells, d.region_margin, stem_shape)
-                    previous = [r for r in self.cache.regions if _cell_iou(r.cells, cand.cells) > 0.5]
+                    previous = [r for r in self.cache.checked if _cell_iou(r.cells, cand.cells) > 0.5]
                     if previous and not full and not _touches_changed(cells, changed, d.block_size):
-                        cand.recovery, cand.confirmed = previous[0].recovery, previous[0].confirmed
+                        old = previous[0]
+                        cand.recovery, cand.confirmed, cand.recovered = (
+                            old.recovery,
+                            old.confirmed,
+                            old.recovered,
+                        )
                         self.cache.region_checks_reused += 1
                     else:
-                        masked = self._neutralized_heads(image, shallow, [cells])
-                        cand.recovery = float((torch.sigmoid(masked.heatmap) - base).max())
-                        cand.confirmed = cand.recovery >= d.recovery_threshold
-                        self.cache.region_checks += 1
-                    if cand.confirmed:
-                        confirmed.append(cand)
+                        to_check.append(cand)
+                if to_check:
+                    self._check_candidates(image, shallow, base, to_check)
+                    self.cache.region_checks += len(to_check)
+                confirmed = [c for c in candidates if c.confirmed]
             self.cache.regions = confirmed
+            self.cache.checked = candidates
+        with timer("neutralize"):
+            detections = self._merge(base, confirmed)
         regions_cells = [grow_cells(c.cells, d.region_margin, stem_shape) for c in confirmed]
-        if regions_cells:
-            with timer("neutralize"):
-                heads = self._neutralized_heads(image, shallow, regions_cells)
-        with timer("decode"):
-            detections = self._decode(heads, image_size)
         regions = [cells_to_image_box(c, stem_shape, image_size) for c in regions_cells]
         return DefendedResult(
             detections=detections,
@@ -496,6 +507,12 @@ class PatchDefendedDetector:
             blocks_recomputed=int(changed.sum()),
             blocks_total=int(changed.size),
         )
+
+
+def _inside(points: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """(N,) whether each (x, y) of ``points`` (N, 2) lies in the xyxy ``box``."""
+    x0, y0, x1, y1 = box
+    return (points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)
 
 
 def _cell_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -542,7 +559,9 @@ __all__ = [
     "PatchDefenseConfig",
     "PatchDefenseError",
     "TemporalDefenseCache",
+    "anomaly_statistics",
     "cells_to_image_box",
+    "centre_surround",
     "check_image",
     "feature_mask",
     "find_candidate_regions",

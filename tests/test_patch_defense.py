@@ -223,3 +223,22 @@ def test_real_detector_architecture_runs_under_the_defense() -> None:
     assert result.detections.boxes.shape[1] == 4 and "importance" in result.stage_seconds
     again = defended.process(frame)
     assert again.reused and len(again.detections) == len(result.detections)
+
+
+def test_activation_anomaly_marks_a_dense_block_and_not_flat_or_smooth_maps() -> None:
+    from stereovoxel_ros.patch_defense import anomaly_statistics, centre_surround, importance_map
+
+    rng = np.random.default_rng(0)
+    shallow = torch.from_numpy(rng.normal(0.0, 1.0, (1, 4, 24, 32)).astype(np.float32))
+    shallow[..., 10:13, 14:17] += 25.0  # a small block of abnormally strong features
+    shallow[:, 3] = 2.0  # a flat channel must not blow up the z-scores
+    imp = importance_map(shallow)
+    assert np.isfinite(imp).all() and imp[10:13, 14:17].min() > 5 * np.median(imp)
+    median, scale = anomaly_statistics(shallow)
+    assert torch.all(scale > 0) and median.shape == (1, 4, 1, 1)
+    (region,) = find_candidate_regions(imp, PatchDefenseConfig(max_regions=1))
+    x0, y0, x1, y1 = region.cells
+    assert x0 <= 14 and y0 <= 10 and x1 >= 17 and y1 >= 13 and (x1 - x0) * (y1 - y0) <= 16
+    assert centre_surround(np.ones((24, 32)), 3).max() == pytest.approx(0.0)
+    clean = importance_map(torch.from_numpy(rng.normal(0.0, 1.0, (1, 4, 24, 32)).astype(np.float32)))
+    assert find_candidate_regions(clean, PatchDefenseConfig()) == []

@@ -53,18 +53,26 @@ def _defense_defaults() -> Any:
     return PatchDefenseConfig()
 
 
-# name -> (default, description); numeric defense defaults mirror PatchDefenseConfig (checked in the tests)
+_DEFAULTS = _defense_defaults()
+
+# name -> (default, description); defense defaults are PatchDefenseConfig's (checked in the tests)
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "image_topic": (_JACKAL.left_image.lstrip("/"), "camera image (rgb8, bgr8 or mono8)"),
     "checkpoint": ("", "detector checkpoint [.pt]; empty = stereovoxel_ros/checkpoints/patch_detector.pt"),
     "defense": (True, "run the Themis-style patch defense (false: plain detection)"),
-    "neutralize": ("feature_mask", f"how a confirmed patch is neutralized: {' or '.join(NEUTRALIZE_MODES)}"),
+    "neutralize": (_DEFAULTS.neutralize, f"how a candidate patch is neutralized: {' or '.join(NEUTRALIZE_MODES)}"),
     "temporal_reuse": (True, "reuse importance maps and region decisions on unchanged image blocks"),
-    "refresh_interval": (15, "recompute the whole importance map at least every this many frames"),
-    "change_threshold": (6.0, "mean |frame difference| [DN] that marks a block as changed"),
-    "concentration_threshold": (6.0, "importance share / area share that makes a candidate patch region"),
-    "recovery_threshold": (0.25, "class-score rise when masking a candidate that confirms a patch"),
-    "score_threshold": (0.3, "lowest detection score published"),
+    "refresh_interval": (_DEFAULTS.refresh_interval, "recompute the whole importance map at least every N frames"),
+    "change_threshold": (_DEFAULTS.change_threshold, "mean |frame difference| [DN] that marks a block as changed"),
+    "concentration_threshold": (
+        _DEFAULTS.concentration_threshold,
+        "shallow-feature anomaly of a window above its surround [z units] that makes a candidate patch region",
+    ),
+    "recovery_threshold": (
+        _DEFAULTS.recovery_threshold,
+        "score rise of a detection re-emerging when a candidate is neutralized that confirms a patch",
+    ),
+    "score_threshold": (_DEFAULTS.score_threshold, "lowest detection score published"),
     "torch_threads": (2, "CPU threads for inference"),
     "publish_annotated": (True, "publish ~/annotated (only drawn while someone subscribes)"),
     "diagnostics_period": (1.0, "period of /diagnostics messages [s] (steady clock)"),
@@ -132,7 +140,7 @@ class DetectorNodeConfig:
             temporal_reuse=flag("temporal_reuse"),
             refresh_interval=integer("refresh_interval", 1, 100000),
             change_threshold=number("change_threshold", 0.0, 255.0),
-            concentration_threshold=number("concentration_threshold", 1.0, 1e6),
+            concentration_threshold=number("concentration_threshold", 0.0, 1e6),
             recovery_threshold=number("recovery_threshold", 0.0, 1.0),
             score_threshold=number("score_threshold", 0.0, 1.0),
             torch_threads=integer("torch_threads", 1, 64),

@@ -177,8 +177,8 @@ def tune_defense(
     attacked: Sequence[np.ndarray],
     gts: Sequence[tuple[np.ndarray, np.ndarray]],
     class_names: Sequence[str],
-    concentration: Sequence[float] = (2.5, 3.5, 5.0, 7.0),
-    recovery: Sequence[float] = (0.15, 0.25, 0.35),
+    concentration: Sequence[float] = (8.0, 10.0, 12.0, 14.0),
+    recovery: Sequence[float] = (0.25, 0.4, 0.55),
     max_clean_drop: float = 0.01,
 ) -> tuple[Any, list[dict[str, float]]]:
     """Grid search on validation frames: the (concentration, recovery) thresholds with the best attacked
