@@ -361,6 +361,30 @@ def height_balanced_soft_iou_loss(
     return out
 
 
+def balanced_bce_loss(
+    levels: list[TrainCells], batch: int, max_pos_weight: float = 20.0
+) -> list[torch.Tensor]:
+    """Per-level, per-item (B,) binary cross-entropy over the evaluated cells, occupied cells weighed by the
+    level's empty/occupied ratio (capped at ``max_pos_weight``).
+
+    Soft IoU reaches the logits only through the sigmoid, whose slope vanishes once a logit saturates: trained
+    with soft IoU alone, the decoder drove every cell above the floor to logits far below zero, and from there
+    no gradient could teach it an obstacle (ROC AUC 0.5 on the obstacle cells). Cross-entropy on the logits
+    keeps a gradient of p - y on every cell; the weighting keeps the rare occupied cells from being outvoted.
+    """
+    out = []
+    for cells in levels:
+        tgt = cells.target
+        pos = tgt.sum()
+        pos_weight = ((tgt.numel() - pos) / pos.clamp(min=1)).clamp(1.0, max_pos_weight).detach()
+        bce = F.binary_cross_entropy_with_logits(cells.logits, tgt, pos_weight=pos_weight, reduction="none")
+        zeros = torch.zeros(batch, dtype=bce.dtype, device=bce.device)
+        total = zeros.index_add(0, cells.bidx, bce)
+        count = zeros.index_add(0, cells.bidx, torch.ones_like(bce)).clamp(min=1)
+        out.append(total / count)
+    return out
+
+
 def soft_iou_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Per-item 1 − soft IoU (B,) of sigmoid(logits) against a {0, 1} target of the same shape."""
     p = torch.sigmoid(logits).flatten(1)

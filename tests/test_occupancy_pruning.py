@@ -29,7 +29,7 @@ def _train_all_in_one(root: Path) -> Path:
     torch.manual_seed(0)
     data = _dataset(root / "data")
     model = create_stereovoxelnet("stereovoxelnet_fast", TINY_GRID, input_size=(64, 32))
-    train = PreparedStereoSet(data, "train", (64, 32), progress=False)
+    train = PreparedStereoSet(data, "train", (64, 32), with_depth=True, progress=False)
     method = make_training_method("all_in_one", ratios="0.25,0.5", bn_batches=1, bn_batch_size=2)
     cfg = TrainConfig(epochs=1, batch_size=4, progress=False, warmup_steps=1)  # one step
     Trainer(OccupancyTask(model, "stereovoxelnet_fast"), train, None, root / "run", cfg, method).fit()

@@ -228,3 +228,85 @@ def test_height_balanced_loss_punishes_a_floor_only_prediction():
     assert plain < 0.1  # the published loss barely notices the missing obstacle ...
     assert height > 0.4  # ... the height-balanced one does: two of three occupied rows are missed
     assert max(losses(perfect)) < 0.01
+
+
+def test_depth_slab_loss_targets_the_bracketing_slabs_and_ignores_unknown_depth():
+    from stereovoxel_ros.models.stereovoxelnet import depth_slab_loss
+
+    d = 12
+    slab = DEFAULT_GRID.shape[2] * DEFAULT_GRID.voxel_size / d
+    depth = torch.full((2, 8, 16), slab * 3.5)  # centre of slab 3
+    depth[1] = slab * 4.0  # half-way between slabs 3 and 4
+    right = torch.full((2, d, 2, 4), -20.0)
+    right[:, 3] = 20.0
+    wrong = torch.full((2, d, 2, 4), -20.0)
+    wrong[:, 7] = 20.0
+    loss_right, loss_wrong = (
+        depth_slab_loss(right, depth, DEFAULT_GRID),
+        depth_slab_loss(wrong, depth, DEFAULT_GRID),
+    )
+    assert loss_right[0] < 1e-3 and loss_wrong[0] > 30
+    assert 15 < loss_right[1] < 25  # half the target mass sits on slab 4, which gets logit -20
+    split = torch.zeros(1, d, 2, 4)
+    split[:, 3:5] = 20.0
+    assert depth_slab_loss(split, depth[1:], DEFAULT_GRID)[0] < 1.0  # both slabs: ln 2
+    unknown = torch.zeros(1, 8, 16)
+    unknown[0, :, :8] = 100.0  # beyond the grid
+    assert depth_slab_loss(wrong[:1], unknown, DEFAULT_GRID)[0] == 0
+
+
+def test_training_output_with_depth_logits_and_checkpoints_without_the_head(tmp_path):
+    model = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, **SMALL)
+    left, right, cam = _inputs(model, batch=2)
+    targets = octree_targets(torch.zeros(2, 64, 16, 64), 4)
+    levels, depth_logits = model(left, right, cam, targets, return_depth=True)
+    assert len(levels) == 4 and depth_logits.shape == (2, model.config.num_depth_levels, 8, 16)
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model, "stereovoxelnet_fast")
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if not k.startswith("depth_head")}
+    torch.save(payload, path)  # a checkpoint from before the depth head still loads
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(path).model(left, right, cam)[-1], model(left, right, cam)[-1])
+
+
+def test_balanced_bce_counts_a_missed_obstacle_cell_that_soft_iou_barely_sees():
+    from stereovoxel_ros.octree_decoder import TrainCells, balanced_bce_loss
+
+    n = 400
+    target = torch.zeros(n)
+    target[:300] = 1  # floor: most of the occupied cells
+    target[300] = 1  # one obstacle cell
+    ijk = torch.zeros(n, 3, dtype=torch.long)
+    bidx = torch.zeros(n, dtype=torch.long)
+    perfect = torch.where(target > 0, 8.0, -8.0)
+    missed = perfect.clone()
+    missed[300] = -8.0
+
+    def losses(logits):
+        cells = [TrainCells(bidx, ijk, logits, target)]
+        return float(sparse_soft_iou_loss(cells, 1)[0][0]), float(balanced_bce_loss(cells, 1)[0][0])
+
+    (iou_ok, bce_ok), (iou_missed, bce_missed) = losses(perfect), losses(missed)
+    assert iou_missed - iou_ok < 0.005  # one cell in 301: the soft IoU barely moves ...
+    assert bce_missed > bce_ok + 0.015  # ... the per-cell term pays ~8/400 for it
+
+
+def test_occupancy_loss_terms_are_parsed_and_checked():
+    from stereovoxel_ros.offline.train.trainer import OccupancyTask, TrainingError
+
+    model = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, **SMALL)
+    task = OccupancyTask(model, "stereovoxelnet_fast", "soft_iou+depth+bce")
+    assert task.needs_depth and task.bce and not task.height
+    assert not OccupancyTask(model, "x", "soft_iou").needs_depth
+    for bad in ("height", "soft_iou+dice", "soft_iou+bce+bce"):
+        with pytest.raises(TrainingError, match="soft_iou"):
+            OccupancyTask(model, "x", bad)
+    left, right, cam = _inputs(model, batch=2)
+    batch = {"left": left, "right": right, "camera": cam, "voxels": torch.zeros(2, 64, 16, 64)}
+    batch["voxels"][:, 20:30, 14, 10:20] = 1
+    batch["depth"] = torch.full((2, 32, 64), 3.0)
+    loss, logs = task.losses(model, batch)
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    assert {"depth_loss", "bce_l3", "loss_l0"} <= set(logs)

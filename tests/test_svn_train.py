@@ -49,9 +49,11 @@ def test_train_resume_finetune(tmp_path, capsys):
     assert main([*args, "--epochs", "2"]) == 0
     rows = _rows(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert {f"train_loss_l{i}" for i in range(4)} <= set(rows[0]) and "val_iou" in rows[0]
+    assert {f"train_loss_l{i}" for i in range(4)} <= set(rows[0]) and {"val_iou", "val_obstacle_iou", "val_score"} <= set(rows[0])
     total = float(rows[0]["train_loss"])
-    terms = [f"train_loss_l{i}" for i in range(4)] + [f"train_height_loss_l{i}" for i in range(4)]
+    prefixes = ("train_loss_l", "train_height_loss_l", "train_bce_l", "train_depth_loss")  # the default terms
+    terms = [k for k in rows[0] if k.startswith(prefixes)]
+    assert "train_depth_loss" in terms and "train_height_loss_l3" in terms
     assert total == pytest.approx(sum(float(rows[0][k]) for k in terms), rel=1e-5)
     assert (out / "training_curves.png").stat().st_size > 1000
     assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
@@ -116,7 +118,7 @@ def test_training_method_hooks_and_freezing(tmp_path):
     data = _dataset(tmp_path / "data")
     model = create_stereovoxelnet("stereovoxelnet_fast", TINY_GRID, input_size=(64, 32))
     frozen = {k: v.clone() for k, v in model.extractor.state_dict().items() if "weight" in k}
-    train = PreparedStereoSet(data, "train", (64, 32), progress=False)
+    train = PreparedStereoSet(data, "train", (64, 32), with_depth=True, progress=False)
     cfg = TrainConfig(epochs=1, batch_size=1, progress=False)
     result = Trainer(
         OccupancyTask(model, "stereovoxelnet_fast"), train, None, tmp_path / "o", cfg, Recorder()

@@ -1,9 +1,10 @@
 """StereoVoxelNet (Li et al., ICRA 2023): stereo pair → voxel-depth cost volume → octree occupancy.
 
 Pipeline: a light 2D extractor (MobileNetV2 blocks, 1/4 resolution) on both images; a group-wise correlation
-cost volume sampled only at the disparities of the grid's depth slabs (d = f·B/z, ``num_depth_levels`` of
-them) instead of every disparity; a 2D encoder–decoder over the cost volume that emits a small feature vector
-per (depth level, pixel) — a frustum feature volume; and the octree decoder
+cost volume sampled only at the disparities of the grid's depth slabs (d = f·B/z, ``cost_levels`` of them)
+instead of every disparity; a 2D encoder–decoder over the cost volume that emits a small feature vector per
+(depth level, pixel) for ``num_depth_levels`` slabs, interpolated to the cost volume's slabs and stacked with
+it — a frustum feature volume; and the octree decoder
 (:mod:`stereovoxel_ros.octree_decoder`) that reads that frustum at voxel centres and predicts occupancy at four
 levels, coarsest first. Differences from the published code: the image-to-voxel lift samples the frustum at
 each voxel's projection instead of going through a fully connected bottleneck (fewer parameters, any grid), and
@@ -47,7 +48,10 @@ class StereoVoxelNetConfig:
     extractor_width: float = 0.5  # MobileNetV2 width multiplier
     extractor_variant: str = "efficientformerv2_s0"  # used when extractor == "efficientformerv2"
     feature_channels: int = 24
-    num_depth_levels: int = 12  # cost volume levels: depth slabs of the grid
+    num_depth_levels: int = 12  # depth slabs of the grid the 2D encoder emits frustum features for
+    cost_volume_levels: int | None = (
+        None  # depth slabs the correlation is sampled at (None: num_depth_levels)
+    )
     correlation_groups: int = 4
     encoder_channels: tuple[int, int, int] = (24, 32, 48)  # 1/4, 1/8, 1/16
     frustum_channels: int = 8  # features per (depth level, pixel)
@@ -62,6 +66,11 @@ class StereoVoxelNetConfig:
                 f"feature_channels {self.feature_channels} not divisible by groups {self.correlation_groups}"
             )
 
+    @property
+    def cost_levels(self) -> int:
+        """Depth slabs of the cost volume (and of the frustum the decoder reads)."""
+        return self.cost_volume_levels or self.num_depth_levels
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
@@ -71,6 +80,7 @@ class StereoVoxelNetConfig:
         unknown = set(data) - known
         if unknown:
             raise StereoVoxelNetError(f"config has unknown fields {sorted(unknown)}")
+        data = {"cost_volume_levels": None, **data}  # configs written before the field had one cost volume
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -201,13 +211,13 @@ class StereoVoxelNet(nn.Module):
             raise StereoVoxelNetError(f"unknown extractor {cfg.extractor!r}")
         self.register_buffer(
             "depth_levels",
-            torch.from_numpy(grid.depth_levels(cfg.num_depth_levels)).float(),
+            torch.from_numpy(grid.depth_levels(cfg.cost_levels)).float(),
             persistent=False,
         )
         if float(self.depth_levels.min()) <= 0:
             raise GridSpecError(f"grid {grid.name!r} has depth slabs at z <= 0; cannot form disparities")
         self.encoder = CostVolumeEncoder(
-            cfg.correlation_groups * cfg.num_depth_levels + cfg.feature_channels,
+            cfg.correlation_groups * cfg.cost_levels + cfg.feature_channels,
             cfg.encoder_channels,
             cfg.num_depth_levels,
             cfg.frustum_channels,
@@ -218,6 +228,9 @@ class StereoVoxelNet(nn.Module):
             cfg.decoder_channels,
             image_size=cfg.input_size,
         )
+        # Training only: per-pixel depth-slab logits from the frustum, supervised with ground-truth depth so that
+        # the extractor learns to match (the occupancy loss alone lets the network fall back on a floor prior).
+        self.depth_head = nn.Conv3d(cfg.frustum_channels + cfg.correlation_groups, 1, 1)
 
     @property
     def num_levels(self) -> int:
@@ -252,6 +265,8 @@ class StereoVoxelNet(nn.Module):
         cost = sampled_cost_volume(fl, fr, disparities, self.config.correlation_groups)
         g, d = cost.shape[1], cost.shape[2]
         encoded = self.encoder(torch.cat([cost.reshape(b, g * d, *cost.shape[-2:]), fl], dim=1))
+        if encoded.shape[2] != d:  # finer cost volume: encoder slabs interpolated between their centres
+            encoded = F.interpolate(encoded, size=cost.shape[2:], mode="trilinear", align_corners=False)
         frustum = torch.cat([encoded, cost], dim=1)
         pyramid = [frustum]
         for _ in range(self.num_levels - 1):
@@ -264,17 +279,26 @@ class StereoVoxelNet(nn.Module):
         right: torch.Tensor,
         camera: torch.Tensor,
         targets: list[torch.Tensor] | None = None,
+        return_depth: bool = False,
     ):
         """Dense occupancy logits per octree level, coarsest first: (B, n_x, n_y, n_z) each.
 
         ``left``/``right``: (B, 3, H, W) RGB in [0, 1] at ``config.input_size``; ``camera``: (B, 5)
         [fx, fy, cx, cy, baseline] in pixels of that size and metres. With ``targets`` (per-level occupancy,
-        coarsest first) it returns the training output of ``OctreeDecoder.forward_train`` instead.
+        coarsest first) it returns the training output of ``OctreeDecoder.forward_train`` instead; with
+        ``return_depth`` also the depth-slab logits (B, D, h, w) of :meth:`depth_logits` (a tuple).
         """
         frustums = self.frustum_pyramid(left, right, camera)
-        if targets is not None:
-            return self.decoder.forward_train(frustums, camera, targets)
-        return self.decoder(frustums, camera)
+        out = (
+            self.decoder.forward_train(frustums, camera, targets)
+            if targets is not None
+            else self.decoder(frustums, camera)
+        )
+        return (out, self.depth_logits(frustums[-1])) if return_depth else out
+
+    def depth_logits(self, frustum: torch.Tensor) -> torch.Tensor:
+        """Per-pixel logits over the cost volume's depth slabs (B, D, h, w) from the finest frustum."""
+        return self.depth_head(frustum).squeeze(1)
 
     @torch.no_grad()
     def predict_octree(
@@ -289,6 +313,29 @@ class StereoVoxelNet(nn.Module):
         return self.decoder.decode_pruned(
             self.frustum_pyramid(left, right, camera), camera, prune_threshold, exit_level
         )
+
+
+def depth_slab_loss(logits: torch.Tensor, depth: torch.Tensor, grid: VoxelGridSpec) -> torch.Tensor:
+    """Per-item (B,) cross-entropy of depth-slab logits (B, D, h, w) against ground-truth depth (B, H, W) [m].
+
+    The target is split between the two slabs whose centres bracket the depth (linear weights), so sub-slab
+    position is supervised too. Pixels with unknown depth (0) or depth outside the grid's z range are ignored;
+    an item with none contributes 0.
+    """
+    d, h, w = logits.shape[1:]
+    z = F.interpolate(depth.unsqueeze(1), size=(h, w), mode="nearest").squeeze(1)
+    z0, extent = grid.origin[2], grid.shape[2] * grid.voxel_size
+    k = (z - z0) / extent * d - 0.5  # continuous slab index, slab centres at integers
+    valid = (z > 0) & (k > -0.5) & (k < d - 0.5)
+    k = k.clamp(0, d - 1)
+    lower = k.floor().long().clamp(max=d - 1)
+    upper = (lower + 1).clamp(max=d - 1)
+    frac = (k - lower.to(k.dtype)).unsqueeze(1)
+    target = torch.zeros_like(logits)
+    target.scatter_add_(1, lower.unsqueeze(1), 1 - frac)
+    target.scatter_add_(1, upper.unsqueeze(1), frac)
+    ce = -(target * F.log_softmax(logits, dim=1)).sum(1)  # (B, h, w)
+    return (ce * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
 
 
 class DenseOccupancy(nn.Module):
@@ -381,8 +428,11 @@ def load_checkpoint(path: str | Path, grid: VoxelGridSpec | None = None) -> Chec
         except GridSpecError as err:
             raise StereoVoxelNetError(str(err)) from err
     model = StereoVoxelNet(config, ckpt_grid)
+    state = dict(payload["state_dict"])
+    for name, value in model.depth_head.state_dict().items():  # training-only head: optional in a checkpoint
+        state.setdefault(f"depth_head.{name}", value)
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as err:
         raise StereoVoxelNetError(f"checkpoint {path} weights do not fit its config: {err}") from err
     model.eval()

@@ -34,10 +34,11 @@ def _common(p: argparse.ArgumentParser, lr: float, epochs: int) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--loss",
-        choices=("soft_iou", "soft_iou+height"),
-        default="soft_iou+height",
-        help="StereoVoxelNet loss per octree level: the published soft IoU, or plus the height-balanced "
-        "soft IoU (every occupied height slice weighs the same, so obstacles count as much as the floor)",
+        default="soft_iou+height+depth+bce",
+        help="StereoVoxelNet loss terms joined by '+': soft_iou (the published per-level loss, required), "
+        "height (height-balanced soft IoU: every occupied height slice weighs the same, so obstacles count as "
+        "much as the floor), depth (depth-slab cross-entropy on the cost volume where the data has depth: "
+        "teaches the matching), bce (class-balanced per-cell cross-entropy)",
     )
 
 
@@ -52,6 +53,14 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
         p.add_argument("--model", choices=("stereovoxelnet", "stereo_depth_net"), default="stereovoxelnet")
         p.add_argument("--variant", default=None, help="model variant by name (default: the model's default)")
         p.add_argument("--input-size", type=_size, default=None, help="override input size, e.g. 320x192")
+        p.add_argument(
+            "--set",
+            dest="config_overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a StereoVoxelNet config field for a new model, e.g. num_depth_levels=24",
+        )
         p.set_defaults(func=run_train)
     else:
         p = subparsers.add_parser(
@@ -180,7 +189,7 @@ def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float, 
     import torch
     from torch.torch_version import TorchVersion
 
-    from stereovoxel_ros.offline.train.trainer import write_checkpoint_card
+    from stereovoxel_ros.offline.train.trainer import trainer_metric_key, write_checkpoint_card
 
     best = Path(args.out) / "best.pt"
     ship_final = bool(getattr(method, "ship_final", False))
@@ -217,6 +226,7 @@ def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float, 
             "grid": task.model.grid.to_dict() if hasattr(task.model, "grid") else None,
             "size_mb": round(ship.stat().st_size / 2**20, 2),
             "best_validation": result.best_metric,
+            "best_validation_metric": trainer_metric_key(task),
             "shipped_weights": source.name,  # best.pt, or final.pt for a ship_final method
             "history": history,
         },
@@ -236,6 +246,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"stereovoxel train: {err}", file=sys.stderr)
         return 1
     overrides = {"input_size": args.input_size} if args.input_size else {}
+    overrides.update(parse_key_values(args.config_overrides))
     torch_seed(args.seed)
     if args.model == "stereovoxelnet":
         from stereovoxel_ros.models.stereovoxelnet import STEREOVOXELNET_CONFIGS, StereoVoxelNet

@@ -196,7 +196,7 @@ def _dense_finetune_flops(
     n_train = min(n_train, limit) if limit is not None else n_train
     ckpt = load_checkpoint(checkpoint)
     task = OccupancyTask(ckpt.model, ckpt.variant)
-    probe = PreparedStereoSet(datasets, "train", ckpt.model.config.input_size, progress=False, limit=2)
+    probe = PreparedStereoSet(datasets, "train", ckpt.model.config.input_size, task.needs_depth, False, 2)
     batch = probe.batch(list(range(len(probe))))
     ckpt.model.train()
     step = count_step_flops(ckpt.model, lambda: task.losses(ckpt.model, batch)[0].mean().backward())

@@ -220,25 +220,37 @@ class PreparedStereoSet:
 class OccupancyTask:
     """StereoVoxelNet: soft-IoU loss summed over the octree levels; validation IoU at the finest level.
 
-    ``loss`` "soft_iou" is the published loss; "soft_iou+height" (default) adds the height-balanced soft IoU
-    of :func:`~stereovoxel_ros.octree_decoder.height_balanced_soft_iou_loss` at every level, and weighs
-    false positives at the coarse levels by ``COARSE_FP_WEIGHT`` (recall first where empty cells are pruned).
+    ``loss`` names its terms joined by "+": "soft_iou" (the published loss) and optionally "height" (the
+    height-balanced soft IoU of :func:`~stereovoxel_ros.octree_decoder.height_balanced_soft_iou_loss` at every
+    level, false positives at the coarse levels weighed by ``COARSE_FP_WEIGHT``: recall first where empty
+    cells are pruned) and "depth" (cross-entropy of the frustum's depth-slab logits against ground-truth depth,
+    :func:`~stereovoxel_ros.models.stereovoxelnet.depth_slab_loss`, weighed by ``DEPTH_WEIGHT``; it makes the
+    extractor learn to match, without it the network settles on a floor prior and misses obstacles).
     """
 
     kind = "stereovoxelnet"
-    needs_depth = False
-    metric_keys = ("iou", "count")
-    losses_available = ("soft_iou", "soft_iou+height")
+    metric_keys = ("iou", "obstacle_iou", "score", "count")
+    loss_terms = ("soft_iou", "height", "depth", "bce")
     COARSE_FP_WEIGHT = 0.3
+    DEPTH_WEIGHT = 1.0
+    OBSTACLE_MIN_HEIGHT = 0.10  # [m] above the floor, as `stereovoxel eval --obstacle-min-height`
 
-    def __init__(self, model: nn.Module, variant: str, loss: str = "soft_iou+height") -> None:
-        if loss not in self.losses_available:
-            raise TrainingError(f"unknown StereoVoxelNet loss {loss!r}; choose from {self.losses_available}")
+    def __init__(self, model: nn.Module, variant: str, loss: str = "soft_iou+height+depth+bce") -> None:
+        terms = loss.split("+")
+        if terms[0] != "soft_iou" or not set(terms) <= set(self.loss_terms) or len(set(terms)) != len(terms):
+            raise TrainingError(
+                f"unknown StereoVoxelNet loss {loss!r}: 'soft_iou' plus any of "
+                f"{', '.join(self.loss_terms[1:])} joined by '+'"
+            )
         self.model, self.variant, self.loss = model, variant, loss
+        self.height, self.needs_depth, self.bce = "height" in terms, "depth" in terms, "bce" in terms
 
     def losses(self, net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Per-sample loss (B,): soft IoU (+ height-balanced) summed over levels, children where occupied."""
+        """Per-sample loss (B,): soft IoU (+ height-balanced) summed over levels, children where occupied
+        (+ the depth-slab cross-entropy)."""
+        from stereovoxel_ros.models.stereovoxelnet import depth_slab_loss
         from stereovoxel_ros.octree_decoder import (
+            balanced_bce_loss,
             height_balanced_soft_iou_loss,
             octree_targets,
             sparse_soft_iou_loss,
@@ -246,29 +258,57 @@ class OccupancyTask:
 
         batch_size = batch["voxels"].shape[0]
         targets = octree_targets(batch["voxels"], self.model.num_levels)
-        levels = net(batch["left"], batch["right"], batch["camera"], targets)
-        fp_weights = None
-        if self.loss == "soft_iou+height":
-            fp_weights = [self.COARSE_FP_WEIGHT] * (len(levels) - 1) + [1.0]
+        if self.needs_depth:
+            levels, depth_logits = net(
+                batch["left"], batch["right"], batch["camera"], targets, return_depth=True
+            )
+        else:
+            levels = net(batch["left"], batch["right"], batch["camera"], targets)
+        fp_weights = [self.COARSE_FP_WEIGHT] * (len(levels) - 1) + [1.0] if self.height else None
         per_level = sparse_soft_iou_loss(levels, batch_size, fp_weights=fp_weights)
         logs = {f"loss_l{i}": float(v.detach().mean()) for i, v in enumerate(per_level)}
-        if self.loss == "soft_iou+height":
+        if self.height:
             shapes = [tuple(t.shape[1:]) for t in targets]
             height = height_balanced_soft_iou_loss(levels, batch_size, shapes, fp_weights=fp_weights)
             logs.update({f"height_loss_l{i}": float(v.detach().mean()) for i, v in enumerate(height)})
             per_level = [a + b for a, b in zip(per_level, height)]
+        if self.bce:
+            bce = balanced_bce_loss(levels, batch_size)
+            logs.update({f"bce_l{i}": float(v.detach().mean()) for i, v in enumerate(bce)})
+            per_level = [a + b for a, b in zip(per_level, bce)]
         logs["cells_l3"] = float(levels[-1].logits.shape[0]) / batch_size
-        return torch.stack(per_level).sum(0), logs
+        total = torch.stack(per_level).sum(0)
+        if self.needs_depth:
+            depth = depth_slab_loss(depth_logits, batch["depth"], self.model.grid)
+            logs["depth_loss"] = float(depth.detach().mean())
+            total = total + self.DEPTH_WEIGHT * depth
+        return total, logs
 
     @torch.no_grad()
     def evaluate(self, net: nn.Module, batch: dict) -> dict[str, float]:
-        """Sums over the batch: ``iou`` (finest level, p > 0.5) and ``count``."""
+        """Sums over the batch: ``iou`` and ``obstacle_iou`` (finest level, p > 0.5; obstacles are the voxels
+        ``OBSTACLE_MIN_HEIGHT`` above the floor, the camera at the Jackal's height), their mean ``score`` (what
+        selects the best checkpoint: the floor alone cannot win it) and ``count``."""
+        from stereovoxel_ros.jackal import CAMERA_HEIGHT_M
+
         probs = torch.sigmoid(net(batch["left"], batch["right"], batch["camera"])[-1])
-        pred, tgt = (probs > 0.5).flatten(1), batch["voxels"].flatten(1) > 0.5
-        inter = (pred & tgt).sum(1).float()
-        union = (pred | tgt).sum(1).float()
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-        return {"iou": float(iou.sum()), "count": float(len(iou))}
+        pred, tgt = probs > 0.5, batch["voxels"] > 0.5
+        grid = self.model.grid
+        y = grid.origin[1] + (torch.arange(grid.shape[1], dtype=probs.dtype) + 0.5) * grid.voxel_size
+        above = (y < CAMERA_HEIGHT_M - self.OBSTACLE_MIN_HEIGHT).view(1, 1, -1, 1)
+
+        def iou(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            inter = (p & t).flatten(1).sum(1).float()
+            union = (p | t).flatten(1).sum(1).float()
+            return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+        full, obstacle = iou(pred, tgt), iou(pred & above, tgt & above)
+        return {
+            "iou": float(full.sum()),
+            "obstacle_iou": float(obstacle.sum()),
+            "score": float((full + obstacle).sum() / 2),
+            "count": float(len(full)),
+        }
 
     def save(self, path: Path, meta: dict, **state: Any) -> None:
         from stereovoxel_ros.models.stereovoxelnet import save_checkpoint
@@ -374,6 +414,11 @@ def cosine_lr(progress: float, base: float, step: int, warmup: int) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def trainer_metric_key(task: OccupancyTask | DepthTask) -> str:
+    """The validation metric that picks ``best.pt`` (higher is better)."""
+    return "val_score" if task.kind == "stereovoxelnet" else "val_neg_epe_px"
+
+
 class Trainer:
     """Trains a task's model; rank 0 writes ``last.pt``, ``best.pt``, ``metrics.csv`` and ``training_curves.png``."""
 
@@ -387,6 +432,10 @@ class Trainer:
         method: TrainingMethod | None = None,
         meta: dict | None = None,
     ) -> None:
+        if task.needs_depth and any(s is not None and s.depth is None for s in (train_set, val_set)):
+            raise TrainingError(
+                f"{task.kind} training with this loss needs depth: load the sets with with_depth=True"
+            )
         self.task, self.train_set, self.val_set = task, train_set, val_set
         self.out_dir = Path(out_dir)
         self.config = config
@@ -399,7 +448,7 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.net = DistributedDataParallel(self.model)
+            self.net = DistributedDataParallel(self.model, find_unused_parameters=True)  # optional heads
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         per_rank = math.ceil(len(train_set) / self.world)
@@ -433,7 +482,7 @@ class Trainer:
         self.best = float(state.get("best", -math.inf))
 
     def _metric_key(self) -> str:
-        return "val_iou" if self.task.kind == "stereovoxelnet" else "val_neg_epe_px"
+        return trainer_metric_key(self.task)
 
     def _validate(self) -> dict[str, float]:
         if self.val_set is None or len(self.val_set) == 0:
