@@ -7,20 +7,27 @@ The defense reuses what the detector computes anyway (no second network, no back
    channels per cell. An adversarial patch is a small block of abnormally high-energy, high-frequency
    features. (Gradients of the surviving detections do not point at a *hiding* patch: it suppresses the
    very detections whose gradients one would take.)
-2. **Concentration**: centre-surround windows (several sizes) whose mean anomaly exceeds the mean of the
-   ring around them by ``concentration_threshold`` z units; the best ``max_regions`` become candidates.
-3. **Robustness check**: all candidates are neutralized in one extra detection pass (input inpainting, or
-   zeroed shallow features). A candidate is a patch when a detection near it *re-emerges*: new, or scored
-   at least ``recovery_threshold`` higher than before, with a score of at least ``min_recovered_score``.
+2. **Concentration**: the map is opened (grey-level opening, ``opening_cells``): thin lines of high anomaly
+   -- object silhouettes against flat sky or floor -- vanish, blocks as wide as a patch stay. Centre-surround
+   windows (several sizes) whose mean anomaly exceeds the mean of the ring around them by
+   ``concentration_threshold`` z units; the best ``max_regions`` become candidates (optionally shrunk to their
+   anomaly blob, ``tighten``).
+3. **Robustness check**: all candidates are neutralized in one extra detection pass (input inpainting, run on
+   crops around the candidates when that is cheaper, or zeroed shallow features). A candidate is a patch when
+   a detection near it *re-emerges*: new, or scored at least ``recovery_threshold`` higher than before, with a
+   score of at least ``min_recovered_score`` (an object near several candidates counts for the nearest one).
    Natural texture only loses its own detections when masked, so it is left alone.
 4. **Neutralize and re-detect**: the re-emerged detections near confirmed regions are merged (NMS) with the
-   frame's detections; frames without a confirmed region output the plain detections unchanged.
+   frame's detections at ``recovered_score_scale`` x their score; frames without a confirmed region output the
+   plain detections unchanged.
 
-Video: :class:`TemporalDefenseCache` keeps the anomaly map, its statistics and the confirmed regions (with
-their re-emerged detections); the map is recomputed only on the input blocks whose content changed since
-they were last analysed (mean absolute difference above ``change_threshold``), or everywhere every
-``refresh_interval`` frames. A candidate whose blocks did not change reuses its earlier decision; frames
-whose blocks are all unchanged reuse everything (no check pass).
+Video: :class:`TemporalDefenseCache` keeps the anomaly map, its statistics and the candidates with their
+decisions. The map is recomputed only on the input blocks whose content changed since they were last analysed
+(mean absolute difference above ``change_threshold``), or everywhere every ``refresh_interval`` frames; the
+per-channel statistics only every ``refresh_interval`` frames. A candidate that continues one of the previous
+analysis reuses its decision while its blocks are unchanged or for ``recheck_interval`` frames; frames whose
+blocks are all unchanged reuse everything. When the whole frame changes (moving camera) and nothing is
+confirmed, the search and check for new candidates run every ``check_interval`` frames only.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ from stereovoxel_ros.models.anchor_free_detector import (
 
 NEUTRALIZE_MODES = ("inpaint", "feature_mask")
 STEM_STRIDE = 4  # stem_features map is at 1/4 of the network input
+CROP_ALIGN = 8  # [px of the network input] crops of the check pass start on the heads' grid (side: 32 px)
+CHANGE_SUBSAMPLE = 2  # the change test compares every 2nd pixel of every 2nd row (a quarter of the work)
 
 
 class PatchDefenseError(ValueError):
@@ -58,13 +67,17 @@ class PatchDefenseConfig:
     and the README's "Patch defense" section for the command)."""
 
     window_cells: tuple[int, ...] = (2, 3, 4, 6, 8)  # candidate window sides [stem cells, 4 input px each]
-    concentration_threshold: float = 10.0  # window mean anomaly - ring mean anomaly [z units]
+    concentration_threshold: float = 8.0  # window mean anomaly - ring mean anomaly [z units]
     recovery_threshold: float = 0.4  # score rise of a re-emerging detection that confirms a patch
-    min_recovered_score: float = 0.5  # ... and the least score it must reach
-    max_regions: int = 3  # candidate regions examined per frame
+    min_recovered_score: float = 0.3  # ... and the least score it must reach
+    max_regions: int = 8  # candidate regions examined per frame
+    opening_cells: int = 3  # morphological opening of the anomaly map [cells]: removes thin edge lines
+    tighten: float = 0.0  # > 0: shrink each window to its blob, cells >= ring + tighten x (peak - ring)
     region_margin: float = 0.15  # each side of a candidate grows by this fraction of its size before masking
     neighbourhood: float = 0.5  # re-emerged detection centres count within the region grown by this x size
+    recovered_score_scale: float = 0.5  # re-emerged detections are merged with their score x this (less sure)
     neutralize: str = "inpaint"  # input pixels (cv2.inpaint) or "feature_mask" (zero shallow features)
+    check_crop_context: int = 16  # [input px] check pass on crops this much beyond each region; 0: full frame
     score_threshold: float = 0.3
     max_detections: int = 50
     nms_iou: float = 0.5
@@ -72,6 +85,8 @@ class PatchDefenseConfig:
     block_size: int = 32  # [px of the network input] blocks of the change test
     change_threshold: float = 6.0  # mean |difference| [DN of 255] that marks a block changed
     refresh_interval: int = 15  # recompute everything at least every this many frames
+    recheck_interval: int = 5  # a candidate tracked from an earlier frame keeps its decision this many frames
+    check_interval: int = 10  # with reuse: new candidates are searched and checked every this many frames
     max_partial_fraction: float = 0.4  # changed blocks above this image share: full analysis (new statistics)
 
     def __post_init__(self) -> None:
@@ -85,10 +100,12 @@ class PatchDefenseConfig:
         for name, low, high in (
             ("recovery_threshold", 0.0, 1.0),
             ("min_recovered_score", 0.0, 1.0),
+            ("recovered_score_scale", 0.0, 1.0),
             ("score_threshold", 0.0, 1.0),
             ("nms_iou", 0.0, 1.0),
             ("max_partial_fraction", 0.0, 1.0),
             ("region_margin", 0.0, 2.0),
+            ("tighten", 0.0, 1.0),
             ("neighbourhood", 0.0, 4.0),
             ("concentration_threshold", 0.0, 1e6),
             ("change_threshold", 0.0, 255.0),
@@ -96,7 +113,11 @@ class PatchDefenseConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
                 raise bad(name, f"must be a finite number in [{low}, {high}]")
-        for name in ("max_regions", "max_detections", "refresh_interval", "block_size"):
+        for name in ("opening_cells", "check_crop_context"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise bad(name, "must be a non-negative integer")
+        for name in ("max_regions", "max_detections", "refresh_interval", "recheck_interval", "check_interval",
+                     "block_size"):  # fmt: skip
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "must be a positive integer")
         if self.block_size % 32:
@@ -115,6 +136,7 @@ class CandidateRegion:
     recovery: float = 0.0  # largest score rise of a detection near it when it is neutralized
     confirmed: bool = False
     recovered: Detections | None = None  # the re-emerged detections [px of the original image]
+    checked_frame: int = -1  # video frame (TemporalDefenseCache.frames) whose check pass decided it
 
 
 @dataclass
@@ -185,32 +207,70 @@ def centre_surround(importance: np.ndarray, k: int) -> np.ndarray:
     return inner / (k * k) - (outer - inner) / (outer_k * outer_k - k * k)
 
 
+def open_anomaly_map(importance: np.ndarray, cells: int) -> np.ndarray:
+    """Grey-level morphological opening of the anomaly map with a ``cells`` x ``cells`` square (min then
+    max filter): thin lines of high anomaly -- object silhouettes against a flat sky or floor, 1-2 cells
+    wide -- vanish, blocks at least ``cells`` wide (a patch) keep their values. ``cells`` <= 1: unchanged."""
+    if cells <= 1:
+        return importance
+    import cv2
+
+    # min over the k x k window below-right, then max over the one above-left: a true opening (no shift)
+    kernel = np.ones((cells, cells), np.uint8)
+    imp = np.asarray(importance, np.float32)
+    eroded = cv2.erode(imp, kernel, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
+    opened = cv2.dilate(eroded, kernel, anchor=(cells - 1, cells - 1), borderType=cv2.BORDER_REPLICATE)
+    return opened.astype(np.float64)
+
+
 def find_candidate_regions(importance: np.ndarray, config: PatchDefenseConfig) -> list[CandidateRegion]:
-    """Windows where importance is extremely concentrated: the best centre-surround window over all sizes,
-    then the next best away from it, ..., up to ``max_regions`` above ``concentration_threshold``."""
+    """Windows where importance is extremely concentrated: on the opened map (``open_anomaly_map``), the
+    best centre-surround window over all sizes, then the next best away from it, ..., up to ``max_regions``
+    above ``concentration_threshold``; each shrunk to its anomaly blob when ``tighten`` > 0."""
     imp = np.asarray(importance, np.float64)
     if imp.ndim != 2:
         raise PatchDefenseError(f"importance map must be 2D, got shape {imp.shape}")
     if not np.isfinite(imp).all():
         raise PatchDefenseError("importance map contains NaN or inf")
+    imp = open_anomaly_map(imp, config.opening_cells)
     h, w = imp.shape
     scores = [(k, centre_surround(imp, k)) for k in config.window_cells if k <= min(h, w)]
-    taken = np.zeros((h, w), np.float64)
     found: list[CandidateRegion] = []
     for _ in range(config.max_regions):
         best: CandidateRegion | None = None
         for k, score in scores:
-            if taken.any():
-                score = np.where(_window_sums(taken, k) > 0, -np.inf, score)
             y, x = divmod(int(np.argmax(score)), score.shape[1])
             if best is None or score[y, x] > best.concentration:
                 best = CandidateRegion((x, y, x + k, y + k), float(score[y, x]))
         if best is None or not best.concentration >= config.concentration_threshold:
             break
-        found.append(best)
         x0, y0, x1, y1 = grow_cells(best.cells, 1.0, (h, w))
-        taken[y0:y1, x0:x1] = 1.0  # the next candidate lies elsewhere, not next to this one
+        for k, score in scores:  # the next candidate lies elsewhere: no window overlapping this one grown
+            score[max(0, y0 - k + 1) : y1, max(0, x0 - k + 1) : x1] = -np.inf
+        if config.tighten > 0:
+            best.cells = shrink_to_anomaly_mass(imp, best.cells, config.tighten)
+        found.append(best)
     return found
+
+
+def shrink_to_anomaly_mass(
+    importance: np.ndarray, cells: tuple[int, int, int, int], fraction: float
+) -> tuple[int, int, int, int]:
+    """The tight cell box of the anomaly blob inside a candidate window ``cells``: the 8-connected cells at
+    or above ``ring + fraction x (peak - ring)`` that hold the window's peak, ``ring`` being the median of
+    the window (the local background). A window larger than its blob shrinks onto it."""
+    import cv2
+
+    x0, y0, x1, y1 = cells
+    window = np.asarray(importance[y0:y1, x0:x1], np.float32)
+    peak, ring = float(window.max()), float(np.median(window))
+    if not peak > ring:
+        return cells
+    mask = (window >= ring + fraction * (peak - ring)).astype(np.uint8)
+    py, px = divmod(int(np.argmax(window)), window.shape[1])
+    _, labels = cv2.connectedComponents(mask, connectivity=8)
+    ys, xs = np.nonzero(labels == labels[py, px])
+    return (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
 
 
 def grow_cells(
@@ -270,12 +330,15 @@ class TemporalDefenseCache:
         self.regions: list[CandidateRegion] = []  # confirmed regions of the last analysis
         self.checked: list[CandidateRegion] = []  # every candidate of the last analysis, with its decision
         self.since_refresh = 0
+        self.statistics_frame = -(10**9)  # frame the anomaly statistics were computed on
+        self.check_frame = -(10**9)  # frame of the last robustness-check pass
         self.frames = 0
         self.frames_reused = 0
         self.blocks_total = 0
         self.blocks_recomputed = 0
         self.region_checks = 0
         self.region_checks_reused = 0
+        self.searches_skipped = 0
 
     @property
     def blocks_skipped(self) -> int:
@@ -293,11 +356,13 @@ class TemporalDefenseCache:
             "blocks_skipped_share": self.blocks_skipped / max(self.blocks_total, 1),
             "region_checks": self.region_checks,
             "region_checks_reused": self.region_checks_reused,
+            "searches_skipped": self.searches_skipped,
         }
 
     def plan(self, grey: np.ndarray) -> np.ndarray:
-        """(rows, cols) bool of blocks to recompute for the grey network input ``grey`` (H, W) [DN]."""
-        b = self.config.block_size
+        """(rows, cols) bool of blocks to recompute for the grey network input ``grey`` [DN], subsampled by
+        CHANGE_SUBSAMPLE: (H / CHANGE_SUBSAMPLE, W / CHANGE_SUBSAMPLE)."""
+        b = self.config.block_size // CHANGE_SUBSAMPLE
         h, w = grey.shape
         rows, cols = math.ceil(h / b), math.ceil(w / b)
         self.frames += 1
@@ -318,7 +383,7 @@ class TemporalDefenseCache:
 
     def commit(self, grey: np.ndarray, changed: np.ndarray, full: bool) -> None:
         """Record that ``changed`` blocks were analysed on ``grey``."""
-        b = self.config.block_size
+        b = self.config.block_size // CHANGE_SUBSAMPLE
         if full or self.reference is None:
             self.reference = grey.copy()
             self.since_refresh = 0
@@ -370,17 +435,45 @@ class PatchDefendedDetector:
             heads = self.model(x)
         return self._decode(heads, (image.shape[1], image.shape[0]))
 
-    def _neutralized_heads(
+    def _neutralized_detections(
         self, image: np.ndarray, shallow: torch.Tensor, cells_list: list[tuple[int, int, int, int]]
-    ) -> DetectorHeads:
-        """Heads of one detection pass with every cell box neutralized (inpainted input or zeroed features)."""
+    ) -> list[Detections]:
+        """Per cell box: the detections [px of ``image``] of a detection pass with every cell box neutralized
+        (inpainted input or zeroed features). With inpainting and ``check_crop_context`` > 0 the pass runs
+        only on one square crop of the network input around each box (batched; on the heads' grid) when
+        that is less work than the whole frame."""
+        d = self.defense
+        stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
+        image_size = (image.shape[1], image.shape[0])
         with torch.no_grad():
-            if self.defense.neutralize == "feature_mask":
-                return self.model.forward_from_stem(feature_mask(shallow, cells_list))
-            stem_shape = tuple(shallow.shape[-2:])
-            boxes = [cells_to_image_box(c, stem_shape, (image.shape[1], image.shape[0])) for c in cells_list]
+            if d.neutralize == "feature_mask":
+                heads = self.model.forward_from_stem(feature_mask(shallow, cells_list))
+                return [self._decode(heads, image_size)] * len(cells_list)
+            boxes = [cells_to_image_box(c, stem_shape, image_size) for c in cells_list]
             x = preprocess_images(inpaint_regions(image, boxes), self.config.input_size)
-            return self.model(x)
+            in_w, in_h = self.config.input_size
+            near = [grow_cells(c, d.neighbourhood, stem_shape) for c in cells_list]
+            longest = max(max(x1 - x0, y1 - y0) for x0, y0, x1, y1 in near) * STEM_STRIDE
+            side = math.ceil((longest + 2 * d.check_crop_context) / 32) * 32  # whole coarsest-stride cells
+            if d.check_crop_context <= 0 or side > min(in_w, in_h) or len(near) * side * side >= in_w * in_h:
+                return [self._decode(self.model(x), image_size)] * len(cells_list)
+            origins = []
+            for x0, y0, x1, y1 in near:
+                cx, cy = (x0 + x1) * STEM_STRIDE / 2.0, (y0 + y1) * STEM_STRIDE / 2.0
+                ox = min(max(0, math.floor((cx - side / 2) / CROP_ALIGN + 0.5) * CROP_ALIGN), in_w - side)
+                oy = min(max(0, math.floor((cy - side / 2) / CROP_ALIGN + 0.5) * CROP_ALIGN), in_h - side)
+                origins.append((ox, oy))
+            heads = self.model(torch.cat([x[..., oy : oy + side, ox : ox + side] for ox, oy in origins]))
+        sx, sy = image_size[0] / in_w, image_size[1] / in_h
+        crop_size = (side * sx, side * sy)
+        decoded = decode_detections(
+            heads, [crop_size] * len(origins), (side, side), d.score_threshold, d.max_detections, d.nms_iou
+        )
+        out = []
+        for det, (ox, oy) in zip(decoded, origins):
+            shift = np.array([ox * sx, oy * sy, ox * sx, oy * sy], np.float32)
+            out.append(Detections((det.boxes + shift).astype(np.float32), det.scores, det.labels))
+        return out
 
     def _check_candidates(
         self,
@@ -395,12 +488,11 @@ class PatchDefendedDetector:
         stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
         image_size = (image.shape[1], image.shape[0])
         masks = [grow_cells(c.cells, d.region_margin, stem_shape) for c in candidates]
-        after = self._decode(self._neutralized_heads(image, shallow, masks), image_size)
-        same = after.labels[:, None] == base.labels[None, :]
-        overlap = same & (box_iou_matrix(after.boxes, base.boxes) >= 0.3)
-        centres = (after.boxes[:, :2] + after.boxes[:, 2:]) / 2.0
         base_centres = (base.boxes[:, :2] + base.boxes[:, 2:]) / 2.0
-        for cand, cells in zip(candidates, masks):
+        for cand, cells, after in zip(candidates, masks, self._neutralized_detections(image, shallow, masks)):
+            same = after.labels[:, None] == base.labels[None, :]
+            overlap = same & (box_iou_matrix(after.boxes, base.boxes) >= 0.3)
+            centres = (after.boxes[:, :2] + after.boxes[:, 2:]) / 2.0
             box = cells_to_image_box(grow_cells(cells, d.neighbourhood, stem_shape), stem_shape, image_size)
             near = _inside(centres, box)
             # a re-emerged detection is compared with the best same-class detection it overlaps (IoU >= 0.3)
@@ -413,8 +505,19 @@ class PatchDefendedDetector:
             rise = after.scores - before.max(axis=1, initial=0.0)
             cand.recovery = float(rise[near].max()) if near.any() else 0.0
             back = near & (rise >= d.recovery_threshold) & (after.scores >= d.min_recovered_score)
-            cand.confirmed = bool(back.any())
             cand.recovered = Detections(after.boxes[back], after.scores[back], after.labels[back])
+        _attribute_to_nearest(candidates, stem_shape, image_size)
+
+    def _tracked(self, cand: CandidateRegion, stem_shape: tuple[int, int]) -> CandidateRegion | None:
+        """The candidate of the previous analysed frame that ``cand`` continues (the best overlap of the two
+        windows grown by half their size, IoU > 0.3), or None: its decision can be reused."""
+        grown = grow_cells(cand.cells, 0.5, stem_shape)
+        best, best_iou = None, 0.3
+        for old in self.cache.checked:
+            iou = _cell_iou(grow_cells(old.cells, 0.5, stem_shape), grown)
+            if iou > best_iou:
+                best, best_iou = old, iou
+        return best
 
     def _merge(self, base: Detections, regions: list[CandidateRegion]) -> Detections:
         """``base`` plus the re-emerged detections of ``regions`` (class-aware NMS)."""
@@ -422,7 +525,8 @@ class PatchDefendedDetector:
         if not extra:
             return base
         boxes = np.concatenate([base.boxes, *(e.boxes for e in extra)])
-        scores = np.concatenate([base.scores, *(e.scores for e in extra)])
+        scale = np.float32(self.defense.recovered_score_scale)
+        scores = np.concatenate([base.scores, *(e.scores * scale for e in extra)])
         labels = np.concatenate([base.labels, *(e.labels for e in extra)])
         keep = nms(boxes, scores, labels, self.defense.nms_iou)[: self.defense.max_detections]
         return Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32), labels[keep])
@@ -439,7 +543,8 @@ class PatchDefendedDetector:
             with torch.no_grad():
                 shallow = self.model.stem_features(x)
         with timer("change_detection"):
-            grey = x[0].mean(0).numpy() * np.float32(255.0)
+            sub = CHANGE_SUBSAMPLE
+            grey = x[0, :, ::sub, ::sub].mean(0).numpy() * np.float32(255.0)
             changed = self.cache.plan(grey)
             full = bool(changed.all()) or bool(changed.mean() > d.max_partial_fraction)
             if full:
@@ -448,7 +553,13 @@ class PatchDefendedDetector:
         stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
         if full:
             with timer("importance"):
-                self.cache.statistics = anomaly_statistics(shallow)
+                # the per-channel statistics of a video change slowly: with reuse they are recomputed only
+                # every refresh_interval frames (the median is most of the cost of the map)
+                now = self.cache.frames
+                stale = now - self.cache.statistics_frame >= d.refresh_interval
+                if self.cache.statistics is None or not d.temporal_reuse or stale:
+                    self.cache.statistics = anomaly_statistics(shallow)
+                    self.cache.statistics_frame = now
                 self.cache.importance = importance_map(shallow, self.cache.statistics)
         elif not reused:
             with timer("importance"):
@@ -465,9 +576,19 @@ class PatchDefendedDetector:
         self.cache.commit(grey, changed, full)
         confirmed: list[CandidateRegion] = []
         candidates: list[CandidateRegion] = []
+        now = self.cache.frames
         if reused:
             confirmed = list(self.cache.regions)
             candidates = confirmed
+        elif (
+            d.temporal_reuse
+            and full
+            and not self.cache.regions
+            and now - self.cache.check_frame < d.check_interval
+        ):
+            # moving camera (the whole frame changed), nothing confirmed to follow and no check pass due: the
+            # search waits for the next due frame
+            self.cache.searches_skipped += 1
         else:
             with timer("region_search"):
                 assert self.cache.importance is not None
@@ -476,20 +597,27 @@ class PatchDefendedDetector:
                 to_check = []
                 for cand in candidates:
                     cells = grow_cells(cand.cells, d.region_margin, stem_shape)
-                    previous = [r for r in self.cache.checked if _cell_iou(r.cells, cand.cells) > 0.5]
-                    if previous and not full and not _touches_changed(cells, changed, d.block_size):
-                        old = previous[0]
-                        cand.recovery, cand.confirmed, cand.recovered = (
-                            old.recovery,
-                            old.confirmed,
-                            old.recovered,
-                        )
+                    old = self._tracked(cand, stem_shape) if d.temporal_reuse else None
+                    old = old if old is not None and old.checked_frame >= 0 else None  # decided ones only
+                    unchanged = old is not None and not full
+                    unchanged = unchanged and not _touches_changed(cells, changed, d.block_size)
+                    recent = old is not None and now - old.checked_frame < d.recheck_interval
+                    if old is not None and (unchanged or recent):
+                        _adopt_decision(cand, old, stem_shape, image_size)
                         self.cache.region_checks_reused += 1
                     else:
                         to_check.append(cand)
-                if to_check:
+                # with reuse and a moving camera, new candidates are checked together at most every
+                # check_interval frames (until then undecided, not neutralized); with a still camera a new
+                # candidate is something that just appeared: checked at once
+                due = not (d.temporal_reuse and full) or now - self.cache.check_frame >= d.check_interval
+                if due:
+                    self.cache.check_frame = now
+                if to_check and due:
                     self._check_candidates(image, shallow, base, to_check)
                     self.cache.region_checks += len(to_check)
+                    for cand in to_check:
+                        cand.checked_frame = now
                 confirmed = [c for c in candidates if c.confirmed]
             self.cache.regions = confirmed
             self.cache.checked = candidates
@@ -507,6 +635,60 @@ class PatchDefendedDetector:
             blocks_recomputed=int(changed.sum()),
             blocks_total=int(changed.size),
         )
+
+
+def _attribute_to_nearest(
+    candidates: list[CandidateRegion], stem_shape: tuple[int, int], image_size: tuple[int, int]
+) -> None:
+    """All candidates are neutralized in one pass, so one re-emerged object can lie near several of them: it
+    counts only for the candidate whose centre is nearest to it (same class, IoU >= 0.5 = the same object).
+    Sets every candidate's ``recovered`` and ``confirmed``."""
+    centres = []
+    for cand in candidates:
+        x0, y0, x1, y1 = cells_to_image_box(cand.cells, stem_shape, image_size)
+        centres.append(np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0], np.float32))
+
+    def distance(det: Detections, k: int) -> np.ndarray:
+        return np.linalg.norm((det.boxes[:, :2] + det.boxes[:, 2:]) / 2.0 - centres[k], axis=1)
+
+    keeps = []
+    for i, cand in enumerate(candidates):
+        rec = cand.recovered
+        keep = np.ones(len(rec), bool) if rec is not None else np.zeros(0, bool)
+        if rec is not None and len(rec):
+            mine = distance(rec, i)
+            for j, other in enumerate(candidates):
+                if j == i or other.recovered is None or not len(other.recovered):
+                    continue
+                same = (rec.labels[:, None] == other.recovered.labels[None, :]) & (
+                    box_iou_matrix(rec.boxes, other.recovered.boxes) >= 0.5
+                )
+                closer = distance(other.recovered, j)[None, :] < mine[:, None]
+                keep &= ~(same & closer).any(axis=1)
+        keeps.append(keep)
+    for cand, keep in zip(candidates, keeps):
+        rec = cand.recovered
+        if rec is not None:
+            cand.recovered = Detections(rec.boxes[keep], rec.scores[keep], rec.labels[keep])
+        cand.confirmed = bool(cand.recovered is not None and len(cand.recovered))
+
+
+def _adopt_decision(
+    cand: CandidateRegion,
+    old: CandidateRegion,
+    stem_shape: tuple[int, int],
+    image_size: tuple[int, int],
+) -> None:
+    """``cand`` takes the decision of the tracked ``old`` candidate; its re-emerged detections move with it."""
+    cand.recovery, cand.confirmed, cand.checked_frame = old.recovery, old.confirmed, old.checked_frame
+    if old.recovered is None or not len(old.recovered):
+        cand.recovered = old.recovered
+        return
+    a = cells_to_image_box(old.cells, stem_shape, image_size)
+    b = cells_to_image_box(cand.cells, stem_shape, image_size)
+    dx, dy = (b[0] + b[2] - a[0] - a[2]) / 2.0, (b[1] + b[3] - a[1] - a[3]) / 2.0
+    boxes = old.recovered.boxes + np.array([dx, dy, dx, dy], np.float32)
+    cand.recovered = Detections(boxes.astype(np.float32), old.recovered.scores, old.recovered.labels)
 
 
 def _inside(points: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
@@ -567,4 +749,6 @@ __all__ = [
     "find_candidate_regions",
     "importance_map",
     "inpaint_regions",
+    "open_anomaly_map",
+    "shrink_to_anomaly_mass",
 ]

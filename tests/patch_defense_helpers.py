@@ -17,7 +17,7 @@ from stereovoxel_ros.models.anchor_free_detector import DetectorConfig, Detector
 
 SIZE = (128, 96)  # (w, h) of the test frames and the crafted detector's input
 OBJECT_BOX = np.array([44.0, 20.0, 84.0, 76.0], np.float32)  # xyxy [px] of the red 'person'
-PATCH_BOX = np.array([58.0, 40.0, 70.0, 52.0], np.float32)  # xyxy [px] of the checkerboard patch
+PATCH_BOX = np.array([56.0, 40.0, 72.0, 56.0], np.float32)  # xyxy [px] of the patch, 4 x 4 stem cells
 
 
 class CraftedPatchDetector(nn.Module):

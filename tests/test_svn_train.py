@@ -49,7 +49,11 @@ def test_train_resume_finetune(tmp_path, capsys):
     assert main([*args, "--epochs", "2"]) == 0
     rows = _rows(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert {f"train_loss_l{i}" for i in range(4)} <= set(rows[0]) and {"val_iou", "val_obstacle_iou", "val_score"} <= set(rows[0])
+    assert {f"train_loss_l{i}" for i in range(4)} <= set(rows[0]) and {
+        "val_iou",
+        "val_obstacle_iou",
+        "val_score",
+    } <= set(rows[0])
     total = float(rows[0]["train_loss"])
     prefixes = ("train_loss_l", "train_height_loss_l", "train_bce_l", "train_depth_loss")  # the default terms
     terms = [k for k in rows[0] if k.startswith(prefixes)]

@@ -60,10 +60,19 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "image_topic": (_JACKAL.left_image.lstrip("/"), "camera image (rgb8, bgr8 or mono8)"),
     "checkpoint": ("", "detector checkpoint [.pt]; empty = stereovoxel_ros/checkpoints/patch_detector.pt"),
     "defense": (True, "run the Themis-style patch defense (false: plain detection)"),
-    "neutralize": (_DEFAULTS.neutralize, f"how a candidate patch is neutralized: {' or '.join(NEUTRALIZE_MODES)}"),
+    "neutralize": (
+        _DEFAULTS.neutralize,
+        f"how a candidate patch is neutralized: {' or '.join(NEUTRALIZE_MODES)}",
+    ),
     "temporal_reuse": (True, "reuse importance maps and region decisions on unchanged image blocks"),
-    "refresh_interval": (_DEFAULTS.refresh_interval, "recompute the whole importance map at least every N frames"),
-    "change_threshold": (_DEFAULTS.change_threshold, "mean |frame difference| [DN] that marks a block as changed"),
+    "refresh_interval": (
+        _DEFAULTS.refresh_interval,
+        "recompute the whole importance map at least every N frames",
+    ),
+    "change_threshold": (
+        _DEFAULTS.change_threshold,
+        "mean |frame difference| [DN] that marks a block as changed",
+    ),
     "concentration_threshold": (
         _DEFAULTS.concentration_threshold,
         "shallow-feature anomaly of a window above its surround [z units] that makes a candidate patch region",

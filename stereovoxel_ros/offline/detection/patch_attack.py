@@ -334,6 +334,15 @@ def register_attack(detector_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--size-share", type=float, default=0.25, help="patch area / target box area")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of the patch texels")
+    p.add_argument("--patch-pixels", type=int, default=32, help="patch texture resolution [texels]")
+    p.add_argument(
+        "--targets",
+        choices=("largest", "all"),
+        default="largest",
+        help="optimise on the largest object of each frame or on every object >= --min-target-side",
+    )
+    p.add_argument("--min-target-side", type=float, default=14.0, help="[px] smaller objects are not patched")
     p.add_argument(
         "--render", choices=("2d", "3d"), default="2d", help="paste into frames or render into the scene"
     )
@@ -359,14 +368,15 @@ def run_attack(args: argparse.Namespace) -> int:
     try:
         model, det_config, ckpt = load_detector_for_cli(args.checkpoint)
         config = AttackConfig(mode=args.mode, steps=args.steps, batch_size=args.batch_size,
-                              size_share=args.size_share, seed=args.seed)  # fmt: skip
+                              size_share=args.size_share, seed=args.seed, lr=args.lr,
+                              patch_pixels=args.patch_pixels)  # fmt: skip
     except (PatchDetectorError, PatchAttackError) as err:
         print(f"stereovoxel detector attack: {err}")
         return 2
     size = det_config.input_size
     start = time.perf_counter()
     train = render_synthetic_frames(args.train_frames, seed=args.seed + 1000, size=size, progress=True)
-    targets = choose_targets(train)
+    targets = choose_targets(train, args.min_target_side, args.targets)
     if not targets:
         print("stereovoxel detector attack: no frame has a labelled object large enough to attack")
         return 2
