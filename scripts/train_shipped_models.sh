@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-make every occupancy checkpoint shipped in stereovoxel_ros/checkpoints/ with the project's own commands,
-# on synthetic data the project generates (nothing is downloaded). About 45 min on 2 CPU cores.
+# on synthetic data the project generates (nothing is downloaded). About 60 min on 2 CPU cores.
 #   bash scripts/train_shipped_models.sh [WORKDIR]     (default WORKDIR: .cache/shipped_models)
 # One torch thread per process: on a busy 2-core machine two threads stall (OpenMP spin), see README.
 # The patch detector's checkpoint has its own command, recorded in stereovoxel_ros/checkpoints/patch_detector.json.
@@ -15,11 +15,11 @@ mkdir -p "$WORK"
 [ -f "$WORK/data/dataset.json" ] || "${SV[@]}" dataset synth "$WORK/data" --frames 960 --seed 1 --sequence-length 6
 
 # The two StereoVoxelNet variants train side by side (one thread each); default loss soft_iou+height+depth+bce.
-"${SV[@]}" train "$WORK/data" --out "$WORK/svn" --epochs 10 --batch-size 4 --lr 3e-3 --seed 0 \
-    --threads 1 --time-budget-min 30 --no-progress --ship "$CK/stereovoxelnet_jackal_wide.pt" &
+"${SV[@]}" train "$WORK/data" --out "$WORK/svn" --epochs 24 --batch-size 4 --lr 3e-3 --seed 0 \
+    --threads 1 --time-budget-min 45 --no-progress --ship "$CK/stereovoxelnet_jackal_wide.pt" &
 MAIN=$!
-"${SV[@]}" train "$WORK/data" --variant stereovoxelnet_fast --out "$WORK/svn_fast" --epochs 10 --batch-size 4 \
-    --lr 3e-3 --seed 0 --threads 1 --time-budget-min 30 --no-progress --ship "$CK/stereovoxelnet_fast_jackal_wide.pt" &
+"${SV[@]}" train "$WORK/data" --variant stereovoxelnet_fast --out "$WORK/svn_fast" --epochs 24 --batch-size 4 \
+    --lr 3e-3 --seed 0 --threads 1 --time-budget-min 45 --no-progress --ship "$CK/stereovoxelnet_fast_jackal_wide.pt" &
 FAST=$!
 wait "$MAIN"
 wait "$FAST"

@@ -49,9 +49,9 @@ class StereoVoxelNetConfig:
     extractor_variant: str = "efficientformerv2_s0"  # used when extractor == "efficientformerv2"
     feature_channels: int = 24
     num_depth_levels: int = 12  # depth slabs of the grid the 2D encoder emits frustum features for
-    cost_volume_levels: int | None = (
-        None  # depth slabs the correlation is sampled at (None: num_depth_levels)
-    )
+    # Depth slabs the correlation is sampled at (None: num_depth_levels). 64 = one per voxel of the 64-voxel
+    # grids: the finest octree level then reads a matching cost at its own depth instead of 1 m slabs.
+    cost_volume_levels: int | None = None
     correlation_groups: int = 4
     encoder_channels: tuple[int, int, int] = (24, 32, 48)  # 1/4, 1/8, 1/16
     frustum_channels: int = 8  # features per (depth level, pixel)
