@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ def train_with_method(
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
-    out_dir: Path = Path("."),
+    out_dir: Path | None = None,
     progress: str | None = None,
 ) -> list[float]:
     """Train a classifier with a TrainingMethod, calling its hooks in the same order as ``Trainer.fit``.
@@ -92,6 +93,8 @@ def train_with_method(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     steps_per_epoch = max(1, math.ceil(len(x) / batch_size))
     total = epochs * steps_per_epoch
+    if out_dir is None:  # the method's artifacts (e.g. a rehearsal buffer) go to a fresh temporary folder
+        out_dir = Path(tempfile.mkdtemp(prefix="stereovoxel-continual-"))
     method.setup(model, optimizer, TrainContext(epochs, steps_per_epoch, 1, 0, Path(out_dir), len(x)))
     observe = getattr(method, "observe_targets", None)
     rng = np.random.default_rng(seed)
@@ -164,7 +167,7 @@ def run_digits_standard(
     epochs: int = 30,
     seed: int = 0,
     command: str = "",
-    out_dir: Path = Path("."),
+    out_dir: Path | None = None,
     progress: bool = False,
 ) -> RunResult:
     """Train DigitsCNN on all ten digits with a method; test accuracy and counted training FLOPs."""
@@ -219,7 +222,7 @@ def run_digits_continual(
     classes_per_task: int = 2,
     seed: int = 0,
     command: str = "",
-    out_dir: Path = Path("."),
+    out_dir: Path | None = None,
     progress: bool = False,
 ) -> RunResult:
     """Class-incremental digits: one method instance over all tasks (``setup`` per task)."""
@@ -299,7 +302,7 @@ def run_table(
     rows: Sequence[tuple[str, dict[str, Any]]] | None = None,
     epochs: int | None = None,
     seed: int = 0,
-    out_dir: Path = Path("."),
+    out_dir: Path | None = None,
     progress: bool = True,
     on_row: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
