@@ -1,24 +1,45 @@
-"""The deactivate / cleanup / shutdown / error transitions the stream-processing lifecycle nodes share."""
+"""What the stream-processing lifecycle nodes share: their plumbing, a failed configure, and the deactivate /
+cleanup / shutdown / error transitions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from stereovoxel_ros.newest_item_worker import NewestItemWorker
 
 
 class StreamLifecycleNode(LifecycleNode):
     """A lifecycle node that subscribes while active and owns outputs while configured.
 
-    Subclasses implement ``_stop_inputs()`` (drop subscriptions, stop the worker, forget pending frames) and
-    ``_release()`` (destroy publishers, free the model, ``_state = "unconfigured"``); ``_state`` mirrors the
-    lifecycle state for diagnostics. ``diagnostic_status()`` describes the node; :meth:`publish_diagnostics`
-    sends it on ``_diagnostics_pub``.
+    Subclasses call :meth:`_init_stream` in their constructor, keep their subscriptions in ``_inputs`` and their
+    lifecycle publishers in ``_outputs``, and implement ``_forget_configuration()`` (free the model and what
+    configure made). ``_state`` mirrors the lifecycle state for diagnostics. ``diagnostic_status()`` describes
+    the node; :meth:`publish_diagnostics` sends it on ``_diagnostics_pub``.
     """
 
     _state: str = "unconfigured"
     _diagnostics_pub: Any = None
+
+    def _init_stream(self, on_item: Callable[[Any], None]) -> None:
+        """The inference worker (newest item only), input and diagnostics callback groups, /diagnostics."""
+        self.configure_error = ""
+        self._inputs: list[Any] = []
+        self._outputs: dict[str, Any] = {}
+        self._worker: NewestItemWorker[Any] = NewestItemWorker(on_item, name=f"{self.get_name()}_inference")
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def _configure_failed(self, err: Exception) -> TransitionCallbackReturn:
+        """Stay unconfigured with the reason logged and kept in ``configure_error`` (diagnostics report it)."""
+        self.configure_error = str(err)
+        self.get_logger().error(f"configure failed, node stays unconfigured: {err}")
+        return TransitionCallbackReturn.FAILURE
 
     def diagnostic_status(self) -> DiagnosticStatus:
         raise NotImplementedError
@@ -29,11 +50,23 @@ class StreamLifecycleNode(LifecycleNode):
         msg.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(msg)
 
-    def _stop_inputs(self) -> None:
+    def _forget_configuration(self) -> None:
         raise NotImplementedError
 
+    def _stop_inputs(self) -> None:
+        """Drop the subscriptions and stop the worker (it forgets a pending item)."""
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        self._inputs = []
+        self._worker.stop()
+
     def _release(self) -> None:
-        raise NotImplementedError
+        """Destroy the publishers and forget the configuration."""
+        for pub in self._outputs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._outputs = {}
+        self._forget_configuration()
+        self._state = "unconfigured"
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_inputs()

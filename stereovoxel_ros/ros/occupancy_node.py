@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -31,7 +30,6 @@ from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_HEIGHT_M, ODOM_FRAME, Jack
 from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
-from stereovoxel_ros.newest_item_worker import NewestItemWorker
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
@@ -512,21 +510,13 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self.last_camera_to_base: np.ndarray | None = None
         self.stats = OccupancyStats()
         self._state = "unconfigured"
-        self.configure_error = ""
         self._infos = StereoInfoCache()
         self._last_input_ns: dict[str, int] = {"left": -1, "right": -1}
         self._sync_dropped_earlier = 0  # drops counted by synchronizers replaced after a stamp jump
         self._odom: deque[tuple[int, np.ndarray]] = deque(maxlen=200)  # (stamp [ns], base->odom 4x4)
         self._sync: StereoPairSynchronizer | None = None
-        self._outputs: dict[str, Any] = {}
-        self._inputs: list[Any] = []
-        # (left, right, monotonic time paired) of the newest pair, processed on the inference thread
-        self._worker: NewestItemWorker[tuple[Image, Image, float]] = NewestItemWorker(
-            self._on_pair, name=f"{self.get_name()}_inference"
-        )
-        self._input_group = MutuallyExclusiveCallbackGroup()
-        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # the newest (left, right, monotonic time paired), processed on the inference thread
+        self._init_stream(self._on_pair)
         self._diagnostics_timer: Any = None
         period = self.get_parameter("diagnostics_period").value
         self._start_diagnostics(period if isinstance(period, float) and 0.05 <= period <= 60.0 else 1.0)
@@ -541,9 +531,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
             extrinsics = self._make_extrinsics(config)
         except Exception as err:  # anything here leaves the node unconfigured with the reason logged
             self.pruning_selector = self._cpu_mhz = None
-            self.configure_error = str(err)
-            self.get_logger().error(f"configure failed, node stays unconfigured: {err}")
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(err)
         self.config, self.predictor, self.backend_in_use, self.extrinsics = (
             config,
             predictor,
@@ -596,20 +584,10 @@ class StereoOccupancyNode(StreamLifecycleNode):
         )
         return super().on_activate(state)
 
-    def _stop_inputs(self) -> None:
-        for sub in self._inputs:
-            self.destroy_subscription(sub)
-        self._inputs = []
-        self._worker.stop()
-
-    def _release(self) -> None:
-        for pub in self._outputs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._outputs = {}
+    def _forget_configuration(self) -> None:
         self.config = self.predictor = self.extrinsics = self._sync = None
         self.pruning_selector = self._cpu_mhz = None
         self.backend_in_use = ""
-        self._state = "unconfigured"
 
     def _make_predictor(self, config: OccupancyNodeConfig) -> tuple[Any, str]:
         from stereovoxel_ros.occupancy_predictor import (

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
@@ -32,7 +31,6 @@ from std_msgs.msg import String
 from stereovoxel_ros.jackal import JackalTopics
 from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
 from stereovoxel_ros.messages.stamps import header_stamp_ns
-from stereovoxel_ros.newest_item_worker import NewestItemWorker
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
@@ -316,17 +314,9 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         self.checkpoint_in_use = ""
         self.output_path = ""
         self.stats = DetectorStats()
-        self.configure_error = ""
         self._state = "unconfigured"
-        self._outputs: dict[str, Any] = {}
-        self._input: Any = None
-        # (image, monotonic time received) of the newest frame, processed on the inference thread
-        self._worker: NewestItemWorker[tuple[Image, float]] = NewestItemWorker(
-            self._on_frame, name=f"{self.get_name()}_inference"
-        )
-        self._input_group = MutuallyExclusiveCallbackGroup()
-        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # the newest (image, monotonic time received), processed on the inference thread
+        self._init_stream(self._on_frame)
         period = self.get_parameter("diagnostics_period").value
         self._diagnostics_timer = self.create_timer(
             period if isinstance(period, float) and 0.05 <= period <= 60.0 else 1.0,
@@ -341,9 +331,7 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
             config = DetectorNodeConfig.from_parameters({n: self.get_parameter(n).value for n in PARAMETERS})
             detector, names, checkpoint = self._make_detector(config)
         except Exception as err:  # anything here leaves the node unconfigured with the reason logged
-            self.configure_error = str(err)
-            self.get_logger().error(f"configure failed, node stays unconfigured: {err}")
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(err)
         self.config, self.detector, self.class_names, self.checkpoint_in_use = (
             config,
             detector,
@@ -378,25 +366,21 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         config = self.config
         assert config is not None
         self._worker.start()
-        self._input = self.create_subscription(
-            Image, config.image_topic, self._on_image, sensor_qos(depth=1), callback_group=self._input_group
-        )
+        self._inputs = [
+            self.create_subscription(
+                Image,
+                config.image_topic,
+                self._on_image,
+                sensor_qos(depth=1),
+                callback_group=self._input_group,
+            )
+        ]
         self._state = "active"
         self.get_logger().info(f"active: listening on {config.image_topic}")
         return super().on_activate(state)
 
-    def _stop_inputs(self) -> None:
-        if self._input is not None:
-            self.destroy_subscription(self._input)
-            self._input = None
-        self._worker.stop()
-
-    def _release(self) -> None:
-        for pub in self._outputs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._outputs = {}
+    def _forget_configuration(self) -> None:
         self.config = self.detector = None
-        self._state = "unconfigured"
 
     def _make_detector(self, config: DetectorNodeConfig) -> tuple[Any, tuple[str, ...], str]:
         import torch
