@@ -32,6 +32,7 @@ from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
+from stereovoxel_ros.ros.parameter_values import ParameterValues
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
 from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
 from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
@@ -154,24 +155,8 @@ class OccupancyNodeConfig:
     def from_parameters(cls, values: dict[str, Any]) -> OccupancyNodeConfig:
         """Check every value; OccupancyConfigError names the first bad parameter and why."""
 
-        def bad(name: str, why: str) -> OccupancyConfigError:
-            return OccupancyConfigError(f"parameter {name!r} = {values.get(name)!r}: {why}")
-
-        def finite(name: str, low: float = -math.inf, high: float = math.inf) -> float:
-            value = values[name]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise bad(name, "must be a finite number")
-            if not low <= value <= high:
-                raise bad(name, f"must be in [{low}, {high}]")
-            return float(value)
-
-        def text(name: str, choices: Sequence[str] | None = None) -> str:
-            value = values[name]
-            if not isinstance(value, str) or not value.strip():
-                raise bad(name, "must be a non-empty string")
-            if choices is not None and value not in choices:
-                raise bad(name, f"must be one of {', '.join(choices)}")
-            return value.strip()
+        params = ParameterValues(values, OccupancyConfigError)
+        bad, finite, text = params.bad, params.number, params.text
 
         try:
             grid = grid_preset(text("grid"))

@@ -33,6 +33,7 @@ from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, n
 from stereovoxel_ros.messages.stamps import header_stamp_ns
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
+from stereovoxel_ros.ros.parameter_values import ParameterValues
 from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
 from stereovoxel_ros.ros.stage_timing import StageTimingPublisher
 from stereovoxel_ros.tracing import StageTracer
@@ -109,27 +110,8 @@ class DetectorNodeConfig:
     def from_parameters(cls, values: dict[str, Any]) -> DetectorNodeConfig:
         """Check every value; DetectorNodeConfigError names the first bad parameter and why."""
 
-        def bad(name: str, why: str) -> DetectorNodeConfigError:
-            return DetectorNodeConfigError(f"parameter {name!r} = {values.get(name)!r}: {why}")
-
-        def number(name: str, low: float, high: float) -> float:
-            value = values[name]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise bad(name, "must be a finite number")
-            if not low <= value <= high:
-                raise bad(name, f"must be in [{low}, {high}]")
-            return float(value)
-
-        def integer(name: str, low: int, high: int) -> int:
-            value = values[name]
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise bad(name, f"must be an integer in [{low}, {high}]")
-            return int(value)
-
-        def flag(name: str) -> bool:
-            if not isinstance(values[name], bool):
-                raise bad(name, "must be true or false")
-            return bool(values[name])
+        params = ParameterValues(values, DetectorNodeConfigError)
+        bad, number, integer, flag = params.bad, params.number, params.integer, params.flag
 
         topic = values["image_topic"]
         if not isinstance(topic, str) or not topic.strip() or " " in topic.strip():

@@ -16,6 +16,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 
 from stereovoxel_ros.ros.node_main import run_node
+from stereovoxel_ros.ros.parameter_values import ParameterValues
 from stereovoxel_ros.ros.stage_timing import (
     DEFAULT_TOPIC,
     STAGE_TIMING_QOS,
@@ -102,16 +103,8 @@ class TracerNodeConfig:
     def from_parameters(cls, values: dict[str, Any]) -> TracerNodeConfig:
         """Check every value; TracerConfigError names the first bad parameter and why."""
 
-        def bad(name: str, why: str) -> TracerConfigError:
-            return TracerConfigError(f"parameter {name!r} = {values.get(name)!r}: {why}")
-
-        def number(name: str, low: float, high: float) -> float:
-            value = values[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise bad(name, "must be a finite number")
-            if not low <= value <= high:
-                raise bad(name, f"must be in [{low}, {high}]")
-            return float(value)
+        params = ParameterValues(values, TracerConfigError)
+        bad, number = params.bad, params.number
 
         topics = tuple(t.strip() for t in values["watch_topics"] if t.strip())
         for t in topics:
