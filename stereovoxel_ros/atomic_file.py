@@ -40,3 +40,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` atomically."""
     with atomic_write(path, "w") as handle:
         handle.write(text)
+
+
+def save_figure_atomic(fig: Any, path: str | os.PathLike, dpi: int = 100) -> None:
+    """Write a matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_write(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)

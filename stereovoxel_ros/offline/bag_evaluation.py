@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic, write_text_atomic
+from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
 from stereovoxel_ros.bags.bag_reader import BagError, BagReader
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.messages.image import image_to_numpy
@@ -337,9 +337,7 @@ def _plot(results: Sequence[RunResult], out_dir: Path) -> list[str]:
     axes[1].grid(alpha=0.3)
     fig.tight_layout()
     names.append("per_frame.png")
-    with atomic_write(out_dir / names[-1], "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_figure_atomic(fig, out_dir / names[-1], dpi=110)
 
     examples = [r for r in results if r.example is not None]
     if examples:
@@ -356,9 +354,7 @@ def _plot(results: Sequence[RunResult], out_dir: Path) -> list[str]:
         fig.colorbar(image, ax=axes[0].tolist(), label="highest occupied voxel row (0 = top of grid)")
         fig.suptitle("occupancy seen from above, one frame mid-bag (the floor is the far colour)")
         names.append("top_view_example.png")
-        with atomic_write(out_dir / names[-1], "wb") as handle:
-            fig.savefig(handle, format="png", dpi=110)
-        plt.close(fig)
+        save_figure_atomic(fig, out_dir / names[-1], dpi=110)
     return names
 
 

@@ -247,7 +247,11 @@ def write_experiment_report(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic, write_text_atomic
+    from stereovoxel_ros.atomic_file import (
+        save_figure_atomic,
+        write_json_atomic,
+        write_text_atomic,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     factors = list(dict.fromkeys(c.factor for c in conditions))
@@ -261,9 +265,7 @@ def write_experiment_report(
         ax.set_yscale("log")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_write(out_dir / "experiment.png", "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_figure_atomic(fig, out_dir / "experiment.png", dpi=110)
 
     lines = [
         f"# Timing experiment: {title}",

@@ -147,14 +147,10 @@ def _hardware_series(
 
 
 def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     fig.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)
+    save_figure_atomic(fig, path, dpi=100)
 
 
 def _plot_source(f: SourceFrames, out_dir: Path) -> list[str]:

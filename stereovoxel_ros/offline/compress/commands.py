@@ -297,7 +297,7 @@ def _plot_bars(path: Path, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     labels = []
     for r in rows:
@@ -319,9 +319,7 @@ def _plot_bars(path: Path, rows: list[dict]) -> None:
     ax.set_ylim(0, 1)
     ax.set_title("PIM-QAT on digits")
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    save_figure_atomic(fig, path, dpi=120)
 
 
 # ---- All-in-One ------------------------------------------------------------------------------------------------
@@ -452,7 +450,7 @@ def _plot_aio(path: Path, curves: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     for method, (ratios, accs, lat) in curves.items():
@@ -462,9 +460,7 @@ def _plot_aio(path: Path, curves: dict) -> None:
     a2.set(xlabel="pruning ratio", ylabel="latency [ms]", title="latency per ratio (this CPU)")
     a1.legend()
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    save_figure_atomic(fig, path, dpi=120)
 
 
 def _aio_dvfs(args: argparse.Namespace) -> int:
@@ -536,7 +532,7 @@ def _plot_dvfs(path: Path, results: dict, target: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for mode, per_level in results.items():
@@ -551,9 +547,7 @@ def _plot_dvfs(path: Path, results: dict, target: float) -> None:
     ax.set(xlabel="frame", ylabel="latency [ms]", title="latency across emulated DVFS levels")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    save_figure_atomic(fig, path, dpi=120)
 
 
 # ---- wrap-check on a project model -----------------------------------------------------------------------------

@@ -375,7 +375,7 @@ def _plot(path: Path, results: dict[str, Any], latency: Sequence[dict[str, Any]]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     methods = [m for m in ("none", "themis", "lgs") if f"{m}/clean" in results]
@@ -402,11 +402,7 @@ def _plot(path: Path, results: dict[str, Any], latency: Sequence[dict[str, Any]]
     axes[1].set_title("latency (CPU)")
     axes[1].legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with atomic_write(path, "wb") as handle:
-        handle.write(buf.getvalue())
+    save_figure_atomic(fig, path, dpi=110)
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic, write_text_atomic
+from stereovoxel_ros.atomic_file import atomic_write, save_figure_atomic, write_json_atomic, write_text_atomic
 from stereovoxel_ros.models.anchor_free_detector import (
     AnchorFreeDetector,
     Detections,
@@ -213,11 +213,7 @@ def _write_metrics(out_dir: Path, history: list[dict[str, float]]) -> None:
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("detector training")
     fig.tight_layout()
-    buf_png = io.BytesIO()
-    fig.savefig(buf_png, format="png", dpi=100)
-    plt.close(fig)
-    with atomic_write(out_dir / "loss.png", "wb") as handle:
-        handle.write(buf_png.getvalue())
+    save_figure_atomic(fig, out_dir / "loss.png", dpi=100)
 
 
 def run_info() -> dict[str, Any]:

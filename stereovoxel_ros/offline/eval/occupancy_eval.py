@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -146,7 +145,7 @@ def plot_results(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     rows = [r.row() for r in results]
     names = [r["method"] for r in rows]
@@ -189,8 +188,4 @@ def plot_results(
             ax.set_xlabel("x [m]")
             ax.set_ylabel("z [m]")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    with atomic_write(path, "wb") as handle:
-        handle.write(buf.getvalue())
+    save_figure_atomic(fig, path, dpi=90)

@@ -183,7 +183,7 @@ def plot_search(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(
@@ -225,6 +225,4 @@ def plot_search(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    save_figure_atomic(fig, path, dpi=120)

@@ -351,14 +351,13 @@ def format_table(results: Sequence[RunResult], baseline: str, continual: bool) -
 
 def plot_results(path: Path, results: Sequence[RunResult], title: str) -> None:
     """Accuracy vs counted training FLOPs, one point per row, as a PNG."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, r in enumerate(results):
@@ -368,8 +367,4 @@ def plot_results(path: Path, results: Sequence[RunResult], title: str) -> None:
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    with atomic_write(Path(path), "wb") as handle:
-        handle.write(buf.getvalue())
+    save_figure_atomic(fig, Path(path), dpi=100)

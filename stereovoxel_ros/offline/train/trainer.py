@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic
+from stereovoxel_ros.atomic_file import atomic_write, save_figure_atomic, write_json_atomic
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.offline.data.dataset_format import read_manifest, read_sample, read_split
 
@@ -639,11 +639,7 @@ def plot_history(path: Path, history: list[dict]) -> None:
     if any(k.startswith("val_") for r in history for k in r):
         ax2.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    with atomic_write(path, "wb") as handle:
-        handle.write(buf.getvalue())
+    save_figure_atomic(fig, path, dpi=100)
 
 
 def describe_datasets(roots: Iterable[str | os.PathLike]) -> list[dict]:
