@@ -32,6 +32,8 @@ TARGETS = {"defended_over_clean_map50": 0.8, "clean_map_drop_points": 2.0, "amor
 
 def register_eval_defense(detector_subparsers: argparse._SubParsersAction) -> None:
     """Add ``stereovoxel detector eval-defense``."""
+    from stereovoxel_ros.offline.detection.patch_attack import add_patch_placement_args
+
     p = detector_subparsers.add_parser(
         "eval-defense",
         help="score the patch defense (mAP, attack success, region P/R, latency)",
@@ -46,17 +48,9 @@ def register_eval_defense(detector_subparsers: argparse._SubParsersAction) -> No
     p.add_argument("--video-frames", type=int, default=30, help="frames of each latency video")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attack-steps", type=int, default=150)
-    p.add_argument("--size-share", type=float, default=0.25, help="patch area / target box area")
     p.add_argument("--patch", default=None, help="use this patch PNG instead of optimising one")
-    p.add_argument(
-        "--targets",
-        choices=("all", "largest"),
-        default="all",
-        help="patch every labelled object at least --min-target-side px, or the largest per frame",
-    )
-    p.add_argument("--min-target-side", type=float, default=14.0, help="[px] smaller objects are not patched")
     p.add_argument("--attack-lr", type=float, default=0.05)
-    p.add_argument("--patch-pixels", type=int, default=32, help="patch texture resolution [texels]")
+    add_patch_placement_args(p, targets="all")
     p.add_argument("--neutralize", choices=("feature_mask", "inpaint"), default=None)
     p.add_argument(
         "--tune", action="store_true", help="grid-search the defense thresholds on validation frames"

@@ -317,6 +317,20 @@ def render_patched_sequence(
 
 
 # -------------------------------------------------------------------------------------------------- CLI
+def add_patch_placement_args(p: argparse.ArgumentParser, targets: str) -> None:
+    """Options of where and how large the patch is: ``--size-share``, ``--patch-pixels``, ``--targets`` (default
+    ``targets``), ``--min-target-side``; shared by ``attack`` and ``eval-defense``."""
+    p.add_argument("--size-share", type=float, default=0.25, help="patch area / target box area")
+    p.add_argument("--patch-pixels", type=int, default=32, help="patch texture resolution [texels]")
+    p.add_argument(
+        "--targets",
+        choices=("largest", "all"),
+        default=targets,
+        help="patch the largest object of each frame or every object >= --min-target-side px",
+    )
+    p.add_argument("--min-target-side", type=float, default=14.0, help="[px] smaller objects are not patched")
+
+
 def register_attack(detector_subparsers: argparse._SubParsersAction) -> None:
     """Add ``stereovoxel detector attack``."""
     p = detector_subparsers.add_parser(
@@ -333,16 +347,8 @@ def register_attack(detector_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=ATTACK_MODES, default="hide")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--size-share", type=float, default=0.25, help="patch area / target box area")
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of the patch texels")
-    p.add_argument("--patch-pixels", type=int, default=32, help="patch texture resolution [texels]")
-    p.add_argument(
-        "--targets",
-        choices=("largest", "all"),
-        default="largest",
-        help="optimise on the largest object of each frame or on every object >= --min-target-side",
-    )
-    p.add_argument("--min-target-side", type=float, default=14.0, help="[px] smaller objects are not patched")
+    add_patch_placement_args(p, targets="largest")
     p.add_argument(
         "--render", choices=("2d", "3d"), default="2d", help="paste into frames or render into the scene"
     )
