@@ -85,6 +85,12 @@ class BandCounts:
         return self.tp / self.target if self.target else math.nan
 
 
+def obstacle_rows(grid: VoxelGridSpec, obstacle_max_y: float) -> np.ndarray:
+    """(ny,) bool: the grid's height rows whose voxel centres lie above ``obstacle_max_y`` (y < it; y points down)."""
+    y = grid.origin[1] + (np.arange(grid.shape[1]) + 0.5) * grid.voxel_size
+    return y < obstacle_max_y
+
+
 @dataclass
 class OccupancyScores:
     """Accumulates per-frame IoU and Chamfer, and per-band precision/recall counts.
@@ -107,8 +113,8 @@ class OccupancyScores:
         self.band_counts = [BandCounts(lo, hi) for lo, hi in zip(self.bands[:-1], self.bands[1:])]
         self._above_floor = None
         if self.obstacle_max_y is not None:
-            y = self.grid.origin[1] + (np.arange(self.grid.shape[1]) + 0.5) * self.grid.voxel_size
-            self._above_floor = np.broadcast_to((y < self.obstacle_max_y)[None, :, None], self.grid.shape)
+            rows = obstacle_rows(self.grid, self.obstacle_max_y)
+            self._above_floor = np.broadcast_to(rows[None, :, None], self.grid.shape)
 
     def add(self, pred: np.ndarray, target: np.ndarray) -> None:
         pred, target = _check_pair(pred, target)

@@ -189,7 +189,7 @@ def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float, 
     import torch
     from torch.torch_version import TorchVersion
 
-    from stereovoxel_ros.offline.train.trainer import trainer_metric_key, write_checkpoint_card
+    from stereovoxel_ros.offline.train.trainer import write_checkpoint_card
 
     best = Path(args.out) / "best.pt"
     ship_final = bool(getattr(method, "ship_final", False))
@@ -226,7 +226,7 @@ def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float, 
             "grid": task.model.grid.to_dict() if hasattr(task.model, "grid") else None,
             "size_mb": round(ship.stat().st_size / 2**20, 2),
             "best_validation": result.best_metric,
-            "best_validation_metric": trainer_metric_key(task),
+            "best_validation_metric": task.selection_metric,
             "shipped_weights": source.name,  # best.pt, or final.pt for a ship_final method
             "history": history,
         },

@@ -230,6 +230,7 @@ class OccupancyTask:
 
     kind = "stereovoxelnet"
     metric_keys = ("iou", "obstacle_iou", "score", "count")
+    selection_metric = "val_score"  # picks best.pt (higher is better): the floor alone cannot win it
     loss_terms = ("soft_iou", "height", "depth", "bce")
     COARSE_FP_WEIGHT = 0.3
     DEPTH_WEIGHT = 1.0
@@ -290,12 +291,12 @@ class OccupancyTask:
         ``OBSTACLE_MIN_HEIGHT`` above the floor, the camera at the Jackal's height), their mean ``score`` (what
         selects the best checkpoint: the floor alone cannot win it) and ``count``."""
         from stereovoxel_ros.jackal import CAMERA_HEIGHT_M
+        from stereovoxel_ros.metrics import obstacle_rows
 
         probs = torch.sigmoid(net(batch["left"], batch["right"], batch["camera"])[-1])
         pred, tgt = probs > 0.5, batch["voxels"] > 0.5
-        grid = self.model.grid
-        y = grid.origin[1] + (torch.arange(grid.shape[1], dtype=probs.dtype) + 0.5) * grid.voxel_size
-        above = (y < CAMERA_HEIGHT_M - self.OBSTACLE_MIN_HEIGHT).view(1, 1, -1, 1)
+        rows = obstacle_rows(self.model.grid, CAMERA_HEIGHT_M - self.OBSTACLE_MIN_HEIGHT)
+        above = torch.from_numpy(rows).view(1, 1, -1, 1)
 
         def iou(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             inter = (p & t).flatten(1).sum(1).float()
@@ -322,6 +323,7 @@ class DepthTask:
     kind = "stereo_depth_net"
     needs_depth = True
     metric_keys = ("epe_px", "count")
+    selection_metric = "val_neg_epe_px"  # picks best.pt (higher is better)
 
     def __init__(self, model: nn.Module, variant: str = "stereo_depth_net") -> None:
         self.model, self.variant = model, variant
@@ -414,11 +416,6 @@ def cosine_lr(progress: float, base: float, step: int, warmup: int) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def trainer_metric_key(task: OccupancyTask | DepthTask) -> str:
-    """The validation metric that picks ``best.pt`` (higher is better)."""
-    return "val_score" if task.kind == "stereovoxelnet" else "val_neg_epe_px"
-
-
 class Trainer:
     """Trains a task's model; rank 0 writes ``last.pt``, ``best.pt``, ``metrics.csv`` and ``training_curves.png``."""
 
@@ -480,9 +477,6 @@ class Trainer:
         self.history = list(state.get("history", []))
         self.start_epoch = int(state["epoch"]) + 1
         self.best = float(state.get("best", -math.inf))
-
-    def _metric_key(self) -> str:
-        return trainer_metric_key(self.task)
 
     def _validate(self) -> dict[str, float]:
         if self.val_set is None or len(self.val_set) == 0:
@@ -571,7 +565,7 @@ class Trainer:
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             row["epoch_s"] = time.monotonic() - t0
             self.history.append(row)
-            metric = row.get(self._metric_key(), -row["train_loss"])
+            metric = row.get(self.task.selection_metric, -row["train_loss"])
             improved = metric > self.best
             self.best = max(self.best, metric)
             if self.is_main:
