@@ -10,6 +10,7 @@ ODOM_FRAME = "odom"
 CAMERA_FRAME = "camera_0_left_optical_frame"
 RIGHT_CAMERA_FRAME = "camera_0_right_optical_frame"
 CAMERA_HEIGHT_M = 0.40  # left optical centre above the ground on the default mount [m]
+OBSTACLE_MIN_HEIGHT_M = 0.10  # voxels at least this far above the floor are obstacles in the scores [m]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from stereovoxel_ros.jackal import CAMERA_HEIGHT_M
+from stereovoxel_ros.jackal import CAMERA_HEIGHT_M, OBSTACLE_MIN_HEIGHT_M
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 FAST_CHECKPOINT = CHECKPOINT_DIR / "stereovoxelnet_fast_jackal_wide.pt"
@@ -70,7 +70,9 @@ def _models(p: argparse.ArgumentParser) -> None:
         default=CAMERA_HEIGHT_M,
         help="[m] camera above the floor, for the obstacle IoU (voxels above --obstacle-min-height)",
     )
-    p.add_argument("--obstacle-min-height", type=float, default=0.10, help="[m] above the floor")
+    p.add_argument(
+        "--obstacle-min-height", type=float, default=OBSTACLE_MIN_HEIGHT_M, help="[m] above the floor"
+    )
     p.add_argument("--sgbm-width", type=int, default=None, help="run SGBM at this width (default: native)")
     p.add_argument("--sgbm-min-points", type=int, default=5, help="points an SGBM voxel needs")
     p.add_argument("--depth-min-points", type=int, default=1, help="points a depth-net voxel needs")

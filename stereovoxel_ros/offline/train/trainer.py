@@ -234,7 +234,6 @@ class OccupancyTask:
     loss_terms = ("soft_iou", "height", "depth", "bce")
     COARSE_FP_WEIGHT = 0.3
     DEPTH_WEIGHT = 1.0
-    OBSTACLE_MIN_HEIGHT = 0.10  # [m] above the floor, as `stereovoxel eval --obstacle-min-height`
 
     def __init__(self, model: nn.Module, variant: str, loss: str = "soft_iou+height+depth+bce") -> None:
         terms = loss.split("+")
@@ -288,14 +287,14 @@ class OccupancyTask:
     @torch.no_grad()
     def evaluate(self, net: nn.Module, batch: dict) -> dict[str, float]:
         """Sums over the batch: ``iou`` and ``obstacle_iou`` (finest level, p > 0.5; obstacles are the voxels
-        ``OBSTACLE_MIN_HEIGHT`` above the floor, the camera at the Jackal's height), their mean ``score`` (what
-        selects the best checkpoint: the floor alone cannot win it) and ``count``."""
-        from stereovoxel_ros.jackal import CAMERA_HEIGHT_M
+        ``jackal.OBSTACLE_MIN_HEIGHT_M`` above the floor, the camera at the Jackal's height), their mean
+        ``score`` (the selection metric: the floor alone cannot win it) and ``count``."""
+        from stereovoxel_ros.jackal import CAMERA_HEIGHT_M, OBSTACLE_MIN_HEIGHT_M
         from stereovoxel_ros.metrics import obstacle_rows
 
         probs = torch.sigmoid(net(batch["left"], batch["right"], batch["camera"])[-1])
         pred, tgt = probs > 0.5, batch["voxels"] > 0.5
-        rows = obstacle_rows(self.model.grid, CAMERA_HEIGHT_M - self.OBSTACLE_MIN_HEIGHT)
+        rows = obstacle_rows(self.model.grid, CAMERA_HEIGHT_M - OBSTACLE_MIN_HEIGHT_M)
         above = torch.from_numpy(rows).view(1, 1, -1, 1)
 
         def iou(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
