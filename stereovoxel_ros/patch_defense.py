@@ -2,39 +2,43 @@
 
 The defense reuses what the detector computes anyway (no second network, no backward pass):
 
-1. **Feature importance** at the detector's shallow layer: the activation anomaly of ``stem_features`` --
-   per channel a robust z-score against the frame's own statistics (median, MAD), the largest |z| over
-   channels per cell. An adversarial patch is a small block of abnormally high-energy, high-frequency
-   features. (Gradients of the surviving detections do not point at a *hiding* patch: it suppresses the
-   very detections whose gradients one would take.)
-2. **Concentration**: the map is opened (grey-level opening, ``opening_cells``): thin lines of high anomaly
-   -- object silhouettes against flat sky or floor -- vanish, blocks as wide as a patch stay. Centre-surround
-   windows (several sizes) whose mean anomaly exceeds the mean of the ring around them by
-   ``concentration_threshold`` z units; the best ``max_regions`` become candidates (optionally shrunk to their
-   anomaly blob, ``tighten``).
-3. **Robustness check**: all candidates are neutralized in one extra detection pass (input inpainting, run on
-   crops around the candidates when that is cheaper, or zeroed shallow features). A candidate is a patch when
-   a detection near it *re-emerges*: new, or scored at least ``recovery_threshold`` higher than before, with a
-   score of at least ``min_recovered_score`` (an object near several candidates counts for the nearest one).
-   Natural texture only loses its own detections when masked, so it is left alone.
-4. **Neutralize and re-detect**: the re-emerged detections near confirmed regions are merged (NMS) with the
-   frame's detections at ``recovered_score_scale`` x their score; frames without a confirmed region output the
-   plain detections unchanged.
+1. **Feature importance** at the detector's shallow layer: the activation anomaly of ``stem_features`` (per
+   channel a robust z-score against the frame's own median and MAD, the largest |z| over channels per cell),
+   weighted by the cell's share of 2D-textured pixels (``texture_pixels``: a colour step to a horizontal *and*
+   a vertical neighbour). A printed patch is a small block of abnormal, high-frequency features; object
+   silhouettes against a flat sky or floor are abnormal too, but they are 1D edges, not 2D texture.
+   (Gradients of the surviving detections do not point at a *hiding* patch: it suppresses the very detections
+   whose gradients one would take.)
+2. **Concentration**: the map is opened (``opening_cells``), then centre-surround windows (several sizes)
+   whose mean exceeds their ring's by ``concentration_threshold``; the best ``max_regions`` are candidates.
+3. **Pixel-exact fit**: in a window around each candidate, the rows and columns whose share of textured pixels
+   exceeds ``texture_fraction`` give the patch's box (``fit_patch_box``); a candidate without such texture is
+   dropped. Exactness is what makes removal work: a 1-px rim of patch left in place keeps most of its effect.
+4. **Robustness check**: all fitted boxes are neutralized in one extra detection pass (``row_fill`` -- each row
+   of the box replaced by the line between its flanks --, Telea ``inpaint``, or zeroed shallow features). A
+   candidate is a patch when a detection near it *re-emerges*: new, or scored at least ``recovery_threshold``
+   higher than before, with a score of at least ``min_recovered_score`` (an object near several candidates
+   counts for the nearest one). Natural texture only loses its own detections when filled, so it is left alone.
+5. **Neutralize and re-detect**: a frame with a confirmed patch outputs the detections of the frame with the
+   fitted boxes filled (the check pass's, when it ran on the whole frame); other frames output the plain
+   detections unchanged.
 
-Video: :class:`TemporalDefenseCache` keeps the anomaly map, its statistics and the candidates with their
-decisions. The map is recomputed only on the input blocks whose content changed since they were last analysed
-(mean absolute difference above ``change_threshold``), or everywhere every ``refresh_interval`` frames; the
-per-channel statistics only every ``refresh_interval`` frames. A candidate that continues one of the previous
-analysis reuses its decision while its blocks are unchanged or for ``recheck_interval`` frames; frames whose
-blocks are all unchanged reuse everything. When the whole frame changes (moving camera) and nothing is
-confirmed, the search and check for new candidates run every ``check_interval`` frames only.
+Video: :class:`TemporalDefenseCache`. A confirmed patch is *followed*: on the next frames its box is re-fitted
+around the previous one, filled *before* the single detection pass, and nothing else runs (no change test,
+importance, search or check) until its decision is ``recheck_interval`` (or ``refresh_interval``) frames old.
+Otherwise the importance map is recomputed only on the input blocks whose content changed since they were last
+analysed (mean absolute difference above ``change_threshold``), or everywhere every ``refresh_interval`` frames;
+the per-channel statistics only every ``refresh_interval`` frames. A candidate that continues an earlier one
+keeps its (negative) decision while its blocks are unchanged or for ``recheck_interval`` frames. When the whole
+frame changes (moving camera) and nothing is confirmed, the search and check for new candidates run every
+``check_interval`` frames only, and the frames between skip the importance map.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,11 +51,10 @@ from stereovoxel_ros.models.anchor_free_detector import (
     DetectorHeads,
     box_iou_matrix,
     decode_detections,
-    nms,
     preprocess_images,
 )
 
-NEUTRALIZE_MODES = ("inpaint", "feature_mask")
+NEUTRALIZE_MODES = ("row_fill", "inpaint", "feature_mask")
 STEM_STRIDE = 4  # stem_features map is at 1/4 of the network input
 CROP_ALIGN = 8  # [px of the network input] crops of the check pass start on the heads' grid (side: 32 px)
 CHANGE_SUBSAMPLE = 2  # the change test compares every 2nd pixel of every 2nd row (a quarter of the work)
@@ -67,17 +70,21 @@ class PatchDefenseConfig:
     and the README's "Patch defense" section for the command)."""
 
     window_cells: tuple[int, ...] = (2, 3, 4, 6, 8)  # candidate window sides [stem cells, 4 input px each]
-    concentration_threshold: float = 8.0  # window mean anomaly - ring mean anomaly [z units]
-    recovery_threshold: float = 0.4  # score rise of a re-emerging detection that confirms a patch
+    concentration_threshold: float = 1.0  # window mean importance - ring mean importance
+    recovery_threshold: float = 0.15  # score rise of a re-emerging detection that confirms a patch
     min_recovered_score: float = 0.3  # ... and the least score it must reach
     max_regions: int = 8  # candidate regions examined per frame
-    opening_cells: int = 3  # morphological opening of the anomaly map [cells]: removes thin edge lines
+    opening_cells: int = 2  # morphological opening of the importance map [cells]: removes thin edge lines
     tighten: float = 0.0  # > 0: shrink each window to its blob, cells >= ring + tighten x (peak - ring)
-    region_margin: float = 0.15  # each side of a candidate grows by this fraction of its size before masking
+    texture_threshold: float = 24.0  # [DN] colour step to a neighbour that counts as a texture edge
+    texture_fraction: float = 0.3  # share of 2D-textured pixels in a row / column of a patch (edge fit)
+    region_margin: float = 0.5  # the patch's edges are searched this fraction of the window beyond it ...
+    fit_margin_px: int = 6  # ... plus this many pixels
     neighbourhood: float = 0.5  # re-emerged detection centres count within the region grown by this x size
-    recovered_score_scale: float = 0.5  # re-emerged detections are merged with their score x this (less sure)
-    neutralize: str = "inpaint"  # input pixels (cv2.inpaint) or "feature_mask" (zero shallow features)
-    check_crop_context: int = 16  # [input px] check pass on crops this much beyond each region; 0: full frame
+    neutralize: str = (
+        "row_fill"  # input pixels (row_fill, or cv2 inpaint) or "feature_mask" (shallow features)
+    )
+    check_crop_context: int = 0  # [input px] > 0: check pass on crops this much beyond each region
     score_threshold: float = 0.3
     max_detections: int = 50
     nms_iou: float = 0.5
@@ -85,7 +92,7 @@ class PatchDefenseConfig:
     block_size: int = 32  # [px of the network input] blocks of the change test
     change_threshold: float = 6.0  # mean |difference| [DN of 255] that marks a block changed
     refresh_interval: int = 15  # recompute everything at least every this many frames
-    recheck_interval: int = 5  # a candidate tracked from an earlier frame keeps its decision this many frames
+    recheck_interval: int = 15  # a followed patch / tracked candidate keeps its decision this many frames
     check_interval: int = 10  # with reuse: new candidates are searched and checked every this many frames
     max_partial_fraction: float = 0.4  # changed blocks above this image share: full analysis (new statistics)
 
@@ -100,7 +107,7 @@ class PatchDefenseConfig:
         for name, low, high in (
             ("recovery_threshold", 0.0, 1.0),
             ("min_recovered_score", 0.0, 1.0),
-            ("recovered_score_scale", 0.0, 1.0),
+            ("texture_fraction", 0.0, 1.0),
             ("score_threshold", 0.0, 1.0),
             ("nms_iou", 0.0, 1.0),
             ("max_partial_fraction", 0.0, 1.0),
@@ -109,11 +116,12 @@ class PatchDefenseConfig:
             ("neighbourhood", 0.0, 4.0),
             ("concentration_threshold", 0.0, 1e6),
             ("change_threshold", 0.0, 255.0),
+            ("texture_threshold", 0.0, 255.0),
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
                 raise bad(name, f"must be a finite number in [{low}, {high}]")
-        for name in ("opening_cells", "check_crop_context"):
+        for name in ("opening_cells", "check_crop_context", "fit_margin_px"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(name, "must be a non-negative integer")
         for name in ("max_regions", "max_detections", "refresh_interval", "recheck_interval", "check_interval",
@@ -126,6 +134,11 @@ class PatchDefenseConfig:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @staticmethod
+    def neutralize_modes() -> tuple[str, ...]:
+        """The accepted ``neutralize`` values (the node validates its parameter against them)."""
+        return NEUTRALIZE_MODES
+
 
 @dataclass
 class CandidateRegion:
@@ -137,6 +150,7 @@ class CandidateRegion:
     confirmed: bool = False
     recovered: Detections | None = None  # the re-emerged detections [px of the original image]
     checked_frame: int = -1  # video frame (TemporalDefenseCache.frames) whose check pass decided it
+    box: tuple[float, float, float, float] | None = None  # the fitted patch, xyxy [px of the original image]
 
 
 @dataclass
@@ -242,7 +256,7 @@ def find_candidate_regions(importance: np.ndarray, config: PatchDefenseConfig) -
             y, x = divmod(int(np.argmax(score)), score.shape[1])
             if best is None or score[y, x] > best.concentration:
                 best = CandidateRegion((x, y, x + k, y + k), float(score[y, x]))
-        if best is None or not best.concentration >= config.concentration_threshold:
+        if best is None or not best.concentration > config.concentration_threshold:
             break
         x0, y0, x1, y1 = grow_cells(best.cells, 1.0, (h, w))
         for k, score in scores:  # the next candidate lies elsewhere: no window overlapping this one grown
@@ -303,12 +317,130 @@ def inpaint_regions(image_rgb: np.ndarray, boxes: list[tuple[float, float, float
     """``image_rgb`` with every xyxy box [px] filled from its surroundings (cv2 Telea inpainting)."""
     import cv2
 
-    mask = np.zeros(image_rgb.shape[:2], np.uint8)
-    for x0, y0, x1, y1 in boxes:
-        mask[math.floor(y0) : math.ceil(y1), math.floor(x0) : math.ceil(x1)] = 255
+    mask = _box_mask(image_rgb.shape, boxes)
     if not mask.any():
         return image_rgb
-    return cv2.inpaint(np.ascontiguousarray(image_rgb), mask, 3, cv2.INPAINT_TELEA)
+    return cv2.inpaint(np.ascontiguousarray(image_rgb), mask.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
+
+
+def texture_pixels(image_rgb: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, W) bool: pixels whose colour steps by more than ``threshold`` DN (any channel) to a horizontal *and*
+    to a vertical neighbour. Printed-patch texels are 2D texture; object silhouettes and shading are not (a
+    silhouette pixel steps in one direction only)."""
+    img = np.asarray(image_rgb, np.int16)
+    across_rows = np.abs(np.diff(img, axis=0)).max(axis=-1) > threshold  # (H - 1, W)
+    across_cols = np.abs(np.diff(img, axis=1)).max(axis=-1) > threshold  # (H, W - 1)
+    vertical = np.zeros(img.shape[:2], bool)
+    vertical[:-1] |= across_rows
+    vertical[1:] |= across_rows
+    horizontal = np.zeros(img.shape[:2], bool)
+    horizontal[:, :-1] |= across_cols
+    horizontal[:, 1:] |= across_cols
+    return vertical & horizontal
+
+
+def texture_density(image_rgb: np.ndarray, shape: tuple[int, int], threshold: float) -> np.ndarray:
+    """Share of ``texture_pixels`` per cell of a (h, w) = ``shape`` grid over the image (area average)."""
+    import cv2
+
+    textured = texture_pixels(image_rgb, threshold).astype(np.float32)
+    return cv2.resize(textured, (shape[1], shape[0]), interpolation=cv2.INTER_AREA).astype(np.float64)
+
+
+def _longest_run(flags: np.ndarray, gap: int = 1) -> tuple[int, int] | None:
+    """[start, end) of the run of True in a 1D array (gaps of up to ``gap`` False bridged) with most Trues."""
+    idx = np.nonzero(flags)[0]
+    if not len(idx):
+        return None
+    breaks = np.nonzero(np.diff(idx) > gap + 1)[0]
+    starts = np.r_[idx[0], idx[breaks + 1]]
+    ends = np.r_[idx[breaks], idx[-1]] + 1
+    counts = [int(flags[a:b].sum()) for a, b in zip(starts, ends)]
+    k = int(np.argmax(counts))
+    return int(starts[k]), int(ends[k])
+
+
+def fit_patch_box(
+    image_rgb: np.ndarray,
+    window: tuple[float, float, float, float],
+    threshold: float,
+    fraction: float,
+    min_side: int = 4,
+) -> tuple[float, float, float, float] | None:
+    """The pixel-exact box of a printed patch inside ``window`` (xyxy [px]), or None when nothing there looks
+    like one. Columns then rows (twice) whose share of ``texture_pixels`` exceeds ``fraction``: the longest
+    such run is the patch's extent. Exactness matters: a 1-px rim of patch left in place keeps most of its
+    effect on the detector, and every pixel of object removed beyond it costs accuracy."""
+    h, w = image_rgb.shape[:2]
+    x0, y0 = max(0, math.floor(window[0])), max(0, math.floor(window[1]))
+    x1, y1 = min(w, math.ceil(window[2])), min(h, math.ceil(window[3]))
+    if x1 - x0 < min_side or y1 - y0 < min_side:
+        return None
+    # texture is judged with the pixels around the window, so the window's own border rows and columns count
+    cx0, cy0, cx1, cy1 = max(0, x0 - 1), max(0, y0 - 1), min(w, x1 + 1), min(h, y1 + 1)
+    textured = texture_pixels(image_rgb[cy0:cy1, cx0:cx1], threshold)[
+        y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0
+    ]
+    rows, cols = (0, textured.shape[0]), (0, textured.shape[1])
+    for _ in range(2):
+        found = _longest_run(textured[rows[0] : rows[1]].mean(axis=0) > fraction)
+        if found is None:
+            return None
+        cols = found
+        found = _longest_run(textured[:, cols[0] : cols[1]].mean(axis=1) > fraction)
+        if found is None:
+            return None
+        rows = found
+    if cols[1] - cols[0] < min_side or rows[1] - rows[0] < min_side:
+        return None
+    return (float(x0 + cols[0]), float(y0 + rows[0]), float(x0 + cols[1]), float(y0 + rows[1]))
+
+
+def grow_box(
+    box: tuple[float, float, float, float], margin: float, pixels: float, size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """An xyxy box grown by ``margin`` x its size plus ``pixels`` on each side, clipped to ``size`` = (w, h)."""
+    x0, y0, x1, y1 = box
+    gx, gy = (x1 - x0) * margin + pixels, (y1 - y0) * margin + pixels
+    return (max(0.0, x0 - gx), max(0.0, y0 - gy), min(float(size[0]), x1 + gx), min(float(size[1]), y1 + gy))
+
+
+def _box_mask(shape: tuple[int, ...], boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
+    mask = np.zeros(shape[:2], bool)
+    for x0, y0, x1, y1 in boxes:
+        mask[max(0, math.floor(y0)) : math.ceil(y1), max(0, math.floor(x0)) : math.ceil(x1)] = True
+    return mask
+
+
+def row_fill_regions(image_rgb: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
+    """``image_rgb`` with every xyxy box [px] replaced, row by row, by the straight line between the pixels just
+    left and right of it (one side when the other is the image border). A patch printed across an upright
+    object (a person's torso, a cone) is flanked by the object's edges or the background, so the row fill
+    keeps the object's silhouette where Telea inpainting smears it."""
+    h, w = image_rgb.shape[:2]
+    out: np.ndarray | None = None
+    for box in boxes:
+        x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+        x1, y1 = min(w, math.ceil(box[2])), min(h, math.ceil(box[3]))
+        if x1 <= x0 or y1 <= y0 or (x0 == 0 and x1 == w):
+            continue
+        out = image_rgb.astype(np.float32) if out is None else out
+        left = out[y0:y1, x0 - 1] if x0 > 0 else out[y0:y1, x1]
+        right = out[y0:y1, x1] if x1 < w else left
+        t = ((np.arange(x0, x1) - (x0 - 1)) / (x1 - x0 + 1)).astype(np.float32)[None, :, None]
+        out[y0:y1, x0:x1] = left[:, None] * (1 - t) + right[:, None] * t
+    return image_rgb if out is None else np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def neutralize_regions(
+    image_rgb: np.ndarray, boxes: list[tuple[float, float, float, float]], mode: str
+) -> np.ndarray:
+    """``image_rgb`` with the xyxy ``boxes`` [px] neutralized at the input: ``row_fill`` or ``inpaint``."""
+    if mode == "row_fill":
+        return row_fill_regions(image_rgb, boxes)
+    if mode == "inpaint":
+        return inpaint_regions(image_rgb, boxes)
+    raise PatchDefenseError(f"input neutralization must be row_fill or inpaint, got {mode!r}")
 
 
 # --------------------------------------------------------------------------------------- temporal cache
@@ -381,6 +513,17 @@ class TemporalDefenseCache:
         mean = pad.reshape(rows, b, cols, b).sum((1, 3)) / counts.reshape(rows, b, cols, b).sum((1, 3))
         return mean > self.config.change_threshold
 
+    def record_followed(self, input_size: tuple[int, int]) -> int:
+        """Count a frame whose confirmed regions were followed (nothing analysed, its input not kept as the
+        reference: later frames are compared with the last analysed one); returns its number of blocks."""
+        blocks = math.ceil(input_size[1] / self.config.block_size) * math.ceil(
+            input_size[0] / self.config.block_size
+        )
+        self.frames += 1
+        self.frames_reused += 1
+        self.blocks_total += blocks
+        return blocks
+
     def commit(self, grey: np.ndarray, changed: np.ndarray, full: bool) -> None:
         """Record that ``changed`` blocks were analysed on ``grey``."""
         b = self.config.block_size // CHANGE_SUBSAMPLE
@@ -435,36 +578,64 @@ class PatchDefendedDetector:
             heads = self.model(x)
         return self._decode(heads, (image.shape[1], image.shape[0]))
 
+    def _fit(self, image: np.ndarray, around: tuple[float, float, float, float]) -> tuple[float, ...] | None:
+        """``fit_patch_box`` in the search window around ``around`` (xyxy [px])."""
+        d = self.defense
+        window = grow_box(around, d.region_margin, d.fit_margin_px, (image.shape[1], image.shape[0]))
+        return fit_patch_box(image, window, d.texture_threshold, d.texture_fraction)
+
+    def _neutralized_input(
+        self, image: np.ndarray, boxes: list[tuple[float, float, float, float]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(network input, shallow features) of ``image`` with ``boxes`` [px] neutralized."""
+        d = self.defense
+        if d.neutralize == "feature_mask":
+            x = preprocess_images(image, self.config.input_size)
+            shallow = self.model.stem_features(x)
+            cells = [
+                box_to_cells(b, tuple(shallow.shape[-2:]), (image.shape[1], image.shape[0])) for b in boxes
+            ]
+            return x, feature_mask(shallow, cells)
+        x = preprocess_images(neutralize_regions(image, boxes, d.neutralize), self.config.input_size)
+        return x, self.model.stem_features(x)
+
     def _neutralized_detections(
-        self, image: np.ndarray, shallow: torch.Tensor, cells_list: list[tuple[int, int, int, int]]
+        self,
+        image: np.ndarray,
+        shallow: torch.Tensor,
+        boxes: list[tuple[float, float, float, float]],
+        windows: list[tuple[float, float, float, float]],
     ) -> list[Detections]:
-        """Per cell box: the detections [px of ``image``] of a detection pass with every cell box neutralized
-        (inpainted input or zeroed features). With inpainting and ``check_crop_context`` > 0 the pass runs
-        only on one square crop of the network input around each box (batched; on the heads' grid) when
+        """Per box: the detections [px of ``image``] of a detection pass with every box neutralized (input fill or
+        zeroed features). With input neutralization and ``check_crop_context`` > 0 the pass runs only on one
+        square crop of the network input around each of the ``windows`` (batched; on the heads' grid) when
         that is less work than the whole frame."""
         d = self.defense
         stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
         image_size = (image.shape[1], image.shape[0])
         with torch.no_grad():
             if d.neutralize == "feature_mask":
-                heads = self.model.forward_from_stem(feature_mask(shallow, cells_list))
-                return [self._decode(heads, image_size)] * len(cells_list)
-            boxes = [cells_to_image_box(c, stem_shape, image_size) for c in cells_list]
-            x = preprocess_images(inpaint_regions(image, boxes), self.config.input_size)
+                cells = [box_to_cells(b, stem_shape, image_size) for b in boxes]
+                heads = self.model.forward_from_stem(feature_mask(shallow, cells))
+                return [self._decode(heads, image_size)] * len(boxes)
+            x = preprocess_images(neutralize_regions(image, boxes, d.neutralize), self.config.input_size)
             in_w, in_h = self.config.input_size
-            near = [grow_cells(c, d.neighbourhood, stem_shape) for c in cells_list]
-            longest = max(max(x1 - x0, y1 - y0) for x0, y0, x1, y1 in near) * STEM_STRIDE
+            sx, sy = image_size[0] / in_w, image_size[1] / in_h
+            longest = max(max((x1 - x0) / sx, (y1 - y0) / sy) for x0, y0, x1, y1 in windows)
             side = math.ceil((longest + 2 * d.check_crop_context) / 32) * 32  # whole coarsest-stride cells
-            if d.check_crop_context <= 0 or side > min(in_w, in_h) or len(near) * side * side >= in_w * in_h:
-                return [self._decode(self.model(x), image_size)] * len(cells_list)
+            if (
+                d.check_crop_context <= 0
+                or side > min(in_w, in_h)
+                or len(windows) * side * side >= in_w * in_h
+            ):
+                return [self._decode(self.model(x), image_size)] * len(boxes)
             origins = []
-            for x0, y0, x1, y1 in near:
-                cx, cy = (x0 + x1) * STEM_STRIDE / 2.0, (y0 + y1) * STEM_STRIDE / 2.0
+            for x0, y0, x1, y1 in windows:
+                cx, cy = (x0 + x1) / (2.0 * sx), (y0 + y1) / (2.0 * sy)
                 ox = min(max(0, math.floor((cx - side / 2) / CROP_ALIGN + 0.5) * CROP_ALIGN), in_w - side)
                 oy = min(max(0, math.floor((cy - side / 2) / CROP_ALIGN + 0.5) * CROP_ALIGN), in_h - side)
                 origins.append((ox, oy))
             heads = self.model(torch.cat([x[..., oy : oy + side, ox : ox + side] for ox, oy in origins]))
-        sx, sy = image_size[0] / in_w, image_size[1] / in_h
         crop_size = (side * sx, side * sy)
         decoded = decode_detections(
             heads, [crop_size] * len(origins), (side, side), d.score_threshold, d.max_detections, d.nms_iou
@@ -481,32 +652,42 @@ class PatchDefendedDetector:
         shallow: torch.Tensor,
         base: Detections,
         candidates: list[CandidateRegion],
-    ) -> None:
-        """The robustness check: neutralize all ``candidates`` in one pass and set their ``recovery``,
-        ``confirmed`` and ``recovered`` (detections that re-emerged near each)."""
+    ) -> Detections | None:
+        """Fit each candidate's patch box, then the robustness check: neutralize all fitted boxes in one pass and
+        set ``recovery``, ``confirmed`` and ``recovered`` (detections that re-emerged near each). A candidate
+        without patch-like texture (no fitted box) is not a patch. Returns the check pass's detections when it
+        ran on the whole frame (every fitted box neutralized), else None."""
         d = self.defense
         stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
         image_size = (image.shape[1], image.shape[0])
-        masks = [grow_cells(c.cells, d.region_margin, stem_shape) for c in candidates]
+        for cand in candidates:
+            cand.box = self._fit(image, cells_to_image_box(cand.cells, stem_shape, image_size))
+            cand.recovery, cand.confirmed, cand.recovered = 0.0, False, None
+        fitted = [c for c in candidates if c.box is not None]
+        if not fitted:
+            return None
+        boxes = [c.box for c in fitted if c.box is not None]
+        windows = [grow_box(b, d.neighbourhood, 0.0, image_size) for b in boxes]
         base_centres = (base.boxes[:, :2] + base.boxes[:, 2:]) / 2.0
-        for cand, cells, after in zip(candidates, masks, self._neutralized_detections(image, shallow, masks)):
+        afters = self._neutralized_detections(image, shallow, boxes, windows)
+        for cand, box, window, after in zip(fitted, boxes, windows, afters):
             same = after.labels[:, None] == base.labels[None, :]
             overlap = same & (box_iou_matrix(after.boxes, base.boxes) >= 0.3)
             centres = (after.boxes[:, :2] + after.boxes[:, 2:]) / 2.0
-            box = cells_to_image_box(grow_cells(cells, d.neighbourhood, stem_shape), stem_shape, image_size)
-            near = _inside(centres, box)
+            near = _inside(centres, window)
             # a re-emerged detection is compared with the best same-class detection it overlaps (IoU >= 0.3)
             # or that was confidently detected inside the masked region: a peak that merely moved is not a
             # recovery
-            masked_box = cells_to_image_box(cells, stem_shape, image_size)
-            confident = _inside(base_centres, masked_box) & (base.scores >= d.min_recovered_score)
+            confident = _inside(base_centres, box) & (base.scores >= d.min_recovered_score)
             own = same & confident[None, :]
             before = np.where(overlap | own, base.scores[None, :], 0.0)
             rise = after.scores - before.max(axis=1, initial=0.0)
             cand.recovery = float(rise[near].max()) if near.any() else 0.0
             back = near & (rise >= d.recovery_threshold) & (after.scores >= d.min_recovered_score)
             cand.recovered = Detections(after.boxes[back], after.scores[back], after.labels[back])
-        _attribute_to_nearest(candidates, stem_shape, image_size)
+        _attribute_to_nearest(fitted)
+        whole = all(a is afters[0] for a in afters)  # one shared full-frame pass (not per-region crops)
+        return afters[0] if whole and d.neutralize != "feature_mask" else None
 
     def _tracked(self, cand: CandidateRegion, stem_shape: tuple[int, int]) -> CandidateRegion | None:
         """The candidate of the previous analysed frame that ``cand`` continues (the best overlap of the two
@@ -519,56 +700,100 @@ class PatchDefendedDetector:
                 best, best_iou = old, iou
         return best
 
-    def _merge(self, base: Detections, regions: list[CandidateRegion]) -> Detections:
-        """``base`` plus the re-emerged detections of ``regions`` (class-aware NMS)."""
-        extra = [r.recovered for r in regions if r.recovered is not None and len(r.recovered)]
-        if not extra:
-            return base
-        boxes = np.concatenate([base.boxes, *(e.boxes for e in extra)])
-        scale = np.float32(self.defense.recovered_score_scale)
-        scores = np.concatenate([base.scores, *(e.scores * scale for e in extra)])
-        labels = np.concatenate([base.labels, *(e.labels for e in extra)])
-        keep = nms(boxes, scores, labels, self.defense.nms_iou)[: self.defense.max_detections]
-        return Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32), labels[keep])
+    def _follow(self, image: np.ndarray) -> list[CandidateRegion]:
+        """The confirmed regions of the last analysis, re-fitted on ``image`` (those whose patch is still there)."""
+        kept = []
+        for old in self.cache.regions:
+            box = self._fit(image, old.box) if old.box is not None else None
+            if box is not None:
+                kept.append(replace(old, box=box))
+        return kept
 
     # ---- main entry ----------------------------------------------------------------------------------------
     def process(self, image_rgb: np.ndarray, stamp_ns: int | None = None) -> DefendedResult:
         """Detect on one frame with the defense; ``stamp_ns`` is informational (frames must come in order)."""
         timer = _Stages()
         d = self.defense
+        image = check_image(image_rgb)
+        image_size = (image.shape[1], image.shape[0])
+        # confirmed regions are followed (re-fitted, neutralized before the one detection pass) until their
+        # decision is recheck_interval (or refresh_interval) frames old; then the frame is analysed afresh
+        age = self.cache.frames + 1 - min((r.checked_frame for r in self.cache.regions), default=10**9)
+        follow = (
+            d.temporal_reuse
+            and bool(self.cache.regions)
+            and age < min(d.recheck_interval, d.refresh_interval)
+        )
+        followed: list[CandidateRegion] = []
+        if follow:
+            with timer("region_fit"):
+                followed = self._follow(image)
+        if followed:
+            # the patch is known: neutralize it first and run the detector once; no change test, importance,
+            # search or check
+            with timer("neutralize"), torch.no_grad():
+                _, shallow = self._neutralized_input(image, [c.box for c in followed if c.box is not None])
+            with timer("detect"), torch.no_grad():
+                heads = self.model.forward_from_stem(shallow)
+            with timer("decode"):
+                detections = self._decode(heads, image_size)
+            blocks = self.cache.record_followed(self.config.input_size)
+            self.cache.regions = followed
+            return DefendedResult(
+                detections=detections,
+                regions=[c.box for c in followed if c.box is not None],
+                alert=True,
+                reused=True,
+                stage_seconds=timer.seconds,
+                candidates=followed,
+                blocks_recomputed=0,
+                blocks_total=blocks,
+            )
         with timer("preprocess"):
-            image = check_image(image_rgb)
-            image_size = (image.shape[1], image.shape[0])
             x = preprocess_images(image, self.config.input_size)
-            with torch.no_grad():
-                shallow = self.model.stem_features(x)
         with timer("change_detection"):
             sub = CHANGE_SUBSAMPLE
             grey = x[0, :, ::sub, ::sub].mean(0).numpy() * np.float32(255.0)
             changed = self.cache.plan(grey)
+            now = self.cache.frames
+            if self.cache.regions and not follow:  # a confirmed region's decision expired: check it afresh
+                changed[:] = True
             full = bool(changed.all()) or bool(changed.mean() > d.max_partial_fraction)
             if full:
                 changed[:] = True
+        # moving camera (the whole frame changed), nothing confirmed to follow and no check pass due: the search
+        # waits for the next due frame, and the importance map is not needed
+        wait = (
+            d.temporal_reuse
+            and full
+            and not self.cache.regions
+            and now - self.cache.check_frame < d.check_interval
+        )
+        with timer("preprocess"), torch.no_grad():
+            shallow = self.model.stem_features(x)
         reused = not changed.any()
         stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
-        if full:
+        if wait:
+            self.cache.importance = None  # stale from now on: the next analysis recomputes all of it
+        elif full:
             with timer("importance"):
                 # the per-channel statistics of a video change slowly: with reuse they are recomputed only
                 # every refresh_interval frames (the median is most of the cost of the map)
-                now = self.cache.frames
                 stale = now - self.cache.statistics_frame >= d.refresh_interval
                 if self.cache.statistics is None or not d.temporal_reuse or stale:
                     self.cache.statistics = anomaly_statistics(shallow)
                     self.cache.statistics_frame = now
-                self.cache.importance = importance_map(shallow, self.cache.statistics)
+                density = texture_density(image, stem_shape, d.texture_threshold)
+                self.cache.importance = importance_map(shallow, self.cache.statistics) * density
         elif not reused:
             with timer("importance"):
                 cache_imp, stats = self.cache.importance, self.cache.statistics
                 assert cache_imp is not None and stats is not None
+                density = texture_density(image, stem_shape, d.texture_threshold)
                 s = d.block_size // STEM_STRIDE
                 for r, c in zip(*np.nonzero(changed)):
                     ys, xs = slice(r * s, (r + 1) * s), slice(c * s, (c + 1) * s)
-                    cache_imp[ys, xs] = importance_map(shallow[..., ys, xs], stats)
+                    cache_imp[ys, xs] = importance_map(shallow[..., ys, xs], stats) * density[ys, xs]
         with timer("detect"), torch.no_grad():
             heads = self.model.forward_from_stem(shallow)
         with timer("decode"):
@@ -576,18 +801,10 @@ class PatchDefendedDetector:
         self.cache.commit(grey, changed, full)
         confirmed: list[CandidateRegion] = []
         candidates: list[CandidateRegion] = []
-        now = self.cache.frames
+        checked_frame: Detections | None = None  # the check pass's detections when it ran on the whole frame
         if reused:
-            confirmed = list(self.cache.regions)
-            candidates = confirmed
-        elif (
-            d.temporal_reuse
-            and full
-            and not self.cache.regions
-            and now - self.cache.check_frame < d.check_interval
-        ):
-            # moving camera (the whole frame changed), nothing confirmed to follow and no check pass due: the
-            # search waits for the next due frame
+            pass  # nothing changed since the last analysis, which confirmed nothing (else it would be followed)
+        elif wait:
             self.cache.searches_skipped += 1
         else:
             with timer("region_search"):
@@ -602,8 +819,8 @@ class PatchDefendedDetector:
                     unchanged = old is not None and not full
                     unchanged = unchanged and not _touches_changed(cells, changed, d.block_size)
                     recent = old is not None and now - old.checked_frame < d.recheck_interval
-                    if old is not None and (unchanged or recent):
-                        _adopt_decision(cand, old, stem_shape, image_size)
+                    if old is not None and not old.confirmed and (unchanged or recent):
+                        _adopt_decision(cand, old)
                         self.cache.region_checks_reused += 1
                     else:
                         to_check.append(cand)
@@ -611,23 +828,30 @@ class PatchDefendedDetector:
                 # check_interval frames (until then undecided, not neutralized); with a still camera a new
                 # candidate is something that just appeared: checked at once
                 due = not (d.temporal_reuse and full) or now - self.cache.check_frame >= d.check_interval
+                due = due or bool(self.cache.regions)  # a confirmed region's re-check is always due
                 if due:
                     self.cache.check_frame = now
                 if to_check and due:
-                    self._check_candidates(image, shallow, base, to_check)
+                    checked_frame = self._check_candidates(image, shallow, base, to_check)
                     self.cache.region_checks += len(to_check)
                     for cand in to_check:
                         cand.checked_frame = now
                 confirmed = [c for c in candidates if c.confirmed]
             self.cache.regions = confirmed
             self.cache.checked = candidates
-        with timer("neutralize"):
-            detections = self._merge(base, confirmed)
-        regions_cells = [grow_cells(c.cells, d.region_margin, stem_shape) for c in confirmed]
-        regions = [cells_to_image_box(c, stem_shape, image_size) for c in regions_cells]
+        detections = base
+        if confirmed and checked_frame is not None:
+            # the check pass already detected on the frame with every fitted candidate filled: the confirmed
+            # patches and the other patch-like textures near them (no second pass on the frame)
+            detections = checked_frame
+        elif confirmed:
+            # neutralize every confirmed patch and detect again on the whole frame
+            with timer("neutralize"), torch.no_grad():
+                _, masked = self._neutralized_input(image, [c.box for c in confirmed if c.box is not None])
+                detections = self._decode(self.model.forward_from_stem(masked), image_size)
         return DefendedResult(
             detections=detections,
-            regions=regions,
+            regions=[c.box for c in confirmed if c.box is not None],
             alert=bool(confirmed),
             reused=reused,
             stage_seconds=timer.seconds,
@@ -637,15 +861,27 @@ class PatchDefendedDetector:
         )
 
 
-def _attribute_to_nearest(
-    candidates: list[CandidateRegion], stem_shape: tuple[int, int], image_size: tuple[int, int]
-) -> None:
+def box_to_cells(
+    box: tuple[float, float, float, float], stem_shape: tuple[int, int], image_size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """The stem-map cells that an xyxy box [px of an image of ``image_size`` = (w, h)] touches."""
+    sx, sy = image_size[0] / stem_shape[1], image_size[1] / stem_shape[0]
+    x0, y0, x1, y1 = box
+    return (
+        max(0, math.floor(x0 / sx)),
+        max(0, math.floor(y0 / sy)),
+        min(stem_shape[1], math.ceil(x1 / sx)),
+        min(stem_shape[0], math.ceil(y1 / sy)),
+    )
+
+
+def _attribute_to_nearest(candidates: list[CandidateRegion]) -> None:
     """All candidates are neutralized in one pass, so one re-emerged object can lie near several of them: it
-    counts only for the candidate whose centre is nearest to it (same class, IoU >= 0.5 = the same object).
-    Sets every candidate's ``recovered`` and ``confirmed``."""
+    counts only for the candidate whose fitted box centre is nearest to it (same class, IoU >= 0.5 = the same
+    object). Sets every candidate's ``recovered`` and ``confirmed``."""
     centres = []
     for cand in candidates:
-        x0, y0, x1, y1 = cells_to_image_box(cand.cells, stem_shape, image_size)
+        x0, y0, x1, y1 = cand.box if cand.box is not None else (0.0, 0.0, 0.0, 0.0)
         centres.append(np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0], np.float32))
 
     def distance(det: Detections, k: int) -> np.ndarray:
@@ -673,22 +909,10 @@ def _attribute_to_nearest(
         cand.confirmed = bool(cand.recovered is not None and len(cand.recovered))
 
 
-def _adopt_decision(
-    cand: CandidateRegion,
-    old: CandidateRegion,
-    stem_shape: tuple[int, int],
-    image_size: tuple[int, int],
-) -> None:
-    """``cand`` takes the decision of the tracked ``old`` candidate; its re-emerged detections move with it."""
+def _adopt_decision(cand: CandidateRegion, old: CandidateRegion) -> None:
+    """``cand`` takes the (negative) decision of the tracked ``old`` candidate."""
     cand.recovery, cand.confirmed, cand.checked_frame = old.recovery, old.confirmed, old.checked_frame
-    if old.recovered is None or not len(old.recovered):
-        cand.recovered = old.recovered
-        return
-    a = cells_to_image_box(old.cells, stem_shape, image_size)
-    b = cells_to_image_box(cand.cells, stem_shape, image_size)
-    dx, dy = (b[0] + b[2] - a[0] - a[2]) / 2.0, (b[1] + b[3] - a[1] - a[3]) / 2.0
-    boxes = old.recovered.boxes + np.array([dx, dy, dx, dy], np.float32)
-    cand.recovered = Detections(boxes.astype(np.float32), old.recovered.scores, old.recovered.labels)
+    cand.box, cand.recovered = old.box, old.recovered
 
 
 def _inside(points: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
@@ -742,13 +966,20 @@ __all__ = [
     "PatchDefenseError",
     "TemporalDefenseCache",
     "anomaly_statistics",
+    "box_to_cells",
     "cells_to_image_box",
     "centre_surround",
     "check_image",
     "feature_mask",
     "find_candidate_regions",
+    "fit_patch_box",
+    "grow_box",
     "importance_map",
     "inpaint_regions",
+    "neutralize_regions",
     "open_anomaly_map",
+    "row_fill_regions",
     "shrink_to_anomaly_mass",
+    "texture_density",
+    "texture_pixels",
 ]

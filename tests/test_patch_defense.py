@@ -50,12 +50,17 @@ def test_patch_is_found_neutralized_and_clean_frames_are_left_alone() -> None:
     x0, y0, x1, y1 = result.regions[0]
     assert (x1 - x0) * (y1 - y0) < 0.5 * np.prod(OBJECT_BOX[2:] - OBJECT_BOX[:2])  # small, not the object
     assert result.candidates[0].recovery > 0.5
-    # neutralizing brings the hidden object back; it is merged at recovered_score_scale x its score
+    # neutralizing brings the hidden object back: the frame is detected again with the patch filled in
     recovered = result.candidates[0].recovered
     assert recovered is not None and len(recovered) >= 1 and recovered.scores.min() > 0.9
-    assert len(result.detections) > len(undefended)
-    scale = defended.defense.recovered_score_scale
-    assert np.isclose(result.detections.scores, scale * recovered.scores.max()).any()
+
+    def on_patch(det) -> np.ndarray:
+        centres = (det.boxes[:, :2] + det.boxes[:, 2:]) / 2.0
+        inside = (centres >= PATCH_BOX[:2]).all(axis=1) & (centres <= PATCH_BOX[2:]).all(axis=1)
+        return det.scores[inside]
+
+    assert len(on_patch(undefended)) == 0 and on_patch(result.detections).max() > 0.9
+    np.testing.assert_array_equal(result.regions[0], PATCH_BOX)  # the fitted box is pixel-exact
     assert set(result.stage_seconds) >= {
         "preprocess",
         "importance",
@@ -82,7 +87,7 @@ def test_inpaint_neutralization_also_recovers_the_object() -> None:
 def test_concentration_threshold_decides_candidates() -> None:
     importance = np.ones((24, 32))
     importance[10:13, 14:17] = 200.0
-    config = PatchDefenseConfig()
+    config = PatchDefenseConfig(concentration_threshold=4.0)
     (region,) = find_candidate_regions(importance, config)[:1]
     assert region.cells[0] <= 14 and region.cells[2] >= 17 and region.concentration > 6
     assert find_candidate_regions(np.ones((24, 32)), config) == []
@@ -221,8 +226,12 @@ def test_real_detector_architecture_runs_under_the_defense() -> None:
         config = DetectorConfig()
         model = AnchorFreeDetector(config).eval()
     defended = PatchDefendedDetector(model, config)
-    rng = np.random.default_rng(0)
-    frame = rng.integers(0, 255, (config.input_size[1], config.input_size[0], 3), dtype=np.uint8)
+    w, h = config.input_size
+    y, x = np.mgrid[0:h, 0:w]
+    frame = np.repeat((100 + 40 * np.sin(x / 23.0) + 30 * np.cos(y / 17.0))[..., None], 3, axis=2).astype(
+        np.uint8
+    )
+    frame[h // 4 : h // 2, w // 3 : w // 2] = (200, 60, 50)
     result = defended.process(frame)
     assert result.detections.boxes.shape[1] == 4 and "importance" in result.stage_seconds
     again = defended.process(frame)
@@ -245,7 +254,7 @@ def test_activation_anomaly_marks_a_dense_block_and_not_flat_or_smooth_maps() ->
     assert x0 <= 14 and y0 <= 10 and x1 >= 17 and y1 >= 13 and (x1 - x0) * (y1 - y0) <= 16
     assert centre_surround(np.ones((24, 32)), 3).max() == pytest.approx(0.0)
     clean = importance_map(torch.from_numpy(rng.normal(0.0, 1.0, (1, 4, 24, 32)).astype(np.float32)))
-    assert find_candidate_regions(clean, PatchDefenseConfig()) == []
+    assert find_candidate_regions(clean, PatchDefenseConfig(concentration_threshold=4.0)) == []
 
 
 def test_opened_anomaly_map_finds_a_block_tightly_and_ignores_edge_lines() -> None:
@@ -256,7 +265,7 @@ def test_opened_anomaly_map_finds_a_block_tightly_and_ignores_edge_lines() -> No
     clean[20, 5:75] = 40.0  # a horizon: a 1-cell line of very high anomaly
     clean[10:40, 30:32] = 40.0  # a pole silhouette: 2 cells wide
     clean[30:32, 50:52] = 40.0  # a small corner blob, narrower than the opening
-    config = PatchDefenseConfig(max_regions=3, concentration_threshold=4.0)
+    config = PatchDefenseConfig(max_regions=3, concentration_threshold=4.0, opening_cells=3)
     assert find_candidate_regions(clean, config) == []  # edges only: nothing
     assert find_candidate_regions(clean, dataclasses.replace(config, opening_cells=0))  # ... without opening
     opened = open_anomaly_map(clean, 3)
@@ -304,3 +313,75 @@ def test_moving_camera_searches_and_checks_new_candidates_every_check_interval()
     )
     at_once.process(clean_frame(0))
     assert at_once.process(patched_frame(2)).alert
+
+
+def _texel_patch(side: int, texels: int = 8, seed: int = 0) -> np.ndarray:
+    """A printed-patch-like texture: ``texels`` x ``texels`` random saturated colours, nearest-upscaled."""
+    import cv2
+
+    small = np.random.default_rng(seed).integers(0, 256, (texels, texels, 3)).astype(np.uint8)
+    return cv2.resize(small, (side, side), interpolation=cv2.INTER_NEAREST)
+
+
+def test_patch_box_fit_is_pixel_exact_and_ignores_silhouettes() -> None:
+    from stereovoxel_ros.patch_defense import fit_patch_box, texture_pixels
+
+    img = clean_frame(3)
+    # smooth shading and the object's straight silhouette are not 2D texture; only its 4 corners step both ways
+    x0, y0, x1, y1 = (int(v) for v in OBJECT_BOX)
+    corners = {(y0, x0 - 1), (y0, x1), (y1 - 1, x0 - 1), (y1 - 1, x1)}
+    assert {tuple(p) for p in np.argwhere(texture_pixels(img, 24.0))} <= corners | {
+        (y0, x0),
+        (y0, x1 - 1),
+        (y1 - 1, x0),
+        (y1 - 1, x1 - 1),
+        (y0 - 1, x0),
+        (y1, x0),
+        (y0 - 1, x1 - 1),
+        (y1, x1 - 1),
+    }
+    img[30:47, 50:67] = _texel_patch(17)  # 17 x 17 px, 2-px texels, on the object's edge region
+    box = fit_patch_box(img, (40.0, 20.0, 80.0, 60.0), threshold=24.0, fraction=0.3)
+    assert box == (50.0, 30.0, 67.0, 47.0)
+    assert fit_patch_box(clean_frame(3), (40.0, 20.0, 80.0, 60.0), 24.0, 0.3) is None
+    # a window that cuts the patch fits the part inside it
+    assert fit_patch_box(img, (55.0, 20.0, 80.0, 60.0), 24.0, 0.3) == (55.0, 30.0, 67.0, 47.0)
+
+
+def test_row_fill_keeps_the_flanks_and_inpaint_fills_inside_only() -> None:
+    from stereovoxel_ros.patch_defense import neutralize_regions
+
+    img = clean_frame(0)
+    patched = patched_frame(0)
+    box = tuple(float(v) for v in PATCH_BOX)
+    filled = neutralize_regions(patched, [box], "row_fill")
+    x0, y0, x1, y1 = (int(v) for v in PATCH_BOX)
+    outside = np.ones(img.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(filled[outside], patched[outside])
+    # the patch sits inside the red object: the row fill brings back the object's colour
+    assert np.abs(filled[y0:y1, x0:x1].astype(int) - img[y0:y1, x0:x1]).max() <= 4
+    painted = neutralize_regions(patched, [box], "inpaint")
+    np.testing.assert_array_equal(painted[outside], patched[outside])
+    with pytest.raises(PatchDefenseError, match="row_fill or inpaint"):
+        neutralize_regions(patched, [box], "feature_mask")
+
+
+def test_confirmed_patch_is_followed_exactly_while_it_moves() -> None:
+    config = PatchDefenseConfig(change_threshold=0.1, recheck_interval=4)
+    defended = PatchDefendedDetector(CraftedPatchDetector(), None, config)
+    results, boxes = [], []
+    for i in range(6):
+        frame = clean_frame(i)
+        x0, y0 = 54 + i, 38 + (i % 2)
+        frame[y0 : y0 + 16, x0 : x0 + 16] = checkerboard(16)
+        boxes.append((float(x0), float(y0), float(x0 + 16), float(y0 + 16)))
+        results.append(defended.process(frame))
+    assert all(r.alert for r in results)
+    assert [r.regions[0] for r in results] == boxes  # re-fitted on every frame, pixel-exact
+    # frames 2-4 follow the region (no search, no check, one detection pass); frame 5 re-checks it afresh
+    assert [r.reused for r in results] == [False, True, True, True, False, True]
+    assert all("robustness_check" not in r.stage_seconds for r in results[1:4])
+    assert "robustness_check" in results[4].stage_seconds
+    gone = defended.process(clean_frame(9))
+    assert not gone.alert and gone.regions == []

@@ -38,7 +38,6 @@ from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
 from stereovoxel_ros.ros.stage_timing import StageTimingPublisher
 from stereovoxel_ros.tracing import StageTracer
 
-NEUTRALIZE_MODES = ("feature_mask", "inpaint")
 _JACKAL = JackalTopics(namespace="")
 
 
@@ -53,6 +52,7 @@ def _defense_defaults() -> Any:
 
 
 _DEFAULTS = _defense_defaults()
+NEUTRALIZE_MODES: tuple[str, ...] = type(_DEFAULTS).neutralize_modes()
 
 # name -> (default, description); defense defaults are PatchDefenseConfig's (checked in the tests)
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -74,7 +74,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     ),
     "concentration_threshold": (
         _DEFAULTS.concentration_threshold,
-        "shallow-feature anomaly of a window above its surround [z units] that makes a candidate patch region",
+        "importance (shallow-feature anomaly x 2D-texture share) of a window above its ring for a candidate patch",
     ),
     "recovery_threshold": (
         _DEFAULTS.recovery_threshold,

@@ -172,7 +172,7 @@ def tune_defense(
     attacked: Sequence[np.ndarray],
     gts: Sequence[tuple[np.ndarray, np.ndarray]],
     class_names: Sequence[str],
-    concentration: Sequence[float] = (2.0, 4.0, 6.0, 8.0),
+    concentration: Sequence[float] = (0.0, 0.5, 1.0),
     recovery: Sequence[float] = (0.15, 0.25, 0.4),
     max_clean_drop: float = 0.01,
     map_tie: float = 0.005,
