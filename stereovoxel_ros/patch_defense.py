@@ -81,9 +81,7 @@ class PatchDefenseConfig:
     region_margin: float = 0.5  # the patch's edges are searched this fraction of the window beyond it ...
     fit_margin_px: int = 6  # ... plus this many pixels
     neighbourhood: float = 0.5  # re-emerged detection centres count within the region grown by this x size
-    neutralize: str = (
-        "row_fill"  # input pixels (row_fill, or cv2 inpaint) or "feature_mask" (shallow features)
-    )
+    neutralize: str = "row_fill"  # input pixels (row_fill or cv2 inpaint) or "feature_mask" (stem features)
     check_crop_context: int = 0  # [input px] > 0: check pass on crops this much beyond each region
     score_threshold: float = 0.3
     max_detections: int = 50
@@ -134,18 +132,13 @@ class PatchDefenseConfig:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @staticmethod
-    def neutralize_modes() -> tuple[str, ...]:
-        """The accepted ``neutralize`` values (the node validates its parameter against them)."""
-        return NEUTRALIZE_MODES
-
 
 @dataclass
 class CandidateRegion:
     """A window of concentrated importance: ``cells`` = (x0, y0, x1, y1) on the stem map."""
 
     cells: tuple[int, int, int, int]
-    concentration: float  # window mean anomaly - ring mean anomaly [z units]
+    concentration: float  # window mean importance - ring mean importance (anomaly z x texture share)
     recovery: float = 0.0  # largest score rise of a detection near it when it is neutralized
     confirmed: bool = False
     recovered: Detections | None = None  # the re-emerged detections [px of the original image]
@@ -584,20 +577,24 @@ class PatchDefendedDetector:
         window = grow_box(around, d.region_margin, d.fit_margin_px, (image.shape[1], image.shape[0]))
         return fit_patch_box(image, window, d.texture_threshold, d.texture_fraction)
 
-    def _neutralized_input(
-        self, image: np.ndarray, boxes: list[tuple[float, float, float, float]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(network input, shallow features) of ``image`` with ``boxes`` [px] neutralized."""
+    def _neutralized_stem(
+        self,
+        image: np.ndarray,
+        boxes: list[tuple[float, float, float, float]],
+        shallow: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Shallow features of ``image`` with ``boxes`` [px] neutralized: of the filled input, or (feature_mask)
+        ``shallow`` -- the frame's own stem features, computed here when not given -- with the boxes' cells
+        zeroed."""
         d = self.defense
-        if d.neutralize == "feature_mask":
-            x = preprocess_images(image, self.config.input_size)
-            shallow = self.model.stem_features(x)
-            cells = [
-                box_to_cells(b, tuple(shallow.shape[-2:]), (image.shape[1], image.shape[0])) for b in boxes
-            ]
-            return x, feature_mask(shallow, cells)
-        x = preprocess_images(neutralize_regions(image, boxes, d.neutralize), self.config.input_size)
-        return x, self.model.stem_features(x)
+        if d.neutralize != "feature_mask":
+            filled = neutralize_regions(image, boxes, d.neutralize)
+            return self.model.stem_features(preprocess_images(filled, self.config.input_size))
+        if shallow is None:
+            shallow = self.model.stem_features(preprocess_images(image, self.config.input_size))
+        stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
+        image_size = (image.shape[1], image.shape[0])
+        return feature_mask(shallow, [box_to_cells(b, stem_shape, image_size) for b in boxes])
 
     def _neutralized_detections(
         self,
@@ -611,12 +608,10 @@ class PatchDefendedDetector:
         square crop of the network input around each of the ``windows`` (batched; on the heads' grid) when
         that is less work than the whole frame."""
         d = self.defense
-        stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
         image_size = (image.shape[1], image.shape[0])
         with torch.no_grad():
             if d.neutralize == "feature_mask":
-                cells = [box_to_cells(b, stem_shape, image_size) for b in boxes]
-                heads = self.model.forward_from_stem(feature_mask(shallow, cells))
+                heads = self.model.forward_from_stem(self._neutralized_stem(image, boxes, shallow))
                 return [self._decode(heads, image_size)] * len(boxes)
             x = preprocess_images(neutralize_regions(image, boxes, d.neutralize), self.config.input_size)
             in_w, in_h = self.config.input_size
@@ -732,7 +727,7 @@ class PatchDefendedDetector:
             # the patch is known: neutralize it first and run the detector once; no change test, importance,
             # search or check
             with timer("neutralize"), torch.no_grad():
-                _, shallow = self._neutralized_input(image, [c.box for c in followed if c.box is not None])
+                shallow = self._neutralized_stem(image, [c.box for c in followed if c.box is not None])
             with timer("detect"), torch.no_grad():
                 heads = self.model.forward_from_stem(shallow)
             with timer("decode"):
@@ -847,7 +842,9 @@ class PatchDefendedDetector:
         elif confirmed:
             # neutralize every confirmed patch and detect again on the whole frame
             with timer("neutralize"), torch.no_grad():
-                _, masked = self._neutralized_input(image, [c.box for c in confirmed if c.box is not None])
+                masked = self._neutralized_stem(
+                    image, [c.box for c in confirmed if c.box is not None], shallow
+                )
                 detections = self._decode(self.model.forward_from_stem(masked), image_size)
         return DefendedResult(
             detections=detections,

@@ -31,6 +31,12 @@ from std_msgs.msg import String
 from stereovoxel_ros.jackal import JackalTopics
 from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.patch_defense import (
+    NEUTRALIZE_MODES,
+    DefendedResult,
+    PatchDefendedDetector,
+    PatchDefenseConfig,
+)
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.parameter_values import ParameterValues
@@ -45,14 +51,7 @@ class DetectorNodeConfigError(ValueError):
     """A node parameter is invalid; the message names the parameter."""
 
 
-def _defense_defaults() -> Any:
-    from stereovoxel_ros.patch_defense import PatchDefenseConfig
-
-    return PatchDefenseConfig()
-
-
-_DEFAULTS = _defense_defaults()
-NEUTRALIZE_MODES: tuple[str, ...] = type(_DEFAULTS).neutralize_modes()
+_DEFAULTS = PatchDefenseConfig()
 
 # name -> (default, description); defense defaults are PatchDefenseConfig's (checked in the tests)
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -137,10 +136,10 @@ class DetectorNodeConfig:
             diagnostics_period_s=number("diagnostics_period", 0.05, 60.0),
         )
 
-    def defense_config(self) -> Any:
+    def defense_config(self) -> PatchDefenseConfig:
         """The ``PatchDefenseConfig`` these parameters describe."""
         return replace(
-            _defense_defaults(),
+            _DEFAULTS,
             neutralize=self.neutralize,
             temporal_reuse=self.temporal_reuse,
             refresh_interval=self.refresh_interval,
@@ -368,7 +367,6 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         import torch
 
         from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
-        from stereovoxel_ros.patch_defense import PatchDefendedDetector
 
         torch.set_num_threads(config.torch_threads)
         if self._injected_model is not None and not config.checkpoint:
@@ -409,8 +407,6 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         if config.defense:
             result = detector.process(image, stamp_ns)
         else:
-            from stereovoxel_ros.patch_defense import DefendedResult
-
             start = time.perf_counter()
             result = DefendedResult(detector.detect(image), [], False, False, {})
             result.stage_seconds["detect"] = time.perf_counter() - start
