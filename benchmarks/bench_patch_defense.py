@@ -17,7 +17,7 @@ import torch
 
 def main(argv: list[str] | None = None) -> int:
     from stereovoxel_ros.offline.detection.defense_evaluation import attack_video, latency_rows, render_videos
-    from stereovoxel_ros.offline.detection.patch_attack import load_detector_for_cli
+    from stereovoxel_ros.offline.detection.patch_attack import load_detector_for_cli, read_patch_png
     from stereovoxel_ros.patch_defense import PatchDefenseConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, config, path = load_detector_for_cli(args.checkpoint)
     if args.patch:
-        import cv2
-
-        patch = cv2.cvtColor(cv2.imread(args.patch, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        patch = read_patch_png(args.patch)
     else:
         board = ((np.indices((32, 32)).sum(0) // 2) % 2 * 255).astype(np.uint8)
         patch = np.repeat(board[..., None], 3, axis=2)

@@ -385,3 +385,17 @@ def test_confirmed_patch_is_followed_exactly_while_it_moves() -> None:
     assert "robustness_check" in results[4].stage_seconds
     gone = defended.process(clean_frame(9))
     assert not gone.alert and gone.regions == []
+
+
+def test_patch_png_round_trip_and_unreadable_file(tmp_path) -> None:
+    from stereovoxel_ros.offline.detection.patch_attack import (
+        PatchAttackError,
+        read_patch_png,
+        write_patch_png,
+    )
+
+    patch = _texel_patch(16, texels=8, seed=1)
+    write_patch_png(patch, tmp_path / "patch.png")
+    np.testing.assert_array_equal(read_patch_png(tmp_path / "patch.png"), patch)
+    with pytest.raises(PatchAttackError, match="cannot read patch image"):
+        read_patch_png(tmp_path / "missing.png")

@@ -417,10 +417,13 @@ def run_eval_defense(args: argparse.Namespace) -> int:
     from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
     from stereovoxel_ros.offline.detection.patch_attack import (
         AttackConfig,
+        PatchAttackError,
         attack_frames,
         choose_targets,
         load_detector_for_cli,
         optimize_patch,
+        read_patch_png,
+        write_patch_png,
     )
     from stereovoxel_ros.patch_defense import PatchDefenseConfig
 
@@ -451,25 +454,18 @@ def run_eval_defense(args: argparse.Namespace) -> int:
         patch_pixels=args.patch_pixels,
     )
     if args.patch:
-        import cv2
-
-        bgr = cv2.imread(args.patch, cv2.IMREAD_COLOR)
-        if bgr is None:
-            print(f"stereovoxel detector eval-defense: cannot read patch image {args.patch}")
+        try:
+            patch, losses = read_patch_png(args.patch), []
+        except PatchAttackError as err:
+            print(f"stereovoxel detector eval-defense: {err}")
             return 2
-        patch, losses = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), []
     else:
         images = preprocess_images([val[t.frame_index].image for t in val_targets], size)
         boxes = torch.from_numpy(np.stack([t.box for t in val_targets]))
         patch, losses = optimize_patch(model, images, boxes, attack, progress=True)
     out = Path(args.out)
     if not args.patch:
-        import cv2
-
-        from stereovoxel_ros.atomic_file import atomic_write
-
-        with atomic_write(out / "patch.png", "wb") as handle:
-            handle.write(cv2.imencode(".png", cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))[1].tobytes())
+        write_patch_png(patch, out / "patch.png")
     tuning_rows: list[dict[str, float]] = []
     if args.tune:
         val_idx, val_att, _ = attack_frames(val, val_targets, patch, args.size_share)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stereovoxel_ros.atomic_file import atomic_write
+
 ATTACK_MODES = ("hide", "create")
 
 
@@ -356,6 +358,27 @@ def register_attack(detector_subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_attack)
 
 
+def write_patch_png(patch: np.ndarray, path: str | Path) -> None:
+    """Write an (p, p, 3) uint8 RGB patch to ``path`` as PNG, atomically."""
+    import cv2
+
+    ok, png = cv2.imencode(".png", cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise PatchAttackError("cannot encode the patch PNG")
+    with atomic_write(path, "wb") as handle:
+        handle.write(png.tobytes())
+
+
+def read_patch_png(path: str | Path) -> np.ndarray:
+    """The (p, p, 3) uint8 RGB patch in the PNG at ``path``; PatchAttackError when it cannot be read."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise PatchAttackError(f"cannot read patch image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def load_detector_for_cli(checkpoint: str | None) -> tuple[Any, Any, Path]:
     """(model, config, path) of ``checkpoint`` or the shipped detector; a clear error when there is none."""
     from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
@@ -366,7 +389,7 @@ def load_detector_for_cli(checkpoint: str | None) -> tuple[Any, Any, Path]:
 
 
 def run_attack(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic
+    from stereovoxel_ros.atomic_file import write_json_atomic
     from stereovoxel_ros.models.anchor_free_detector import PatchDetectorError, preprocess_images
     from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
 
@@ -390,13 +413,7 @@ def run_attack(args: argparse.Namespace) -> int:
     boxes = torch.from_numpy(np.stack([t.box for t in targets]))
     patch, losses = optimize_patch(model, images, boxes, config, progress=True)
     out = Path(args.out)
-    import cv2
-
-    ok, png = cv2.imencode(".png", cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise PatchAttackError("cannot encode the patch PNG")
-    with atomic_write(out / "patch.png", "wb") as handle:
-        handle.write(png.tobytes())
+    write_patch_png(patch, out / "patch.png")
     if args.render == "3d":
         seq = render_patched_sequence(patch, args.size_share, args.seed + 2000, args.frames, size)
         frames = [s["image"] for s in seq]
@@ -448,7 +465,9 @@ __all__ = [
     "optimize_patch",
     "paste_patch",
     "patch_box",
+    "read_patch_png",
     "register_attack",
     "render_patched_sequence",
     "target_score",
+    "write_patch_png",
 ]
