@@ -320,9 +320,13 @@ def texture_pixels(image_rgb: np.ndarray, threshold: float) -> np.ndarray:
     """(H, W) bool: pixels whose colour steps by more than ``threshold`` DN (any channel) to a horizontal *and*
     to a vertical neighbour. Printed-patch texels are 2D texture; object silhouettes and shading are not (a
     silhouette pixel steps in one direction only)."""
-    img = np.asarray(image_rgb, np.int16)
-    across_rows = np.abs(np.diff(img, axis=0)).max(axis=-1) > threshold  # (H - 1, W)
-    across_cols = np.abs(np.diff(img, axis=1)).max(axis=-1) > threshold  # (H, W - 1)
+    import cv2
+
+    img = np.ascontiguousarray(image_rgb, np.uint8)
+    step_rows = cv2.absdiff(img[1:], img[:-1])  # (H - 1, W, 3) uint8: 20x faster than int16 numpy diffs
+    step_cols = cv2.absdiff(img[:, 1:], img[:, :-1])  # (H, W - 1, 3)
+    across_rows = np.maximum(np.maximum(step_rows[..., 0], step_rows[..., 1]), step_rows[..., 2]) > threshold
+    across_cols = np.maximum(np.maximum(step_cols[..., 0], step_cols[..., 1]), step_cols[..., 2]) > threshold
     vertical = np.zeros(img.shape[:2], bool)
     vertical[:-1] |= across_rows
     vertical[1:] |= across_rows
@@ -434,6 +438,100 @@ def neutralize_regions(
     if mode == "inpaint":
         return inpaint_regions(image_rgb, boxes)
     raise PatchDefenseError(f"input neutralization must be row_fill or inpaint, got {mode!r}")
+
+
+def stem_receptive_radius(model: Any, probe: int = 128) -> int | None:
+    """How many input px beyond its own 4 x 4 pixels a ``stem_features`` cell sees (the larger side of its
+    receptive field), measured by the input gradient of one cell in the middle of a ``probe``-px random image.
+    None when the field reaches the probe's border (a global operation, or too large to crop for)."""
+    x = torch.rand(1, 3, probe, probe, requires_grad=True)
+    with torch.enable_grad():
+        out = model.stem_features(x)
+        c = probe // (2 * STEM_STRIDE)
+        if out.shape[-1] <= c or out.shape[-2] <= c:
+            return None
+        (grad,) = torch.autograd.grad(out[0, :, c, c].sum(), x)
+    ys, xs = np.nonzero(grad.abs().sum(dim=(0, 1)).numpy() > 0)
+    if not len(ys) or min(ys.min(), xs.min()) == 0 or max(ys.max(), xs.max()) == probe - 1:
+        return None
+    lo, hi = STEM_STRIDE * c, STEM_STRIDE * (c + 1) - 1
+    return int(max(lo - ys.min(), lo - xs.min(), ys.max() - hi, xs.max() - hi, 0))
+
+
+def restem_regions(
+    model: Any,
+    filled: torch.Tensor,
+    shallow: torch.Tensor,
+    boxes: list[tuple[float, float, float, float]],
+    radius: int,
+    max_share: float = 0.5,
+) -> torch.Tensor:
+    """The stem features of the network input ``filled`` (1, 3, H, W), given those of the same input before
+    the xyxy ``boxes`` [px of the network input] were changed (``shallow``): only the cells whose receptive
+    field (``radius`` px, ``stem_receptive_radius``) meets a box are recomputed, on crops of ``filled`` wide
+    enough to be exact, all of one size in one batch. The whole stem runs when the batch would cover
+    ``max_share`` of the input."""
+    h, w = int(shallow.shape[-2]), int(shallow.shape[-1])
+    in_h, in_w = int(filled.shape[-2]), int(filled.shape[-1])
+    s = STEM_STRIDE
+    reach = (
+        math.ceil(radius / s) * s
+    )  # crop margin [px], whole cells: the crop keeps the stem's sampling grid
+    cells, crops = [], []
+    for x0, y0, x1, y1 in boxes:
+        # changed pixels [px0, px1) (1 px slack for the resize), then the cells i whose field
+        # [s i - radius, s i + s - 1 + radius] meets them
+        px0, py0 = max(0, math.floor(x0) - 1), max(0, math.floor(y0) - 1)
+        px1, py1 = min(in_w, math.ceil(x1) + 1), min(in_h, math.ceil(y1) + 1)
+        if px1 <= px0 or py1 <= py0:
+            continue
+        cx0, cy0 = (
+            max(0, math.ceil((px0 - s + 1 - radius) / s)),
+            max(0, math.ceil((py0 - s + 1 - radius) / s)),
+        )
+        cx1, cy1 = min(w, (px1 - 1 + radius) // s + 1), min(h, (py1 - 1 + radius) // s + 1)
+        cells.append((cx0, cy0, cx1, cy1))
+        crops.append((max(0, s * cx0 - reach), max(0, s * cy0 - reach), s * cx1 + reach, s * cy1 + reach))
+    if not cells:
+        return shallow
+    cells, crops = _merge_overlapping(cells, crops)
+    # one crop size for the batch; each crop shifted (on the grid) to stay inside the input
+    cw = max(c[2] - c[0] for c in crops)
+    ch = max(c[3] - c[1] for c in crops)
+    if in_w % s or in_h % s or cw > in_w or ch > in_h or len(crops) * cw * ch >= max_share * in_w * in_h:
+        return model.stem_features(filled)
+    origins = [(min(c[0], in_w - cw), min(c[1], in_h - ch)) for c in crops]
+    batch = model.stem_features(torch.cat([filled[..., oy : oy + ch, ox : ox + cw] for ox, oy in origins]))
+    out = shallow.clone()
+    for k, ((cx0, cy0, cx1, cy1), (ox, oy)) in enumerate(zip(cells, origins)):
+        out[..., cy0:cy1, cx0:cx1] = batch[k, :, cy0 - oy // s : cy1 - oy // s, cx0 - ox // s : cx1 - ox // s]
+    return out
+
+
+def _merge_overlapping(
+    cells: list[tuple[int, int, int, int]], crops: list[tuple[int, int, int, int]]
+) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int]]]:
+    """Pairs of (cell box, crop box) with overlapping crops merged into their bounding boxes, until none
+    overlap (a patch's fragments share one crop)."""
+
+    def union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+    pairs = list(zip(cells, crops))
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(pairs)):
+            for j in range(i + 1, len(pairs)):
+                (ci, ki), (cj, kj) = pairs[i], pairs[j]
+                if ki[0] < kj[2] and kj[0] < ki[2] and ki[1] < kj[3] and kj[1] < ki[3]:
+                    pairs[i] = (union(ci, cj), union(ki, kj))
+                    del pairs[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [c for c, _ in pairs], [k for _, k in pairs]
 
 
 # --------------------------------------------------------------------------------------- temporal cache
@@ -551,6 +649,8 @@ class PatchDefendedDetector:
         self.config = config or model.config
         self.defense = defense_config or PatchDefenseConfig()
         self.cache = TemporalDefenseCache(self.defense)
+        # filled regions re-run the stem only around themselves (exact, see restem_regions)
+        self.stem_radius = stem_receptive_radius(self.model)
 
     def reset(self) -> None:
         """Forget the video state (new sequence, bag loop)."""
@@ -583,18 +683,25 @@ class PatchDefendedDetector:
         boxes: list[tuple[float, float, float, float]],
         shallow: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Shallow features of ``image`` with ``boxes`` [px] neutralized: of the filled input, or (feature_mask)
-        ``shallow`` -- the frame's own stem features, computed here when not given -- with the boxes' cells
-        zeroed."""
+        """Shallow features of ``image`` with ``boxes`` [px] neutralized. Input fill: the stem features of the
+        filled image; when the frame's own ``shallow`` features are given, only the cells the fill reaches are
+        recomputed (``restem_regions``: exact, a fraction of the work). ``feature_mask``: ``shallow`` --
+        computed here when not given -- with the boxes' cells zeroed."""
         d = self.defense
+        in_w, in_h = self.config.input_size
+        sx, sy = image.shape[1] / in_w, image.shape[0] / in_h
         if d.neutralize != "feature_mask":
-            filled = neutralize_regions(image, boxes, d.neutralize)
-            return self.model.stem_features(preprocess_images(filled, self.config.input_size))
+            x = preprocess_images(neutralize_regions(image, boxes, d.neutralize), self.config.input_size)
+            if shallow is None or self.stem_radius is None:
+                return self.model.stem_features(x)
+            in_boxes = [(x0 / sx, y0 / sy, x1 / sx, y1 / sy) for x0, y0, x1, y1 in boxes]
+            return restem_regions(self.model, x, shallow, in_boxes, self.stem_radius)
         if shallow is None:
             shallow = self.model.stem_features(preprocess_images(image, self.config.input_size))
         stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
-        image_size = (image.shape[1], image.shape[0])
-        return feature_mask(shallow, [box_to_cells(b, stem_shape, image_size) for b in boxes])
+        return feature_mask(
+            shallow, [box_to_cells(b, stem_shape, (image.shape[1], image.shape[0])) for b in boxes]
+        )
 
     def _neutralized_detections(
         self,
@@ -604,26 +711,26 @@ class PatchDefendedDetector:
         windows: list[tuple[float, float, float, float]],
     ) -> list[Detections]:
         """Per box: the detections [px of ``image``] of a detection pass with every box neutralized (input fill or
-        zeroed features). With input neutralization and ``check_crop_context`` > 0 the pass runs only on one
-        square crop of the network input around each of the ``windows`` (batched; on the heads' grid) when
-        that is less work than the whole frame."""
+        zeroed features; ``shallow`` = the frame's stem features). With input neutralization and
+        ``check_crop_context`` > 0 the pass runs only on one square crop of the network input around each of
+        the ``windows`` (batched; on the heads' grid) when that is less work than the whole frame."""
         d = self.defense
         image_size = (image.shape[1], image.shape[0])
+        in_w, in_h = self.config.input_size
+        sx, sy = image_size[0] / in_w, image_size[1] / in_h
+        longest = max(max((x1 - x0) / sx, (y1 - y0) / sy) for x0, y0, x1, y1 in windows)
+        side = math.ceil((longest + 2 * d.check_crop_context) / 32) * 32  # whole coarsest-stride cells
+        crops = (
+            d.neutralize != "feature_mask"
+            and d.check_crop_context > 0
+            and side <= min(in_w, in_h)
+            and len(windows) * side * side < in_w * in_h
+        )
         with torch.no_grad():
-            if d.neutralize == "feature_mask":
+            if not crops:
                 heads = self.model.forward_from_stem(self._neutralized_stem(image, boxes, shallow))
                 return [self._decode(heads, image_size)] * len(boxes)
             x = preprocess_images(neutralize_regions(image, boxes, d.neutralize), self.config.input_size)
-            in_w, in_h = self.config.input_size
-            sx, sy = image_size[0] / in_w, image_size[1] / in_h
-            longest = max(max((x1 - x0) / sx, (y1 - y0) / sy) for x0, y0, x1, y1 in windows)
-            side = math.ceil((longest + 2 * d.check_crop_context) / 32) * 32  # whole coarsest-stride cells
-            if (
-                d.check_crop_context <= 0
-                or side > min(in_w, in_h)
-                or len(windows) * side * side >= in_w * in_h
-            ):
-                return [self._decode(self.model(x), image_size)] * len(boxes)
             origins = []
             for x0, y0, x1, y1 in windows:
                 cx, cy = (x0 + x1) / (2.0 * sx), (y0 + y1) / (2.0 * sy)
@@ -975,8 +1082,10 @@ __all__ = [
     "inpaint_regions",
     "neutralize_regions",
     "open_anomaly_map",
+    "restem_regions",
     "row_fill_regions",
     "shrink_to_anomaly_mass",
+    "stem_receptive_radius",
     "texture_density",
     "texture_pixels",
 ]

@@ -399,3 +399,49 @@ def test_patch_png_round_trip_and_unreadable_file(tmp_path) -> None:
     np.testing.assert_array_equal(read_patch_png(tmp_path / "patch.png"), patch)
     with pytest.raises(PatchAttackError, match="cannot read patch image"):
         read_patch_png(tmp_path / "missing.png")
+
+
+def test_stem_receptive_radius_is_measured_and_none_for_a_global_stem() -> None:
+    from torch import nn
+
+    from stereovoxel_ros.patch_defense import stem_receptive_radius
+
+    class TwoStridedConvs(nn.Module):
+        def __init__(self, global_mean: bool = False) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.convs = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, 2, 1))
+            self.global_mean = global_mean
+
+        def stem_features(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.convs(x)
+            return y + y.mean(dim=(2, 3), keepdim=True) if self.global_mean else y
+
+    # cell i sees input px [4i - 3, 4i + 3]: 3 px beyond its own [4i, 4i + 3]
+    assert stem_receptive_radius(TwoStridedConvs()) == 3
+    assert stem_receptive_radius(TwoStridedConvs(global_mean=True)) is None
+
+
+def test_filled_regions_restem_exactly_like_the_whole_stem() -> None:
+    """The check pass re-runs the stem only around the filled boxes; it must equal the stem of the filled frame."""
+    from stereovoxel_ros.models.anchor_free_detector import AnchorFreeDetector, DetectorConfig
+
+    torch.manual_seed(0)
+    config = DetectorConfig()
+    defended = PatchDefendedDetector(AnchorFreeDetector(config).eval(), config)
+    assert defended.stem_radius is not None and 0 < defended.stem_radius < 32
+    rng = np.random.default_rng(3)
+    w, h = 400, 250  # not the network input size: boxes are mapped through the resize
+    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    box_sets = [
+        [(0.0, 0.0, 30.0, 25.0)],  # image corner
+        [(371.0, 200.0, 400.0, 250.0), (10.0, 120.0, 44.5, 161.2)],  # far corner and an inner box
+        [(100.0, 50.0, 140.0, 90.0), (130.0, 80.0, 170.0, 120.0), (300.0, 20.0, 306.0, 40.0)],  # overlap
+    ]
+    with torch.no_grad():
+        shallow = defended._neutralized_stem(frame, [], None)
+        for boxes in box_sets:
+            fast = defended._neutralized_stem(frame, boxes, shallow)
+            whole = defended._neutralized_stem(frame, boxes, None)
+            assert not torch.equal(whole, shallow)  # the fill changed the features
+            torch.testing.assert_close(fast, whole, atol=1e-4, rtol=1e-4)
