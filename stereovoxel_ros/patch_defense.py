@@ -15,7 +15,8 @@ The defense reuses what the detector computes anyway (no second network, no back
    exceeds ``texture_fraction`` give the patch's box (``fit_patch_box``); a candidate without such texture is
    dropped. Exactness is what makes removal work: a 1-px rim of patch left in place keeps most of its effect.
 4. **Robustness check**: all fitted boxes are neutralized in one extra detection pass (``row_fill`` -- each row
-   of the box replaced by the line between its flanks --, Telea ``inpaint``, or zeroed shallow features). A
+   of the box replaced by the line between its flanks --, or Telea ``inpaint``; the stem re-runs only around
+   the filled boxes, ``restem_regions``). A
    candidate is a patch when a detection near it *re-emerges*: new, or scored at least ``recovery_threshold``
    higher than before, with a score of at least ``min_recovered_score`` (an object near several candidates
    counts for the nearest one). Natural texture only loses its own detections when filled, so it is left alone.
@@ -54,7 +55,7 @@ from stereovoxel_ros.models.anchor_free_detector import (
     preprocess_images,
 )
 
-NEUTRALIZE_MODES = ("row_fill", "inpaint", "feature_mask")
+NEUTRALIZE_MODES = ("row_fill", "inpaint")
 STEM_STRIDE = 4  # stem_features map is at 1/4 of the network input
 CROP_ALIGN = 8  # [px of the network input] crops of the check pass start on the heads' grid (side: 32 px)
 CHANGE_SUBSAMPLE = 2  # the change test compares every 2nd pixel of every 2nd row (a quarter of the work)
@@ -81,7 +82,7 @@ class PatchDefenseConfig:
     region_margin: float = 0.5  # the patch's edges are searched this fraction of the window beyond it ...
     fit_margin_px: int = 6  # ... plus this many pixels
     neighbourhood: float = 0.5  # re-emerged detection centres count within the region grown by this x size
-    neutralize: str = "row_fill"  # input pixels (row_fill or cv2 inpaint) or "feature_mask" (stem features)
+    neutralize: str = "row_fill"  # how the input pixels of a fitted box are filled: row_fill or cv2 inpaint
     check_crop_context: int = 0  # [input px] > 0: check pass on crops this much beyond each region
     score_threshold: float = 0.3
     max_detections: int = 50
@@ -296,14 +297,6 @@ def cells_to_image_box(
     sx, sy = image_size[0] / stem_shape[1], image_size[1] / stem_shape[0]
     x0, y0, x1, y1 = cells
     return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-
-
-def feature_mask(shallow: torch.Tensor, cells_list: list[tuple[int, int, int, int]]) -> torch.Tensor:
-    """``shallow`` with the features of every cell box set to zero."""
-    masked = shallow.clone()
-    for x0, y0, x1, y1 in cells_list:
-        masked[..., y0:y1, x0:x1] = 0.0
-    return masked
 
 
 def inpaint_regions(image_rgb: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
@@ -683,25 +676,18 @@ class PatchDefendedDetector:
         boxes: list[tuple[float, float, float, float]],
         shallow: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Shallow features of ``image`` with ``boxes`` [px] neutralized. Input fill: the stem features of the
-        filled image; when the frame's own ``shallow`` features are given, only the cells the fill reaches are
-        recomputed (``restem_regions``: exact, a fraction of the work). ``feature_mask``: ``shallow`` --
-        computed here when not given -- with the boxes' cells zeroed."""
-        d = self.defense
+        """Shallow features of ``image`` with ``boxes`` [px] filled (``neutralize_regions``). When the frame's own
+        ``shallow`` features are given, only the cells the fill reaches are recomputed (``restem_regions``:
+        exact, a fraction of the work)."""
+        x = preprocess_images(
+            neutralize_regions(image, boxes, self.defense.neutralize), self.config.input_size
+        )
+        if shallow is None or self.stem_radius is None:
+            return self.model.stem_features(x)
         in_w, in_h = self.config.input_size
         sx, sy = image.shape[1] / in_w, image.shape[0] / in_h
-        if d.neutralize != "feature_mask":
-            x = preprocess_images(neutralize_regions(image, boxes, d.neutralize), self.config.input_size)
-            if shallow is None or self.stem_radius is None:
-                return self.model.stem_features(x)
-            in_boxes = [(x0 / sx, y0 / sy, x1 / sx, y1 / sy) for x0, y0, x1, y1 in boxes]
-            return restem_regions(self.model, x, shallow, in_boxes, self.stem_radius)
-        if shallow is None:
-            shallow = self.model.stem_features(preprocess_images(image, self.config.input_size))
-        stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
-        return feature_mask(
-            shallow, [box_to_cells(b, stem_shape, (image.shape[1], image.shape[0])) for b in boxes]
-        )
+        in_boxes = [(x0 / sx, y0 / sy, x1 / sx, y1 / sy) for x0, y0, x1, y1 in boxes]
+        return restem_regions(self.model, x, shallow, in_boxes, self.stem_radius)
 
     def _neutralized_detections(
         self,
@@ -710,10 +696,10 @@ class PatchDefendedDetector:
         boxes: list[tuple[float, float, float, float]],
         windows: list[tuple[float, float, float, float]],
     ) -> list[Detections]:
-        """Per box: the detections [px of ``image``] of a detection pass with every box neutralized (input fill or
-        zeroed features; ``shallow`` = the frame's stem features). With input neutralization and
-        ``check_crop_context`` > 0 the pass runs only on one square crop of the network input around each of
-        the ``windows`` (batched; on the heads' grid) when that is less work than the whole frame."""
+        """Per box: the detections [px of ``image``] of a detection pass with every box filled (``shallow`` = the
+        frame's stem features). With ``check_crop_context`` > 0 the pass runs only on one square crop of the
+        network input around each of the ``windows`` (batched; on the heads' grid) when that is less work than
+        the whole frame."""
         d = self.defense
         image_size = (image.shape[1], image.shape[0])
         in_w, in_h = self.config.input_size
@@ -721,10 +707,7 @@ class PatchDefendedDetector:
         longest = max(max((x1 - x0) / sx, (y1 - y0) / sy) for x0, y0, x1, y1 in windows)
         side = math.ceil((longest + 2 * d.check_crop_context) / 32) * 32  # whole coarsest-stride cells
         crops = (
-            d.neutralize != "feature_mask"
-            and d.check_crop_context > 0
-            and side <= min(in_w, in_h)
-            and len(windows) * side * side < in_w * in_h
+            d.check_crop_context > 0 and side <= min(in_w, in_h) and len(windows) * side * side < in_w * in_h
         )
         with torch.no_grad():
             if not crops:
@@ -789,7 +772,7 @@ class PatchDefendedDetector:
             cand.recovered = Detections(after.boxes[back], after.scores[back], after.labels[back])
         _attribute_to_nearest(fitted)
         whole = all(a is afters[0] for a in afters)  # one shared full-frame pass (not per-region crops)
-        return afters[0] if whole and d.neutralize != "feature_mask" else None
+        return afters[0] if whole else None
 
     def _tracked(self, cand: CandidateRegion, stem_shape: tuple[int, int]) -> CandidateRegion | None:
         """The candidate of the previous analysed frame that ``cand`` continues (the best overlap of the two
@@ -965,20 +948,6 @@ class PatchDefendedDetector:
         )
 
 
-def box_to_cells(
-    box: tuple[float, float, float, float], stem_shape: tuple[int, int], image_size: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """The stem-map cells that an xyxy box [px of an image of ``image_size`` = (w, h)] touches."""
-    sx, sy = image_size[0] / stem_shape[1], image_size[1] / stem_shape[0]
-    x0, y0, x1, y1 = box
-    return (
-        max(0, math.floor(x0 / sx)),
-        max(0, math.floor(y0 / sy)),
-        min(stem_shape[1], math.ceil(x1 / sx)),
-        min(stem_shape[0], math.ceil(y1 / sy)),
-    )
-
-
 def _attribute_to_nearest(candidates: list[CandidateRegion]) -> None:
     """All candidates are neutralized in one pass, so one re-emerged object can lie near several of them: it
     counts only for the candidate whose fitted box centre is nearest to it (same class, IoU >= 0.5 = the same
@@ -1070,11 +1039,9 @@ __all__ = [
     "PatchDefenseError",
     "TemporalDefenseCache",
     "anomaly_statistics",
-    "box_to_cells",
     "cells_to_image_box",
     "centre_surround",
     "check_image",
-    "feature_mask",
     "find_candidate_regions",
     "fit_patch_box",
     "grow_box",

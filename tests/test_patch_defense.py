@@ -364,7 +364,7 @@ def test_row_fill_keeps_the_flanks_and_inpaint_fills_inside_only() -> None:
     painted = neutralize_regions(patched, [box], "inpaint")
     np.testing.assert_array_equal(painted[outside], patched[outside])
     with pytest.raises(PatchDefenseError, match="row_fill or inpaint"):
-        neutralize_regions(patched, [box], "feature_mask")
+        neutralize_regions(patched, [box], "blur")
 
 
 def test_confirmed_patch_is_followed_exactly_while_it_moves() -> None:
@@ -445,3 +445,22 @@ def test_filled_regions_restem_exactly_like_the_whole_stem() -> None:
             whole = defended._neutralized_stem(frame, boxes, None)
             assert not torch.equal(whole, shallow)  # the fill changed the features
             torch.testing.assert_close(fast, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_printed_patch_stays_on_its_object_through_a_video() -> None:
+    from types import SimpleNamespace
+
+    from stereovoxel_ros.offline.detection.patch_attack import follow_target
+
+    a0, a1 = [10.0, 10.0, 40.0, 60.0], [14.0, 10.0, 44.0, 60.0]  # object A (class 0), moving right
+    b0, b1, b2 = [100.0, 0.0, 130.0, 50.0], [96.0, 0.0, 146.0, 80.0], [92.0, 0.0, 150.0, 90.0]  # B grows
+    frames = [
+        SimpleNamespace(boxes=np.array([a0, b0]), labels=np.array([0, 1])),
+        SimpleNamespace(boxes=np.array([a1, b1]), labels=np.array([0, 1])),  # B is now the largest
+        SimpleNamespace(boxes=np.array([b2]), labels=np.array([1])),  # A left the view
+        SimpleNamespace(boxes=np.zeros((0, 4)), labels=np.zeros(0, int)),
+    ]
+    targets = follow_target(frames)
+    assert [t.frame_index for t in targets] == [0, 1, 2]
+    assert [t.label for t in targets] == [0, 0, 1]
+    np.testing.assert_array_equal(targets[1].box, a1)

@@ -191,3 +191,43 @@ def test_missing_checkpoint_fails_configure_with_a_clear_error(ros_context, ros_
     assert "nope.pt" in node.configure_error and "does not exist" in node.configure_error
     status = node.diagnostic_status()
     assert status.level == DiagnosticStatus.ERROR and "nope.pt" in status.message
+
+
+@pytest.mark.parametrize("layout", ["modern", "legacy"])
+def test_detections_convert_to_vision_msgs_field_for_field(monkeypatch, layout: str) -> None:
+    """The Detection2DArray path, on stand-ins of both vision_msgs layouts (vision_msgs is not on PyPI)."""
+    import sys
+    import types
+
+    import vision_msgs_stand_in
+    from std_msgs.msg import Header
+
+    from stereovoxel_ros.models.anchor_free_detector import Detections
+    from stereovoxel_ros.patch_defense import DefendedResult
+    from stereovoxel_ros.ros.patch_detector_node import detections_to_vision_msgs, vision_msgs_available
+
+    package = types.ModuleType("vision_msgs")
+    package.msg = getattr(vision_msgs_stand_in, layout)()
+    monkeypatch.setitem(sys.modules, "vision_msgs", package)
+    monkeypatch.setitem(sys.modules, "vision_msgs.msg", package.msg)
+    assert vision_msgs_available()
+
+    boxes = np.array([[10.0, 20.0, 50.0, 100.0], [60.0, 5.0, 70.0, 25.0]], np.float32)
+    result = DefendedResult(
+        Detections(boxes, np.array([0.9, 0.4], np.float32), np.array([1, 7])), [], False, False
+    )
+    header = Header(frame_id="j100_0000/camera_left")
+    header.stamp.sec = 12
+    msg = detections_to_vision_msgs(result, ["person", "cone"], header)
+
+    assert msg.header.frame_id == "j100_0000/camera_left" and len(msg.detections) == 2
+    first, second = msg.detections
+    assert first.header.stamp.sec == 12 and len(first.results) == 1
+    centre = first.bbox.center.position if layout == "modern" else first.bbox.center
+    assert (centre.x, centre.y, first.bbox.size_x, first.bbox.size_y) == (30.0, 60.0, 40.0, 80.0)
+    hyp = first.results[0].hypothesis if layout == "modern" else first.results[0]
+    class_id = hyp.class_id if layout == "modern" else hyp.id
+    assert class_id == "cone" and hyp.score == pytest.approx(0.9)
+    # a label outside the class list keeps its number
+    second_hyp = second.results[0].hypothesis if layout == "modern" else second.results[0]
+    assert (second_hyp.class_id if layout == "modern" else second_hyp.id) == "7"

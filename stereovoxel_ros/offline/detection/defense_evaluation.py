@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stereovoxel_ros.patch_defense import NEUTRALIZE_MODES
+
 # Patch coverage of a region counts as a detection of the patch from this share of the patch area on.
 REGION_HIT_COVERAGE = 0.5
 TARGETS = {"defended_over_clean_map50": 0.8, "clean_map_drop_points": 2.0, "amortized_overhead_pct": 20.0}
@@ -51,7 +53,12 @@ def register_eval_defense(detector_subparsers: argparse._SubParsersAction) -> No
     p.add_argument("--patch", default=None, help="use this patch PNG instead of optimising one")
     p.add_argument("--attack-lr", type=float, default=0.05)
     add_patch_placement_args(p, targets="all")
-    p.add_argument("--neutralize", choices=("feature_mask", "inpaint"), default=None)
+    p.add_argument(
+        "--neutralize",
+        choices=NEUTRALIZE_MODES,
+        default=None,
+        help="input fill of the fitted boxes (default row_fill)",
+    )
     p.add_argument(
         "--tune", action="store_true", help="grid-search the defense thresholds on validation frames"
     )
@@ -291,15 +298,16 @@ def render_videos(seed: int, num_frames: int, size: tuple[int, int]) -> dict[str
 
 
 def attack_video(video: Sequence[dict[str, Any]], patch: np.ndarray, size_share: float) -> list[np.ndarray]:
-    """The video with the patch pasted on each frame's largest labelled object (frames without one unchanged)."""
-    from stereovoxel_ros.offline.detection.patch_attack import choose_targets, paste_patch, patch_box
+    """The video with the patch printed on one object (``follow_target``: it stays on that object while it is in
+    view); frames without a large enough object are unchanged."""
+    from stereovoxel_ros.offline.detection.patch_attack import follow_target, paste_patch, patch_box
 
     class _F:
         def __init__(self, d: dict[str, Any]) -> None:
             self.boxes, self.labels = d["boxes"], d["labels"]
 
     frames = [d["image"] for d in video]
-    for t in choose_targets([_F(d) for d in video]):
+    for t in follow_target([_F(d) for d in video]):
         frames[t.frame_index] = paste_patch(frames[t.frame_index], patch, patch_box(t.box, size_share))[0]
     return frames
 

@@ -97,6 +97,34 @@ def choose_targets(
     return targets
 
 
+def follow_target(frames: Sequence[Any], min_side: float = 14.0, min_iou: float = 0.3) -> list[AttackTarget]:
+    """The object a printed patch stays on through a video, one target per frame that shows it: the largest
+    labelled box (shorter side >= ``min_side`` [px]) of the first frame with one, then in each frame the box of
+    the same class that overlaps its last box most (IoU >= ``min_iou``). When that object leaves the view (or
+    shrinks below ``min_side``), the patch goes to the then-largest object. A patch does not jump between
+    objects from frame to frame, as "the largest object of each frame" would make it."""
+    from stereovoxel_ros.models.anchor_free_detector import box_iou_matrix
+
+    per_frame: dict[int, list[AttackTarget]] = {}
+    for t in choose_targets(frames, min_side, per_frame="all"):
+        per_frame.setdefault(t.frame_index, []).append(t)
+    followed: list[AttackTarget] = []
+    current: AttackTarget | None = None
+    for i in range(len(frames)):
+        options = per_frame.get(i, [])
+        if current is not None:
+            same = [t for t in options if t.label == current.label]
+            ious = (
+                box_iou_matrix(current.box[None], np.stack([t.box for t in same]))[0] if same else np.zeros(0)
+            )
+            current = same[int(np.argmax(ious))] if len(ious) and ious.max() >= min_iou else None
+        if current is None and options:
+            current = max(options, key=lambda t: float(np.prod(t.box[2:] - t.box[:2])))
+        if current is not None:
+            followed.append(current)
+    return followed
+
+
 def patch_box(
     target_box: np.ndarray, size_share: float, rel_center: tuple[float, float] = (0.5, 0.4)
 ) -> np.ndarray:
@@ -462,6 +490,7 @@ __all__ = [
     "PatchAttackError",
     "attack_frames",
     "choose_targets",
+    "follow_target",
     "optimize_patch",
     "paste_patch",
     "patch_box",
