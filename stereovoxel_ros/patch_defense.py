@@ -199,20 +199,36 @@ def importance_map(
     return ((shallow.detach() - median) / scale).abs().amax(dim=1)[0].numpy()
 
 
-def _window_sums(values: np.ndarray, k: int) -> np.ndarray:
-    """Sums of every k x k window of a 2D array: (h - k + 1, w - k + 1)."""
-    c = np.pad(np.cumsum(np.cumsum(values, 0), 1), ((1, 0), (1, 0)))
-    return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
+def centre_surround_maps(importance: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """``centre_surround`` for every window size in ``sizes``, from one integral image of the map padded once
+    (edge-replicated by the widest ring)."""
+    h, w = importance.shape
+    pad = max(max(1, k // 2) for k in sizes)
+    integral = np.pad(np.cumsum(np.cumsum(np.pad(importance, pad, mode="edge"), 0), 1), ((1, 0), (1, 0)))
+
+    def window_sums(offset: int, side: int, rows: int, cols: int) -> np.ndarray:
+        """Sums of the side x side windows whose top-left corners are (offset + y, offset + x) of the padded map."""
+        a, b = offset, offset + side
+        return (
+            integral[b : b + rows, b : b + cols]
+            - integral[a : a + rows, b : b + cols]
+            - integral[b : b + rows, a : a + cols]
+            + integral[a : a + rows, a : a + cols]
+        )
+
+    maps = []
+    for k in sizes:
+        r, rows, cols = max(1, k // 2), h - k + 1, w - k + 1
+        inner = window_sums(pad, k, rows, cols)
+        outer = window_sums(pad - r, k + 2 * r, rows, cols)
+        maps.append(inner / (k * k) - (outer - inner) / ((k + 2 * r) ** 2 - k * k))
+    return maps
 
 
 def centre_surround(importance: np.ndarray, k: int) -> np.ndarray:
     """For every k x k window (top-left indexed, (h - k + 1, w - k + 1)): its mean minus the mean of the ring
     max(1, k // 2) cells wide around it (edge-replicated at the border)."""
-    r = max(1, k // 2)
-    outer_k = k + 2 * r
-    inner = _window_sums(importance, k)
-    outer = _window_sums(np.pad(importance, r, mode="edge"), outer_k)[: inner.shape[0], : inner.shape[1]]
-    return inner / (k * k) - (outer - inner) / (outer_k * outer_k - k * k)
+    return centre_surround_maps(importance, (k,))[0]
 
 
 def open_anomaly_map(importance: np.ndarray, cells: int) -> np.ndarray:
@@ -242,7 +258,8 @@ def find_candidate_regions(importance: np.ndarray, config: PatchDefenseConfig) -
         raise PatchDefenseError("importance map contains NaN or inf")
     imp = open_anomaly_map(imp, config.opening_cells)
     h, w = imp.shape
-    scores = [(k, centre_surround(imp, k)) for k in config.window_cells if k <= min(h, w)]
+    sizes = tuple(k for k in config.window_cells if k <= min(h, w))
+    scores = list(zip(sizes, centre_surround_maps(imp, sizes))) if sizes else []
     found: list[CandidateRegion] = []
     for _ in range(config.max_regions):
         best: CandidateRegion | None = None
@@ -874,11 +891,14 @@ class PatchDefendedDetector:
             with timer("importance"):
                 cache_imp, stats = self.cache.importance, self.cache.statistics
                 assert cache_imp is not None and stats is not None
-                density = texture_density(image, stem_shape, d.texture_threshold)
+                # the whole map is cheaper than a call per changed block (one tensor op, 0.03 ms); only the
+                # changed blocks take the new values, the others keep those of the frame they were analysed on
+                fresh = importance_map(shallow, stats) * texture_density(
+                    image, stem_shape, d.texture_threshold
+                )
                 s = d.block_size // STEM_STRIDE
-                for r, c in zip(*np.nonzero(changed)):
-                    ys, xs = slice(r * s, (r + 1) * s), slice(c * s, (c + 1) * s)
-                    cache_imp[ys, xs] = importance_map(shallow[..., ys, xs], stats) * density[ys, xs]
+                cells = np.kron(changed, np.ones((s, s), bool))[: stem_shape[0], : stem_shape[1]]
+                cache_imp[cells] = fresh[cells]
         with timer("detect"), torch.no_grad():
             heads = self.model.forward_from_stem(shallow)
         with timer("decode"):
@@ -1041,6 +1061,7 @@ __all__ = [
     "anomaly_statistics",
     "cells_to_image_box",
     "centre_surround",
+    "centre_surround_maps",
     "check_image",
     "find_candidate_regions",
     "fit_patch_box",
