@@ -4,7 +4,9 @@ Run: ``.venv/bin/python -m benchmarks.bench_patch_defense [--checkpoint PT] [--f
 Two rendered videos: ``moving`` (the robot drives, every block changes) and ``static`` (parked robot, only
 sensor noise changes). Each frame is timed three ways, interleaved: detection only, the Themis-style defense
 without temporal reuse, and with temporal reuse (``TemporalDefenseCache``). Ratios are against detection
-only; the patch (default: a checkerboard, or ``--patch``) sits on each frame's largest labelled object.
+only; the patch (default: a checkerboard, or ``--patch``) is printed on one object and stays on it while it
+is in view (``follow_target``). A checkerboard is not an optimised attack: the defense confirms it only where
+filling it brings a detection back, and otherwise keeps searching and checking it.
 """
 
 from __future__ import annotations

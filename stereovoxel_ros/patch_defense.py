@@ -79,6 +79,8 @@ class PatchDefenseConfig:
     tighten: float = 0.0  # > 0: shrink each window to its blob, cells >= ring + tighten x (peak - ring)
     texture_threshold: float = 24.0  # [DN] colour step to a neighbour that counts as a texture edge
     texture_fraction: float = 0.3  # share of 2D-textured pixels in a row / column of a patch (edge fit)
+    edge_fraction: float = 0.7  # an outer row (column) of the fit stays when this share steps along it ...
+    edge_trim_px: int = 3  # ... else it is trimmed, up to this many px per side
     region_margin: float = 0.5  # the patch's edges are searched this fraction of the window beyond it ...
     fit_margin_px: int = 6  # ... plus this many pixels
     neighbourhood: float = 0.5  # re-emerged detection centres count within the region grown by this x size
@@ -107,6 +109,7 @@ class PatchDefenseConfig:
             ("recovery_threshold", 0.0, 1.0),
             ("min_recovered_score", 0.0, 1.0),
             ("texture_fraction", 0.0, 1.0),
+            ("edge_fraction", 0.0, 1.0),
             ("score_threshold", 0.0, 1.0),
             ("nms_iou", 0.0, 1.0),
             ("max_partial_fraction", 0.0, 1.0),
@@ -120,7 +123,7 @@ class PatchDefenseConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
                 raise bad(name, f"must be a finite number in [{low}, {high}]")
-        for name in ("opening_cells", "check_crop_context", "fit_margin_px"):
+        for name in ("opening_cells", "check_crop_context", "fit_margin_px", "edge_trim_px"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(name, "must be a non-negative integer")
         for name in ("max_regions", "max_detections", "refresh_interval", "recheck_interval", "check_interval",
@@ -326,10 +329,9 @@ def inpaint_regions(image_rgb: np.ndarray, boxes: list[tuple[float, float, float
     return cv2.inpaint(np.ascontiguousarray(image_rgb), mask.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
 
 
-def texture_pixels(image_rgb: np.ndarray, threshold: float) -> np.ndarray:
-    """(H, W) bool: pixels whose colour steps by more than ``threshold`` DN (any channel) to a horizontal *and*
-    to a vertical neighbour. Printed-patch texels are 2D texture; object silhouettes and shading are not (a
-    silhouette pixel steps in one direction only)."""
+def colour_steps(image_rgb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two (H, W) bool maps: pixels whose colour steps by more than ``threshold`` DN (any channel) to a vertical
+    neighbour (above or below), and those that step to a horizontal neighbour (left or right)."""
     import cv2
 
     img = np.ascontiguousarray(image_rgb, np.uint8)
@@ -343,6 +345,14 @@ def texture_pixels(image_rgb: np.ndarray, threshold: float) -> np.ndarray:
     horizontal = np.zeros(img.shape[:2], bool)
     horizontal[:, :-1] |= across_cols
     horizontal[:, 1:] |= across_cols
+    return vertical, horizontal
+
+
+def texture_pixels(image_rgb: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, W) bool: pixels whose colour steps by more than ``threshold`` DN (any channel) to a horizontal *and*
+    to a vertical neighbour (``colour_steps``). Printed-patch texels are 2D texture; object silhouettes and
+    shading are not (a silhouette pixel steps in one direction only)."""
+    vertical, horizontal = colour_steps(image_rgb, threshold)
     return vertical & horizontal
 
 
@@ -373,21 +383,26 @@ def fit_patch_box(
     threshold: float,
     fraction: float,
     min_side: int = 4,
+    edge_fraction: float = 0.7,
+    edge_trim_px: int = 3,
 ) -> tuple[float, float, float, float] | None:
     """The pixel-exact box of a printed patch inside ``window`` (xyxy [px]), or None when nothing there looks
     like one. Columns then rows (twice) whose share of ``texture_pixels`` exceeds ``fraction``: the longest
-    such run is the patch's extent. Exactness matters: a 1-px rim of patch left in place keeps most of its
+    such run is the patch's extent. Then the rim: an outer row of that box whose pixels mostly do not step in
+    colour *along* it (share of horizontal steps <= ``edge_fraction``) is smooth object or background beside
+    the patch -- its only steps are the ones into the patch -- and is trimmed, up to ``edge_trim_px`` per side
+    (columns alike, with vertical steps). Exactness matters: a 1-px rim of patch left in place keeps most of its
     effect on the detector, and every pixel of object removed beyond it costs accuracy."""
     h, w = image_rgb.shape[:2]
     x0, y0 = max(0, math.floor(window[0])), max(0, math.floor(window[1]))
     x1, y1 = min(w, math.ceil(window[2])), min(h, math.ceil(window[3]))
     if x1 - x0 < min_side or y1 - y0 < min_side:
         return None
-    # texture is judged with the pixels around the window, so the window's own border rows and columns count
+    # steps are judged with the pixels around the window, so the window's own border rows and columns count
     cx0, cy0, cx1, cy1 = max(0, x0 - 1), max(0, y0 - 1), min(w, x1 + 1), min(h, y1 + 1)
-    textured = texture_pixels(image_rgb[cy0:cy1, cx0:cx1], threshold)[
-        y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0
-    ]
+    inside = (slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
+    vertical, horizontal = (m[inside] for m in colour_steps(image_rgb[cy0:cy1, cx0:cx1], threshold))
+    textured = vertical & horizontal
     rows, cols = (0, textured.shape[0]), (0, textured.shape[1])
     for _ in range(2):
         found = _longest_run(textured[rows[0] : rows[1]].mean(axis=0) > fraction)
@@ -398,9 +413,28 @@ def fit_patch_box(
         if found is None:
             return None
         rows = found
+    along_rows = horizontal[rows[0] : rows[1], cols[0] : cols[1]].mean(axis=1) > edge_fraction
+    along_cols = vertical[rows[0] : rows[1], cols[0] : cols[1]].mean(axis=0) > edge_fraction
+    rows = _trim_ends(rows, along_rows, edge_trim_px)
+    cols = _trim_ends(cols, along_cols, edge_trim_px)
     if cols[1] - cols[0] < min_side or rows[1] - rows[0] < min_side:
         return None
     return (float(x0 + cols[0]), float(y0 + rows[0]), float(x0 + cols[1]), float(y0 + rows[1]))
+
+
+def _trim_ends(span: tuple[int, int], keep: np.ndarray, most: int) -> tuple[int, int]:
+    """[start, end) of ``span`` without up to ``most`` leading and trailing entries whose ``keep`` (indexed from
+    ``span[0]``) is False."""
+    start, end = span
+    for _ in range(most):
+        if end - start <= 1 or keep[start - span[0]]:
+            break
+        start += 1
+    for _ in range(most):
+        if end - start <= 1 or keep[end - 1 - span[0]]:
+            break
+        end -= 1
+    return start, end
 
 
 def grow_box(
@@ -685,7 +719,14 @@ class PatchDefendedDetector:
         """``fit_patch_box`` in the search window around ``around`` (xyxy [px])."""
         d = self.defense
         window = grow_box(around, d.region_margin, d.fit_margin_px, (image.shape[1], image.shape[0]))
-        return fit_patch_box(image, window, d.texture_threshold, d.texture_fraction)
+        return fit_patch_box(
+            image,
+            window,
+            d.texture_threshold,
+            d.texture_fraction,
+            edge_fraction=d.edge_fraction,
+            edge_trim_px=d.edge_trim_px,
+        )
 
     def _neutralized_stem(
         self,
@@ -1063,6 +1104,7 @@ __all__ = [
     "centre_surround",
     "centre_surround_maps",
     "check_image",
+    "colour_steps",
     "find_candidate_regions",
     "fit_patch_box",
     "grow_box",

@@ -464,3 +464,19 @@ def test_printed_patch_stays_on_its_object_through_a_video() -> None:
     assert [t.frame_index for t in targets] == [0, 1, 2]
     assert [t.label for t in targets] == [0, 0, 1]
     np.testing.assert_array_equal(targets[1].box, a1)
+
+
+def test_patch_box_fit_trims_a_striped_object_rim() -> None:
+    """Below a patch on a cone, the cone's stripes are 2D texture too (they step down into the next stripe and
+    sideways every few px); the rim test trims them: their pixels mostly do not step along the row."""
+    from stereovoxel_ros.patch_defense import fit_patch_box
+
+    img = clean_frame(3)
+    img[30:47, 50:67] = _texel_patch(17)
+    stripe = np.where((np.arange(50, 67) // 4) % 2 == 0, 235, 150).astype(np.uint8)  # steps every 4 px
+    img[47, 50:67] = stripe[:, None]
+    img[48, 50:67] = (255 - stripe)[:, None]  # and a step down to the next stripe row
+    window = (40.0, 20.0, 80.0, 60.0)
+    assert fit_patch_box(img, window, 24.0, 0.3) == (50.0, 30.0, 67.0, 47.0)
+    # without the rim test the stripes join the fit
+    assert fit_patch_box(img, window, 24.0, 0.3, edge_trim_px=0) == (50.0, 30.0, 67.0, 49.0)

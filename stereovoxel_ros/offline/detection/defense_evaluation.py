@@ -186,7 +186,8 @@ def tune_defense(
 ) -> tuple[Any, list[dict[str, float]]]:
     """Grid search on validation frames: the (concentration, recovery) thresholds with the best attacked
     mAP50 among those whose clean mAP50 drops by at most ``max_clean_drop`` (within ``map_tie``: the fewest
-    alerts on clean frames); returns (config, grid rows)."""
+    alerts on clean frames, then the fewest candidates -- the highest concentration threshold); returns
+    (config, grid rows)."""
     from tqdm import tqdm
 
     from stereovoxel_ros.offline.detection.coco_evaluation import evaluate_map
@@ -214,10 +215,11 @@ def tune_defense(
                      "clean_alert_rate": alerts["clean"], "attacked_alert_rate": alerts["attacked"]})  # fmt: skip
     ok = [row for row in rows if clean_map50 - row["clean_map50"] <= max_clean_drop] or rows
     # the best attacked mAP50; settings within map_tie of it count as equal, and among those the one with
-    # the fewest alerts on clean frames wins (false alarms are what a robot's operator sees)
+    # the fewest alerts on clean frames wins (false alarms are what a robot's operator sees), then the one that
+    # examines the fewest candidates (the cheapest)
     top = max(row["attacked_map50"] for row in ok)
     near = [row for row in ok if row["attacked_map50"] >= top - map_tie]
-    best = min(near, key=lambda row: (row["clean_alert_rate"], -row["attacked_map50"]))
+    best = min(near, key=lambda row: (row["clean_alert_rate"], -row["concentration_threshold"]))
     chosen = replace(
         base,
         concentration_threshold=best["concentration_threshold"],
