@@ -488,7 +488,8 @@ def stem_receptive_radius(model: Any, probe: int = 128) -> int | None:
     """How many input px beyond its own 4 x 4 pixels a ``stem_features`` cell sees (the larger side of its
     receptive field), measured by the input gradient of one cell in the middle of a ``probe``-px random image.
     None when the field reaches the probe's border (a global operation, or too large to crop for)."""
-    x = torch.rand(1, 3, probe, probe, requires_grad=True)
+    # a generator of its own: measuring must not move the global random stream
+    x = torch.rand(1, 3, probe, probe, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     with torch.enable_grad():
         out = model.stem_features(x)
         c = probe // (2 * STEM_STRIDE)
@@ -518,9 +519,8 @@ def restem_regions(
     h, w = int(shallow.shape[-2]), int(shallow.shape[-1])
     in_h, in_w = int(filled.shape[-2]), int(filled.shape[-1])
     s = STEM_STRIDE
-    reach = (
-        math.ceil(radius / s) * s
-    )  # crop margin [px], whole cells: the crop keeps the stem's sampling grid
+    # crop margin [px] in whole cells, so that a crop keeps the stem's sampling grid
+    reach = math.ceil(radius / s) * s
     cells, crops = [], []
     for x0, y0, x1, y1 in boxes:
         # changed pixels [px0, px1) (1 px slack for the resize), then the cells i whose field
@@ -561,20 +561,25 @@ def _merge_overlapping(
     def union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
 
+    def overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
     pairs = list(zip(cells, crops))
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(pairs)):
-            for j in range(i + 1, len(pairs)):
-                (ci, ki), (cj, kj) = pairs[i], pairs[j]
-                if ki[0] < kj[2] and kj[0] < ki[2] and ki[1] < kj[3] and kj[1] < ki[3]:
-                    pairs[i] = (union(ci, cj), union(ki, kj))
-                    del pairs[j]
-                    merged = True
-                    break
-            if merged:
-                break
+    while True:
+        found = next(
+            (
+                (i, j)
+                for i in range(len(pairs))
+                for j in range(i + 1, len(pairs))
+                if overlap(pairs[i][1], pairs[j][1])
+            ),
+            None,
+        )
+        if found is None:
+            break
+        i, j = found
+        (ci, ki), (cj, kj) = pairs[i], pairs.pop(j)
+        pairs[i] = (union(ci, cj), union(ki, kj))
     return [c for c, _ in pairs], [k for _, k in pairs]
 
 
