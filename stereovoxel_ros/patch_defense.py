@@ -951,6 +951,7 @@ class PatchDefendedDetector:
             base = self._decode(heads, image_size)
         self.cache.commit(grey, changed, full)
         confirmed: list[CandidateRegion] = []
+        neutralized: list[CandidateRegion] = []  # the regions filled in this frame's output
         candidates: list[CandidateRegion] = []
         checked_frame: Detections | None = None  # the check pass's detections when it ran on the whole frame
         if reused:
@@ -988,7 +989,12 @@ class PatchDefendedDetector:
                     for cand in to_check:
                         cand.checked_frame = now
                 confirmed = [c for c in candidates if c.confirmed]
-            self.cache.regions = confirmed
+            neutralized = confirmed
+            if confirmed and checked_frame is not None:
+                # the output is the check pass's (below), which filled every fitted candidate it checked: all
+                # of them are neutralized, reported and followed, not only the confirmed ones
+                neutralized = [c for c in to_check if c.box is not None]
+            self.cache.regions = neutralized
             self.cache.checked = candidates
         detections = base
         if confirmed and checked_frame is not None:
@@ -1004,7 +1010,7 @@ class PatchDefendedDetector:
                 detections = self._decode(self.model.forward_from_stem(masked), image_size)
         return DefendedResult(
             detections=detections,
-            regions=[c.box for c in confirmed if c.box is not None],
+            regions=[c.box for c in neutralized if c.box is not None],
             alert=bool(confirmed),
             reused=reused,
             stage_seconds=timer.seconds,

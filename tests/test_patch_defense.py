@@ -485,3 +485,19 @@ def test_patch_box_fit_trims_a_striped_object_rim() -> None:
     assert fit_patch_box(img, window, 24.0, 0.3) == (50.0, 30.0, 67.0, 47.0)
     # without the rim test the stripes join the fit
     assert fit_patch_box(img, window, 24.0, 0.3, edge_trim_px=0) == (50.0, 30.0, 67.0, 49.0)
+
+
+def test_every_region_filled_for_the_output_is_reported_and_followed() -> None:
+    """An attacked frame's output comes from the check pass, which fills every fitted candidate: a second
+    patch-like texture that recovered nothing is filled too, so it is reported and followed with the patch."""
+    frame = patched_frame()
+    frame[8:20, 4:16] = checkerboard(12)  # on the background, far from the object: nothing to recover there
+    defended = PatchDefendedDetector(CraftedPatchDetector())
+    result = defended.process(frame)
+    fitted = [c for c in result.candidates if c.box is not None]
+    assert result.alert and len(fitted) == 2
+    assert [c.confirmed for c in fitted].count(True) == 1  # only the patch on the object is confirmed
+    assert sorted(map(tuple, result.regions)) == sorted(c.box for c in fitted)
+    assert (4.0, 8.0, 16.0, 20.0) in result.regions
+    following = defended.process(frame)
+    assert following.reused and sorted(map(tuple, following.regions)) == sorted(map(tuple, result.regions))
