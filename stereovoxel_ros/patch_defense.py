@@ -21,11 +21,11 @@ The defense reuses what the detector computes anyway (no second network, no back
    higher than before, with a score of at least ``min_recovered_score`` (an object near several candidates
    counts for the nearest one). Natural texture only loses its own detections when filled, so it is left alone.
 5. **Neutralize and re-detect**: a frame with a confirmed patch outputs the detections of the frame with the
-   fitted boxes filled (the check pass's, when it ran on the whole frame); other frames output the plain
-   detections unchanged.
+   fitted boxes filled (the check pass's, when it ran on the whole frame), and reports every box filled for it
+   as a neutralized region; other frames output the plain detections unchanged.
 
-Video: :class:`TemporalDefenseCache`. A confirmed patch is *followed*: on the next frames its box is re-fitted
-around the previous one, filled *before* the single detection pass, and nothing else runs (no change test,
+Video: :class:`TemporalDefenseCache`. The neutralized regions of an attacked frame are *followed*: on the next
+frames each box is re-fitted around the previous one, filled *before* the single detection pass, and nothing else runs (no change test,
 importance, search or check) until its decision is ``recheck_interval`` (or ``refresh_interval``) frames old.
 Otherwise the importance map is recomputed only on the input blocks whose content changed since they were last
 analysed (mean absolute difference above ``change_threshold``), or everywhere every ``refresh_interval`` frames;
