@@ -6,9 +6,20 @@ import sys
 from collections.abc import Callable, Sequence
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import (
+    Executor,
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
+
+
+def make_executor(num_threads: int = 1) -> Executor:
+    """A single-threaded executor, or a multi-threaded one with ``num_threads`` > 1. The nodes run inference on
+    their own worker threads; rclpy's multi-threaded executor busy-waits on entities it cannot dispatch yet."""
+    return MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
 
 
 def run_node(
@@ -27,9 +38,7 @@ def run_node(
     node = None
     try:
         node = make_node()
-        executor = (
-            MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
-        )
+        executor = make_executor(num_threads)
         executor.add_node(node)
         if isinstance(node, LifecycleNode) and node.get_parameter("autostart").value:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:

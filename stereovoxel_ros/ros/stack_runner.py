@@ -181,7 +181,9 @@ class StackRunner:
 def main(argv: Sequence[str] | None = None) -> int:
     """``run_stack``: run the configured nodes on one executor until Ctrl-C."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
+
+    from stereovoxel_ros.ros.node_main import make_executor
 
     parser = argparse.ArgumentParser(
         prog="run_stack",
@@ -210,9 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run_stack: {err}", file=sys.stderr)
         return 2
     rclpy.init(args=["run_stack", *ros_args])
-    executor = (
-        MultiThreadedExecutor(num_threads=args.threads) if args.threads > 1 else SingleThreadedExecutor()
-    )
+    executor = make_executor(args.threads)
     try:
         runner.create_nodes()
         runner.add_to(executor)
