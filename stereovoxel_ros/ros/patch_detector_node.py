@@ -110,7 +110,7 @@ class DetectorNodeConfig:
         """Check every value; DetectorNodeConfigError names the first bad parameter and why."""
 
         params = ParameterValues(values, DetectorNodeConfigError)
-        bad, number, integer, flag = params.bad, params.number, params.integer, params.flag
+        bad, number, integer, flag, text = params.bad, params.number, params.integer, params.flag, params.text
 
         topic = values["image_topic"]
         if not isinstance(topic, str) or not topic.strip() or " " in topic.strip():
@@ -118,13 +118,11 @@ class DetectorNodeConfig:
         checkpoint = values["checkpoint"]
         if not isinstance(checkpoint, str):
             raise bad("checkpoint", "must be a path string (empty for the shipped checkpoint)")
-        if values["neutralize"] not in NEUTRALIZE_MODES:
-            raise bad("neutralize", f"must be one of {', '.join(NEUTRALIZE_MODES)}")
         return cls(
             image_topic=topic.strip(),
             checkpoint=checkpoint.strip(),
             defense=flag("defense"),
-            neutralize=values["neutralize"],
+            neutralize=text("neutralize", NEUTRALIZE_MODES),
             temporal_reuse=flag("temporal_reuse"),
             refresh_interval=integer("refresh_interval", 1, 100000),
             change_threshold=number("change_threshold", 0.0, 255.0),
