@@ -30,10 +30,7 @@ from stereovoxel_ros.patch_defense import (
     find_candidate_regions,
 )
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 def _covers(region, box) -> bool:
