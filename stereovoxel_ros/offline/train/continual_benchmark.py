@@ -351,7 +351,6 @@ def format_table(results: Sequence[RunResult], baseline: str, continual: bool) -
 
 def plot_results(path: Path, results: Sequence[RunResult], title: str) -> None:
     """Accuracy vs counted training FLOPs, one point per row, as a PNG."""
-
     import matplotlib
 
     matplotlib.use("Agg")
