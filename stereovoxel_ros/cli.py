@@ -13,7 +13,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("stereovoxel_ros.offline.data.commands", "make and check datasets: synth, from-bag, check"),
     "train": ("stereovoxel_ros.offline.train.commands", "train StereoVoxelNet on a dataset directory"),
     "finetune": ("stereovoxel_ros.offline.train.commands", "fine-tune a checkpoint on collected data"),
-    "eval": ("stereovoxel_ros.offline.eval.commands", "evaluate StereoVoxelNet and baselines (IoU, Chamfer)"),
+    "eval": (
+        "stereovoxel_ros.offline.eval.commands",
+        "score occupancy backends for Nav2: obstacle-grid F1, false obstacles, objects found",
+    ),
+    "classic-sweep": (
+        "stereovoxel_ros.offline.eval.classic_sweep",
+        "tune the classic stereo backend on training worlds (Nav2 scores)",
+    ),
     "bench": ("stereovoxel_ros.offline.eval.commands", "latency, params and FLOPs side by side"),
     "export": ("stereovoxel_ros.offline.eval.commands", "export a checkpoint to TorchScript and ONNX"),
     "replay": ("stereovoxel_ros.ros.replay", "play a bag through the live occupancy node and score it"),
@@ -57,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser(selected)
     args = parser.parse_args(argv)
+    args.argv = (
+        argv  # what the command cards and reports record (not sys.argv: main() may be called from code)
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if selected is None else 2

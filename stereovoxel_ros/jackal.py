@@ -49,6 +49,11 @@ class JackalTopics:
         return f"{self.camera_prefix}/depth/image"
 
     @property
+    def label_image(self) -> str:
+        """Synthetic object labels, 16UC1, aligned with the left image (occupancy_scoring.decode_labels)."""
+        return f"{self.camera_prefix}/labels/image"
+
+    @property
     def odom(self) -> str:
         return self._ns("platform/odom/filtered")
 

@@ -12,7 +12,7 @@ import numpy as np
 from stereovoxel_ros.grid_spec import DEFAULT_GRID, GridSpecError, VoxelGridSpec, grid_preset
 from stereovoxel_ros.stereo_camera import StereoCameraModel
 
-BACKENDS = ("stereovoxelnet", "sgbm")
+BACKENDS = ("stereovoxelnet", "classic", "sgbm")  # sgbm = classic with the StereoSGBM matcher
 SHIPPED_CHECKPOINT = "stereovoxelnet_jackal_wide.pt"
 
 
@@ -75,17 +75,19 @@ def _resolve_grid(grid: VoxelGridSpec | str | None) -> VoxelGridSpec:
     return grid
 
 
-class SGBMPredictor:
-    """OpenCV StereoSGBM → depth → voxels (the classic backend)."""
+class ClassicPredictor:
+    """OpenCV StereoBM / StereoSGBM with confidence filters → voxels (the classic backend)."""
 
-    def __init__(self, grid: VoxelGridSpec, **opts: Any) -> None:
-        from stereovoxel_ros.sgbm_stereo import SGBMConfig, SGBMStereo
+    def __init__(self, grid: VoxelGridSpec, backend: str = "classic", **opts: Any) -> None:
+        from stereovoxel_ros.classic_stereo import ClassicStereo, ClassicStereoConfig
 
+        if backend == "sgbm":
+            opts = {**opts, "matcher": "sgbm"}
         try:
-            self.stereo = SGBMStereo(grid, SGBMConfig(**opts))
+            self.stereo = ClassicStereo(grid, ClassicStereoConfig(**opts))
         except (TypeError, ValueError) as err:
-            raise PredictorError(f"bad SGBM options {opts}: {err}") from err
-        self.grid = grid
+            raise PredictorError(f"bad classic stereo options {opts}: {err}") from err
+        self.grid, self.backend = grid, backend
 
     def predict(
         self, left_rgb: np.ndarray, right_rgb: np.ndarray, camera: StereoCameraModel
@@ -94,7 +96,7 @@ class SGBMPredictor:
         start = time.perf_counter()
         occupied = self.stereo.occupancy(_as_uint8(left_rgb), _as_uint8(right_rgb), camera)
         latency_ms = (time.perf_counter() - start) * 1e3
-        return OccupancyResult(occupied, None, {"backend": "sgbm", "latency_ms": latency_ms})
+        return OccupancyResult(occupied, None, {"backend": self.backend, "latency_ms": latency_ms})
 
 
 class StereoVoxelNetPredictor:
@@ -371,14 +373,17 @@ def make_predictor(
     grid: VoxelGridSpec | str | None = DEFAULT_GRID,
     **opts: Any,
 ) -> OccupancyPredictor:
-    """A predictor for ``backend`` ("stereovoxelnet" or "sgbm") in ``grid`` (a spec or preset name).
+    """A predictor for ``backend`` (one of BACKENDS) in ``grid`` (a spec or preset name).
+
+    ``classic`` takes ``ClassicStereoConfig`` fields as options; ``sgbm`` is ``classic`` with
+    ``matcher="sgbm"``.
 
     ``checkpoint`` defaults to the shipped one for "stereovoxelnet"; a checkpoint for another grid or format
     version raises PredictorError naming the mismatch.
     """
     grid = _resolve_grid(grid)
-    if backend == "sgbm":
-        return SGBMPredictor(grid, **opts)
+    if backend in ("classic", "sgbm"):
+        return ClassicPredictor(grid, backend, **opts)
     if backend == "stereovoxelnet":
         path = Path(checkpoint) if checkpoint else default_checkpoint_path()
         if not path.is_file():

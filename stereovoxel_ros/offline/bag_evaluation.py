@@ -1,4 +1,8 @@
-"""Score occupancy on stereo bags against their depth ground truth (IoU, Chamfer, latency, drops) and report it.
+"""Score occupancy on stereo bags against their depth ground truth with the Nav2 scores, and report it.
+
+Every frame is scored by :func:`stereovoxel_ros.occupancy_scoring.score_frame` (obstacle-grid F1 with a
+one-cell tolerance, false obstacles in seen-free space, false stops, objects found where the bag has a label
+image, voxel IoU and Chamfer); rate, latency and drops come beside it.
 
 Shared by the live replay (``stereovoxel_ros.ros.replay``, predictions recorded from the running node) and
 the offline mode here (predictors called directly on the bag's stereo pairs, no ROS graph, faster than
@@ -11,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,14 @@ from stereovoxel_ros.bags.bag_reader import BagError, BagReader
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.messages.image import image_to_numpy
 from stereovoxel_ros.messages.stamps import header_stamp_ns
-from stereovoxel_ros.metrics import voxel_chamfer, voxel_iou
+from stereovoxel_ros.occupancy_scoring import (
+    COUNT_FIELDS,
+    FrameScore,
+    OccupancyScorer,
+    ScoringConfig,
+    rates,
+    score_frame,
+)
 from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
 from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
 from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
@@ -45,6 +56,7 @@ class StereoBagTopics:
     left_info: str
     right_info: str
     depth: str | None  # ground-truth depth, 32FC1 [m], aligned with the left image
+    labels: str | None = None  # object labels, 16UC1 (synthetic bags: occupancy_scoring.decode_labels)
 
     @classmethod
     def find(cls, topics: dict[str, str], bag: str | os.PathLike = "bag") -> StereoBagTopics:
@@ -68,47 +80,72 @@ class StereoBagTopics:
             depth=one(
                 ("depth/image", "depth/image_rect", "depth/depth_registered"), IMAGE_TYPE, required=False
             ),
+            labels=one(("labels/image",), IMAGE_TYPE, required=False),
         )
 
 
 @dataclass
-class FrameScore:
+class BagFrame:
     """One ground-truth frame: how the occupancy for it scored, or that none came (dropped)."""
 
     stamp_ns: int  # left image stamp [ns]
     gt_voxels: int
     predicted_voxels: int | None = None  # None: no occupancy published for this frame (dropped)
-    iou: float = math.nan
-    chamfer_m: float = math.nan  # Chamfer distance between occupied voxel centres [m] (metrics.voxel_chamfer)
+    score: FrameScore | None = None  # the Nav2 scores of this frame
     latency_ms: float = math.nan  # image available -> occupancy out [ms]
-    grid_iou: float = math.nan  # 2D obstacle grid IoU (live replay only)
 
     @property
     def dropped(self) -> bool:
         return self.predicted_voxels is None
+
+    def headline(self) -> dict[str, float]:
+        """This frame's F1 at 0–6 m (one-cell tolerance), false-obstacle share and voxel metrics (NaN when dropped)."""
+        if self.score is None:
+            return {
+                "f1_0_6m": math.nan,
+                "false_free_0_6m": math.nan,
+                "voxel_iou": math.nan,
+                "chamfer_m": math.nan,
+            }
+        edges = np.asarray(ScoringConfig().range_bands_m[1:])
+        head = rates({k: getattr(self.score, k) for k in COUNT_FIELDS}, edges <= 6.0)
+        return {
+            "f1_0_6m": head["f1_tol"],
+            "false_free_0_6m": head["false_free"],
+            "voxel_iou": self.score.voxel_iou,
+            "chamfer_m": self.score.chamfer_m,
+        }
 
 
 @dataclass
 class RunResult:
     """All frames of one backend on one bag, and the run's timing."""
 
-    label: str  # e.g. "stereovoxelnet" or "sgbm"
+    label: str  # e.g. "stereovoxelnet" or "classic"
     mode: str  # "replay" (live graph) or "offline"
     bag: str
-    frames: list[FrameScore]
+    frames: list[BagFrame]
     wall_s: float  # how long the run took [s]
     bag_duration_s: float  # span of the bag's image stamps [s]
     pairs_in_bag: int
     diagnostics: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics values
     example: tuple[np.ndarray, np.ndarray] | None = None  # (predicted, ground truth) voxels of one frame
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+    def scores(self) -> dict[str, Any]:
+        """The Nav2 scores of the processed frames (``OccupancyScorer.summary``; the bag is one world)."""
+        scorer = OccupancyScorer(self.scoring)
+        for f in self.frames:
+            if f.score is not None:
+                scorer.add(f.score, Path(self.bag).name)
+        return scorer.summary()
 
     def summary(self) -> dict[str, Any]:
-        """The table row: frames, drops, rate, IoU, Chamfer, latency median/p99."""
+        """The table row: frames, drops, rate, the headline scores, objects found, latency median/p99."""
         scored = [f for f in self.frames if not f.dropped]
         latency = np.array([f.latency_ms for f in scored if math.isfinite(f.latency_ms)])
-        chamfer = np.array([f.chamfer_m for f in scored if math.isfinite(f.chamfer_m)])
-        grid_iou = np.array([f.grid_iou for f in scored if math.isfinite(f.grid_iou)])
-        return {
+        nav = self.scores()
+        row = {
             "backend": self.label,
             "mode": self.mode,
             "bag": Path(self.bag).name,
@@ -120,23 +157,54 @@ class RunResult:
             if self.bag_duration_s > 0
             else math.nan,
             "real_time_factor": self.bag_duration_s / self.wall_s if self.wall_s > 0 else math.nan,
-            "iou_mean": float(np.mean([f.iou for f in scored])) if scored else math.nan,
-            "chamfer_m_mean": float(chamfer.mean()) if chamfer.size else math.nan,
-            "grid_iou_mean": float(grid_iou.mean()) if grid_iou.size else math.nan,
+            "f1_0_6m": nav["f1_0_6m"],
+            "recall_0_6m": nav["recall_0_6m"],
+            "precision_0_6m": nav["precision_0_6m"],
+            "false_free_0_6m": nav["false_free_0_6m"],
+            "false_stop_share": nav["false_stop_share"],
+            "voxel_iou": nav["voxel_iou"],
+            "obstacle_voxel_iou": nav["obstacle_voxel_iou"],
+            "chamfer_m": nav["chamfer_m"],
             "latency_ms_p50": float(np.percentile(latency, 50)) if latency.size else math.nan,
             "latency_ms_p99": float(np.percentile(latency, 99)) if latency.size else math.nan,
+            "objects_found": nav["objects_found"],
         }
+        for cls in ("person", "cone", "box"):
+            found = nav["objects_found"].get(cls, {})
+            row[f"{cls}_found"] = " / ".join("-" if v is None else f"{v:.2f}" for v in found.values()) or "-"
+        return row
 
 
-def score_occupancy(predicted: np.ndarray, truth: np.ndarray, grid: VoxelGridSpec) -> tuple[float, float]:
-    """(IoU, Chamfer distance [m]) of a predicted and a ground-truth (nx, ny, nz) occupancy."""
-    return float(voxel_iou(predicted, truth)), float(voxel_chamfer(predicted, truth, grid))
+@dataclass
+class TruthFrame:
+    """Ground truth of one left image: voxels, and the depth and labels for objects found (when labelled)."""
+
+    voxels: np.ndarray
+    camera: StereoCameraModel
+    depth: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+def score_bag_frame(
+    predicted: np.ndarray, truth: TruthFrame, grid: VoxelGridSpec, scoring: ScoringConfig | None = None
+) -> FrameScore:
+    """The Nav2 scores of one frame's predicted (nx, ny, nz) occupancy against the bag's ground truth."""
+    return score_frame(predicted, truth.voxels, grid, truth.camera, scoring, truth.labels, truth.depth)
+
+
+def _depth_metres(msg: Any) -> np.ndarray:
+    depth = image_to_numpy(msg).astype(np.float32)
+    if depth.ndim == 3:
+        depth = depth[:, :, 0]
+    if msg.encoding.upper() == "16UC1":  # millimetres by the ROS depth convention
+        depth = depth / 1000.0
+    return depth
 
 
 def ground_truth_voxels(
     bag: str | os.PathLike, grid: VoxelGridSpec, topics: StereoBagTopics | None = None
-) -> dict[int, np.ndarray]:
-    """Left-image stamp [ns] -> ground-truth occupancy from the bag's depth images (left optical frame)."""
+) -> dict[int, TruthFrame]:
+    """Left-image stamp [ns] -> ground truth from the bag's depth (and label) images (left optical frame)."""
     with BagReader(bag) as reader:
         topics = topics or StereoBagTopics.find(reader.topics, bag)
         if topics.depth is None:
@@ -145,25 +213,32 @@ def ground_truth_voxels(
             )
         infos = StereoInfoCache()
         sides = {topics.left_info: "left", topics.right_info: "right"}
-        truth: dict[int, np.ndarray] = {}
-        for topic, _, msg in reader.messages((*sides, topics.depth)):
+        truth: dict[int, TruthFrame] = {}
+        labels: dict[int, np.ndarray] = {}
+        streams = (*sides, topics.depth, *((topics.labels,) if topics.labels else ()))
+        for topic, _, msg in reader.messages(streams):
             if topic in sides:
                 infos.update(sides[topic], msg)
                 continue
             try:
+                if topic == topics.labels:
+                    labels[header_stamp_ns(msg)] = image_to_numpy(msg).reshape(msg.height, msg.width).copy()
+                    continue
                 camera = infos.model()
                 if camera is None:
                     continue  # no camera yet: cannot place the depth in space
-                depth = image_to_numpy(msg).astype(np.float32)
-                if depth.ndim == 3:
-                    depth = depth[:, :, 0]
-                if msg.encoding.upper() == "16UC1":  # millimetres by the ROS depth convention
-                    depth = depth / 1000.0
-                truth[header_stamp_ns(msg)] = depth_to_voxels(depth, camera, grid)
+                depth = _depth_metres(msg)
+                truth[header_stamp_ns(msg)] = TruthFrame(depth_to_voxels(depth, camera, grid), camera, depth)
             except (StereoCameraError, ValueError) as err:
                 raise BagEvaluationError(f"{bag}: ground-truth depth on {topic}: {err}") from err
     if not truth:
         raise BagEvaluationError(f"{bag}: no ground-truth depth frame with camera infos before it")
+    for stamp, frame in truth.items():
+        label = labels.get(stamp)
+        if label is not None and label.shape == frame.depth.shape:
+            frame.labels = label
+        else:
+            frame.depth = None  # depth is kept only to place labelled objects
     return truth
 
 
@@ -224,7 +299,7 @@ def evaluate_bag_offline(
         topics = StereoBagTopics.find(reader.topics, bag)
         total = reader.topic_counts.get(topics.left_image, 0)
     truth = ground_truth_voxels(bag, grid, topics)
-    frames: dict[int, FrameScore] = {s: FrameScore(s, int(v.sum())) for s, v in truth.items()}
+    frames: dict[int, BagFrame] = {s: BagFrame(s, int(t.voxels.sum())) for s, t in truth.items()}
     example_stamp, example = sorted(truth)[len(truth) // 2], None
     start = time.perf_counter()
     pairs = 0
@@ -243,10 +318,10 @@ def evaluate_bag_offline(
         if score is None:
             continue
         score.predicted_voxels = int(occupied.sum())
-        score.iou, score.chamfer_m = score_occupancy(occupied, truth[frame.stamp_ns], grid)
+        score.score = score_bag_frame(occupied, truth[frame.stamp_ns], grid)
         score.latency_ms = latency_ms
         if frame.stamp_ns == example_stamp:
-            example = (occupied, truth[frame.stamp_ns])
+            example = (occupied, truth[frame.stamp_ns].voxels)
     wall = time.perf_counter() - start
     if pairs == 0:
         raise BagEvaluationError(f"{bag}: no stereo pairs on {topics.left_image} / {topics.right_image}")
@@ -273,16 +348,21 @@ _COLUMNS = (
     ("dropped", "dropped", "{}"),
     ("rate_hz", "rate [Hz]", "{:.1f}"),
     ("input_rate_hz", "input [Hz]", "{:.1f}"),
-    ("iou_mean", "IoU", "{:.3f}"),
-    ("chamfer_m_mean", "Chamfer [m]", "{:.3f}"),
-    ("grid_iou_mean", "2D grid IoU", "{:.3f}"),
+    ("f1_0_6m", "F1 0-6 m (±1 cell)", "{:.3f}"),
+    ("false_free_0_6m", "false obst.", "{:.3f}"),
+    ("false_stop_share", "false-stop frames", "{:.2f}"),
+    ("person_found", "person found 0-4/4-8/8+ m", "{}"),
+    ("cone_found", "cone found", "{}"),
+    ("box_found", "box found", "{}"),
+    ("voxel_iou", "voxel IoU", "{:.3f}"),
+    ("chamfer_m", "Chamfer [m]", "{:.3f}"),
     ("latency_ms_p50", "latency p50 [ms]", "{:.1f}"),
     ("latency_ms_p99", "latency p99 [ms]", "{:.1f}"),
 )
 
 
 def summary_table(results: Sequence[RunResult], markdown: bool = False) -> str:
-    """The results as an aligned text table (or a Markdown table); ratios against the first row's IoU."""
+    """The results as an aligned text table (or a Markdown table)."""
     rows = [r.summary() for r in results]
     header = [title for _, title, _ in _COLUMNS]
     body = [
@@ -308,7 +388,7 @@ def _top_view(occupancy: np.ndarray) -> np.ma.MaskedArray:
 
 
 def _plot(results: Sequence[RunResult], out_dir: Path) -> list[str]:
-    """IoU / latency over time and a bird's-eye example; returns the PNG file names."""
+    """F1 0–6 m / latency over time and a bird's-eye example; returns the PNG file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,7 +399,7 @@ def _plot(results: Sequence[RunResult], out_dir: Path) -> list[str]:
     for k, r in enumerate(results):
         t0 = r.frames[0].stamp_ns if r.frames else 0
         t = np.array([(f.stamp_ns - t0) / 1e9 for f in r.frames])
-        iou = np.array([f.iou for f in r.frames])
+        iou = np.array([f.headline()["f1_0_6m"] for f in r.frames])
         lat = np.array([f.latency_ms for f in r.frames])
         label = f"{r.label} ({Path(r.bag).name})" if len({x.bag for x in results}) > 1 else r.label
         (line,) = axes[0].plot(t, iou, ".-", label=label)
@@ -328,7 +408,7 @@ def _plot(results: Sequence[RunResult], out_dir: Path) -> list[str]:
         if dropped.any():
             marks = np.full(dropped.sum(), 0.03 * (k + 1))
             axes[0].plot(t[dropped], marks, "x", color=line.get_color(), label=f"{label}: dropped")
-    axes[0].set_ylabel("voxel IoU")
+    axes[0].set_ylabel("F1 0-6 m (±1 cell)")
     axes[0].set_ylim(0, 1)
     axes[0].legend(loc="upper right", fontsize=8, ncol=2)
     axes[1].set_ylabel("latency [ms]")
@@ -367,15 +447,22 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = _plot(results, out)
-    write_json_atomic(out / "summary.json", [r.summary() | {"diagnostics": r.diagnostics} for r in results])
-    lines = ["backend,bag,stamp_ns,gt_voxels,predicted_voxels,iou,chamfer_m,latency_ms,grid_iou"]
+    write_json_atomic(
+        out / "summary.json",
+        [r.summary() | {"scores": r.scores(), "diagnostics": r.diagnostics} for r in results],
+    )
+    lines = [
+        "backend,bag,stamp_ns,gt_voxels,predicted_voxels,f1_0_6m,false_free_0_6m,false_stop,voxel_iou,"
+        "chamfer_m,latency_ms"
+    ]
     for r in results:
         for f in r.frames:
-            d = asdict(f)
+            h = f.headline()
+            stop = "" if f.score is None else int(f.score.false_stop)
             lines.append(
                 f"{r.label},{Path(r.bag).name},{f.stamp_ns},{f.gt_voxels},"
-                f"{'' if f.dropped else f.predicted_voxels},{d['iou']:.4f},{d['chamfer_m']:.4f},"
-                f"{d['latency_ms']:.2f},{d['grid_iou']:.4f}"
+                f"{'' if f.dropped else f.predicted_voxels},{h['f1_0_6m']:.4f},{h['false_free_0_6m']:.4f},"
+                f"{stop},{h['voxel_iou']:.4f},{h['chamfer_m']:.4f},{f.latency_ms:.2f}"
             )
     write_text_atomic(out / "frames.csv", "\n".join(lines) + "\n")
     modes = sorted({r.mode for r in results})
@@ -392,8 +479,12 @@ def write_report(
         summary_table(results, markdown=True),
         "",
         *(f"- {latency_note[m]}" for m in modes),
-        "- IoU and Chamfer [m] compare occupied voxels with the voxels of the bag's ground-truth depth;"
-        " a dropped frame is a ground-truth frame for which no occupancy came out.",
+        "- Scores (stereovoxel_ros.occupancy_scoring): the 2D obstacle grid (voxels 0.10-1.5 m above the"
+        " floor) against the bag's ground-truth depth. F1 at 0-6 m with a one-cell tolerance; false obst. ="
+        " share of predicted obstacle cells in truly seen-free space more than 2 cells from any true obstacle;"
+        " false-stop frames = share of frames with a false obstacle within 3 m; objects found per range band"
+        " 0-4 / 4-8 / 8+ m (bags with a label image only); voxel IoU and Chamfer as secondary columns.",
+        "- A dropped frame is a ground-truth frame for which no occupancy came out.",
         "",
         *(f"![{name}]({name})\n" for name in plots),
     ]

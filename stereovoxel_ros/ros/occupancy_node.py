@@ -8,7 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,14 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from stereovoxel_ros.classic_stereo import ClassicStereoConfig, ClassicStereoError
 from stereovoxel_ros.grid_spec import GridSpecError, VoxelGridSpec, grid_preset
 from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_HEIGHT_M, ODOM_FRAME, JackalTopics
 from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.occupancy_predictor import BACKENDS
+from stereovoxel_ros.occupancy_scoring import camera_ray_directions, raycast_visibility
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.parameter_values import ParameterValues
@@ -45,7 +48,6 @@ from stereovoxel_ros.voxel_grid import (
     transform_points,
 )
 
-BACKENDS = ("stereovoxelnet", "sgbm")
 EXTRINSICS_SOURCES = ("auto", "tf", "parameters")
 GRID_FRAMES = ("base_frame", "odom_frame")
 EXTRINSIC_PARAMETERS = ("camera_height", "camera_pitch", "camera_forward")
@@ -55,6 +57,34 @@ _JACKAL = JackalTopics(namespace="")  # relative names: the node's namespace mak
 class OccupancyConfigError(ValueError):
     """A node parameter is invalid; the message names the parameter."""
 
+
+_CLASSIC = ClassicStereoConfig()
+# The classic backend's options (ClassicStereoConfig, tuned defaults) as parameters ``classic.<field>``.
+CLASSIC_PARAMETERS: dict[str, tuple[Any, str]] = {
+    "matcher": (
+        _CLASSIC.matcher,
+        "classic backend matcher: bm (StereoBM) or sgbm (StereoSGBM); sgbm backend = sgbm",
+    ),
+    "process_width": (0, "classic backend: resize to this width first [px]; 0 = native resolution"),
+    "max_disparity_at_640": (
+        _CLASSIC.max_disparity_at_640,
+        "classic backend: disparity range at 640 px [px]",
+    ),
+    "block_size": (_CLASSIC.block_size, "classic backend: matching block [px], odd"),
+    "uniqueness_ratio": (_CLASSIC.uniqueness_ratio, "classic backend: best match beats the second by [%]"),
+    "texture_threshold": (
+        _CLASSIC.texture_threshold,
+        "classic backend: mean |horizontal gradient| a block needs to be matched [DN]",
+    ),
+    "lr_max_diff": (_CLASSIC.lr_max_diff, "classic backend: left-right consistency [px]; -1 = off"),
+    "speckle_window": (_CLASSIC.speckle_window, "classic backend: smallest kept disparity region [px]"),
+    "speckle_range": (_CLASSIC.speckle_range, "classic backend: disparity step inside a region [px]"),
+    "min_points": (_CLASSIC.min_points, "classic backend: points any voxel needs"),
+    "points_fraction": (
+        _CLASSIC.points_fraction,
+        "classic backend: share of a voxel face's pixels at its depth that must be matched points",
+    ),
+}
 
 # name -> (default, description). Every parameter is declared with its description and checked at configure.
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -114,6 +144,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         1,
         "torch intra-op threads for StereoVoxelNet (1..64); more than the free cores stalls under load",
     ),
+    **{f"classic.{name}": spec for name, spec in CLASSIC_PARAMETERS.items()},
     "autostart": (
         True,
         "configure and activate on start; set false when a Nav2 lifecycle_manager manages the node",
@@ -150,6 +181,9 @@ class OccupancyNodeConfig:
     pruning_ratio: float | None = None  # the fixed ratio
     pruning_latency_target_ms: float = 150.0
     torch_threads: int = 1
+    classic: dict[str, Any] = field(
+        default_factory=dict
+    )  # ClassicStereoConfig fields (classic/sgbm backends)
 
     @classmethod
     def from_parameters(cls, values: dict[str, Any]) -> OccupancyNodeConfig:
@@ -184,6 +218,7 @@ class OccupancyNodeConfig:
         threads = values["torch_threads"]
         if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64:
             raise bad("torch_threads", "must be an integer in 1..64")
+        classic = classic_options(params)
         if (extent[1] - extent[0]) * (extent[3] - extent[2]) / resolution**2 > 4_000_000:
             raise bad("grid_resolution", "makes the 2D grid larger than 4 million cells")
         return cls(
@@ -212,7 +247,27 @@ class OccupancyNodeConfig:
             pruning_ratio=pruning_ratio,
             pruning_latency_target_ms=float(target),
             torch_threads=threads,
+            classic=classic,
         )
+
+
+def classic_options(params: ParameterValues) -> dict[str, Any]:
+    """The ``classic.*`` parameters as ClassicStereoConfig options, checked by building one."""
+    opts: dict[str, Any] = {}
+    for name, (default, _) in CLASSIC_PARAMETERS.items():
+        key = f"classic.{name}"
+        if isinstance(default, str):
+            opts[name] = params.text(key)
+        elif isinstance(default, int):
+            opts[name] = params.integer(key, -1, 100_000)
+        else:
+            opts[name] = params.number(key)
+    opts["process_width"] = opts["process_width"] or None
+    try:
+        ClassicStereoConfig(**opts)
+    except ClassicStereoError as err:
+        raise OccupancyConfigError(f"classic backend parameters: {err}") from err
+    return opts
 
 
 def parse_pruning(value: Any, bad: Any = None) -> tuple[str, float | None]:
@@ -281,8 +336,7 @@ def grid_window(config: OccupancyNodeConfig, base_to_out: np.ndarray) -> tuple[t
     return origin, cells, cells
 
 
-def observed_cells(
-    camera: StereoCameraModel,
+def observable_cells(
     grid: VoxelGridSpec,
     optical_to_out: np.ndarray,
     origin: tuple[float, float],
@@ -290,7 +344,7 @@ def observed_cells(
     size: tuple[int, int],
     height_m: float,
 ) -> np.ndarray:
-    """(height, width) bool: 2D cells whose centre at ``height_m`` [m] is in the camera's view and the voxel grid."""
+    """(height, width) bool: 2D cells whose centre at ``height_m`` [m] lies inside the voxel grid's footprint."""
     width, rows = size
     col, row = np.meshgrid(np.arange(width), np.arange(rows))
     cells = np.stack(
@@ -302,14 +356,9 @@ def observed_cells(
         axis=1,
     )
     in_optical = transform_points(cells, np.linalg.inv(optical_to_out))
-    uv, front = camera.project(in_optical)
-    in_image = (
-        front & (uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < camera.height)
-    )
     lo, hi = grid.origin, grid.upper
     x, z = in_optical[:, 0], in_optical[:, 2]
-    in_grid = (x >= lo[0]) & (x < hi[0]) & (z >= lo[2]) & (z < hi[2])
-    return (in_image & in_grid).reshape(rows, width)
+    return ((x >= lo[0]) & (x < hi[0]) & (z >= lo[2]) & (z < hi[2])).reshape(rows, width)
 
 
 def obstacle_cells(
@@ -319,8 +368,11 @@ def obstacle_cells(
     points_base: np.ndarray,
     base_to_out: np.ndarray,
 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """The 2D obstacle grid: (height, width) int8 cells (100 obstacle in the height band, 0 seen free,
-    -1 unseen) in the output frame, and the origin [m] of cell (0, 0)'s outer corner."""
+    """The 2D obstacle grid: (height, width) int8 cells in the output frame (100 obstacle in the height band,
+    0 free where a camera ray passed before reaching an obstacle, -1 unknown: behind obstacles, outside the
+    view or the voxel grid), and the origin [m] of cell (0, 0)'s outer corner.
+
+    Visibility is :func:`~stereovoxel_ros.occupancy_scoring.raycast_visibility`, as in the scores."""
     low, high = config.obstacle_band_m
     in_band = points_base[(points_base[:, 2] >= low) & (points_base[:, 2] <= high)]
     origin, width, height = grid_window(config, base_to_out)
@@ -328,16 +380,14 @@ def obstacle_cells(
     obstacles = obstacle_grid_2d(
         transform_points(in_band, base_to_out), res, width, height, origin, (-math.inf, math.inf)
     )
-    seen = observed_cells(
-        camera,
-        config.grid,
-        base_to_out @ camera_to_base,
-        origin,
-        res,
-        (width, height),
-        base_to_out[2, 3] + (low + high) / 2,
+    optical_to_out = base_to_out @ camera_to_base
+    observable = observable_cells(
+        config.grid, optical_to_out, origin, res, (width, height), base_to_out[2, 3] + (low + high) / 2
     )
-    return np.where(obstacles > 0, np.int8(100), np.where(seen, np.int8(0), np.int8(-1))), origin
+    sensor = ((optical_to_out[0, 3] - origin[0]) / res, (optical_to_out[1, 3] - origin[1]) / res)
+    far_cells = float(np.hypot(width, height))
+    directions = camera_ray_directions(camera, optical_to_out[:2, :3], spacing=0.5 / far_cells)
+    return raycast_visibility(obstacles > 0, sensor, directions, far_cells, observable), origin
 
 
 class OccupancyStats:
@@ -601,6 +651,8 @@ class StereoOccupancyNode(StreamLifecycleNode):
         opts: dict[str, Any] = {"pruning": True} if config.pruning != "off" else {}
         if backend == "stereovoxelnet":
             opts["num_threads"] = config.torch_threads
+        else:
+            opts.update(config.classic)  # the sgbm backend forces matcher=sgbm
         try:
             predictor = make_predictor(
                 backend, checkpoint if backend == "stereovoxelnet" else None, config.grid, **opts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import threading
 import time
@@ -13,19 +12,18 @@ from typing import Any
 
 import numpy as np
 
+from stereovoxel_ros.occupancy_predictor import BACKENDS
 from stereovoxel_ros.offline.bag_evaluation import (
     BagEvaluationError,
-    FrameScore,
+    BagFrame,
     RunResult,
     StereoBagTopics,
     ground_truth_voxels,
     image_stamp_span_s,
-    score_occupancy,
+    score_bag_frame,
     summary_table,
     write_report,
 )
-
-BACKENDS = ("stereovoxelnet", "sgbm")
 
 
 class ReplayError(RuntimeError):
@@ -83,13 +81,6 @@ def _make_recorder(context: Any, node_fqn: str, left_image_topic: str) -> tuple[
     return node, rec
 
 
-def _grid_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """IoU of the obstacle cells (value 100) of two equally shaped 2D grids; NaN when both are empty."""
-    p, t = predicted == 100, truth == 100
-    union = int(np.count_nonzero(p | t))
-    return np.count_nonzero(p & t) / union if union else math.nan
-
-
 def replay_bag(
     bag: str | os.PathLike,
     backend: str = "stereovoxelnet",
@@ -102,8 +93,9 @@ def replay_bag(
 ) -> RunResult:
     """Play ``bag`` through a live ``StereoOccupancyNode`` (use_sim_time, /clock from the player) and score it.
 
-    Per ground-truth frame: voxel IoU and Chamfer of the published cloud, obstacle-grid IoU, and latency =
-    left image on the graph -> cloud received (wall clock). ``parameters`` override node parameters.
+    Per ground-truth frame: the Nav2 scores of the published cloud (``occupancy_scoring.score_frame``, as
+    offline), and latency = left image on the graph -> cloud received (wall clock). ``parameters`` override
+    node parameters.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -114,7 +106,7 @@ def replay_bag(
 
     from stereovoxel_ros.bags.bag_reader import BagReader
     from stereovoxel_ros.ros.bag_player import BagPlayer
-    from stereovoxel_ros.ros.occupancy_node import StereoOccupancyNode, obstacle_cells
+    from stereovoxel_ros.ros.occupancy_node import StereoOccupancyNode
     from stereovoxel_ros.voxel_grid import points_to_voxels, transform_points
 
     with BagReader(bag) as reader:
@@ -190,11 +182,7 @@ def replay_bag(
         ):  # the node's own stage timing
             if key.startswith("stage."):
                 diagnostics[f"{key} p50 / p99 [ms]"] = f"{window.p50:.1f} / {window.p99:.1f}"
-        config, camera, camera_to_base = (
-            occupancy.config,
-            occupancy.last_camera,
-            occupancy.last_camera_to_base,
-        )
+        config, camera_to_base = occupancy.config, occupancy.last_camera_to_base
         used = occupancy.backend_in_use
         label = backend if used == backend else f"{used} (fallback)"
     finally:
@@ -211,22 +199,17 @@ def replay_bag(
     example = None
     mid = sorted(truth)[len(truth) // 2]
     for stamp, gt in sorted(truth.items()):
-        score = FrameScore(stamp, int(gt.sum()))
+        frame = BagFrame(stamp, int(gt.voxels.sum()))
         if stamp in rec.clouds:
             received, points = rec.clouds[stamp]
             predicted = points_to_voxels(transform_points(points, base_to_optical), config.grid)
-            score.predicted_voxels = int(predicted.sum())
-            score.iou, score.chamfer_m = score_occupancy(predicted, gt, config.grid)
+            frame.predicted_voxels = int(predicted.sum())
+            frame.score = score_bag_frame(predicted, gt, config.grid)
             if stamp in rec.image_seen:
-                score.latency_ms = (received - rec.image_seen[stamp]) * 1e3
-            if stamp in rec.grids:
-                gt_points = transform_points(config.grid.voxel_centers(np.argwhere(gt)), camera_to_base)
-                gt_cells, _ = obstacle_cells(config, camera, camera_to_base, gt_points, np.eye(4))
-                if gt_cells.shape == rec.grids[stamp].shape:
-                    score.grid_iou = _grid_iou(rec.grids[stamp], gt_cells)
+                frame.latency_ms = (received - rec.image_seen[stamp]) * 1e3
             if stamp == mid:
-                example = (predicted, gt)
-        frames.append(score)
+                example = (predicted, gt.voxels)
+        frames.append(frame)
     return RunResult(
         label=label,
         mode="replay",

@@ -137,6 +137,11 @@ def frame_messages(frame: SynthFrame, topics: JackalTopics, typestore=None) -> l
         (topics.left_image, IMAGE, numpy_to_image(frame.left, "rgb8", left_header, image_cls)),
         (topics.right_image, IMAGE, numpy_to_image(frame.right, "rgb8", right_header, image_cls)),
         (topics.depth_image, IMAGE, numpy_to_image(frame.depth, "32FC1", left_header, image_cls)),
+        *(
+            []
+            if frame.labels is None
+            else [(topics.label_image, IMAGE, numpy_to_image(frame.labels, "16UC1", left_header, image_cls))]
+        ),
     ]
 
 
@@ -153,7 +158,8 @@ def write_synthetic_bag(
     """Render one continuous drive of ``num_frames`` frames into a rosbag2 at ``path``.
 
     Topics (``JackalTopics``): left/right ``image_rect`` (rgb8) and ``camera_info``, ``depth/image`` (32FC1
-    ground truth [m] in the left optical frame), ``platform/odom/filtered``, ``tf`` (odom -> base_link) and
+    ground truth [m] in the left optical frame), ``labels/image`` (16UC1 object labels for the scores),
+    ``platform/odom/filtered``, ``tf`` (odom -> base_link) and
     ``tf_static`` (base_link -> left/right optical frames, once at the start). Receive time = header stamp.
     The bag appears at ``path`` only when complete.
     """

@@ -76,6 +76,8 @@ def write_synthetic_dataset(
                 "classes": "(N,) int64 index into class_names",
                 "pose": "(4, 4) float64 odom <- base_link",
                 "twist": "(6,) float64 [vx, vy, vz, wx, wy, wz] in base_link [m/s, rad/s]",
+                "labels": "(H, W) uint16 left-view object labels: (class + 1) * 1000 + object index, "
+                "0 = ground or sky; classes in stereovoxel_ros.occupancy_scoring.OBJECT_CLASSES",
             },
         },
     )

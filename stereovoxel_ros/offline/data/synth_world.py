@@ -17,6 +17,7 @@ import numpy as np
 
 from stereovoxel_ros.grid_spec import DEFAULT_GRID, VoxelGridSpec
 from stereovoxel_ros.jackal import CAMERA_HEIGHT_M
+from stereovoxel_ros.occupancy_scoring import LABEL_CLASS_STRIDE, OBJECT_CLASSES
 from stereovoxel_ros.stereo_camera import StereoCameraModel, ZED2_640x360
 from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
@@ -25,7 +26,7 @@ DETECTION_CLASSES: tuple[str, ...] = ("person", "cone", "box")
 CLASS_IDS: dict[str, int] = {name: i for i, name in enumerate(DETECTION_CLASSES)}
 UNLABELLED = -1
 
-OBJECT_KINDS = ("box", "cone", "person", "cylinder", "pole", "table", "ramp", "wall")
+OBJECT_KINDS = OBJECT_CLASSES  # the kinds random_object() builds; label images encode them
 _KIND_WEIGHTS = np.array([0.2, 0.14, 0.14, 0.1, 0.1, 0.08, 0.08, 0.16])
 BASE_STAMP_NS = 1_700_000_000 * 10**9  # first frame of sequence 0 [ns]
 SEQUENCE_STRIDE_NS = 1000 * 10**9  # sequences start 1000 s apart [ns]
@@ -377,6 +378,9 @@ class SynthFrame:
     shading: np.ndarray | None = (
         None  # (H, W) float32 light factor of the left view (pixel = albedo · shading)
     )
+    labels: np.ndarray | None = (
+        None  # (H, W) uint16 left-view object labels (occupancy_scoring.decode_labels)
+    )
 
     @property
     def disparity(self) -> np.ndarray:
@@ -400,6 +404,7 @@ class SynthFrame:
                 "classes": self.classes.astype(np.int64),
                 "pose": self.pose.astype(np.float64),
                 "twist": self.twist.astype(np.float64),
+                **({} if self.labels is None else {"labels": self.labels.astype(np.uint16)}),
             },
         )
 
@@ -432,6 +437,10 @@ class SynthWorld:
         if config.ground:
             self.objects.append(ground_object or _ground_plane())
         self.objects.extend(objects)
+        if len(self.objects) >= LABEL_CLASS_STRIDE:
+            raise SynthWorldError(
+                f"{len(self.objects)} objects: label images hold at most {LABEL_CLASS_STRIDE - 1}"
+            )
         self.patches: list[TexturePatch] = []
         self._scene = o3d.t.geometry.RaycastingScene()
         for i, obj in enumerate(self.objects):
@@ -462,6 +471,15 @@ class SynthWorld:
         self._obj_a = [np.ascontiguousarray(color_a[:, k]) for k in range(3)]
         self._obj_ab = [np.ascontiguousarray(color_b[:, k] - color_a[:, k]) for k in range(3)]
         self._obj_label = np.array([o.label for o in rows], np.int64)
+        # object index -> label image value ((class + 1) * stride + index; 0 for the ground and the sky)
+        self._label_lut = np.array(
+            [
+                (OBJECT_CLASSES.index(o.kind) + 1) * LABEL_CLASS_STRIDE + i if o.kind in OBJECT_CLASSES else 0
+                for i, o in enumerate(rows)
+            ]
+            + [0],
+            np.uint16,
+        )
         cam = config.camera
         v, u = np.mgrid[0 : cam.height, 0 : cam.width].astype(np.float32)
         self._dirs_optical = np.stack(
@@ -646,6 +664,7 @@ class SynthWorld:
             object_ids=object_ids,
             patch_uv=None if patch_uv is None else patch_uv[0].reshape(h, w, 2),
             shading=None if patch_uv is None else shade[0].reshape(h, w) / f32(255.0),
+            labels=self._label_lut[object_ids],  # -1 (sky) indexes the last entry, 0
         )
 
     def _surface_voxels(self, depth: np.ndarray) -> np.ndarray:

@@ -95,10 +95,10 @@ def bench_pipelines(predictors: dict[str, object], frames: Frames, repeats: int)
                 x = torch.rand(1, 3, h, w)
                 row["flops"] = count_flops(lambda m=model, x=x: m(x, x))
         rows.append(row)
-    base = next((r["median_ms"] for r in rows if r["method"] == "sgbm"), None)
+    base = next((r["median_ms"] for r in rows if r["method"] == "classic"), None)
     depth_flops = next((r.get("flops") for r in rows if r["method"] == "depth_net"), None)
     for r in rows:
-        r["latency_vs_sgbm"] = r["median_ms"] / base if base else float("nan")
+        r["latency_vs_classic"] = r["median_ms"] / base if base else float("nan")
         r["flops_vs_depth_net"] = r["flops"] / depth_flops if depth_flops and "flops" in r else float("nan")
         r["hz"] = 1e3 / r["median_ms"]
     return rows

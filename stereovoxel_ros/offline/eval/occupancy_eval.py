@@ -1,18 +1,31 @@
-"""Score occupancy methods (StereoVoxelNet, SGBM, depth-first network) side by side on a dataset split."""
+"""Score occupancy backends side by side on datasets with the Nav2 scoring (``stereovoxel_ros.occupancy_scoring``).
+
+Methods are predictors (``predict(left, right, camera)``) or oracles (``occupancy_from_depth(depth, camera)``:
+true disparity plus noise through the classic voxelization). Every frame of every method goes through
+:func:`~stereovoxel_ros.occupancy_scoring.score_frame`; worlds are the datasets' sequences.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from stereovoxel_ros.grid_spec import VoxelGridSpec
-from stereovoxel_ros.metrics import OccupancyScores
 from stereovoxel_ros.occupancy_predictor import OccupancyResult, PredictorError, check_stereo_images
+from stereovoxel_ros.occupancy_scoring import (
+    OccupancyScorer,
+    ScoringConfig,
+    camera_visibility,
+    obstacle_map,
+    score_frame,
+)
 from stereovoxel_ros.offline.data.dataset_format import StereoSample, iter_samples, read_manifest
 from stereovoxel_ros.stereo_camera import StereoCameraModel
 from stereovoxel_ros.voxel_grid import depth_to_voxels
@@ -62,61 +75,80 @@ class DepthNetPredictor:
         return OccupancyResult(occupied, None, {"latency_ms": (time.perf_counter() - start) * 1e3})
 
 
-Predictor = Callable[[np.ndarray, np.ndarray, StereoCameraModel], OccupancyResult]
+@dataclass
+class FrameExample:
+    """One frame kept for the side-by-side pictures: the left image and each method's voxels."""
+
+    sample_id: str
+    left: np.ndarray
+    truth: np.ndarray
+    camera: StereoCameraModel
+    predicted: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
 class MethodResult:
-    """Scores and latencies of one method over a split."""
+    """The scorer and latencies of one method over a dataset."""
 
     name: str
-    scores: OccupancyScores
+    scorer: OccupancyScorer
     latencies_ms: list[float] = field(default_factory=list)
-    example: np.ndarray | None = None  # occupancy of the first frame, for plots
 
-    def row(self) -> dict[str, float | str]:
-        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+    def summary(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.array([math.nan])
         return {
-            "method": self.name,
-            **self.scores.summary(),
+            **self.scorer.summary(),
             "latency_median_ms": float(np.median(lat)),
             "latency_p99_ms": float(np.percentile(lat, 99)),
         }
 
 
-def evaluate_methods(
-    roots: Iterable[str | os.PathLike],
-    split: str,
-    methods: dict[str, Predictor],
-    limit: int | None = None,
-    progress: bool = True,
-    obstacle_max_y: float | None = None,
-) -> tuple[list[MethodResult], StereoSample | None]:
-    """Run every method on every sample of the split; returns per-method results and the first sample.
+def run_method(method: Any, sample: StereoSample) -> np.ndarray:
+    """(nx, ny, nz) bool occupancy of one sample from a predictor or an oracle."""
+    if hasattr(method, "occupancy_from_depth"):
+        return np.asarray(method.occupancy_from_depth(sample.depth, sample.camera), bool)
+    return np.asarray(method.predict(sample.left, sample.right, sample.camera).occupied, bool)
 
-    ``obstacle_max_y`` adds the obstacle IoU (see :class:`~stereovoxel_ros.metrics.OccupancyScores`)."""
+
+def evaluate_methods(
+    root: str | os.PathLike,
+    split: str,
+    methods: dict[str, Any],
+    config: ScoringConfig | None = None,
+    limit: int | None = None,
+    examples: int = 3,
+    progress: bool = True,
+) -> tuple[list[MethodResult], list[FrameExample]]:
+    """Score every method on every sample of one dataset split; keeps the first frame of ``examples`` worlds."""
     from tqdm import tqdm
 
-    roots = list(roots)
-    grid = read_manifest(roots[0]).grid
-    results = {
-        name: MethodResult(name, OccupancyScores(grid, obstacle_max_y=obstacle_max_y)) for name in methods
-    }
-    first: StereoSample | None = None
-    samples = [(root, sid, s) for root in roots for sid, s in iter_samples(root, split)]
+    config = config or ScoringConfig()
+    grid = read_manifest(root).grid
+    results = {name: MethodResult(name, OccupancyScorer(config)) for name in methods}
+    kept: list[FrameExample] = []
+    seen_worlds: set[str] = set()
+    samples = iter_samples(root, split)
+    total = None
     if limit is not None:
-        samples = samples[:limit]
-    for _, _, sample in tqdm(samples, desc="eval", unit="frame", disable=not progress):
-        if first is None:
-            first = sample
-        for name, predict in methods.items():
+        samples = (s for i, s in enumerate(samples) if i < limit)
+        total = limit
+    for sample_id, sample in tqdm(samples, total=total, desc=f"eval {Path(root).name}", unit="frame",
+                                  disable=not progress):  # fmt: skip
+        labels = sample.extras.get("labels")
+        keep = sample.sequence not in seen_worlds and len(kept) < examples
+        seen_worlds.add(sample.sequence)
+        example = FrameExample(sample_id, sample.left, sample.voxels, sample.camera) if keep else None
+        for name, method in methods.items():
             t0 = time.perf_counter()
-            result = predict(sample.left, sample.right, sample.camera)
+            occupied = run_method(method, sample)
             results[name].latencies_ms.append((time.perf_counter() - t0) * 1e3)
-            results[name].scores.add(result.occupied, sample.voxels)
-            if results[name].example is None:
-                results[name].example = np.asarray(result.occupied, dtype=bool)
-    return list(results.values()), first
+            score = score_frame(occupied, sample.voxels, grid, sample.camera, config, labels, sample.depth)
+            results[name].scorer.add(score, sample.sequence)
+            if example is not None:
+                example.predicted[name] = occupied
+        if example is not None:
+            kept.append(example)
+    return list(results.values()), kept
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -126,7 +158,10 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
         line = []
         for key, _, fmt in columns:
             v = row.get(key, "")
-            line.append(format(v, fmt) if isinstance(v, (int, float)) and fmt else str(v))
+            if isinstance(v, float) and math.isnan(v):
+                line.append("-")
+            else:
+                line.append(format(v, fmt) if isinstance(v, (int, float)) and fmt else str(v))
         cells.append(line)
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     out = [
@@ -136,10 +171,70 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     return "\n".join(out)
 
 
-def plot_results(
-    path: Path, results: list[MethodResult], sample: StereoSample | None, grid: VoxelGridSpec
-) -> None:
-    """IoU/Chamfer bars, precision/recall by range band, and bird's-eye views of the first frame."""
+def pm(mean: float | None, std: float | None, fmt: str = ".3f") -> str:
+    """``mean ± std`` text, ``-`` when unknown."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format(std, fmt)}"
+
+
+HEADLINE_CLASSES = ("person", "cone", "box")
+
+
+def headline_rows(summaries: dict[str, dict]) -> list[dict[str, str]]:
+    """One row per method: the headline figures as ``mean ± spread`` text, objects found for the main classes."""
+    rows = []
+    for name, s in summaries.items():
+        row = {
+            "method": name,
+            "f1": pm(s.get("f1_0_6m"), s.get("f1_0_6m_std")),
+            "recall": pm(s.get("recall_0_6m"), s.get("recall_0_6m_std")),
+            "precision": pm(s.get("precision_0_6m"), s.get("precision_0_6m_std")),
+            "false_free": pm(s.get("false_free_0_6m"), s.get("false_free_0_6m_std")),
+            "false_stop": pm(s.get("false_stop_share"), s.get("false_stop_share_std"), ".2f"),
+            "voxel_iou": pm(s.get("voxel_iou"), None),
+            "obstacle_iou": pm(s.get("obstacle_voxel_iou"), None),
+            "chamfer": pm(s.get("chamfer_m"), None, ".2f"),
+            "latency": "-" if "latency_median_ms" not in s else f"{s['latency_median_ms']:.1f}",
+        }
+        for cls in HEADLINE_CLASSES:
+            found = s.get("objects_found", {}).get(cls, {})
+            row[cls] = " / ".join("-" if v is None else f"{v:.2f}" for v in found.values()) or "-"
+        rows.append(row)
+    return rows
+
+
+HEADLINE_COLUMNS = [
+    ("method", "method", ""),
+    ("f1", "F1 0-6 m (±1 cell)", ""),
+    ("recall", "recall", ""),
+    ("precision", "precision", ""),
+    ("false_free", "false obst. in seen free", ""),
+    ("false_stop", "false-stop frames", ""),
+    *((cls, f"{cls} found 0-4/4-8/8+ m", "") for cls in HEADLINE_CLASSES),
+    ("voxel_iou", "voxel IoU", ""),
+    ("obstacle_iou", "obst. voxel IoU", ""),
+    ("chamfer", "Chamfer [m]", ""),
+    ("latency", "median [ms]", ""),
+]
+
+
+def band_rows(summaries: dict[str, dict], key: str) -> list[dict[str, str]]:
+    """One row per method: ``key`` (e.g. ``f1_tol``) per range band as ``mean ± spread``."""
+    rows = []
+    for name, s in summaries.items():
+        row = {"method": name}
+        for band, values in s.get("bands", {}).items():
+            row[band] = pm(values.get(key), values.get(f"{key}_std"))
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- plots
+def plot_bands(path: Path, summaries: dict[str, dict]) -> None:
+    """F1 (±1 cell), recall, precision and false obstacles per range band, mean ± spread over worlds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,45 +242,72 @@ def plot_results(
 
     from stereovoxel_ros.atomic_file import save_figure_atomic
 
-    rows = [r.row() for r in results]
-    names = [r["method"] for r in rows]
-    n_bev = len(results) + (1 if sample is not None else 0)
-    cols = max(3, n_bev)
-    fig, axes = plt.subplots(2, cols, figsize=(4 * cols, 8), squeeze=False)
-    for ax in axes.flat:
-        ax.set_visible(False)
-    ax = axes[0, 0]
-    ax.set_visible(True)
-    ax.bar(names, [r["iou"] for r in rows], color="tab:blue")
-    ax.set_ylabel("voxel IoU (higher is better)")
-    ax.tick_params(axis="x", rotation=20)
-    ax = axes[0, 1]
-    ax.set_visible(True)
-    ax.bar(names, [r["chamfer_m"] for r in rows], color="tab:orange")
-    ax.set_ylabel("Chamfer distance [m] (lower is better)")
-    ax.tick_params(axis="x", rotation=20)
-    ax = axes[0, 2]
-    ax.set_visible(True)
-    bands = [k.removeprefix("precision_") for k in rows[0] if k.startswith("precision_")]
-    for r in rows:
-        ax.plot(bands, [r[f"precision_{b}"] for b in bands], marker="o", label=f"{r['method']} P")
-        ax.plot(
-            bands, [r[f"recall_{b}"] for b in bands], marker="x", linestyle="--", label=f"{r['method']} R"
-        )
-    ax.set_xlabel("range band")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    if sample is not None:
-        views = [("ground truth", sample.voxels)] + [(r.name, r.example) for r in results]
-        extent = (grid.origin[0], grid.upper[0], grid.origin[2], grid.upper[2])
-        for i, (title, occ) in enumerate(views):
-            ax = axes[1, i]
-            ax.set_visible(True)
-            # leave out the lowest slabs (the floor, below the camera) so obstacles stand out
-            top = occ[:, : max(1, occ.shape[1] - 3), :].any(axis=1) if occ is not None else np.zeros((1, 1))
-            ax.imshow(top.T, origin="lower", extent=extent, cmap="Greys", aspect="equal")
-            ax.set_title(f"{title} (bird's-eye, no floor)", fontsize=8)
-            ax.set_xlabel("x [m]")
-            ax.set_ylabel("z [m]")
+    keys = [("f1_tol", "F1 (±1 cell)"), ("recall_tol", "recall (±1 cell)"),
+            ("precision_tol", "precision (±1 cell)"), ("false_free", "false obstacles in seen-free space")]  # fmt: skip
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8))
+    for ax, (key, title) in zip(axes, keys):
+        for k, (name, s) in enumerate(summaries.items()):
+            bands = list(s.get("bands", {}))
+            x = np.arange(len(bands)) + (k - len(summaries) / 2) * 0.06
+            y = [s["bands"][b].get(key, math.nan) for b in bands]
+            e = [s["bands"][b].get(f"{key}_std", math.nan) for b in bands]
+            ax.errorbar(x, y, yerr=np.nan_to_num(e), marker="o", capsize=3, label=name)
+            ax.set_xticks(np.arange(len(bands)), bands)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("range band")
+        ax.set_ylim(0, 1 if key != "false_free" else None)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("per range band, mean ± spread over worlds", fontsize=10)
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=100)
+
+
+def plot_example(path: Path, example: FrameExample, grid: VoxelGridSpec, config: ScoringConfig) -> None:
+    """The left image, the true grid and each method's published grid (free white, unknown grey, obstacle
+    black), with the true obstacles outlined in every panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from stereovoxel_ros.atomic_file import save_figure_atomic
+
+    cmap = ListedColormap(["0.7", "white", "black"])
+    truth = obstacle_map(example.truth, grid, config)
+    extent = (grid.origin[0], grid.upper[0], grid.origin[2], grid.upper[2])
+    panels = [("ground truth", truth)] + [
+        (name, obstacle_map(occ, grid, config)) for name, occ in example.predicted.items()
+    ]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.6 * (len(panels) + 1), 3.8))
+    axes[0].imshow(example.left)
+    axes[0].set_title(f"left image {example.sample_id}", fontsize=9)
+    axes[0].axis("off")
+    for ax, (name, obstacles) in zip(axes[1:], panels):
+        vis = camera_visibility(obstacles, grid, example.camera)
+        ax.imshow(np.select([vis < 0, vis == 0], [0, 1], 2), origin="lower", extent=extent, cmap=cmap,
+                  vmin=0, vmax=2, interpolation="nearest")  # fmt: skip
+        ax.contour(truth.astype(float), levels=[0.5], colors="tab:red", linewidths=0.8, extent=extent,
+                   origin="lower")  # fmt: skip
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("x [m]")
+        ax.set_ylabel("z forward [m]")
+    fig.suptitle("obstacle grids (true obstacles outlined red; grey = unknown)", fontsize=10)
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=90)
+
+
+def merge_scorers(results: Iterable[MethodResult]) -> MethodResult:
+    """One method's results over several datasets: worlds keyed by dataset and sequence."""
+    results = list(results)
+    merged = MethodResult(results[0].name, OccupancyScorer(results[0].scorer.config))
+    for k, r in enumerate(results):
+        for world, counts in r.scorer.worlds.items():
+            merged.scorer.worlds[f"{k}:{world}"] = counts
+        for key, (hits, count) in r.scorer.objects.items():
+            entry = merged.scorer.objects[key]
+            entry[0] += hits
+            entry[1] += count
+        merged.latencies_ms += r.latencies_ms
+    return merged

@@ -229,8 +229,8 @@ class OccupancyTask:
     """
 
     kind = "stereovoxelnet"
-    metric_keys = ("iou", "obstacle_iou", "score", "count")
-    selection_metric = "val_score"  # picks best.pt (higher is better): the floor alone cannot win it
+    metric_keys = ("f1_0_6m", "false_free_0_6m", "iou", "obstacle_iou", "score", "count")
+    selection_metric = "val_score"  # = val_f1_0_6m: picks best.pt (higher is better) on the Nav2 headline
     loss_terms = ("soft_iou", "height", "depth", "bce")
     COARSE_FP_WEIGHT = 0.3
     DEPTH_WEIGHT = 1.0
@@ -286,29 +286,41 @@ class OccupancyTask:
 
     @torch.no_grad()
     def evaluate(self, net: nn.Module, batch: dict) -> dict[str, float]:
-        """Sums over the batch: ``iou`` and ``obstacle_iou`` (finest level, p > 0.5; obstacles are the voxels
-        ``jackal.OBSTACLE_MIN_HEIGHT_M`` above the floor, the camera at the Jackal's height), their mean
-        ``score`` (the selection metric: the floor alone cannot win it) and ``count``."""
-        from stereovoxel_ros.jackal import CAMERA_HEIGHT_M, OBSTACLE_MIN_HEIGHT_M
-        from stereovoxel_ros.metrics import obstacle_rows
+        """Sums over the batch (finest level, p > 0.5), all from ``occupancy_scoring``: ``f1_0_6m`` (obstacle-grid
+        F1 at 0–6 m with a one-cell tolerance; 1 for a frame with nothing true and nothing predicted there, 0
+        for predictions only), ``false_free_0_6m``, voxel ``iou`` and ``obstacle_iou``, ``score`` (= f1_0_6m,
+        the selection metric) and ``count``."""
+        from stereovoxel_ros.metrics import voxel_iou
+        from stereovoxel_ros.occupancy_scoring import (
+            COUNT_FIELDS,
+            HEADLINE_RANGE_M,
+            ScoringConfig,
+            obstacle_band_rows,
+            rates,
+            score_frame,
+        )
+        from stereovoxel_ros.stereo_camera import StereoCameraModel
 
         probs = torch.sigmoid(net(batch["left"], batch["right"], batch["camera"])[-1])
-        pred, tgt = probs > 0.5, batch["voxels"] > 0.5
-        rows = obstacle_rows(self.model.grid, CAMERA_HEIGHT_M - OBSTACLE_MIN_HEIGHT_M)
-        above = torch.from_numpy(rows).view(1, 1, -1, 1)
-
-        def iou(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            inter = (p & t).flatten(1).sum(1).float()
-            union = (p | t).flatten(1).sum(1).float()
-            return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-
-        full, obstacle = iou(pred, tgt), iou(pred & above, tgt & above)
-        return {
-            "iou": float(full.sum()),
-            "obstacle_iou": float(obstacle.sum()),
-            "score": float((full + obstacle).sum() / 2),
-            "count": float(len(full)),
-        }
+        pred, tgt = (probs > 0.5).numpy(), (batch["voxels"] > 0.5).numpy()
+        config = ScoringConfig()
+        near = np.asarray([hi <= HEADLINE_RANGE_M for hi in config.range_bands_m[1:]])
+        height, width = batch["left"].shape[-2:]
+        sums = dict.fromkeys(("f1_0_6m", "false_free_0_6m", "iou", "obstacle_iou"), 0.0)
+        rows = obstacle_band_rows(self.model.grid, config)[None, :, None]
+        for k in range(len(pred)):
+            fx, fy, cx, cy, baseline = (float(v) for v in batch["camera"][k])
+            camera = StereoCameraModel(int(width), int(height), fx, fy, cx, cy, baseline)
+            score = score_frame(pred[k], tgt[k], self.model.grid, camera, config, voxel_metrics=False)
+            head = rates({n: getattr(score, n) for n in COUNT_FIELDS}, near)
+            f1 = head["f1_tol"]
+            if math.isnan(f1):  # no true obstacle within 6 m
+                f1 = 0.0 if score.pred_cells[near].sum() else 1.0
+            sums["f1_0_6m"] += f1
+            sums["false_free_0_6m"] += 0.0 if math.isnan(head["false_free"]) else head["false_free"]
+            sums["iou"] += voxel_iou(pred[k], tgt[k])
+            sums["obstacle_iou"] += voxel_iou(pred[k] & rows, tgt[k] & rows)
+        return {**sums, "score": sums["f1_0_6m"], "count": float(len(pred))}
 
     def save(self, path: Path, meta: dict, **state: Any) -> None:
         from stereovoxel_ros.models.stereovoxelnet import save_checkpoint
