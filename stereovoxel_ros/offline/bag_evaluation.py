@@ -19,6 +19,7 @@ import numpy as np
 
 from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
 from stereovoxel_ros.bags.bag_reader import BagError, BagReader
+from stereovoxel_ros.bags.topic_discovery import TopicDiscoveryError, discover_stereo_topics
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.messages.image import image_to_numpy
 from stereovoxel_ros.messages.stamps import header_stamp_ns
@@ -38,7 +39,7 @@ class BagEvaluationError(RuntimeError):
 
 @dataclass(frozen=True)
 class StereoBagTopics:
-    """The topics of one stereo camera in a bag (ZED / Jackal layout: ``.../left/image_rect`` etc.)."""
+    """The topics of one stereo camera in a bag (ZED / Jackal ``.../left/image_rect`` or RealSense names)."""
 
     left_image: str
     right_image: str
@@ -47,28 +48,19 @@ class StereoBagTopics:
     depth: str | None  # ground-truth depth, 32FC1 [m], aligned with the left image
 
     @classmethod
-    def find(cls, topics: dict[str, str], bag: str | os.PathLike = "bag") -> StereoBagTopics:
-        """Pick the stereo topics out of ``{topic: msgtype}``; BagEvaluationError lists what is missing."""
+    def find(
+        cls, topics: dict[str, str], bag: str | os.PathLike = "bag", **options: str | None
+    ) -> StereoBagTopics:
+        """Pick the stereo topics out of ``{topic: msgtype}``; BagEvaluationError lists what is missing.
 
-        def one(suffixes: Sequence[str], msgtype: str, required: bool = True) -> str | None:
-            hits = sorted(t for t, m in topics.items() if m == msgtype and t.endswith(tuple(suffixes)))
-            if len(hits) > 1:
-                raise BagEvaluationError(f"{bag}: several {msgtype} topics end with {suffixes}: {hits}")
-            if not hits and required:
-                raise BagEvaluationError(
-                    f"{bag}: no {msgtype} topic ending with {' or '.join(suffixes)} (topics: {sorted(topics)})"
-                )
-            return hits[0] if hits else None
-
-        return cls(
-            left_image=one(("left/image_rect", "left/image_rect_color", "left/image"), IMAGE_TYPE),  # type: ignore[arg-type]
-            right_image=one(("right/image_rect", "right/image_rect_color", "right/image"), IMAGE_TYPE),  # type: ignore[arg-type]
-            left_info=one(("left/camera_info",), INFO_TYPE),  # type: ignore[arg-type]
-            right_info=one(("right/camera_info",), INFO_TYPE),  # type: ignore[arg-type]
-            depth=one(
-                ("depth/image", "depth/image_rect", "depth/depth_registered"), IMAGE_TYPE, required=False
-            ),
-        )
+        ``options``: ``namespace``, ``left``, ``right``, ``left_info``, ``right_info``, ``depth``, as in
+        :func:`stereovoxel_ros.bags.topic_discovery.discover_stereo_topics` (ZED and RealSense names).
+        """
+        try:
+            found = discover_stereo_topics(topics, bag, **options)
+        except TopicDiscoveryError as err:
+            raise BagEvaluationError(str(err)) from err
+        return cls(found.left_image, found.right_image, found.left_info, found.right_info, found.depth)
 
 
 @dataclass
@@ -101,6 +93,7 @@ class RunResult:
     pairs_in_bag: int
     diagnostics: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics values
     example: tuple[np.ndarray, np.ndarray] | None = None  # (predicted, ground truth) voxels of one frame
+    ground_truth: bool = True  # False: the bag has no depth; IoU, Chamfer and grid IoU are unavailable (NaN)
 
     def summary(self) -> dict[str, Any]:
         """The table row: frames, drops, rate, IoU, Chamfer, latency median/p99."""
@@ -134,14 +127,22 @@ def score_occupancy(predicted: np.ndarray, truth: np.ndarray, grid: VoxelGridSpe
 
 
 def ground_truth_voxels(
-    bag: str | os.PathLike, grid: VoxelGridSpec, topics: StereoBagTopics | None = None
+    bag: str | os.PathLike,
+    grid: VoxelGridSpec,
+    topics: StereoBagTopics | None = None,
+    skipped: dict[str, int] | None = None,
 ) -> dict[int, np.ndarray]:
-    """Left-image stamp [ns] -> ground-truth occupancy from the bag's depth images (left optical frame)."""
+    """Left-image stamp [ns] -> ground-truth occupancy from the bag's depth images (left optical frame).
+
+    A depth frame whose camera infos are invalid, or that cannot be read, is skipped (as ``stereo_pairs``
+    does) and counted in ``skipped`` under "bad camera_info" / "unreadable depth".
+    """
+    skipped = {} if skipped is None else skipped
     with BagReader(bag) as reader:
         topics = topics or StereoBagTopics.find(reader.topics, bag)
         if topics.depth is None:
             raise BagEvaluationError(
-                f"{bag}: no ground-truth depth image topic (…/depth/image) to score against"
+                f"{bag}: no ground-truth depth image topic (…/depth/image) to score against; pass --depth"
             )
         infos = StereoInfoCache()
         sides = {topics.left_info: "left", topics.right_info: "right"}
@@ -152,18 +153,23 @@ def ground_truth_voxels(
                 continue
             try:
                 camera = infos.model()
-                if camera is None:
-                    continue  # no camera yet: cannot place the depth in space
+            except StereoCameraError:
+                skipped["bad camera_info"] = skipped.get("bad camera_info", 0) + 1
+                continue
+            if camera is None:
+                continue  # no camera yet: cannot place the depth in space
+            try:
                 depth = image_to_numpy(msg).astype(np.float32)
                 if depth.ndim == 3:
                     depth = depth[:, :, 0]
                 if msg.encoding.upper() == "16UC1":  # millimetres by the ROS depth convention
                     depth = depth / 1000.0
                 truth[header_stamp_ns(msg)] = depth_to_voxels(depth, camera, grid)
-            except (StereoCameraError, ValueError) as err:
-                raise BagEvaluationError(f"{bag}: ground-truth depth on {topic}: {err}") from err
+            except ValueError:
+                skipped["unreadable depth"] = skipped.get("unreadable depth", 0) + 1
     if not truth:
-        raise BagEvaluationError(f"{bag}: no ground-truth depth frame with camera infos before it")
+        reasons = "".join(f", {n} with {why}" for why, n in skipped.items())
+        raise BagEvaluationError(f"{bag}: no ground-truth depth frame with camera infos before it{reasons}")
     return truth
 
 
@@ -392,6 +398,12 @@ def write_report(
         summary_table(results, markdown=True),
         "",
         *(f"- {latency_note[m]}" for m in modes),
+        *(
+            f"- {r.label} on {Path(r.bag).name}: no ground truth (the bag has no depth topic), so IoU, Chamfer"
+            " and grid IoU are unavailable; rate, latency and drops are measured"
+            for r in results
+            if not r.ground_truth
+        ),
         "- IoU and Chamfer [m] compare occupied voxels with the voxels of the bag's ground-truth depth;"
         " a dropped frame is a ground-truth frame for which no occupancy came out.",
         "",

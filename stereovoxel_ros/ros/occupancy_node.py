@@ -17,7 +17,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from nav_msgs.msg import OccupancyGrid, Odometry
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -32,7 +32,11 @@ from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
-from stereovoxel_ros.ros.parameter_values import ParameterValues
+from stereovoxel_ros.ros.parameter_values import (
+    ParameterValues,
+    declare_parameters_checked,
+    warn_unknown_parameters,
+)
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
 from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
 from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
@@ -481,8 +485,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def __init__(self, node_name: str = "stereo_occupancy", *, tracer: Any = None, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        declare_parameters_checked(self, PARAMETERS, OccupancyConfigError)
         # Stage timing seam: conversion / inference / publish inside one frame per stereo pair.
         self.tracer = tracer if tracer is not None else StageTracer(node_name)
         self.config: OccupancyNodeConfig | None = None
@@ -506,6 +509,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
         period = self.get_parameter("diagnostics_period").value
         self._start_diagnostics(period if isinstance(period, float) and 0.05 <= period <= 60.0 else 1.0)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        warn_unknown_parameters(self)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -598,9 +602,8 @@ class StereoOccupancyNode(StreamLifecycleNode):
             raise OccupancyConfigError(
                 f"parameter 'pruning' = {pruning!r}: no StereoVoxelNet checkpoint to prune (backend {backend})"
             )
+        # torch threads are process-wide: the entry point sets them once (node_main.set_torch_threads)
         opts: dict[str, Any] = {"pruning": True} if config.pruning != "off" else {}
-        if backend == "stereovoxelnet":
-            opts["num_threads"] = config.torch_threads
         try:
             predictor = make_predictor(
                 backend, checkpoint if backend == "stereovoxelnet" else None, config.grid, **opts
@@ -873,7 +876,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
 def main(args: Sequence[str] | None = None) -> int:
     """``ros2 run stereovoxel_ros stereo_occupancy``: inference runs on the node's worker thread."""
-    return run_node(StereoOccupancyNode, args)
+    return run_node(StereoOccupancyNode, args, config_errors=(OccupancyConfigError,))
 
 
 if __name__ == "__main__":
