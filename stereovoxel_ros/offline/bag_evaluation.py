@@ -212,10 +212,12 @@ def evaluate_bag_offline(
     grid: VoxelGridSpec | None = None,
     predictor: Any = None,
     progress: bool = True,
+    topic_options: dict[str, str | None] | None = None,
 ) -> RunResult:
     """Run ``backend`` on every stereo pair of ``bag`` (no ROS graph) and score it against the depth ground truth.
 
-    ``latency_ms`` here is the conversion + inference time of each frame [ms].
+    ``latency_ms`` here is the conversion + inference time of each frame [ms]. ``topic_options``: see
+    :meth:`StereoBagTopics.find`.
     """
     from tqdm import tqdm
 
@@ -227,9 +229,10 @@ def evaluate_bag_offline(
         predictor = make_predictor(backend, checkpoint, grid or DEFAULT_GRID)
     grid = predictor.grid
     with BagReader(bag) as reader:
-        topics = StereoBagTopics.find(reader.topics, bag)
+        topics = StereoBagTopics.find(reader.topics, bag, **(topic_options or {}))
         total = reader.topic_counts.get(topics.left_image, 0)
-    truth = ground_truth_voxels(bag, grid, topics)
+    skipped: dict[str, int] = {}
+    truth = ground_truth_voxels(bag, grid, topics, skipped)
     frames: dict[int, FrameScore] = {s: FrameScore(s, int(v.sum())) for s, v in truth.items()}
     example_stamp, example = sorted(truth)[len(truth) // 2], None
     start = time.perf_counter()
@@ -264,6 +267,7 @@ def evaluate_bag_offline(
         wall_s=wall,
         bag_duration_s=image_stamp_span_s(truth),
         pairs_in_bag=pairs,
+        diagnostics={f"ground truth frames skipped ({why})": str(n) for why, n in skipped.items()},
         example=example,
     )
 
@@ -423,6 +427,7 @@ def evaluate_bags_offline(
     backends: Sequence[str],
     checkpoint: str | None,
     out_dir: str | os.PathLike,
+    topic_options: dict[str, str | None] | None = None,
 ) -> tuple[list[RunResult], Path]:
     """Offline mode over many bags and backends (one predictor per backend); returns the runs and report.md."""
     from stereovoxel_ros.grid_spec import DEFAULT_GRID
@@ -433,7 +438,9 @@ def evaluate_bags_offline(
         predictor = make_predictor(backend, checkpoint if backend == "stereovoxelnet" else None, DEFAULT_GRID)
         for bag in bags:
             try:
-                results.append(evaluate_bag_offline(bag, backend, predictor=predictor))
+                results.append(
+                    evaluate_bag_offline(bag, backend, predictor=predictor, topic_options=topic_options)
+                )
             except BagError as err:
                 raise BagEvaluationError(str(err)) from err
     return results, write_report(results, out_dir, title="Offline occupancy evaluation")
