@@ -74,6 +74,10 @@ def run_node(
     configure fails; its reason is in the log). ``config_errors`` raised while building the node are printed
     as one line and give exit code 2. ``num_threads`` > 1 uses a multi-threaded executor.
     """
+    from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
+
+    program = sys.argv[0].rsplit("/", 1)[-1]
+    use_fastdds_profile(lambda line: print(f"{program}: {line}", file=sys.stderr))
     rclpy.init(args=args)
     node = None
     try:
@@ -89,7 +93,7 @@ def run_node(
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (*config_errors, NodeMainError) as err:
-        print(f"{sys.argv[0].rsplit('/', 1)[-1]}: {err}", file=sys.stderr)
+        print(f"{program}: {err}", file=sys.stderr)
         return 2
     finally:
         if node is not None:
