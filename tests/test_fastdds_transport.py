@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from rosbags_stereo import write_stereo_bag, zed_topics
+
 from stereovoxel_ros.ros.dds_profile import PROFILE_VARIABLES, fastdds_profile_path, use_fastdds_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 20
+PLAY = [sys.executable, "-m", "stereovoxel_ros.cli", "bag", "play"]
 
 
 def test_profile_is_used_unless_one_is_set(tmp_path: Path) -> None:
@@ -62,8 +63,7 @@ def test_full_resolution_pairs_reach_a_node_in_another_process(tmp_path: Path, r
     node.trigger_activate()
     env = {k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}
     player = subprocess.Popen(
-        [sys.executable, "-m", "stereovoxel_ros.cli", "bag", "play", str(bag), "--no-clock"]
-        + ["--wait-for-subscribers", "10"],
+        [*PLAY, str(bag), "--no-clock", "--wait-for-subscribers", "10"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
