@@ -344,6 +344,9 @@ def obstacle_cells(
     return np.where(obstacles > 0, np.int8(100), np.where(seen, np.int8(0), np.int8(-1))), origin
 
 
+STALL_WINDOW_S = 3.0  # pairs within this window [s] but no output for as long: "no occupancy published"
+
+
 class OccupancyStats:
     """Thread-safe counters and recent latencies the node reports in /diagnostics."""
 
@@ -358,10 +361,12 @@ class OccupancyStats:
         self.processing_ms = RollingWindow(window)  # pair complete -> published [ms], wall clock
         self.stamp_latency_ms = RollingWindow(window)  # node clock at publish - image stamp [ms]
         self.published_at: deque[float] = deque(maxlen=window)  # monotonic publish times [s]
+        self.paired_at: deque[float] = deque(maxlen=window)  # monotonic times pairs completed [s]
 
     def add_pair(self, replaced_unprocessed: bool) -> None:
         with self._lock:
             self.pairs += 1
+            self.paired_at.append(time.monotonic())
             self.dropped_newest += int(replaced_unprocessed)
 
     def add_error(self, message: str) -> None:
@@ -397,6 +402,7 @@ class OccupancyStats:
                 "latency_ms_median": stamp[0],
                 "latency_ms_p99": stamp[1],
                 "pairs": self.pairs,
+                "pairs_recent": sum(1 for t in self.paired_at if now - t <= STALL_WINDOW_S),
                 "processed": self.processed,
                 "dropped_newest": self.dropped_newest,
                 "input_errors": self.input_errors,
@@ -845,7 +851,11 @@ class StereoOccupancyNode(StreamLifecycleNode):
             level, message = DiagnosticStatus.ERROR, f"configure failed: {self.configure_error}"
         elif report["errors_since_report"]:
             level, message = DiagnosticStatus.WARN, f"input errors: {report['last_input_error']}"
-        elif self._state == "active" and report["pairs"] and report["seconds_since_output"] > 3.0:
+        elif (
+            self._state == "active"
+            and report["pairs_recent"]
+            and report["seconds_since_output"] > STALL_WINDOW_S
+        ):  # pairs in the last few seconds, not ever: no warning once the camera stops
             level, message = DiagnosticStatus.WARN, "stereo pairs arrive but no occupancy is published"
         values = {
             "state": self._state,
