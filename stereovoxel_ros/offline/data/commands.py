@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
     s.add_argument("out", type=Path, help="dataset directory to create")
     _add_synth_arguments(s, frames=200)
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in OUT (same options): keep its samples",
+    )
     s.set_defaults(func=_run_synth)
 
     b = actions.add_parser("synth-bag", help="render a synthetic drive into a rosbag2 with Jackal topics")
@@ -133,11 +138,21 @@ def _run_synth(args: argparse.Namespace) -> int:
         config = _synth_config(args)
     except (GridSpecError, SynthWorldError, ValueError) as err:
         return _fail(str(err))
-    error = _prepare_out(args.out, args.overwrite)
+    if args.resume and args.overwrite:
+        return _fail("--resume keeps the samples in OUT and --overwrite deletes them: give one")
+    error = None if args.resume else _prepare_out(args.out, args.overwrite)
     if error:
-        return _fail(error)
+        return _fail(error + " (or --resume to continue an interrupted run)")
     start = time.perf_counter()
-    manifest = write_synthetic_dataset(args.out, config, args.seed, args.frames)
+    try:
+        manifest = write_synthetic_dataset(args.out, config, args.seed, args.frames, resume=args.resume)
+    except KeyboardInterrupt:
+        print(
+            f"stereovoxel dataset: interrupted; the samples written to {args.out} are complete: rerun the same "
+            "command with --resume to continue",
+            file=sys.stderr,
+        )
+        return 130
     elapsed = time.perf_counter() - start
     print(
         f"wrote {manifest.num_samples} samples ({config.camera.width}x{config.camera.height}, grid "
