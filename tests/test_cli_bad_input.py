@@ -216,7 +216,7 @@ def test_realsense_and_two_camera_discovery(tmp_path: Path, capsys) -> None:
         two |= {
             t: (info if "info" in k else image) for k, t in zed_topics(f"/j100_0000/sensors/{cam}").items()
         }
-    with pytest.raises(BagEvaluationError, match="several stereo cameras.*--namespace"):
+    with pytest.raises(BagEvaluationError, match=r"several stereo cameras.*--namespace"):
         StereoBagTopics.find(two)
     assert StereoBagTopics.find(two, namespace="/j100_0000/sensors/camera_1").left_info.startswith(
         "/j100_0000/sensors/camera_1/"

@@ -84,7 +84,7 @@ def test_torch_threads_are_set_once_per_process_and_conflicts_refused(tmp_path: 
     before = torch.get_num_threads()
     try:
         assert set_torch_threads({"a": 1, "b": 1}) == 1 and torch.get_num_threads() == 1
-        with pytest.raises(NodeMainError, match="different torch_threads .*a 1, b 2"):
+        with pytest.raises(NodeMainError, match=r"different torch_threads .*a 1, b 2"):
             set_torch_threads({"a": 1, "b": 2})
         params = _yaml(
             tmp_path,
