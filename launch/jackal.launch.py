@@ -8,7 +8,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, LogInfo, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -20,9 +20,25 @@ NODES = [
     ("patch_defended_detector", "patch_defended_detector"),
 ]
 
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+
+
+def fastdds_profile_actions(share):
+    """Use config/fastdds_profile.xml (large shared-memory segments for full-size images) for every process
+    of this launch, camera drivers included, unless a Fast DDS profile is already set."""
+    chosen = next((os.environ[v] for v in PROFILE_VARIABLES if os.environ.get(v)), None)
+    if chosen:
+        return [LogInfo(msg=f"Fast DDS profile from the environment: {chosen}")]
+    profile = os.path.join(share, "config", "fastdds_profile.xml")
+    return [
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
+        LogInfo(msg=f"Fast DDS profile {profile} (set FASTDDS_DEFAULT_PROFILES_FILE to use another)"),
+    ]
+
 
 def generate_launch_description():
-    default_params = os.path.join(get_package_share_directory("stereovoxel_ros"), "config", "jackal.yaml")
+    share = get_package_share_directory("stereovoxel_ros")
+    default_params = os.path.join(share, "config", "jackal.yaml")
     namespace = LaunchConfiguration("namespace")
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
     params_file = LaunchConfiguration("params_file")
@@ -39,6 +55,7 @@ def generate_launch_description():
     ]
     return LaunchDescription(
         [
+            *fastdds_profile_actions(share),
             DeclareLaunchArgument("namespace", default_value="j100_0000", description="robot namespace"),
             DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
             DeclareLaunchArgument("params_file", default_value=default_params, description="parameter file"),

@@ -10,11 +10,32 @@ import sys
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription
+from launch.actions import (
+    DeclareLaunchArgument,
+    ExecuteProcess,
+    IncludeLaunchDescription,
+    LogInfo,
+    SetEnvironmentVariable,
+)
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 
 INCLUDES = ["jackal.launch.py"]
+
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+
+
+def fastdds_profile_actions(share):
+    """Use config/fastdds_profile.xml (large shared-memory segments for full-size images) for every process
+    of this launch, camera drivers included, unless a Fast DDS profile is already set."""
+    chosen = next((os.environ[v] for v in PROFILE_VARIABLES if os.environ.get(v)), None)
+    if chosen:
+        return [LogInfo(msg=f"Fast DDS profile from the environment: {chosen}")]
+    profile = os.path.join(share, "config", "fastdds_profile.xml")
+    return [
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
+        LogInfo(msg=f"Fast DDS profile {profile} (set FASTDDS_DEFAULT_PROFILES_FILE to use another)"),
+    ]
 
 
 def generate_launch_description():
@@ -33,6 +54,7 @@ def generate_launch_description():
     play += ["--rate", LaunchConfiguration("rate"), "--wait-for-subscribers", "10"]
     return LaunchDescription(
         [
+            *fastdds_profile_actions(share),  # before the included nodes and the player start
             DeclareLaunchArgument("bag", description="rosbag2 bag (directory, .mcap or .db3)"),
             DeclareLaunchArgument("rate", default_value="1.0", description="playback speed factor"),
             DeclareLaunchArgument("namespace", default_value="j100_0000", description="robot namespace"),

@@ -70,8 +70,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if selected is None else 2
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print(f"stereovoxel {selected}: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+    except Exception as err:  # a user error a command did not catch itself: one line, no traceback
+        if not is_user_error(err):
+            raise
+        print(f"stereovoxel {selected}: {describe_error(err)}", file=sys.stderr)
+        return 1
     return int(result or 0)
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` reports bad input rather than a bug: a project error class, or a file the OS refused."""
+    return type(err).__module__.startswith("stereovoxel_ros.") or isinstance(err, OSError)
+
+
+def describe_error(err: BaseException) -> str:
+    """``err`` as one line: its message, or its class name when the message is empty."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -114,4 +114,4 @@ def test_replay_command_reports_a_bag_without_stereo(tmp_path: Path, capsys) -> 
     with BagWriter(bag) as writer:
         writer.write("/odom", "nav_msgs/msg/Odometry", make_msg("nav_msgs/msg/Odometry", stamp_ns=1), 1)
     assert main(["replay", "--offline", str(bag), "--backend", "sgbm", "--output", str(tmp_path / "o")]) == 1
-    assert "no sensor_msgs/msg/Image topic ending with left/image_rect" in capsys.readouterr().out
+    assert "no sensor_msgs/msg/Image topic ending with left/image_rect" in capsys.readouterr().err

@@ -383,8 +383,10 @@ def load_detector(path: str | os.PathLike) -> tuple[AnchorFreeDetector, Detector
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        from stereovoxel_ros.models.torch_files import describe_load_error
+
         raise PatchDetectorError(
-            f"detector checkpoint {path} cannot be read ({type(exc).__name__}: {exc})"
+            f"detector checkpoint {path} cannot be read: {describe_load_error(path, exc)}"
         ) from exc
     if not isinstance(payload, dict) or not {"config", "state_dict"} <= set(payload):
         keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__

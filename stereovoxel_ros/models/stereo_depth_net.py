@@ -114,7 +114,11 @@ def load_depth_checkpoint(path: str | Path) -> tuple[StereoDepthNet, dict]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise StereoDepthNetError(f"cannot read depth-network checkpoint {path}: {err}") from err
+        from stereovoxel_ros.models.torch_files import describe_load_error
+
+        raise StereoDepthNetError(
+            f"depth-network checkpoint {path}: {describe_load_error(path, err)}"
+        ) from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise StereoDepthNetError(f"{path} is not a stereo depth network checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:

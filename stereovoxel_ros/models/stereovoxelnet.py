@@ -410,7 +410,9 @@ def load_checkpoint(path: str | Path, grid: VoxelGridSpec | None = None) -> Chec
         with torch.serialization.safe_globals([TorchVersion]):
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file
-        raise StereoVoxelNetError(f"checkpoint {path} is corrupt or not a torch file: {err}") from err
+        from stereovoxel_ros.models.torch_files import describe_load_error
+
+        raise StereoVoxelNetError(f"checkpoint {path}: {describe_load_error(path, err)}") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise StereoVoxelNetError(f"{path} is not a StereoVoxelNet checkpoint (format {CHECKPOINT_FORMAT!r})")
     if payload.get("version") != CHECKPOINT_VERSION:

@@ -23,6 +23,7 @@ import numpy as np
 
 from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
 from stereovoxel_ros.bags.bag_reader import BagError, BagReader
+from stereovoxel_ros.bags.topic_discovery import TopicDiscoveryError, discover_stereo_topics
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.messages.image import image_to_numpy
 from stereovoxel_ros.messages.stamps import header_stamp_ns
@@ -49,7 +50,7 @@ class BagEvaluationError(RuntimeError):
 
 @dataclass(frozen=True)
 class StereoBagTopics:
-    """The topics of one stereo camera in a bag (ZED / Jackal layout: ``.../left/image_rect`` etc.)."""
+    """The topics of one stereo camera in a bag (ZED / Jackal ``.../left/image_rect`` or RealSense names)."""
 
     left_image: str
     right_image: str
@@ -59,28 +60,29 @@ class StereoBagTopics:
     labels: str | None = None  # object labels, 16UC1 (synthetic bags: occupancy_scoring.decode_labels)
 
     @classmethod
-    def find(cls, topics: dict[str, str], bag: str | os.PathLike = "bag") -> StereoBagTopics:
-        """Pick the stereo topics out of ``{topic: msgtype}``; BagEvaluationError lists what is missing."""
+    def find(
+        cls, topics: dict[str, str], bag: str | os.PathLike = "bag", **options: str | None
+    ) -> StereoBagTopics:
+        """Pick the stereo topics out of ``{topic: msgtype}``; BagEvaluationError lists what is missing.
 
-        def one(suffixes: Sequence[str], msgtype: str, required: bool = True) -> str | None:
-            hits = sorted(t for t, m in topics.items() if m == msgtype and t.endswith(tuple(suffixes)))
-            if len(hits) > 1:
-                raise BagEvaluationError(f"{bag}: several {msgtype} topics end with {suffixes}: {hits}")
-            if not hits and required:
-                raise BagEvaluationError(
-                    f"{bag}: no {msgtype} topic ending with {' or '.join(suffixes)} (topics: {sorted(topics)})"
-                )
-            return hits[0] if hits else None
-
+        ``options``: ``namespace``, ``left``, ``right``, ``left_info``, ``right_info``, ``depth``, as in
+        :func:`stereovoxel_ros.bags.topic_discovery.discover_stereo_topics` (ZED and RealSense names).
+        """
+        try:
+            found = discover_stereo_topics(topics, bag, **options)
+        except TopicDiscoveryError as err:
+            raise BagEvaluationError(str(err)) from err
+        labels = sorted(
+            t for t, m in topics.items() if m == IMAGE_TYPE and t.endswith("labels/image")
+            and t.rsplit("/", 3)[0] == found.left_image.rsplit("/", 3)[0]
+        )  # fmt: skip
         return cls(
-            left_image=one(("left/image_rect", "left/image_rect_color", "left/image"), IMAGE_TYPE),  # type: ignore[arg-type]
-            right_image=one(("right/image_rect", "right/image_rect_color", "right/image"), IMAGE_TYPE),  # type: ignore[arg-type]
-            left_info=one(("left/camera_info",), INFO_TYPE),  # type: ignore[arg-type]
-            right_info=one(("right/camera_info",), INFO_TYPE),  # type: ignore[arg-type]
-            depth=one(
-                ("depth/image", "depth/image_rect", "depth/depth_registered"), IMAGE_TYPE, required=False
-            ),
-            labels=one(("labels/image",), IMAGE_TYPE, required=False),
+            found.left_image,
+            found.right_image,
+            found.left_info,
+            found.right_info,
+            found.depth,
+            labels[0] if len(labels) == 1 else None,
         )
 
 
@@ -130,6 +132,7 @@ class RunResult:
     pairs_in_bag: int
     diagnostics: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics values
     example: tuple[np.ndarray, np.ndarray] | None = None  # (predicted, ground truth) voxels of one frame
+    ground_truth: bool = True  # False: the bag has no depth; the scores are unavailable
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     def scores(self) -> dict[str, Any]:
@@ -202,14 +205,22 @@ def _depth_metres(msg: Any) -> np.ndarray:
 
 
 def ground_truth_voxels(
-    bag: str | os.PathLike, grid: VoxelGridSpec, topics: StereoBagTopics | None = None
+    bag: str | os.PathLike,
+    grid: VoxelGridSpec,
+    topics: StereoBagTopics | None = None,
+    skipped: dict[str, int] | None = None,
 ) -> dict[int, TruthFrame]:
-    """Left-image stamp [ns] -> ground truth from the bag's depth (and label) images (left optical frame)."""
+    """Left-image stamp [ns] -> ground truth from the bag's depth (and label) images (left optical frame).
+
+    A depth frame whose camera infos are invalid, or that cannot be read, is skipped (as ``stereo_pairs``
+    does) and counted in ``skipped`` under "bad camera_info" / "unreadable depth".
+    """
+    skipped = {} if skipped is None else skipped
     with BagReader(bag) as reader:
         topics = topics or StereoBagTopics.find(reader.topics, bag)
         if topics.depth is None:
             raise BagEvaluationError(
-                f"{bag}: no ground-truth depth image topic (…/depth/image) to score against"
+                f"{bag}: no ground-truth depth image topic (…/depth/image) to score against; pass --depth"
             )
         infos = StereoInfoCache()
         sides = {topics.left_info: "left", topics.right_info: "right"}
@@ -220,22 +231,30 @@ def ground_truth_voxels(
             if topic in sides:
                 infos.update(sides[topic], msg)
                 continue
-            try:
-                if topic == topics.labels:
+            if topic == topics.labels:
+                try:
                     labels[header_stamp_ns(msg)] = image_to_numpy(msg).reshape(msg.height, msg.width).copy()
-                    continue
+                except ValueError:
+                    skipped["unreadable labels"] = skipped.get("unreadable labels", 0) + 1
+                continue
+            try:
                 camera = infos.model()
-                if camera is None:
-                    continue  # no camera yet: cannot place the depth in space
+            except StereoCameraError:
+                skipped["bad camera_info"] = skipped.get("bad camera_info", 0) + 1
+                continue
+            if camera is None:
+                continue  # no camera yet: cannot place the depth in space
+            try:
                 depth = _depth_metres(msg)
                 truth[header_stamp_ns(msg)] = TruthFrame(depth_to_voxels(depth, camera, grid), camera, depth)
-            except (StereoCameraError, ValueError) as err:
-                raise BagEvaluationError(f"{bag}: ground-truth depth on {topic}: {err}") from err
+            except ValueError:
+                skipped["unreadable depth"] = skipped.get("unreadable depth", 0) + 1
     if not truth:
-        raise BagEvaluationError(f"{bag}: no ground-truth depth frame with camera infos before it")
+        reasons = "".join(f", {n} with {why}" for why, n in skipped.items())
+        raise BagEvaluationError(f"{bag}: no ground-truth depth frame with camera infos before it{reasons}")
     for stamp, frame in truth.items():
         label = labels.get(stamp)
-        if label is not None and label.shape == frame.depth.shape:
+        if label is not None and frame.depth is not None and label.shape == frame.depth.shape:
             frame.labels = label
         else:
             frame.depth = None  # depth is kept only to place labelled objects
@@ -281,10 +300,12 @@ def evaluate_bag_offline(
     grid: VoxelGridSpec | None = None,
     predictor: Any = None,
     progress: bool = True,
+    topic_options: dict[str, str | None] | None = None,
 ) -> RunResult:
     """Run ``backend`` on every stereo pair of ``bag`` (no ROS graph) and score it against the depth ground truth.
 
-    ``latency_ms`` here is the conversion + inference time of each frame [ms].
+    ``latency_ms`` here is the conversion + inference time of each frame [ms]. ``topic_options``: see
+    :meth:`StereoBagTopics.find`.
     """
     from tqdm import tqdm
 
@@ -296,9 +317,10 @@ def evaluate_bag_offline(
         predictor = make_predictor(backend, checkpoint, grid or DEFAULT_GRID)
     grid = predictor.grid
     with BagReader(bag) as reader:
-        topics = StereoBagTopics.find(reader.topics, bag)
+        topics = StereoBagTopics.find(reader.topics, bag, **(topic_options or {}))
         total = reader.topic_counts.get(topics.left_image, 0)
-    truth = ground_truth_voxels(bag, grid, topics)
+    skipped: dict[str, int] = {}
+    truth = ground_truth_voxels(bag, grid, topics, skipped)
     frames: dict[int, BagFrame] = {s: BagFrame(s, int(t.voxels.sum())) for s, t in truth.items()}
     example_stamp, example = sorted(truth)[len(truth) // 2], None
     start = time.perf_counter()
@@ -333,6 +355,7 @@ def evaluate_bag_offline(
         wall_s=wall,
         bag_duration_s=image_stamp_span_s(truth),
         pairs_in_bag=pairs,
+        diagnostics={f"ground truth frames skipped ({why})": str(n) for why, n in skipped.items()},
         example=example,
     )
 
@@ -485,6 +508,12 @@ def write_report(
         " false-stop frames = share of frames with a false obstacle within 3 m; objects found per range band"
         " 0-4 / 4-8 / 8+ m (bags with a label image only); voxel IoU and Chamfer as secondary columns.",
         "- A dropped frame is a ground-truth frame for which no occupancy came out.",
+        *(
+            f"- {r.label} on {Path(r.bag).name}: no ground truth (the bag has no depth topic), so the scores"
+            " are unavailable; rate, latency and drops are measured"
+            for r in results
+            if not r.ground_truth
+        ),
         "",
         *(f"![{name}]({name})\n" for name in plots),
     ]
@@ -502,6 +531,7 @@ def evaluate_bags_offline(
     backends: Sequence[str],
     checkpoint: str | None,
     out_dir: str | os.PathLike,
+    topic_options: dict[str, str | None] | None = None,
 ) -> tuple[list[RunResult], Path]:
     """Offline mode over many bags and backends (one predictor per backend); returns the runs and report.md."""
     from stereovoxel_ros.grid_spec import DEFAULT_GRID
@@ -512,7 +542,9 @@ def evaluate_bags_offline(
         predictor = make_predictor(backend, checkpoint if backend == "stereovoxelnet" else None, DEFAULT_GRID)
         for bag in bags:
             try:
-                results.append(evaluate_bag_offline(bag, backend, predictor=predictor))
+                results.append(
+                    evaluate_bag_offline(bag, backend, predictor=predictor, topic_options=topic_options)
+                )
             except BagError as err:
                 raise BagEvaluationError(str(err)) from err
     return results, write_report(results, out_dir, title="Offline occupancy evaluation")

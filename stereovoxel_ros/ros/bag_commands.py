@@ -93,8 +93,10 @@ def _play(args: argparse.Namespace) -> int:
 
     from stereovoxel_ros.bags.bag_reader import BagError
     from stereovoxel_ros.ros.bag_player import BagPlayer
+    from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
 
     remap = _parse_remaps(args.remap)
+    use_fastdds_profile(lambda line: print(f"stereovoxel bag play: {line}", file=sys.stderr))
     rclpy.init()
     node = Node("stereovoxel_bag_player")
     try:
@@ -143,7 +145,9 @@ def _record(args: argparse.Namespace) -> int:
 
     from stereovoxel_ros.bags.bag_reader import BagError
     from stereovoxel_ros.ros.bag_recorder import BagRecorder
+    from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
 
+    use_fastdds_profile(lambda line: print(f"stereovoxel bag record: {line}", file=sys.stderr))
     rclpy.init()
     node = Node(
         "stereovoxel_bag_recorder",

@@ -17,7 +17,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from nav_msgs.msg import OccupancyGrid, Odometry
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -35,7 +35,11 @@ from stereovoxel_ros.occupancy_predictor import BACKENDS
 from stereovoxel_ros.occupancy_scoring import camera_ray_directions, raycast_visibility
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
-from stereovoxel_ros.ros.parameter_values import ParameterValues
+from stereovoxel_ros.ros.parameter_values import (
+    ParameterValues,
+    declare_parameters_checked,
+    warn_unknown_parameters,
+)
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
 from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
 from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
@@ -390,6 +394,9 @@ def obstacle_cells(
     return raycast_visibility(obstacles > 0, sensor, directions, far_cells, observable), origin
 
 
+STALL_WINDOW_S = 3.0  # pairs within this window [s] but no output for as long: "no occupancy published"
+
+
 class OccupancyStats:
     """Thread-safe counters and recent latencies the node reports in /diagnostics."""
 
@@ -404,10 +411,12 @@ class OccupancyStats:
         self.processing_ms = RollingWindow(window)  # pair complete -> published [ms], wall clock
         self.stamp_latency_ms = RollingWindow(window)  # node clock at publish - image stamp [ms]
         self.published_at: deque[float] = deque(maxlen=window)  # monotonic publish times [s]
+        self.paired_at: deque[float] = deque(maxlen=window)  # monotonic times pairs completed [s]
 
     def add_pair(self, replaced_unprocessed: bool) -> None:
         with self._lock:
             self.pairs += 1
+            self.paired_at.append(time.monotonic())
             self.dropped_newest += int(replaced_unprocessed)
 
     def add_error(self, message: str) -> None:
@@ -443,6 +452,7 @@ class OccupancyStats:
                 "latency_ms_median": stamp[0],
                 "latency_ms_p99": stamp[1],
                 "pairs": self.pairs,
+                "pairs_recent": sum(1 for t in self.paired_at if now - t <= STALL_WINDOW_S),
                 "processed": self.processed,
                 "dropped_newest": self.dropped_newest,
                 "input_errors": self.input_errors,
@@ -531,8 +541,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def __init__(self, node_name: str = "stereo_occupancy", *, tracer: Any = None, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        declare_parameters_checked(self, PARAMETERS, OccupancyConfigError)
         # Stage timing seam: conversion / inference / publish inside one frame per stereo pair.
         self.tracer = tracer if tracer is not None else StageTracer(node_name)
         self.config: OccupancyNodeConfig | None = None
@@ -556,6 +565,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
         period = self.get_parameter("diagnostics_period").value
         self._start_diagnostics(period if isinstance(period, float) and 0.05 <= period <= 60.0 else 1.0)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        warn_unknown_parameters(self)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -648,9 +658,10 @@ class StereoOccupancyNode(StreamLifecycleNode):
             raise OccupancyConfigError(
                 f"parameter 'pruning' = {pruning!r}: no StereoVoxelNet checkpoint to prune (backend {backend})"
             )
+        # torch threads are process-wide: the entry point sets them once (node_main.set_torch_threads)
         opts: dict[str, Any] = {"pruning": True} if config.pruning != "off" else {}
         if backend == "stereovoxelnet":
-            opts["num_threads"] = config.torch_threads
+            opts["num_threads"] = None
         else:
             opts.update(config.classic)  # the sgbm backend forces matcher=sgbm
         try:
@@ -894,7 +905,11 @@ class StereoOccupancyNode(StreamLifecycleNode):
             level, message = DiagnosticStatus.ERROR, f"configure failed: {self.configure_error}"
         elif report["errors_since_report"]:
             level, message = DiagnosticStatus.WARN, f"input errors: {report['last_input_error']}"
-        elif self._state == "active" and report["pairs"] and report["seconds_since_output"] > 3.0:
+        elif (
+            self._state == "active"
+            and report["pairs_recent"]
+            and report["seconds_since_output"] > STALL_WINDOW_S
+        ):  # pairs in the last few seconds, not ever: no warning once the camera stops
             level, message = DiagnosticStatus.WARN, "stereo pairs arrive but no occupancy is published"
         values = {
             "state": self._state,
@@ -925,7 +940,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
 def main(args: Sequence[str] | None = None) -> int:
     """``ros2 run stereovoxel_ros stereo_occupancy``: inference runs on the node's worker thread."""
-    return run_node(StereoOccupancyNode, args)
+    return run_node(StereoOccupancyNode, args, config_errors=(OccupancyConfigError,))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
@@ -39,9 +38,13 @@ from stereovoxel_ros.patch_defense import (
 )
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
-from stereovoxel_ros.ros.parameter_values import ParameterValues
+from stereovoxel_ros.ros.parameter_values import (
+    ParameterValues,
+    declare_parameters_checked,
+    warn_unknown_parameters,
+)
 from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
-from stereovoxel_ros.ros.stage_timing import StageTimingPublisher
+from stereovoxel_ros.ros.stage_timing import StageTimingError, StageTimingPublisher
 from stereovoxel_ros.tracing import StageTracer
 
 _JACKAL = JackalTopics(namespace="")
@@ -282,8 +285,7 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         **kwargs: Any,
     ) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        declare_parameters_checked(self, PARAMETERS, DetectorNodeConfigError)
         self.tracer = tracer if tracer is not None else StageTracer("detector")
         self.timing = StageTimingPublisher(self, self.tracer)
         self._injected_model = model  # tests / embedding: a ready AnchorFreeDetector instead of a checkpoint
@@ -303,6 +305,7 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
             callback_group=self._diagnostics_group,
             clock=Clock(clock_type=ClockType.STEADY_TIME),
         )
+        warn_unknown_parameters(self)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -362,11 +365,9 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         self.config = self.detector = None
 
     def _make_detector(self, config: DetectorNodeConfig) -> tuple[Any, tuple[str, ...], str]:
-        import torch
 
         from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
 
-        torch.set_num_threads(config.torch_threads)
         if self._injected_model is not None and not config.checkpoint:
             model, source = self._injected_model, "(model given to the node)"
         else:
@@ -495,7 +496,9 @@ def _fmt_regions(regions: Sequence[Sequence[float]]) -> str:
 
 def main(args: Sequence[str] | None = None) -> int:
     """``ros2 run stereovoxel_ros patch_defended_detector``."""
-    return run_node(PatchDefendedDetectorNode, args)
+    return run_node(
+        PatchDefendedDetectorNode, args, config_errors=(DetectorNodeConfigError, StageTimingError)
+    )
 
 
 if __name__ == "__main__":

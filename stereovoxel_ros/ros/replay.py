@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -90,12 +91,15 @@ def replay_bag(
     domain_id: int | None = None,
     settle_s: float = 2.0,
     progress: bool = True,
+    topics: dict[str, str | None] | None = None,
 ) -> RunResult:
     """Play ``bag`` through a live ``StereoOccupancyNode`` (use_sim_time, /clock from the player) and score it.
 
     Per ground-truth frame: the Nav2 scores of the published cloud (``occupancy_scoring.score_frame``, as
     offline), and latency = left image on the graph -> cloud received (wall clock). ``parameters`` override
-    node parameters.
+    node parameters (unknown names are refused). ``topics``: topic options for :meth:`StereoBagTopics.find` (``namespace``, ``left``,
+    ``right``, ``left_info``, ``right_info``, ``depth``). A bag without depth is replayed for rate, latency
+    and outputs; its scores are NaN and the result says ``ground_truth=False``.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -104,15 +108,23 @@ def replay_bag(
     from rclpy.parameter import Parameter
     from tqdm import tqdm
 
-    from stereovoxel_ros.bags.bag_reader import BagReader
+    from stereovoxel_ros.bags.bag_reader import BagError, BagReader
     from stereovoxel_ros.ros.bag_player import BagPlayer
-    from stereovoxel_ros.ros.occupancy_node import StereoOccupancyNode
+    from stereovoxel_ros.ros.occupancy_node import PARAMETERS, StereoOccupancyNode
+    from stereovoxel_ros.ros.parameter_values import unknown_parameters
     from stereovoxel_ros.voxel_grid import points_to_voxels, transform_points
 
-    with BagReader(bag) as reader:
-        topics = StereoBagTopics.find(reader.topics, bag)
-        odom = next((t for t, m in reader.topics.items() if m == "nav_msgs/msg/Odometry"), None)
-        left_count = reader.topic_counts.get(topics.left_image, 0)
+    unknown = unknown_parameters(parameters or {}, [*PARAMETERS, "use_sim_time"])
+    if unknown:
+        raise ReplayError(f"{'; '.join(unknown)} (see the stereo_occupancy parameters in the README)")
+    topic_options = topics or {}
+    try:
+        with BagReader(bag) as reader:
+            topics = StereoBagTopics.find(reader.topics, bag, **topic_options)
+            odom = next((t for t, m in reader.topics.items() if m == "nav_msgs/msg/Odometry"), None)
+            left_count = reader.topic_counts.get(topics.left_image, 0)
+    except BagError as err:
+        raise ReplayError(str(err)) from err
     params: dict[str, Any] = {
         "backend": backend,
         "checkpoint": checkpoint or "",
@@ -137,7 +149,11 @@ def replay_bag(
         if occupancy.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             raise ReplayError(f"occupancy node did not configure: {occupancy.configure_error}")
         occupancy.trigger_activate()
-        truth = ground_truth_voxels(bag, occupancy.config.grid, topics)
+        skipped: dict[str, int] = {}
+        try:
+            truth = ground_truth_voxels(bag, occupancy.config.grid, topics, skipped) if topics.depth else {}
+        except BagError as err:
+            raise ReplayError(str(err)) from err
         recorder, rec = _make_recorder(context, occupancy.get_fully_qualified_name(), topics.left_image)
         player_node = Node("stereovoxel_replay_player", context=context)
         nodes += [recorder, player_node]
@@ -165,7 +181,7 @@ def replay_bag(
                 playing.join(0.2)
                 bar.update(player.stats.published.get(topics.left_image, 0) - bar.n)
         if player.error is not None:
-            raise ReplayError(f"playback failed: {player.error}")
+            raise ReplayError(f"{bag}: playback failed: {player.error}")
         # Let the node finish: until every published pair has a cloud, or none came for settle_s.
         published = player.stats.published.get(topics.left_image, 0)
         last = (len(rec.clouds), time.monotonic())
@@ -177,6 +193,8 @@ def replay_bag(
         occupancy.publish_diagnostics()
         time.sleep(0.2)
         diagnostics = rec.diagnostics or {kv.key: kv.value for kv in occupancy.diagnostic_status().values}
+        for why, count in skipped.items():
+            diagnostics[f"ground truth frames skipped ({why})"] = str(count)
         for key, window in sorted(
             occupancy.tracer.summaries(exact=True).items()
         ):  # the node's own stage timing
@@ -195,6 +213,8 @@ def replay_bag(
         raise ReplayError(f"{bag}: the occupancy node published no cloud (diagnostics: {diagnostics})")
 
     base_to_optical = np.linalg.inv(camera_to_base)
+    if not truth:  # no depth in the bag: every left image is a frame, scored for latency and drops only
+        return _unscored_result(bag, label, rec, left_stamps(bag, topics.left_image), start, end, diagnostics)
     frames = []
     example = None
     mid = sorted(truth)[len(truth) // 2]
@@ -223,6 +243,47 @@ def replay_bag(
     )
 
 
+def left_stamps(bag: str | os.PathLike, left_topic: str) -> list[int]:
+    """Header stamps [ns] of the bag's left images, read from the raw CDR (no image is deserialized)."""
+    from stereovoxel_ros.bags.bag_reader import BagReader
+    from stereovoxel_ros.tracing import cdr_header_stamp_ns
+
+    with BagReader(bag) as reader:
+        return sorted({cdr_header_stamp_ns(raw) for _, _, _, raw in reader.raw_messages([left_topic])})
+
+
+def _unscored_result(
+    bag: str | os.PathLike,
+    label: str,
+    rec: ReplayRecording,
+    stamps: list[int],
+    start: float,
+    end: float,
+    diagnostics: dict[str, str],
+) -> RunResult:
+    """A run on a bag without ground truth: drops and latency per left image; the scores stay unavailable."""
+    frames = []
+    for stamp in stamps:
+        score = BagFrame(stamp, 0)
+        if stamp in rec.clouds:
+            received, points = rec.clouds[stamp]
+            score.predicted_voxels = len(points)
+            if stamp in rec.image_seen:
+                score.latency_ms = (received - rec.image_seen[stamp]) * 1e3
+        frames.append(score)
+    return RunResult(
+        label=label,
+        mode="replay",
+        bag=str(bag),
+        frames=frames,
+        wall_s=end - start,
+        bag_duration_s=image_stamp_span_s(stamps),
+        pairs_in_bag=len(stamps),
+        diagnostics=diagnostics,
+        ground_truth=False,
+    )
+
+
 def _parse_param(text: str) -> tuple[str, Any]:
     import yaml
 
@@ -237,34 +298,52 @@ def default_output_dir(bags: list[str], mode: str) -> Path:
     return Path("outputs") / mode / f"{Path(bags[0]).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+TOPIC_OPTIONS = ("namespace", "left", "right", "left_info", "right_info", "depth")
+
+
 def run(args: argparse.Namespace) -> int:
     """The ``stereovoxel replay`` command."""
+    from stereovoxel_ros.bags.bag_reader import BagError
+    from stereovoxel_ros.occupancy_predictor import PredictorError
+    from stereovoxel_ros.ros.node_main import set_torch_threads
+
     out = (
         Path(args.output)
         if args.output
         else default_output_dir(args.bags, "offline" if args.offline else "replay")
     )
+    topics = {k: getattr(args, k) for k in TOPIC_OPTIONS if getattr(args, k, None) is not None}
+    parameters = dict(args.param)
     try:
         if args.offline:
             from stereovoxel_ros.offline.bag_evaluation import evaluate_bags_offline
 
-            results, report = evaluate_bags_offline(args.bags, args.backend, args.checkpoint, out)
+            if parameters:
+                raise ReplayError("-p applies to the live node only, not to --offline")
+            results, report = evaluate_bags_offline(
+                args.bags, args.backend, args.checkpoint, out, topic_options=topics
+            )
         else:
+            threads = parameters.get("torch_threads", 1)
+            if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64:
+                raise ReplayError(f"parameter 'torch_threads' = {threads!r}: must be an integer in 1..64")
+            set_torch_threads({"stereo_occupancy": threads})  # process-wide, so here and not in the node
             results = [
                 replay_bag(
                     bag,
                     backend,
                     args.checkpoint,
                     rate=args.rate,
-                    parameters=dict(args.param),
+                    parameters=parameters,
                     domain_id=args.domain_id,
+                    topics=topics,
                 )
                 for bag in args.bags
                 for backend in args.backend
             ]
             report = write_report(results, out, title="Stereo occupancy replay")
-    except (ReplayError, BagEvaluationError) as err:
-        print(f"stereovoxel replay: {err}")
+    except (ReplayError, BagEvaluationError, BagError, PredictorError) as err:
+        print(f"stereovoxel replay: {err}", file=sys.stderr)
         return 1
     print(summary_table(results))
     print(f"\nreport: {report}")
@@ -287,6 +366,21 @@ def register(subparsers: Any, name: str, help: str) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="playback rate (1.0 = real time)")
     p.add_argument("--offline", action="store_true", help="no ROS graph: run the predictor on every pair")
     p.add_argument("--output", default=None, help="report folder (default: outputs/replay/<bag>_<time>)")
+    t = p.add_argument_group(
+        "topics",
+        "default: discovered (ZED/Jackal .../left/image_rect, RealSense .../infra1/image_rect_raw, ...; see README)",
+    )
+    t.add_argument(
+        "--namespace",
+        help="only cameras whose topics start with this prefix, e.g. /j100_0000/sensors/camera_1",
+    )
+    t.add_argument("--left", help="left image topic")
+    t.add_argument("--right", help="right image topic (default: beside --left)")
+    t.add_argument("--left-info", help="left camera_info topic (default: beside the left image)")
+    t.add_argument("--right-info", help="right camera_info topic")
+    t.add_argument(
+        "--depth", help="ground-truth depth image topic (default: .../depth/image; none: no scores)"
+    )
     p.add_argument(
         "-p",
         "--param",

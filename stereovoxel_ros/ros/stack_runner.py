@@ -35,20 +35,24 @@ class StackConfigError(ValueError):
     """The parameter file is unreadable, names an unknown node, or a key would not match in the namespace."""
 
 
+def package_file(relative: str) -> Path:
+    """``relative`` (e.g. ``config/jackal.yaml``) in the installed package's share folder (colcon) or in this
+    source tree. Without a sourced ROS install (no ``AMENT_PREFIX_PATH``, as with the PyPI wheels) the source
+    tree's copy is used."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory(PACKAGE)) / relative
+        if installed.exists():
+            return installed
+    except (ImportError, LookupError, OSError, ValueError):  # PackageNotFoundError is a KeyError
+        pass
+    return Path(__file__).resolve().parents[2] / relative
+
+
 def default_config_path() -> Path:
     """``config/jackal.yaml`` of the installed package (colcon) or of this source tree."""
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        try:
-            installed = Path(get_package_share_directory(PACKAGE)) / "config" / "jackal.yaml"
-            if installed.exists():
-                return installed
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
-    return Path(__file__).resolve().parents[2] / "config" / "jackal.yaml"
+    return package_file("config/jackal.yaml")
 
 
 def key_matches(key: str, namespace: str, node_name: str) -> bool:
@@ -168,6 +172,15 @@ class StackRunner:
                 failed.append(name)
         return failed
 
+    def set_torch_threads(self) -> int | None:
+        """Set torch's threads once for the process from the nodes' ``torch_threads`` (they must agree)."""
+        from stereovoxel_ros.ros.node_main import NodeMainError, set_torch_threads, torch_threads_requested
+
+        try:
+            return set_torch_threads(torch_threads_requested(list(self.nodes.values())))
+        except NodeMainError as err:
+            raise StackConfigError(f"{self.config}: {err}") from err
+
     def add_to(self, executor: Any) -> None:
         for node in self.nodes.values():
             executor.add_node(node)
@@ -211,10 +224,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StackConfigError as err:
         print(f"run_stack: {err}", file=sys.stderr)
         return 2
+    from stereovoxel_ros.cli import describe_error, is_user_error
+    from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
+
+    use_fastdds_profile(lambda line: print(f"run_stack: {line}"))
     rclpy.init(args=["run_stack", *ros_args])
     executor = make_executor(args.threads)
     try:
-        runner.create_nodes()
+        try:
+            runner.create_nodes()
+            threads = runner.set_torch_threads()
+        except Exception as err:  # a node's bad parameter: one line naming it, not a traceback
+            if not is_user_error(err):
+                raise
+            print(f"run_stack: {describe_error(err)}", file=sys.stderr)
+            return 2
+        if threads is not None:
+            print(f"run_stack: torch uses {threads} thread(s) for the whole process")
         runner.add_to(executor)
         failed = runner.activate()
         if failed:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -81,18 +80,21 @@ class StageTimingPublisher:
 
     def __init__(self, node: Node, tracer: StageTracer) -> None:
         self._node = node
-        enabled = node.declare_parameter(
-            "stage_timing.enabled",
-            True,
-            ParameterDescriptor(description="publish per-frame stage timings for the timing_tracer node"),
-        ).value
-        topic = node.declare_parameter(
-            "stage_timing.topic",
-            DEFAULT_TOPIC,
-            ParameterDescriptor(
-                description="diagnostic_msgs/DiagnosticArray topic of per-frame stage timings"
-            ),
-        ).value
+        from stereovoxel_ros.ros.parameter_values import declare_parameters_checked
+
+        declare_parameters_checked(
+            node,
+            {
+                "stage_timing.enabled": (True, "publish per-frame stage timings for the timing_tracer node"),
+                "stage_timing.topic": (
+                    DEFAULT_TOPIC,
+                    "diagnostic_msgs/DiagnosticArray topic of per-frame stage timings",
+                ),
+            },
+            StageTimingError,
+        )
+        enabled = node.get_parameter("stage_timing.enabled").value
+        topic = node.get_parameter("stage_timing.topic").value
         if not isinstance(enabled, bool):
             raise StageTimingError(f"parameter 'stage_timing.enabled' = {enabled!r}: must be a bool")
         if not isinstance(topic, str) or not topic.strip() or " " in topic:

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 
 from stereovoxel_ros.ros.node_main import run_node
-from stereovoxel_ros.ros.parameter_values import ParameterValues
+from stereovoxel_ros.ros.parameter_values import (
+    ParameterValues,
+    declare_parameters_checked,
+    warn_unknown_parameters,
+)
 from stereovoxel_ros.ros.stage_timing import (
     DEFAULT_TOPIC,
     STAGE_TIMING_QOS,
@@ -212,8 +215,10 @@ class TimingTracerNode(Node):
 
     def __init__(self, node_name: str = "timing_tracer", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        self._gc: GcPauseProbe | None = None
+        self._writer: TraceWriter | None = None
+        declare_parameters_checked(self, PARAMETERS, TracerConfigError)
+        warn_unknown_parameters(self)
         values = {name: self.get_parameter(name).value for name in PARAMETERS}
         self.config = TracerNodeConfig.from_parameters(values)
         cfg = self.config
@@ -228,7 +233,6 @@ class TimingTracerNode(Node):
         self._throttled = False
         self._gc = GcPauseProbe(cfg.window).install()
         self._lag = TimerLagProbe(int(cfg.hardware_period_s * 1e9), cfg.window)
-        self._writer: TraceWriter | None = None
         if cfg.trace_dir:
             self._writer = TraceWriter(cfg.trace_dir, cfg.trace_max_bytes, cfg.trace_segment_bytes)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -442,8 +446,11 @@ class TimingTracerNode(Node):
             self._writer.flush()
 
     def destroy_node(self) -> None:
-        self._gc.uninstall()
-        if self._writer is not None:
+        # also called on a node whose constructor failed (rclpy's context destroys the nodes it tracks)
+        gc_probe, self._gc = getattr(self, "_gc", None), None
+        if gc_probe is not None:
+            gc_probe.uninstall()
+        if getattr(self, "_writer", None) is not None:
             self._writer.close()
             self._writer = None
         super().destroy_node()

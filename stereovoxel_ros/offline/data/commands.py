@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
     s.add_argument("out", type=Path, help="dataset directory to create")
     _add_synth_arguments(s, frames=200)
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in OUT (same options): keep its samples",
+    )
     s.set_defaults(func=_run_synth)
 
     b = actions.add_parser("synth-bag", help="render a synthetic drive into a rosbag2 with Jackal topics")
@@ -36,13 +41,19 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
     f.add_argument("bag", type=Path, help="rosbag2 folder or file")
     f.add_argument("out", type=Path, help="dataset directory to create")
     f.add_argument("--grid", default="jackal_wide", help="voxel grid preset (default: jackal_wide)")
-    f.add_argument("--namespace", default="j100_0000", help="robot namespace for the default topics")
-    f.add_argument("--left", help="left image topic (default: the Jackal's left/image_rect)")
-    f.add_argument("--right", help="right image topic")
-    f.add_argument("--left-info", help="left camera_info topic")
+    f.add_argument(
+        "--namespace",
+        help="only cameras whose topics start with this prefix (default: any; see README discovery)",
+    )
+    f.add_argument("--left", help="left image topic (default: discovered, e.g. .../left/image_rect)")
+    f.add_argument("--right", help="right image topic (default: beside --left)")
+    f.add_argument("--left-info", help="left camera_info topic (default: beside the left image)")
     f.add_argument("--right-info", help="right camera_info topic")
     src = f.add_mutually_exclusive_group()
-    src.add_argument("--depth", help="depth image topic [m, 32FC1 or 16UC1 mm] aligned with the left image")
+    src.add_argument(
+        "--depth",
+        help="depth image topic [m, 32FC1 or 16UC1 mm] aligned with the left image (default: .../depth/image)",
+    )
     src.add_argument("--cloud", help="PointCloud2 topic (lidar or stereo camera) as the depth source")
     f.add_argument(
         "--extrinsics",
@@ -103,6 +114,9 @@ def _prepare_out(out: Path, overwrite: bool) -> str | None:
     import shutil
 
     if out.exists() and any(out.iterdir()):
+        if not any(p.is_file() for p in out.rglob("*")):  # empty folders left by a failed earlier try
+            shutil.rmtree(out)
+            return None
         if not overwrite:
             return f"{out} exists and is not empty (use --overwrite to replace it)"
         if not (out / "dataset.json").is_file() and not (out / "samples").is_dir():
@@ -124,11 +138,21 @@ def _run_synth(args: argparse.Namespace) -> int:
         config = _synth_config(args)
     except (GridSpecError, SynthWorldError, ValueError) as err:
         return _fail(str(err))
-    error = _prepare_out(args.out, args.overwrite)
+    if args.resume and args.overwrite:
+        return _fail("--resume keeps the samples in OUT and --overwrite deletes them: give one")
+    error = None if args.resume else _prepare_out(args.out, args.overwrite)
     if error:
-        return _fail(error)
+        return _fail(error + " (or --resume to continue an interrupted run)")
     start = time.perf_counter()
-    manifest = write_synthetic_dataset(args.out, config, args.seed, args.frames)
+    try:
+        manifest = write_synthetic_dataset(args.out, config, args.seed, args.frames, resume=args.resume)
+    except KeyboardInterrupt:
+        print(
+            f"stereovoxel dataset: interrupted; the samples written to {args.out} are complete: rerun the same "
+            "command with --resume to continue",
+            file=sys.stderr,
+        )
+        return 130
     elapsed = time.perf_counter() - start
     print(
         f"wrote {manifest.num_samples} samples ({config.camera.width}x{config.camera.height}, grid "
@@ -173,32 +197,64 @@ def _run_synth_bag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_bag_topics(args: argparse.Namespace):
+    """The extraction topics: the options given, the rest discovered in the bag as ``replay`` does."""
+    from stereovoxel_ros.bags.bag_reader import BagReader
+    from stereovoxel_ros.bags.topic_discovery import CLOUD_TYPE, discover_stereo_topics, require_topic
+    from stereovoxel_ros.offline.data.from_bag import BagExtractError, BagTopics
+
+    with BagReader(args.bag) as reader:
+        found = discover_stereo_topics(
+            reader.topics,
+            args.bag,
+            namespace=args.namespace,
+            left=args.left,
+            right=args.right,
+            left_info=args.left_info,
+            right_info=args.right_info,
+            depth=args.depth,
+        )
+        if args.cloud is not None:
+            cloud = require_topic(reader.topics, args.cloud, CLOUD_TYPE, "--cloud", args.bag)
+            return BagTopics(
+                found.left_image, found.right_image, found.left_info, found.right_info, cloud=cloud
+            )
+    if found.depth is None:
+        raise BagExtractError(
+            f"{args.bag}: no depth image beside {found.left_image} (e.g. .../depth/image); "
+            "pass --depth TOPIC or --cloud TOPIC"
+        )
+    return BagTopics(
+        found.left_image, found.right_image, found.left_info, found.right_info, depth=found.depth
+    )
+
+
 def _run_from_bag(args: argparse.Namespace) -> int:
     from stereovoxel_ros.bags.bag_reader import BagError
+    from stereovoxel_ros.bags.topic_discovery import TopicDiscoveryError
     from stereovoxel_ros.grid_spec import GridSpecError, grid_preset
     from stereovoxel_ros.offline.data.from_bag import (
         BagExtractError,
-        BagTopics,
+        BagSampleExtractor,
         parse_extrinsics,
         write_dataset_from_bag,
     )
 
+    if not args.tolerance_ms >= 0:  # also NaN
+        return _fail(f"--tolerance-ms must be >= 0, got {args.tolerance_ms}")
+    if args.every < 1:
+        return _fail(f"--every must be >= 1, got {args.every}")
     try:
         grid = grid_preset(args.grid)
-        defaults = BagTopics.jackal(args.namespace, depth=args.depth, cloud=args.cloud)
-        topics = BagTopics(
-            left_image=args.left or defaults.left_image,
-            right_image=args.right or defaults.right_image,
-            left_info=args.left_info or defaults.left_info,
-            right_info=args.right_info or defaults.right_info,
-            depth=defaults.depth,
-            cloud=defaults.cloud,
-        )
+        topics = _from_bag_topics(args)
         if args.extrinsics and topics.cloud is None:
             return _fail(
                 "--extrinsics applies to --cloud only (a depth image is already in the left optical frame)"
             )
         extrinsics = parse_extrinsics(args.extrinsics) if args.extrinsics else None
+        tolerance_ns = round(args.tolerance_ms * 1e6)
+        BagSampleExtractor(topics, grid, tolerance_ns, extrinsics, args.every)  # checks the settings
+        # only now, with everything checked, touch OUT: a failed try must not block the retry
         error = _prepare_out(args.out, args.overwrite)
         if error:
             return _fail(error)
@@ -207,11 +263,11 @@ def _run_from_bag(args: argparse.Namespace) -> int:
             args.out,
             grid,
             topics,
-            tolerance_ns=round(args.tolerance_ms * 1e6),
+            tolerance_ns=tolerance_ns,
             extrinsics=extrinsics,
             every=args.every,
         )
-    except (GridSpecError, BagExtractError, BagError) as err:
+    except (GridSpecError, BagExtractError, BagError, TopicDiscoveryError) as err:
         return _fail(str(err))
     print(report.summary())
     print(f"wrote {manifest.num_samples} samples to {args.out}")

@@ -74,6 +74,13 @@ def check_dataset(root: str | os.PathLike, progress: bool = True) -> DatasetChec
         manifest = read_manifest(root)
     except DatasetError as err:
         result.errors.append(str(err))
+        files = sorted((root / "samples").glob("*.npz"))
+        result.num_files = len(files)  # counted even so: "0 sample files" would be wrong
+        if files and not (root / "dataset.json").exists():
+            result.errors.append(
+                f"{len(files)} sample file(s) in {root / 'samples'} but no readable manifest: an interrupted "
+                "write (rerun it) or a copy that lost dataset.json"
+            )
         return result
     grid = manifest.grid
     result.grid_name, result.grid_shape = grid.name, tuple(grid.shape)

@@ -84,6 +84,11 @@ def read_sample(path: str | os.PathLike, grid: VoxelGridSpec) -> StereoSample:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"sample file is missing: {path}")
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and print its allow_pickle hint
+        size = path.stat().st_size
+        raise DatasetError(
+            f"sample file is corrupt or incomplete: {path} ({'empty' if not size else f'{size} bytes'}, not a .npz archive)"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             camera = StereoCameraModel.from_dict(json.loads(str(data["camera"])))
@@ -100,7 +105,10 @@ def read_sample(path: str | os.PathLike, grid: VoxelGridSpec) -> StereoSample:
             )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, StereoCameraError) as err:
         raise DatasetError(f"sample file is corrupt or incomplete: {path} ({err})") from err
-    sample.validate(grid)
+    try:
+        sample.validate(grid)
+    except DatasetError as err:
+        raise DatasetError(f"{path}: {err}") from err
     return sample
 
 

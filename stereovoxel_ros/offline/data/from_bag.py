@@ -218,6 +218,33 @@ class _Pending:
     right: Any
 
 
+class _InfoHistory:
+    """Recent CameraInfo messages of both sides by header stamp, so each pair gets the infos of its own stamp
+    (not whatever arrived last: a pair is resolved only after later messages have been read)."""
+
+    def __init__(self, keep: int = _MAX_TRUTH) -> None:
+        self._stamps: dict[str, list[int]] = {"left": [], "right": []}
+        self._infos: dict[str, list[Any]] = {"left": [], "right": []}
+        self._keep = keep
+
+    def add(self, side: str, stamp_ns: int, info: Any) -> None:
+        stamps, infos = self._stamps[side], self._infos[side]
+        at = bisect.bisect_right(stamps, stamp_ns)
+        stamps.insert(at, stamp_ns)
+        infos.insert(at, info)
+        if len(stamps) > self._keep:
+            del stamps[0], infos[0]
+
+    def at(self, side: str, stamp_ns: int, tolerance_ns: int) -> Any:
+        """The info stamped closest to ``stamp_ns`` within the tolerance, else the newest older one, else None."""
+        stamps = self._stamps[side]
+        at = bisect.bisect_left(stamps, stamp_ns)
+        near = [i for i in (at - 1, at) if 0 <= i < len(stamps) and abs(stamps[i] - stamp_ns) <= tolerance_ns]
+        if near:
+            return self._infos[side][min(near, key=lambda i: abs(stamps[i] - stamp_ns))]
+        return self._infos[side][at - 1] if at > 0 else None
+
+
 class BagSampleExtractor:
     """Streams a bag once and yields ``StereoSample``s; counts what it skips in ``report``.
 
@@ -261,6 +288,7 @@ class BagSampleExtractor:
         from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
 
         t = self.topics
+        history = _InfoHistory()
         truth_topic = t.depth or t.cloud
         wanted = [t.left_image, t.right_image, t.left_info, t.right_info, truth_topic]
         sync: StereoPairSynchronizer[Any] = StereoPairSynchronizer(self.tolerance_ns, queue_size=30)
@@ -281,10 +309,8 @@ class BagSampleExtractor:
                 bag.messages(wanted), total=total, desc="from-bag", unit="msg", disable=not progress
             )
             for topic, _, msg in stream:
-                if topic == t.left_info:
-                    infos.update("left", msg)
-                elif topic == t.right_info:
-                    infos.update("right", msg)
+                if topic in (t.left_info, t.right_info):
+                    history.add("left" if topic == t.left_info else "right", header_stamp_ns(msg), msg)
                 elif topic in (t.left_image, t.right_image):
                     side = "left" if topic == t.left_image else "right"
                     pair = sync.add(side, header_stamp_ns(msg), msg)
@@ -303,7 +329,7 @@ class BagSampleExtractor:
                 while pending and (
                     latest_truth > pending[0].stamp_ns + self.tolerance_ns or len(pending) > _MAX_PENDING
                 ):
-                    sample = self._resolve(pending.popleft(), truth_stamps, truth_msgs, infos)
+                    sample = self._resolve(pending.popleft(), truth_stamps, truth_msgs, history, infos)
                     if sample is not None:
                         yield sample
                 # later pairs are newer than the last one (pairs never cross): older truth is useless
@@ -312,7 +338,7 @@ class BagSampleExtractor:
                 if cut > 0:
                     del truth_stamps[:cut], truth_msgs[:cut]
             while pending:
-                sample = self._resolve(pending.popleft(), truth_stamps, truth_msgs, infos)
+                sample = self._resolve(pending.popleft(), truth_stamps, truth_msgs, history, infos)
                 if sample is not None:
                     yield sample
         self.report.left_unmatched = sync.counts.left_unmatched + sync.pending()["left"]
@@ -343,7 +369,10 @@ class BagSampleExtractor:
         if len(self.report.errors) < self.max_errors_listed:
             self.report.errors.append(message)
 
-    def _resolve(self, pair: _Pending, stamps: list[int], msgs: list[Any], infos) -> StereoSample | None:
+    def _resolve(
+        self, pair: _Pending, stamps: list[int], msgs: list[Any], history: _InfoHistory, infos: Any
+    ) -> StereoSample | None:
+        """The sample of ``pair``: its truth message by stamp and the camera infos of its own stamp."""
         from stereovoxel_ros.messages.image import ImageEncodingError
         from stereovoxel_ros.messages.pointcloud2 import PointCloudError, pointcloud2_to_points
         from stereovoxel_ros.stereo_camera import StereoCameraError
@@ -354,8 +383,13 @@ class BagSampleExtractor:
         if best is None or abs(stamps[best] - pair.stamp_ns) > self.tolerance_ns:
             self.report.no_depth += 1
             return None
+        left_info = history.at("left", pair.stamp_ns, self.tolerance_ns)
+        right_info = history.at("right", pair.stamp_ns, self.tolerance_ns)
+        if left_info is not None and right_info is not None:
+            infos.update("left", left_info)  # the cache rebuilds the model only when an info changes
+            infos.update("right", right_info)
         try:
-            camera = infos.model()
+            camera = infos.model() if left_info is not None and right_info is not None else None
         except StereoCameraError as err:
             self._error(f"pair at {pair.stamp_ns} ns: camera infos are not a rectified pair: {err}")
             return None

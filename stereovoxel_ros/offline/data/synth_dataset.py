@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -9,8 +10,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.offline.data.dataset_format import DatasetManifest, DatasetWriter, split_ids
-from stereovoxel_ros.offline.data.synth_world import DETECTION_CLASSES, SynthConfig, generate_frames
+from stereovoxel_ros.offline.data.synth_world import (
+    DETECTION_CLASSES,
+    SynthConfig,
+    generate_frames,
+    sequence_name,
+)
 
 
 def split_by_sequence(
@@ -43,20 +50,60 @@ def synth_config_to_dict(config: SynthConfig) -> dict:
     return data
 
 
+RUN_FILE = "synth_run.json"  # the options of a run in progress, so an interrupted one can be resumed
+
+
+def resumable_samples(out: str | os.PathLike, run: dict, grid: VoxelGridSpec) -> int:
+    """How many leading samples of an interrupted run in ``out`` can be kept (0: none, or other options)."""
+    from stereovoxel_ros.offline.data.dataset_format import DatasetError, read_sample
+
+    out = Path(out)
+    try:
+        recorded = json.loads((out / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return 0
+    if recorded != run or (out / "dataset.json").exists():
+        return 0
+    kept = 0
+    while kept < run["frames"]:
+        try:
+            read_sample(out / "samples" / f"{kept:06d}.npz", grid)
+        except DatasetError:
+            break
+        kept += 1
+    return kept
+
+
 def write_synthetic_dataset(
-    out: str | os.PathLike, config: SynthConfig, seed: int, num_frames: int, progress: bool = True
+    out: str | os.PathLike,
+    config: SynthConfig,
+    seed: int,
+    num_frames: int,
+    progress: bool = True,
+    resume: bool = False,
 ) -> DatasetManifest:
-    """Generate ``num_frames`` frames (worlds of ``config.sequence_length`` frames) into dataset ``out``."""
+    """Generate ``num_frames`` frames (worlds of ``config.sequence_length`` frames) into dataset ``out``.
+
+    Every sample file is complete once written (atomic). With ``resume``, the samples of an interrupted run
+    with the same options are kept and only the rest is rendered.
+    """
     from tqdm import tqdm
 
+    from stereovoxel_ros.atomic_file import write_json_atomic
+
+    run = {"seed": seed, "frames": num_frames, "config": synth_config_to_dict(config)}
+    run = json.loads(json.dumps(run))  # as it reads back
+    start = resumable_samples(out, run, config.grid) if resume else 0
     writer = DatasetWriter(Path(out), config.grid, source=f"synthetic seed={seed}")
-    sequences: list[str] = []
-    frames = generate_frames(config, seed, num_frames)
+    write_json_atomic(Path(out) / RUN_FILE, run)
+    writer.ids = [f"{i:06d}" for i in range(start)]
+    sequences = [sequence_name(seed, i, config.sequence_length) for i in range(start)]
+    frames = generate_frames(config, seed, num_frames, start=start)
     # one writer thread compresses and writes sample i while sample i + 1 renders (both release the GIL)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: deque[Future] = deque()
         for sequence, frame in tqdm(
-            frames, total=num_frames, desc="synth", unit="frame", disable=not progress
+            frames, total=num_frames, initial=start, desc="synth", unit="frame", disable=not progress
         ):
             pending.append(pool.submit(writer.add, frame.to_sample(sequence)))
             sequences.append(sequence)
@@ -64,7 +111,7 @@ def write_synthetic_dataset(
                 pending.popleft().result()
         for future in pending:
             future.result()
-    return writer.finish(
+    manifest = writer.finish(
         split_by_sequence(writer.ids, sequences),
         extra={
             "generator": "stereovoxel_ros.offline.data.synth_world",
@@ -81,3 +128,5 @@ def write_synthetic_dataset(
             },
         },
     )
+    (Path(out) / RUN_FILE).unlink(missing_ok=True)
+    return manifest

@@ -932,9 +932,12 @@ def _densify(xy: np.ndarray, step: float = 0.1) -> np.ndarray:
 
 
 def generate_sequence(
-    config: SynthConfig, seed: int, sequence_index: int = 0, num_frames: int | None = None
+    config: SynthConfig, seed: int, sequence_index: int = 0, num_frames: int | None = None, first: int = 0
 ) -> Iterator[SynthFrame]:
-    """Frames of one world driven along one trajectory; deterministic in (seed, sequence_index)."""
+    """Frames of one world driven along one trajectory; deterministic in (seed, sequence_index).
+
+    Frames before ``first`` are not rendered (resuming): the others come out identical.
+    """
     num_frames = config.sequence_length if num_frames is None else num_frames
     rng = np.random.default_rng([seed, sequence_index])
     poses, twists = random_trajectory(config, rng, num_frames)
@@ -945,7 +948,7 @@ def generate_sequence(
     world = SynthWorld.random(config, (seed, sequence_index, 1), path_xy=dense)
     start = BASE_STAMP_NS + sequence_index * SEQUENCE_STRIDE_NS
     dt_ns = round(1e9 / config.frame_rate)
-    for i in range(num_frames):
+    for i in range(first, num_frames):
         twist = np.array([twists[i, 0], 0.0, 0.0, 0.0, 0.0, twists[i, 1]])
         yield world.render(
             base_pose_matrix(*poses[i]),
@@ -955,17 +958,29 @@ def generate_sequence(
         )
 
 
-def generate_frames(config: SynthConfig, seed: int, num_frames: int) -> Iterator[tuple[str, SynthFrame]]:
-    """``num_frames`` frames over as many worlds as needed: yields (sequence name, frame)."""
+def sequence_name(seed: int, frame_index: int, sequence_length: int) -> str:
+    """The world (sequence) name of frame ``frame_index`` of a run."""
+    return f"synth_s{seed}_q{frame_index // sequence_length:04d}"
+
+
+def generate_frames(
+    config: SynthConfig, seed: int, num_frames: int, start: int = 0
+) -> Iterator[tuple[str, SynthFrame]]:
+    """``num_frames`` frames over as many worlds as needed: yields (sequence name, frame).
+
+    ``start``: skip (do not render) the first frames; the rest are identical to a run from 0.
+    """
     if num_frames < 0:
         raise SynthWorldError(f"number of frames must be non-negative, got {num_frames}")
     seq = 0
     left = num_frames
     while left > 0:
         n = min(left, config.sequence_length)
-        name = f"synth_s{seed}_q{seq:04d}"
-        for frame in generate_sequence(config, seed, seq, n):
-            yield name, frame
+        first = min(max(start - seq * config.sequence_length, 0), n)
+        if first < n:
+            name = sequence_name(seed, seq * config.sequence_length, config.sequence_length)
+            for frame in generate_sequence(config, seed, seq, n, first=first):
+                yield name, frame
         left -= n
         seq += 1
 
@@ -992,5 +1007,6 @@ __all__ = [
     "random_object",
     "random_obstacles",
     "random_trajectory",
+    "sequence_name",
     "texture_bank",
 ]

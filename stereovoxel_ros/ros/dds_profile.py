@@ -1,0 +1,62 @@
+"""The Fast DDS profile of ``config/fastdds_profile.xml``: large shared-memory segments for camera images.
+
+Entry points call :func:`use_fastdds_profile` before ``rclpy.init``; it sets ``FASTDDS_DEFAULT_PROFILES_FILE``
+for this process (and the processes it starts) unless the user already chose a profile or another RMW.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+PROFILE_RELATIVE = "config/fastdds_profile.xml"
+
+
+class DdsProfileError(OSError):
+    """The shipped Fast DDS profile is missing from the installed package."""
+
+
+def fastdds_profile_path() -> Path:
+    """``config/fastdds_profile.xml`` of the installed package or of this source tree."""
+    from stereovoxel_ros.ros.stack_runner import package_file
+
+    path = package_file(PROFILE_RELATIVE)
+    if not path.is_file():
+        raise DdsProfileError(
+            f"{path}: the stereovoxel_ros Fast DDS profile is missing (reinstall the package)"
+        )
+    return path
+
+
+def use_fastdds_profile(
+    log: Callable[[str], None] | None = print, environ: MutableMapping[str, str] | None = None
+) -> Path | None:
+    """Point Fast DDS at the shipped profile unless a profile is already set or the RMW is not Fast DDS.
+
+    Returns the profile now in use by this process (None: not Fast DDS, or the file is missing) and logs
+    one line saying which profile applies and why.
+    """
+    env = os.environ if environ is None else environ
+    rmw = env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    if not rmw.startswith("rmw_fastrtps"):
+        return None
+    for name in PROFILE_VARIABLES:
+        if env.get(name):
+            if log is not None:
+                log(f"Fast DDS profile from {name}={env[name]} (the shipped one is not used)")
+            return Path(env[name])
+    try:
+        path = fastdds_profile_path()
+    except DdsProfileError as err:
+        if log is not None:
+            log(f"{err}; images above 512 KiB may be lost between processes")
+        return None
+    env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(path)
+    if log is not None:
+        log(
+            f"Fast DDS profile {path} (shared-memory transport for full-size images; set "
+            "FASTDDS_DEFAULT_PROFILES_FILE to use another)"
+        )
+    return path
