@@ -29,19 +29,20 @@ class ClassicStereoError(ValueError):
 class ClassicStereoConfig:
     """Matcher, filters and voxelization; disparities scale with the processing width.
 
-    The defaults were chosen by ``stereovoxel classic-sweep`` on training worlds (seed 1), see README.
+    The defaults (StereoBM) were chosen by ``stereovoxel classic-sweep --start matcher=bm --fix matcher`` on
+    training worlds (seed 1, the shipped model's first 16), see README; :data:`SGBM_PRESET` likewise for SGBM.
     """
 
     matcher: str = "bm"  # bm (StereoBM) or sgbm (StereoSGBM, 3-way)
     process_width: int | None = None  # resize to this width [px] first; None = native resolution
     max_disparity_at_640: int = 64  # disparity search range at 640 px width [px]
-    block_size: int = 9  # [px], odd
+    block_size: int = 15  # [px], odd
     uniqueness_ratio: int = 15  # [%] best match must beat the second best by this much
-    texture_threshold: float = 4.0  # mean |horizontal gradient| over the block [DN]; below: no match
-    lr_max_diff: int = 1  # left-right consistency [px]; -1 turns the check off
-    speckle_window: int = 100  # [px] connected disparity regions smaller than this are removed
-    speckle_range: int = 2  # [px] disparity step inside one speckle region
-    min_points: int = 2  # points any voxel needs
+    texture_threshold: float = 2.0  # mean |horizontal gradient| over the block [DN]; below: no match
+    lr_max_diff: int = 2  # left-right consistency [px]; -1 turns the check off
+    speckle_window: int = 200  # [px] connected disparity regions smaller than this are removed
+    speckle_range: int = 4  # [px] disparity step inside one speckle region
+    min_points: int = 1  # points any voxel needs
     points_fraction: float = 0.05  # share of a voxel face's pixels at its depth that must be matched points
 
     def __post_init__(self) -> None:
@@ -62,6 +63,20 @@ class ClassicStereoConfig:
                 "texture_threshold and points_fraction must be >= 0 and min_points >= 1, got "
                 f"{self.texture_threshold}, {self.points_fraction}, {self.min_points}"
             )
+
+
+# StereoSGBM tuned the same way (``classic-sweep --start matcher=sgbm --fix matcher``): the ``sgbm`` backend.
+SGBM_PRESET = ClassicStereoConfig(
+    matcher="sgbm",
+    block_size=5,
+    uniqueness_ratio=10,
+    texture_threshold=4.0,
+    lr_max_diff=1,
+    speckle_window=200,
+    speckle_range=2,
+    min_points=2,
+    points_fraction=0.05,
+)
 
 
 def _min_points_per_slab(

@@ -1,17 +1,14 @@
-"""Occupancy metrics: voxel IoU, Chamfer distance [m], and precision/recall by range band."""
+"""Voxel metrics: IoU and Chamfer distance [m] (the Nav2 scores built on them: ``occupancy_scoring``)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.voxel_grid import occupied_voxel_centers
-
-DEFAULT_RANGE_BANDS: tuple[float, ...] = (0.0, 4.0, 8.0, 16.0)  # [m] from the left optical centre
 
 
 class MetricsError(ValueError):
@@ -58,91 +55,3 @@ def voxel_chamfer(pred: np.ndarray, target: np.ndarray, grid: VoxelGridSpec) -> 
     if not pred.any() or not target.any():
         return float(np.linalg.norm(np.asarray(grid.shape) * grid.voxel_size))
     return chamfer_distance(occupied_voxel_centers(pred, grid), occupied_voxel_centers(target, grid))[0]
-
-
-def voxel_ranges(grid: VoxelGridSpec) -> np.ndarray:
-    """Distance [m] from the left optical centre to every voxel centre, shape ``grid.shape``."""
-    idx = np.indices(grid.shape).reshape(3, -1).T
-    return np.linalg.norm(grid.voxel_centers(idx), axis=1).reshape(grid.shape)
-
-
-@dataclass
-class BandCounts:
-    """True positives, predicted and target voxel counts within one range band."""
-
-    low: float
-    high: float
-    tp: int = 0
-    pred: int = 0
-    target: int = 0
-
-    @property
-    def precision(self) -> float:
-        return self.tp / self.pred if self.pred else math.nan
-
-    @property
-    def recall(self) -> float:
-        return self.tp / self.target if self.target else math.nan
-
-
-def obstacle_rows(grid: VoxelGridSpec, obstacle_max_y: float) -> np.ndarray:
-    """(ny,) bool: the grid's height rows whose voxel centres lie above ``obstacle_max_y`` (y < it; y points down)."""
-    y = grid.origin[1] + (np.arange(grid.shape[1]) + 0.5) * grid.voxel_size
-    return y < obstacle_max_y
-
-
-@dataclass
-class OccupancyScores:
-    """Accumulates per-frame IoU and Chamfer, and per-band precision/recall counts.
-
-    With ``obstacle_max_y`` [m] (the optical-frame y of the lowest obstacle height: camera height above the
-    floor minus the obstacle band's lower edge, y points down) it also scores the obstacle IoU: the IoU of
-    the voxels whose centres lie above that height, i.e. without the floor, which otherwise dominates.
-    """
-
-    grid: VoxelGridSpec
-    bands: tuple[float, ...] = DEFAULT_RANGE_BANDS
-    obstacle_max_y: float | None = None
-    ious: list[float] = field(default_factory=list)
-    obstacle_ious: list[float] = field(default_factory=list)
-    chamfers: list[float] = field(default_factory=list)
-    band_counts: list[BandCounts] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._ranges = voxel_ranges(self.grid)
-        self.band_counts = [BandCounts(lo, hi) for lo, hi in zip(self.bands[:-1], self.bands[1:])]
-        self._above_floor = None
-        if self.obstacle_max_y is not None:
-            rows = obstacle_rows(self.grid, self.obstacle_max_y)
-            self._above_floor = np.broadcast_to(rows[None, :, None], self.grid.shape)
-
-    def add(self, pred: np.ndarray, target: np.ndarray) -> None:
-        pred, target = _check_pair(pred, target)
-        if pred.shape != tuple(self.grid.shape):
-            raise MetricsError(
-                f"occupancy has shape {pred.shape}, grid {self.grid.name!r} is {self.grid.shape}"
-            )
-        self.ious.append(voxel_iou(pred, target))
-        if self._above_floor is not None:
-            self.obstacle_ious.append(voxel_iou(pred & self._above_floor, target & self._above_floor))
-        self.chamfers.append(voxel_chamfer(pred, target, self.grid))
-        for band in self.band_counts:
-            inside = (self._ranges >= band.low) & (self._ranges < band.high)
-            band.tp += int(np.count_nonzero(pred & target & inside))
-            band.pred += int(np.count_nonzero(pred & inside))
-            band.target += int(np.count_nonzero(target & inside))
-
-    def summary(self) -> dict[str, float]:
-        """Mean IoU, mean Chamfer [m], frame count and per-band precision/recall."""
-        out: dict[str, float] = {
-            "frames": len(self.ious),
-            "iou": float(np.mean(self.ious)) if self.ious else math.nan,
-            "chamfer_m": float(np.mean(self.chamfers)) if self.chamfers else math.nan,
-        }
-        if self._above_floor is not None:
-            out["obstacle_iou"] = float(np.mean(self.obstacle_ious)) if self.obstacle_ious else math.nan
-        for band in self.band_counts:
-            tag = f"{band.low:g}-{band.high:g}m"
-            out[f"precision_{tag}"] = band.precision
-            out[f"recall_{tag}"] = band.recall
-        return out

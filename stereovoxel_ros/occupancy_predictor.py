@@ -79,12 +79,15 @@ class ClassicPredictor:
     """OpenCV StereoBM / StereoSGBM with confidence filters → voxels (the classic backend)."""
 
     def __init__(self, grid: VoxelGridSpec, backend: str = "classic", **opts: Any) -> None:
-        from stereovoxel_ros.classic_stereo import ClassicStereo, ClassicStereoConfig
+        import dataclasses
 
+        from stereovoxel_ros.classic_stereo import SGBM_PRESET, ClassicStereo, ClassicStereoConfig
+
+        base = dataclasses.asdict(SGBM_PRESET) if backend == "sgbm" else {}
         if backend == "sgbm":
             opts = {**opts, "matcher": "sgbm"}
         try:
-            self.stereo = ClassicStereo(grid, ClassicStereoConfig(**opts))
+            self.stereo = ClassicStereo(grid, ClassicStereoConfig(**{**base, **opts}))
         except (TypeError, ValueError) as err:
             raise PredictorError(f"bad classic stereo options {opts}: {err}") from err
         self.grid, self.backend = grid, backend
@@ -375,8 +378,8 @@ def make_predictor(
 ) -> OccupancyPredictor:
     """A predictor for ``backend`` (one of BACKENDS) in ``grid`` (a spec or preset name).
 
-    ``classic`` takes ``ClassicStereoConfig`` fields as options; ``sgbm`` is ``classic`` with
-    ``matcher="sgbm"``.
+    ``classic`` takes ``ClassicStereoConfig`` fields as options (tuned StereoBM defaults); ``sgbm`` is the
+    classic pipeline with the tuned StereoSGBM preset (``classic_stereo.SGBM_PRESET``) and the same options.
 
     ``checkpoint`` defaults to the shipped one for "stereovoxelnet"; a checkpoint for another grid or format
     version raises PredictorError naming the mismatch.

@@ -75,7 +75,7 @@ def test_live_replay_of_a_realsense_bag_without_depth(tmp_path: Path, capsys) ->
     assert main([*argv, "--namespace", "/front", "-p", "camera_height=1"]) == 0, capsys.readouterr().err
     rows = json.loads((out / "summary.json").read_text())
     assert rows[0]["frames"] == 5 and rows[0]["processed"] >= 3
-    assert rows[0]["iou_mean"] is None or np.isnan(rows[0]["iou_mean"])
+    assert rows[0]["f1_0_6m"] is None or np.isnan(rows[0]["f1_0_6m"])
     assert np.isfinite(rows[0]["latency_ms_p50"])
     assert "no ground truth" in (out / "report.md").read_text()
     assert main([*argv, "--namespace", "/nowhere"]) == 1

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from stereovoxel_ros.classic_stereo import (
+    SGBM_PRESET,
     ClassicStereo,
     ClassicStereoConfig,
     ClassicStereoError,
@@ -47,7 +48,7 @@ def test_known_disparity_gives_the_depth_and_no_points_where_nothing_matches(mat
     assert np.median(np.abs(depth - CAMERA.focal_baseline / DISPARITY)) < 0.05  # [m]
     assert not valid[:115].any(), "points from the textureless band"
     # the left border has no partner in the right image within the search range: unmatched
-    assert valid[:, :DISPARITY - 2].mean() < 0.05
+    assert valid[:, : DISPARITY - 2].mean() < 0.05
     occupied = stereo.occupancy(left, right, CAMERA)
     z_idx = np.flatnonzero(occupied.any(axis=(0, 1)))
     z_centres = DEFAULT_GRID.origin[2] + (z_idx + 0.5) * DEFAULT_GRID.voxel_size
@@ -93,10 +94,13 @@ def test_bad_options_and_images_are_named() -> None:
     with pytest.raises(PredictorError, match="classic stereo options"):
         make_predictor("classic", None, DEFAULT_GRID, block_size=3)
     with pytest.raises(ClassicStereoError, match="left image"):
-        ClassicStereo(DEFAULT_GRID).disparity(np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10, 3), np.uint8), CAMERA)
+        ClassicStereo(DEFAULT_GRID).disparity(
+            np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10, 3), np.uint8), CAMERA
+        )
 
 
-def test_sgbm_is_the_classic_backend_with_the_sgbm_matcher() -> None:
+def test_sgbm_is_the_classic_backend_with_the_tuned_sgbm_preset() -> None:
     predictor = make_predictor("sgbm", None, DEFAULT_GRID, block_size=7)
     assert predictor.stereo.config.matcher == "sgbm" and predictor.stereo.config.block_size == 7
-    assert make_predictor("classic", None, DEFAULT_GRID).stereo.config.matcher == ClassicStereoConfig().matcher
+    assert make_predictor("classic", None, DEFAULT_GRID).stereo.config == ClassicStereoConfig()
+    assert make_predictor("sgbm", None, DEFAULT_GRID).stereo.config == SGBM_PRESET

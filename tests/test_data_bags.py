@@ -33,8 +33,8 @@ def frames():
 
 
 def _pixels(msg) -> np.ndarray:
-    dtype = np.float32 if msg.encoding == "32FC1" else np.uint8
-    channels = 1 if msg.encoding == "32FC1" else 3
+    dtype = {"32FC1": np.float32, "16UC1": np.uint16}.get(msg.encoding, np.uint8)
+    channels = 1 if msg.encoding in ("32FC1", "16UC1") else 3
     return np.frombuffer(msg.data.tobytes(), dtype).reshape(msg.height, msg.width, channels).squeeze()
 
 
@@ -42,7 +42,7 @@ def _pixels(msg) -> np.ndarray:
 def test_bag_reads_back_with_rosbags_identically(tmp_path, frames, storage):
     path = tmp_path / f"drive.{storage}"
     summary = write_synthetic_bag(path, CFG, seed=21, num_frames=FRAMES, storage=storage, progress=False)
-    assert summary.frames == FRAMES and summary.messages == 1 + 7 * FRAMES
+    assert summary.frames == FRAMES and summary.messages == 1 + 8 * FRAMES
     by_topic: dict[str, list] = {}
     with AnyReader([path], default_typestore=get_typestore()) as reader:  # plain rosbags, not our reader
         for conn, timestamp, raw in reader.messages():
@@ -50,7 +50,7 @@ def test_bag_reads_back_with_rosbags_identically(tmp_path, frames, storage):
             by_topic.setdefault(conn.topic, []).append((timestamp, msg))
     assert set(by_topic) == {
         TOPICS.left_image, TOPICS.right_image, TOPICS.left_info, TOPICS.right_info,
-        TOPICS.depth_image, TOPICS.odom, TOPICS.tf, TOPICS.tf_static,
+        TOPICS.depth_image, TOPICS.label_image, TOPICS.odom, TOPICS.tf, TOPICS.tf_static,
     }  # fmt: skip
     for i, frame in enumerate(frames):
         stamp, left = by_topic[TOPICS.left_image][i]
@@ -61,6 +61,9 @@ def test_bag_reads_back_with_rosbags_identically(tmp_path, frames, storage):
         depth = by_topic[TOPICS.depth_image][i][1]
         assert depth.encoding == "32FC1"
         np.testing.assert_array_equal(_pixels(depth), frame.depth)
+        labels = by_topic[TOPICS.label_image][i][1]
+        assert labels.encoding == "16UC1"
+        np.testing.assert_array_equal(_pixels(labels), frame.labels)
         right_info = by_topic[TOPICS.right_info][i][1]
         assert right_info.p[3] == pytest.approx(-CFG.camera.fx * CFG.camera.baseline)
         odom = by_topic[TOPICS.odom][i][1]

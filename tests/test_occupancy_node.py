@@ -50,6 +50,9 @@ def test_default_parameters_are_valid() -> None:
         ("occupancy_grid_frame", "map", "must be one of"),
         ("left_image_topic", " ", "non-empty"),
         ("sync_slop", -0.1, "must be in"),
+        ("classic.matcher", "census", "matcher must be one of"),
+        ("classic.block_size", 4, "block_size must be odd"),
+        ("classic.points_fraction", math.nan, "finite"),
     ],
 )
 def test_bad_parameter_is_named(name: str, value: object, why: str) -> None:
@@ -57,7 +60,7 @@ def test_bad_parameter_is_named(name: str, value: object, why: str) -> None:
 
     with pytest.raises(OccupancyConfigError, match=why) as info:
         OccupancyNodeConfig.from_parameters(_defaults() | {name: value})
-    assert repr(name) in str(info.value)
+    assert repr(name) in str(info.value) or name.split(".")[1] in str(info.value)
 
 
 def test_obstacle_cells_mark_obstacles_free_space_and_unseen() -> None:
@@ -83,6 +86,34 @@ def test_obstacle_cells_mark_obstacles_free_space_and_unseen() -> None:
     assert cell(-0.5, 0.0) == -1  # behind the camera
     assert cell(2.0, 6.5) == -1  # outside the field of view
     assert np.count_nonzero(cells == 100) == 1
+
+
+def test_obstacle_cells_behind_a_wall_are_unknown_not_free() -> None:
+    from stereovoxel_ros.ros.occupancy_node import OccupancyNodeConfig, obstacle_cells
+    from stereovoxel_ros.voxel_grid import optical_to_base_transform
+
+    config = OccupancyNodeConfig.from_parameters(_defaults())
+    # a 2 m wide wall 3 m ahead, and a box 6 m ahead right behind it, both in the height band
+    wall = np.array([[3.05, y, 0.5] for y in np.arange(-1.0, 1.01, 0.1)])
+    box = np.array([[6.05, 0.05, 0.5], [6.25, 0.05, 0.5]])
+    cells, origin = obstacle_cells(
+        config, ZED2_640x360, optical_to_base_transform(0.4), np.concatenate([wall, box]), np.eye(4)
+    )
+    res = config.grid_resolution_m
+
+    def cell(x: float, y: float) -> int:
+        return int(cells[math.floor((y - origin[1]) / res), math.floor((x - origin[0]) / res)])
+
+    assert cell(1.5, 0.0) == 0  # in front of the wall: seen free
+    assert cell(3.05, 0.0) == 100 and cell(6.05, 0.05) == 100
+    assert cell(4.5, 0.0) == -1  # between wall and box: hidden, not free
+    assert cell(8.0, 0.0) == -1  # behind both
+    assert cell(4.5, 3.0) == 0  # beside the wall: seen past it
+    # pitched down, the camera still sees the free space in front of the wall (rays are cast horizontally)
+    pitched, _ = obstacle_cells(
+        config, ZED2_640x360, optical_to_base_transform(0.4, pitch=0.2), wall, np.eye(4)
+    )
+    assert pitched[math.floor((0.0 - origin[1]) / res), math.floor((1.5 - origin[0]) / res)] == 0
 
 
 def test_odom_grid_window_follows_the_robot_on_whole_cells() -> None:
@@ -328,9 +359,9 @@ def test_backend_choice_checkpoint_fallback_and_probabilities(graph, tmp_path) -
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "'checkpoint'" in node.configure_error and "no such file" in node.configure_error
 
-    node.set_parameters([Parameter("checkpoint", value="")])  # the shipped one, or SGBM when there is none
+    node.set_parameters([Parameter("checkpoint", value="")])  # the shipped one, or classic when there is none
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node.backend_in_use == ("stereovoxelnet" if default_checkpoint_path().is_file() else "sgbm")
+    assert node.backend_in_use == ("stereovoxelnet" if default_checkpoint_path().is_file() else "classic")
     assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
 
     checkpoint = tmp_path / "untrained.pt"

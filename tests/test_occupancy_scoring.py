@@ -197,4 +197,6 @@ def test_bad_configs_and_shapes_are_named() -> None:
     with pytest.raises(ScoringError, match="grid 'test'"):
         obstacle_map(np.zeros((3, 3, 3), bool), GRID, CONFIG)
     with pytest.raises(ScoringError, match="differ in shape"):
-        score_grids(np.zeros((3, 3), bool), np.zeros((4, 4), bool), np.zeros((4, 4)), np.zeros((4, 4)), CONFIG)
+        score_grids(
+            np.zeros((3, 3), bool), np.zeros((4, 4), bool), np.zeros((4, 4)), np.zeros((4, 4)), CONFIG
+        )

@@ -22,21 +22,29 @@ def test_eval_and_bench_commands(tmp_path, capsys):
     models = ["--checkpoint", str(svn), "--fast-checkpoint", "", "--depth-checkpoint", str(depth)]
     assert main(["eval", str(data), "--limit", "2", "--out", str(tmp_path / "ev"), "--dense", *models]) == 0
     out = capsys.readouterr().out
-    for name in ("stereovoxelnet", "stereovoxelnet_dense", "sgbm", "depth_net"):
+    names = ["stereovoxelnet", "stereovoxelnet_dense", "classic", "depth_net", "oracle_0.25px", "oracle_1px"]
+    for name in names:
         assert name in out
-    rows = json.loads((tmp_path / "ev" / "results.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["stereovoxelnet", "stereovoxelnet_dense", "sgbm", "depth_net"]
-    assert all(r["frames"] == 2 and 0 <= r["iou"] <= 1 for r in rows)
-    # pruned and dense (gated) decoding give the same voxels
-    assert rows[0]["iou"] == rows[1]["iou"] and rows[0]["chamfer_m"] == rows[1]["chamfer_m"]
-    assert (tmp_path / "ev" / "eval.png").stat().st_size > 5000
+    assert "F1 0-6 m" in out and "σz" in out
+    result = json.loads((tmp_path / "ev" / "results.json").read_text())
+    backends = result["backends"]
+    assert sorted(backends) == sorted(names)
+    for name, b in backends.items():
+        assert b["frames"] == 2 and b["worlds"] >= 1, name
+        assert set(b) >= {"f1_0_6m", "false_free_0_6m", "false_stop_share", "objects_found", "bands"}
+        assert 0 <= b["voxel_iou"] <= 1
+    # pruned and dense (gated) decoding give the same voxels, so the same scores
+    assert backends["stereovoxelnet"]["voxel_iou"] == backends["stereovoxelnet_dense"]["voxel_iou"]
+    assert backends["stereovoxelnet"]["f1_0_6m"] == backends["stereovoxelnet_dense"]["f1_0_6m"]
+    assert (tmp_path / "ev" / "bands.png").stat().st_size > 5000
+    assert (tmp_path / "ev" / "example_0.png").stat().st_size > 5000
     bench = ["bench", "--dataset", str(data), "--frames", "2", "--repeats", "3", "--out", str(tmp_path / "b")]
     assert main([*bench, *models]) == 0
     out = capsys.readouterr().out
-    assert "latency / SGBM" in out and "octree p>0.5" in out
+    assert "latency / classic" in out and "octree p>0.5" in out
     result = json.loads((tmp_path / "b" / "bench.json").read_text())
     by_name = {r["method"]: r for r in result["pipelines"]}
-    assert by_name["sgbm"]["latency_vs_sgbm"] == pytest.approx(1.0)
+    assert by_name["classic"]["latency_vs_classic"] == pytest.approx(1.0)
     assert by_name["depth_net"]["flops_vs_depth_net"] == pytest.approx(1.0)
     assert by_name["stereovoxelnet"]["flops"] > 0 and by_name["stereovoxelnet"]["params"] > 0
     decoder = {r["decoder"]: r for r in result["decoder"]}

@@ -1,4 +1,4 @@
-"""Occupancy metrics: IoU, Chamfer distance (checked against open3d) and precision/recall by range band."""
+"""Voxel metrics: IoU and Chamfer distance (checked against open3d)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from stereovoxel_ros.grid_spec import DEFAULT_GRID, VoxelGridSpec
+from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.metrics import (
     MetricsError,
-    OccupancyScores,
     chamfer_distance,
     voxel_chamfer,
     voxel_iou,
@@ -53,20 +52,3 @@ def test_voxel_chamfer_in_metres_and_empty_cases():
     assert voxel_chamfer(a, a, grid) == 0.0
     assert voxel_chamfer(np.zeros_like(a), np.zeros_like(a), grid) == 0.0
     assert voxel_chamfer(np.zeros_like(a), b, grid) == pytest.approx(np.sqrt(3) * 4.0)
-
-
-def test_precision_recall_by_range_band():
-    scores = OccupancyScores(DEFAULT_GRID, bands=(0.0, 4.0, 20.0))
-    target = np.zeros(DEFAULT_GRID.shape, bool)
-    pred = np.zeros(DEFAULT_GRID.shape, bool)
-    ix0 = 32  # x ≈ 0.1 m
-    target[ix0, 12, 5] = target[ix0, 12, 50] = True  # z ≈ 1.1 m and ≈ 10.1 m
-    pred[ix0, 12, 5] = pred[ix0, 12, 40] = True  # near hit, far miss
-    scores.add(pred, target)
-    s = scores.summary()
-    assert s["frames"] == 1 and s["iou"] == pytest.approx(1 / 3)
-    assert s["precision_0-4m"] == 1.0 and s["recall_0-4m"] == 1.0
-    assert s["precision_4-20m"] == 0.0 and s["recall_4-20m"] == 0.0
-    assert s["chamfer_m"] == pytest.approx(
-        2.0, abs=1e-5
-    )  # each far voxel is 2 m from the other one, /2 each way

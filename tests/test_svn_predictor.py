@@ -1,4 +1,4 @@
-"""The node-facing occupancy predictor: SGBM and StereoVoxelNet backends, bad input, checkpoint mismatches."""
+"""The node-facing occupancy predictor: classic (SGBM) and StereoVoxelNet backends, bad input, checkpoint mismatches."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from stereovoxel_ros.classic_stereo import ClassicStereo, ClassicStereoConfig
 from stereovoxel_ros.grid_spec import DEFAULT_GRID, PAPER_GRID
 from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
 from stereovoxel_ros.occupancy_predictor import (
@@ -15,7 +16,6 @@ from stereovoxel_ros.occupancy_predictor import (
     default_checkpoint_path,
     make_predictor,
 )
-from stereovoxel_ros.sgbm_stereo import SGBMStereo
 from stereovoxel_ros.stereo_camera import StereoCameraModel
 
 CAMERA = StereoCameraModel(160, 96, 80.0, 80.0, 79.5, 47.5, 0.12)  # f·B = 9.6 px·m
@@ -33,7 +33,7 @@ def _plane_pair(disparity: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_sgbm_recovers_a_plane_at_the_right_depth():
     left, right = _plane_pair(7)
-    disp, _ = SGBMStereo(DEFAULT_GRID).disparity(left, right, CAMERA)
+    disp, _ = ClassicStereo(DEFAULT_GRID, ClassicStereoConfig(matcher="sgbm")).disparity(left, right, CAMERA)
     valid = disp > 0
     assert valid.mean() > 0.5
     assert abs(np.median(disp[valid]) - 7.0) < 0.25

@@ -67,7 +67,7 @@ _CLASSIC = ClassicStereoConfig()
 CLASSIC_PARAMETERS: dict[str, tuple[Any, str]] = {
     "matcher": (
         _CLASSIC.matcher,
-        "classic backend matcher: bm (StereoBM) or sgbm (StereoSGBM); sgbm backend = sgbm",
+        "classic backend matcher: bm (StereoBM) or sgbm (StereoSGBM); backend sgbm uses its own tuned preset",
     ),
     "process_width": (0, "classic backend: resize to this width first [px]; 0 = native resolution"),
     "max_disparity_at_640": (
@@ -95,7 +95,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "backend": ("stereovoxelnet", f"occupancy backend: {' or '.join(BACKENDS)}"),
     "checkpoint": (
         "",
-        "StereoVoxelNet checkpoint [.pt]; empty = the shipped one (SGBM if none is installed)",
+        "StereoVoxelNet checkpoint [.pt]; empty = the shipped one (the classic backend if none is installed)",
     ),
     "grid": ("jackal_wide", "voxel grid preset (stereovoxel_ros.grid_spec), must match the checkpoint"),
     "left_image_topic": (_JACKAL.left_image.lstrip("/"), "left rectified image (rgb8/bgr8/mono8)"),
@@ -646,9 +646,9 @@ class StereoOccupancyNode(StreamLifecycleNode):
             shipped = default_checkpoint_path()
             if not shipped.is_file():
                 self.get_logger().warning(
-                    f"no shipped StereoVoxelNet checkpoint ({shipped}); falling back to sgbm"
+                    f"no shipped StereoVoxelNet checkpoint ({shipped}); falling back to the classic backend"
                 )
-                backend = "sgbm"
+                backend = "classic"
             else:
                 checkpoint = str(shipped)
         elif checkpoint and not Path(checkpoint).is_file():
@@ -662,8 +662,8 @@ class StereoOccupancyNode(StreamLifecycleNode):
         opts: dict[str, Any] = {"pruning": True} if config.pruning != "off" else {}
         if backend == "stereovoxelnet":
             opts["num_threads"] = None
-        else:
-            opts.update(config.classic)  # the sgbm backend forces matcher=sgbm
+        elif backend == "classic":
+            opts.update(config.classic)  # backend sgbm is the tuned SGBM preset (classic_stereo.SGBM_PRESET)
         try:
             predictor = make_predictor(
                 backend, checkpoint if backend == "stereovoxelnet" else None, config.grid, **opts

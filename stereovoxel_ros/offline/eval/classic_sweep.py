@@ -90,9 +90,7 @@ def coordinate_descent(
 
     best = sweep.evaluate(start)
     space = {k: v for k, v in SEARCH_SPACE.items() if k not in fixed}
-    steps = [
-        (name, value) for _ in range(rounds) for name, values in space.items() for value in values
-    ]
+    steps = [(name, value) for _ in range(rounds) for name, values in space.items() for value in values]
     for name, value in tqdm(steps, desc="classic-sweep", unit="config", disable=not progress):
         try:
             candidate = ClassicStereoConfig(**{**best["config"], name: value})
@@ -129,12 +127,11 @@ def run(args: argparse.Namespace) -> int:
     fixed = tuple(args.fix)
     best = coordinate_descent(sweep, start, args.rounds, fixed, progress=not args.no_progress)
     rows = sorted(sweep.tried.values(), key=lambda r: -r["objective"])
-    changed = lambda r: (
-        ", ".join(  # noqa: E731
-            f"{k}={v}" for k, v in r["config"].items() if v != dataclasses.asdict(start)[k]
-        )
-        or "(start)"
-    )
+    started = dataclasses.asdict(start)
+
+    def changed(r: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in r["config"].items() if v != started[k]) or "(start)"
+
     table = [
         {
             "config": changed(r),

@@ -96,6 +96,9 @@ def _models(p: argparse.ArgumentParser) -> None:
         help="override a classic backend option (ClassicStereoConfig field), e.g. --classic matcher=sgbm",
     )
     p.add_argument("--depth-min-points", type=int, default=1, help="points a depth-net voxel needs")
+    p.add_argument(
+        "--no-sgbm", action="store_true", help="leave out the classic_sgbm row (the tuned StereoSGBM preset)"
+    )
 
 
 def parse_options(items: list[str], what: str) -> dict:
@@ -144,6 +147,8 @@ def build_predictors(args: argparse.Namespace, grid, extra: dict | None = None) 
 
         raise PredictorError(str(err)) from err
     methods["classic"] = make_predictor("classic", None, grid, **classic)
+    if not args.no_sgbm:
+        methods["classic_sgbm"] = make_predictor("sgbm", None, grid)
     if args.depth_checkpoint:
         methods["depth_net"] = DepthNetPredictor(
             args.depth_checkpoint, grid, min_points=args.depth_min_points

@@ -320,6 +320,7 @@ class OccupancyTask:
             sums["false_free_0_6m"] += 0.0 if math.isnan(head["false_free"]) else head["false_free"]
             sums["iou"] += voxel_iou(pred[k], tgt[k])
             sums["obstacle_iou"] += voxel_iou(pred[k] & rows, tgt[k] & rows)
+        sums = {k: float(v) for k, v in sums.items()}  # plain floats: checkpoints hold them weights-only
         return {**sums, "score": sums["f1_0_6m"], "count": float(len(pred))}
 
     def save(self, path: Path, meta: dict, **state: Any) -> None:
