@@ -20,9 +20,10 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     "stereovoxelnet": (
         "benchmarks.bench_stereovoxelnet",
         [],
-        "StereoVoxelNet vs SGBM vs depth-first net; octree vs dense decoding",
+        "StereoVoxelNet vs classic vs depth-first net; octree vs dense decoding",
     ),
-    "replay": ("benchmarks.bench_replay", [], "live node at 15 Hz: rate, drops, latency (SGBM baseline)"),
+    "classic": ("benchmarks.bench_classic", [], "classic backend one-core latency: StereoBM vs SGBM preset"),
+    "replay": ("benchmarks.bench_replay", [], "live node at 15 Hz: rate, drops, latency (classic baseline)"),
     "tracing": ("benchmarks.bench_tracing", ["--quick"], "tracer overhead and window-statistics cost"),
     "search": (
         "benchmarks.bench_search",
