@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = {"classic (StereoBM)": make_predictor("classic", None, config.grid),
                 "sgbm (SGBM preset)": make_predictor("sgbm", None, config.grid)}  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in backends}
-    for name, predictor in backends.items():  # warm-up
+    for predictor in backends.values():  # warm-up
         predictor.predict(frames[0].left, frames[0].right, frames[0].camera)
     for i in range(args.repeats):  # round-robin: load from other processes falls on both alike
         f = frames[i % len(frames)]

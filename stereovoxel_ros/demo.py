@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
     """Render the bag if needed, replay it live with each backend, print the table and the report path."""
     from stereovoxel_ros.occupancy_predictor import default_checkpoint_path
     from stereovoxel_ros.offline.bag_evaluation import summary_table, write_report
+    from stereovoxel_ros.ros.node_main import set_torch_threads
     from stereovoxel_ros.ros.replay import ReplayError, replay_bag
+
+    set_torch_threads({"stereo_occupancy": 1})  # process-wide, once (config/jackal.yaml: torch_threads 1)
 
     backends = list(args.backend)
     if "stereovoxelnet" in backends and not args.checkpoint and not default_checkpoint_path().is_file():

@@ -22,7 +22,15 @@ def test_eval_and_bench_commands(tmp_path, capsys):
     models = ["--checkpoint", str(svn), "--fast-checkpoint", "", "--depth-checkpoint", str(depth)]
     assert main(["eval", str(data), "--limit", "2", "--out", str(tmp_path / "ev"), "--dense", *models]) == 0
     out = capsys.readouterr().out
-    names = ["stereovoxelnet", "stereovoxelnet_dense", "classic", "depth_net", "oracle_0.25px", "oracle_1px"]
+    names = [
+        "stereovoxelnet",
+        "stereovoxelnet_dense",
+        "classic",
+        "classic_sgbm",
+        "depth_net",
+        "oracle_0.25px",
+    ]
+    names.append("oracle_1px")
     for name in names:
         assert name in out
     assert "F1 0-6 m" in out and "σz" in out

@@ -174,7 +174,9 @@ class RunResult:
         }
         for cls in ("person", "cone", "box"):
             found = nav["objects_found"].get(cls, {})
-            row[f"{cls}_found"] = " / ".join("-" if v is None else f"{v:.2f}" for v in found.values()) or "-"
+            row[f"{cls}_found"] = " / ".join(
+                "-" if found.get(b) is None else f"{found[b]:.2f}" for b in self.scoring.object_band_names
+            )
         return row
 
 

@@ -190,6 +190,7 @@ def replay_bag(
             if len(rec.clouds) != last[0]:
                 last = (len(rec.clouds), time.monotonic())
         end = max((t for t, _ in rec.clouds.values()), default=time.monotonic())
+        time.sleep(0.1)  # the worker counts a frame just after publishing its cloud
         occupancy.publish_diagnostics()
         time.sleep(0.2)
         diagnostics = rec.diagnostics or {kv.key: kv.value for kv in occupancy.diagnostic_status().values}

@@ -68,6 +68,19 @@ def key_matches(key: str, namespace: str, node_name: str) -> bool:
     return len(parts) == len(target) and all(p in ("*", t) for p, t in zip(parts, target))
 
 
+def flatten_parameters(params: dict, prefix: str = "") -> dict:
+    """Nested YAML mappings as dotted parameter names (``classic: {matcher: bm}`` → ``classic.matcher``), as rcl
+    reads them."""
+    out: dict = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_parameters(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
 def load_stack_config(
     path: str | os.PathLike, namespace: str = DEFAULT_NAMESPACE
 ) -> dict[str, dict[str, Any]]:
@@ -88,7 +101,7 @@ def load_stack_config(
     for key, section in data.items():
         if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
             raise StackConfigError(f"{path}: section {key!r} has no 'ros__parameters' mapping")
-        params = section["ros__parameters"]
+        params = flatten_parameters(section["ros__parameters"])
         if key == WILDCARD_KEY:
             common.update(params)
             continue

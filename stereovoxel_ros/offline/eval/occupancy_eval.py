@@ -201,7 +201,9 @@ def headline_rows(summaries: dict[str, dict]) -> list[dict[str, str]]:
         }
         for cls in HEADLINE_CLASSES:
             found = s.get("objects_found", {}).get(cls, {})
-            row[cls] = " / ".join("-" if v is None else f"{v:.2f}" for v in found.values()) or "-"
+            row[cls] = " / ".join(
+                "-" if found.get(b) is None else f"{found[b]:.2f}" for b in ScoringConfig().object_band_names
+            )
         rows.append(row)
     return rows
 
