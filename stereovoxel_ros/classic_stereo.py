@@ -17,6 +17,7 @@ import numpy as np
 
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.stereo_camera import StereoCameraModel
+from stereovoxel_ros.voxel_grid import voxel_point_counts
 
 MATCHERS = ("bm", "sgbm")
 
@@ -99,20 +100,10 @@ def disparity_to_occupancy(
     disp = np.asarray(disparity, dtype=np.float32)
     if disp.shape != (camera.height, camera.width):
         raise ClassicStereoError(f"disparity is {disp.shape}, camera is ({camera.height}, {camera.width})")
-    v, u = np.nonzero(np.isfinite(disp) & (disp > 0))
+    v, u = np.nonzero(np.isfinite(disp) & (disp > 0))  # no pixel grid per call: only the matched pixels
     z = camera.focal_baseline / disp[v, u].astype(np.float64)
-    coords = (
-        (u - camera.cx) * z / camera.fx,
-        (v - camera.cy) * z / camera.fy,
-        z,
-    )
-    flat = np.zeros(z.shape, np.int64)
-    inside = np.ones(z.shape, bool)
-    for axis, c in enumerate(coords):
-        i = np.floor((c - grid.origin[axis]) / grid.voxel_size).astype(np.int64)
-        inside &= (i >= 0) & (i < grid.shape[axis])
-        flat = flat * grid.shape[axis] + i
-    counts = np.bincount(flat[inside], minlength=grid.num_voxels).reshape(grid.shape)
+    points = np.stack([(u - camera.cx) * z / camera.fx, (v - camera.cy) * z / camera.fy, z], axis=1)
+    counts = voxel_point_counts(points, grid)
     need = _min_points_per_slab(camera, grid, min_points, points_fraction)
     return counts >= need[None, None, :]
 

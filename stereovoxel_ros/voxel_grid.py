@@ -8,13 +8,17 @@ from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.stereo_camera import StereoCameraModel
 
 
-def points_to_voxels(points: np.ndarray, grid: VoxelGridSpec, min_points: int = 1) -> np.ndarray:
-    """Boolean occupancy (nx, ny, nz) of the voxels holding at least ``min_points`` of the (N, 3) points."""
+def voxel_point_counts(points: np.ndarray, grid: VoxelGridSpec) -> np.ndarray:
+    """(nx, ny, nz) int64: how many of the (N, 3) points [m] fall into each voxel."""
     idx, inside = grid.point_indices(points)
     idx = idx[inside]
-    counts = np.zeros(grid.shape, dtype=np.int32)
-    np.add.at(counts, (idx[:, 0], idx[:, 1], idx[:, 2]), 1)
-    return counts >= min_points
+    flat = np.ravel_multi_index((idx[:, 0], idx[:, 1], idx[:, 2]), grid.shape)
+    return np.bincount(flat, minlength=grid.num_voxels).reshape(grid.shape)
+
+
+def points_to_voxels(points: np.ndarray, grid: VoxelGridSpec, min_points: int = 1) -> np.ndarray:
+    """Boolean occupancy (nx, ny, nz) of the voxels holding at least ``min_points`` of the (N, 3) points."""
+    return voxel_point_counts(points, grid) >= min_points
 
 
 def depth_to_voxels(
