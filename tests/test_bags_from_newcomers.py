@@ -89,3 +89,27 @@ def test_zed_discovery_with_an_explicit_left_topic(tmp_path: Path) -> None:
     bag_topics = {t: (info if "info" in k else image) for k, t in zed_topics("/cam").items()}
     found = StereoBagTopics.find(bag_topics, left="/cam/left/image_rect", depth="/cam/depth/image")
     assert found.right_image == "/cam/right/image_rect" and found.right_info == "/cam/right/camera_info"
+
+
+def test_offline_replay_of_a_bag_without_depth(tmp_path: Path, capsys) -> None:
+    """--offline on a bag without depth: every pair is run and timed, the scores are unavailable."""
+    bag = write_stereo_bag(
+        tmp_path / "rs.mcap", frames=4, size=(160, 96), topics=realsense_topics("/front"), depth=False
+    )
+    out = tmp_path / "o"
+    argv = [
+        "replay",
+        "--offline",
+        str(bag),
+        "--backend",
+        "classic",
+        "--namespace",
+        "/front",
+        "--output",
+        str(out),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = json.loads((out / "summary.json").read_text())
+    assert rows[0]["frames"] == rows[0]["processed"] == 4
+    assert not np.isfinite(rows[0]["f1_0_6m"] or np.nan) and np.isfinite(rows[0]["latency_ms_p50"])
+    assert "no ground truth" in (out / "report.md").read_text()

@@ -307,7 +307,8 @@ def evaluate_bag_offline(
     """Run ``backend`` on every stereo pair of ``bag`` (no ROS graph) and score it against the depth ground truth.
 
     ``latency_ms`` here is the conversion + inference time of each frame [ms]. ``topic_options``: see
-    :meth:`StereoBagTopics.find`.
+    :meth:`StereoBagTopics.find`. A bag without depth is run for rate, latency and outputs: every stereo
+    pair is a frame, the scores are unavailable and the result says ``ground_truth=False``.
     """
     from tqdm import tqdm
 
@@ -322,9 +323,10 @@ def evaluate_bag_offline(
         topics = StereoBagTopics.find(reader.topics, bag, **(topic_options or {}))
         total = reader.topic_counts.get(topics.left_image, 0)
     skipped: dict[str, int] = {}
-    truth = ground_truth_voxels(bag, grid, topics, skipped)
+    has_truth = topics.depth is not None
+    truth = ground_truth_voxels(bag, grid, topics, skipped) if has_truth else {}
     frames: dict[int, BagFrame] = {s: BagFrame(s, int(t.voxels.sum())) for s, t in truth.items()}
-    example_stamp, example = sorted(truth)[len(truth) // 2], None
+    example_stamp, example = (sorted(truth)[len(truth) // 2] if truth else None), None
     start = time.perf_counter()
     pairs = 0
     for left, right, camera in tqdm(
@@ -338,6 +340,9 @@ def evaluate_bag_offline(
             continue  # counted as a dropped frame below when it has ground truth
         occupied = np.asarray(predictor.predict(frame.left, frame.right, frame.camera).occupied, bool)
         latency_ms = (time.perf_counter() - t0) * 1e3
+        if not has_truth:
+            frames[frame.stamp_ns] = BagFrame(frame.stamp_ns, 0, int(occupied.sum()), None, latency_ms)
+            continue
         score = frames.get(frame.stamp_ns)
         if score is None:
             continue
@@ -355,10 +360,11 @@ def evaluate_bag_offline(
         bag=str(bag),
         frames=[frames[s] for s in sorted(frames)],
         wall_s=wall,
-        bag_duration_s=image_stamp_span_s(truth),
+        bag_duration_s=image_stamp_span_s(truth or frames),
         pairs_in_bag=pairs,
         diagnostics={f"ground truth frames skipped ({why})": str(n) for why, n in skipped.items()},
         example=example,
+        ground_truth=has_truth,
     )
 
 
