@@ -43,6 +43,7 @@ LABEL_CLASS_STRIDE = 1000  # label = (class index + 1) * 1000 + object index; 0 
 RANGE_BANDS_M: tuple[float, ...] = (0.0, 2.0, 4.0, 6.0, 9.0, math.inf)
 OBJECT_BANDS_M: tuple[float, ...] = (0.0, 4.0, 8.0, math.inf)
 HEADLINE_RANGE_M = 6.0  # F1 and false obstacles are headlined over 0 .. this range
+HEADLINE_CLASSES: tuple[str, ...] = ("person", "cone", "box")  # objects found shown in the tables
 
 
 class ScoringError(ValueError):
@@ -87,6 +88,11 @@ class ScoringConfig:
     def band_names(self) -> list[str]:
         b = self.range_bands_m
         return [band_name(lo, hi) for lo, hi in pairwise(b)]
+
+    @property
+    def headline_bands(self) -> np.ndarray:
+        """(n_bands,) bool: the range bands that make up the headline 0 .. HEADLINE_RANGE_M figures."""
+        return np.asarray([hi <= HEADLINE_RANGE_M for hi in self.range_bands_m[1:]])
 
     @property
     def object_band_names(self) -> list[str]:
@@ -246,6 +252,10 @@ class FrameScore:
     voxel_iou: float = math.nan
     obstacle_voxel_iou: float = math.nan
     chamfer_m: float = math.nan
+
+    def counts(self) -> dict[str, np.ndarray]:
+        """The per-band counters by name (``COUNT_FIELDS``), as :func:`rates` takes them."""
+        return {name: getattr(self, name) for name in COUNT_FIELDS}
 
 
 def _dilate(mask: np.ndarray, cells: int) -> np.ndarray:
@@ -414,13 +424,9 @@ class OccupancyScorer:
     def frames(self) -> int:
         return sum(w.frames for w in self.worlds.values())
 
-    def _headline_select(self) -> np.ndarray:
-        edges = self.config.range_bands_m
-        return np.asarray([hi <= HEADLINE_RANGE_M for hi in edges[1:]])
-
     def world_rows(self) -> dict[str, dict[str, float]]:
         """Per world: the headline figures (F1 0–6 m with tolerance, false obstacles, false stops)."""
-        sel = self._headline_select()
+        sel = self.config.headline_bands
         out = {}
         for name, w in self.worlds.items():
             head = rates(w.counts, sel)
@@ -468,6 +474,12 @@ class OccupancyScorer:
             seen.setdefault(cls, {})[bname] = count
         out["objects_found"], out["objects_seen"] = found, seen
         return out
+
+
+def objects_found_text(summary: dict, cls: str, config: ScoringConfig) -> str:
+    """``"1.00 / 0.93 / -"``: a summary's share of ``cls`` found per object band, ``-`` where none was seen."""
+    found = summary.get("objects_found", {}).get(cls, {})
+    return " / ".join("-" if found.get(b) is None else f"{found[b]:.2f}" for b in config.object_band_names)
 
 
 # ------------------------------------------------------------------------------------------ physics

@@ -28,10 +28,11 @@ from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.messages.image import image_to_numpy
 from stereovoxel_ros.messages.stamps import header_stamp_ns
 from stereovoxel_ros.occupancy_scoring import (
-    COUNT_FIELDS,
+    HEADLINE_CLASSES,
     FrameScore,
     OccupancyScorer,
     ScoringConfig,
+    objects_found_text,
     rates,
     score_frame,
 )
@@ -109,8 +110,7 @@ class BagFrame:
                 "voxel_iou": math.nan,
                 "chamfer_m": math.nan,
             }
-        edges = np.asarray(ScoringConfig().range_bands_m[1:])
-        head = rates({k: getattr(self.score, k) for k in COUNT_FIELDS}, edges <= 6.0)
+        head = rates(self.score.counts(), ScoringConfig().headline_bands)
         return {
             "f1_0_6m": head["f1_tol"],
             "false_free_0_6m": head["false_free"],
@@ -172,11 +172,8 @@ class RunResult:
             "latency_ms_p99": float(np.percentile(latency, 99)) if latency.size else math.nan,
             "objects_found": nav["objects_found"],
         }
-        for cls in ("person", "cone", "box"):
-            found = nav["objects_found"].get(cls, {})
-            row[f"{cls}_found"] = " / ".join(
-                "-" if found.get(b) is None else f"{found[b]:.2f}" for b in self.scoring.object_band_names
-            )
+        for cls in HEADLINE_CLASSES:
+            row[f"{cls}_found"] = objects_found_text(nav, cls, self.scoring)
         return row
 
 

@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any, name: str, help: str) -> None:
-    from stereovoxel_ros.jackal import CAMERA_HEIGHT_M, OBSTACLE_MIN_HEIGHT_M
+    from stereovoxel_ros.offline.eval.commands import scoring_arguments
 
     p = subparsers.add_parser(
         name,
@@ -204,7 +204,5 @@ def register(subparsers: Any, name: str, help: str) -> None:
     p.add_argument("--top", type=int, default=15, help="rows of the printed table")
     p.add_argument("--out", default="outputs/classic_sweep")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--camera-height", type=float, default=CAMERA_HEIGHT_M)
-    p.add_argument("--obstacle-min-height", type=float, default=OBSTACLE_MIN_HEIGHT_M)
-    p.add_argument("--obstacle-max-height", type=float, default=1.5)
+    scoring_arguments(p)
     p.set_defaults(func=run)

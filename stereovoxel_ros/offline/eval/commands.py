@@ -78,16 +78,7 @@ def _models(p: argparse.ArgumentParser) -> None:
         help=f"depth-first baseline, e.g. {DEPTH_CHECKPOINT} (off by default: ~0.4 s a frame on a CPU)",
     )
     p.add_argument("--threshold", type=float, default=0.5, help="occupancy probability threshold")
-    p.add_argument(
-        "--camera-height",
-        type=float,
-        default=CAMERA_HEIGHT_M,
-        help="[m] camera above the floor: obstacles are voxels --obstacle-min-height..--obstacle-max-height above it",
-    )
-    p.add_argument(
-        "--obstacle-min-height", type=float, default=OBSTACLE_MIN_HEIGHT_M, help="[m] above the floor"
-    )
-    p.add_argument("--obstacle-max-height", type=float, default=1.5, help="[m] above the floor")
+    scoring_arguments(p)
     p.add_argument(
         "--classic",
         action="append",
@@ -99,6 +90,20 @@ def _models(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-sgbm", action="store_true", help="leave out the classic_sgbm row (the tuned StereoSGBM preset)"
     )
+
+
+def scoring_arguments(p: argparse.ArgumentParser) -> None:
+    """The obstacle height band of the scores (read back by :func:`scoring_config`)."""
+    p.add_argument(
+        "--camera-height",
+        type=float,
+        default=CAMERA_HEIGHT_M,
+        help="[m] camera above the floor: obstacles are voxels --obstacle-min-height..--obstacle-max-height above it",
+    )
+    p.add_argument(
+        "--obstacle-min-height", type=float, default=OBSTACLE_MIN_HEIGHT_M, help="[m] above the floor"
+    )
+    p.add_argument("--obstacle-max-height", type=float, default=1.5, help="[m] above the floor")
 
 
 def parse_options(items: list[str], what: str) -> dict:
@@ -224,7 +229,7 @@ def _run_eval(args, manifests, grid, methods, config) -> int:
         print(
             f"\n{dataset} (split {args.split}, seed {seed}): {first['frames']} frames, {first['worlds']} worlds"
         )
-        print(format_table(headline_rows(summaries), HEADLINE_COLUMNS))
+        print(format_table(headline_rows(summaries, config), HEADLINE_COLUMNS))
         if camera is None and kept:
             camera = kept[0].camera
     merged = {name: merge_scorers(rs).summary() for name, rs in all_results.items()}
@@ -234,7 +239,7 @@ def _run_eval(args, manifests, grid, methods, config) -> int:
         print(
             f"\nall {len(per_set)} datasets: {first['frames']} frames, {first['worlds']} worlds (spread over worlds)"
         )
-        print(format_table(headline_rows(merged), HEADLINE_COLUMNS))
+        print(format_table(headline_rows(merged, config), HEADLINE_COLUMNS))
         print("\nF1 0-6 m (±1 cell) per dataset, and mean ± spread of the dataset means:")
         print(format_table(*_across_table(per_set, across)))
     print("\nF1 (±1 cell) per range band, mean ± spread over worlds:")

@@ -20,9 +20,11 @@ import numpy as np
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.occupancy_predictor import OccupancyResult, PredictorError, check_stereo_images
 from stereovoxel_ros.occupancy_scoring import (
+    HEADLINE_CLASSES,
     OccupancyScorer,
     ScoringConfig,
     camera_visibility,
+    objects_found_text,
     obstacle_map,
     score_frame,
 )
@@ -180,11 +182,9 @@ def pm(mean: float | None, std: float | None, fmt: str = ".3f") -> str:
     return f"{format(mean, fmt)} ± {format(std, fmt)}"
 
 
-HEADLINE_CLASSES = ("person", "cone", "box")
-
-
-def headline_rows(summaries: dict[str, dict]) -> list[dict[str, str]]:
+def headline_rows(summaries: dict[str, dict], config: ScoringConfig | None = None) -> list[dict[str, str]]:
     """One row per method: the headline figures as ``mean ± spread`` text, objects found for the main classes."""
+    config = config or ScoringConfig()
     rows = []
     for name, s in summaries.items():
         row = {
@@ -200,10 +200,7 @@ def headline_rows(summaries: dict[str, dict]) -> list[dict[str, str]]:
             "latency": "-" if "latency_median_ms" not in s else f"{s['latency_median_ms']:.1f}",
         }
         for cls in HEADLINE_CLASSES:
-            found = s.get("objects_found", {}).get(cls, {})
-            row[cls] = " / ".join(
-                "-" if found.get(b) is None else f"{found[b]:.2f}" for b in ScoringConfig().object_band_names
-            )
+            row[cls] = objects_found_text(s, cls, config)
         rows.append(row)
     return rows
 

@@ -292,8 +292,6 @@ class OccupancyTask:
         the selection metric) and ``count``."""
         from stereovoxel_ros.metrics import voxel_iou
         from stereovoxel_ros.occupancy_scoring import (
-            COUNT_FIELDS,
-            HEADLINE_RANGE_M,
             ScoringConfig,
             obstacle_band_rows,
             rates,
@@ -304,7 +302,7 @@ class OccupancyTask:
         probs = torch.sigmoid(net(batch["left"], batch["right"], batch["camera"])[-1])
         pred, tgt = (probs > 0.5).numpy(), (batch["voxels"] > 0.5).numpy()
         config = ScoringConfig()
-        near = np.asarray([hi <= HEADLINE_RANGE_M for hi in config.range_bands_m[1:]])
+        near = config.headline_bands
         height, width = batch["left"].shape[-2:]
         sums = dict.fromkeys(("f1_0_6m", "false_free_0_6m", "iou", "obstacle_iou"), 0.0)
         rows = obstacle_band_rows(self.model.grid, config)[None, :, None]
@@ -312,7 +310,7 @@ class OccupancyTask:
             fx, fy, cx, cy, baseline = (float(v) for v in batch["camera"][k])
             camera = StereoCameraModel(int(width), int(height), fx, fy, cx, cy, baseline)
             score = score_frame(pred[k], tgt[k], self.model.grid, camera, config, voxel_metrics=False)
-            head = rates({n: getattr(score, n) for n in COUNT_FIELDS}, near)
+            head = rates(score.counts(), near)
             f1 = head["f1_tol"]
             if math.isnan(f1):  # no true obstacle within 6 m
                 f1 = 0.0 if score.pred_cells[near].sum() else 1.0
