@@ -303,6 +303,34 @@ def score_grids(
     )
 
 
+@dataclass(frozen=True)
+class TruthGrid:
+    """The ground truth of one frame as the scores use it: what every method is compared with."""
+
+    voxels: np.ndarray  # (nx, ny, nz) bool
+    obstacles: np.ndarray  # (nz, nx) bool scoring grid
+    visibility: np.ndarray  # (nz, nx) int8: OBSTACLE / FREE / UNKNOWN
+    objects: list[tuple[str, np.ndarray]]  # object_cells(), empty without labels
+
+
+def truth_grid(
+    true_voxels: np.ndarray,
+    grid: VoxelGridSpec,
+    camera: StereoCameraModel,
+    config: ScoringConfig | None = None,
+    labels: np.ndarray | None = None,
+    depth: np.ndarray | None = None,
+) -> TruthGrid:
+    """The true obstacle grid, its visibility and (with labels and depth) the labelled objects' cells."""
+    config = config or ScoringConfig()
+    true_v = np.asarray(true_voxels, bool)
+    obstacles = obstacle_map(true_v, grid, config)
+    objects = (
+        object_cells(labels, depth, camera, grid, config) if labels is not None and depth is not None else []
+    )
+    return TruthGrid(true_v, obstacles, camera_visibility(obstacles, grid, camera), objects)
+
+
 def score_frame(
     predicted_voxels: np.ndarray,
     true_voxels: np.ndarray,
@@ -312,24 +340,26 @@ def score_frame(
     labels: np.ndarray | None = None,
     depth: np.ndarray | None = None,
     voxel_metrics: bool = True,
+    truth: TruthGrid | None = None,
 ) -> FrameScore:
     """Score one frame's predicted voxels against the truth (visibility from the true voxels themselves).
 
-    With a label image and the true depth, every labelled object is also scored as found or not.
+    With a label image and the true depth, every labelled object is also scored as found or not. ``truth``
+    (from :func:`truth_grid` with the same arguments) saves recomputing it when several methods score one frame.
     """
     config = config or ScoringConfig()
-    pred_v, true_v = np.asarray(predicted_voxels, bool), np.asarray(true_voxels, bool)
+    truth = truth or truth_grid(true_voxels, grid, camera, config, labels, depth)
+    pred_v, true_v = np.asarray(predicted_voxels, bool), truth.voxels
     if pred_v.shape != true_v.shape:
         raise ScoringError(f"predicted voxels {pred_v.shape} and true voxels {true_v.shape} differ")
-    truth = obstacle_map(true_v, grid, config)
     pred = obstacle_map(pred_v, grid, config)
     ranges = cell_ranges(grid)
-    score = score_grids(pred, truth, camera_visibility(truth, grid, camera), ranges, config)
-    if labels is not None and depth is not None:
+    score = score_grids(pred, truth.obstacles, truth.visibility, ranges, config)
+    if truth.objects:
         near_pred = _dilate(pred, config.tolerance_cells).ravel()
         flat_ranges = ranges.ravel()
         obj_edges = config.object_bands_m
-        for name, cells in object_cells(labels, depth, camera, grid, config):
+        for name, cells in truth.objects:
             band = int(np.digitize(flat_ranges[cells].min(), obj_edges[1:-1]))
             found = float(near_pred[cells].mean()) >= config.object_found_fraction
             score.objects.append((name, band, found))

@@ -200,3 +200,21 @@ def test_bad_configs_and_shapes_are_named() -> None:
         score_grids(
             np.zeros((3, 3), bool), np.zeros((4, 4), bool), np.zeros((4, 4)), np.zeros((4, 4)), CONFIG
         )
+
+
+def test_a_precomputed_truth_grid_scores_the_same() -> None:
+    from stereovoxel_ros.occupancy_scoring import truth_grid
+
+    camera = ZED2_640x360
+    truth = _box_voxels(slice(14, 16), slice(19, 22))
+    predicted = _box_voxels(slice(15, 17), slice(20, 23))
+    depth = np.full((camera.height, camera.width), 3.0, np.float32)
+    labels = np.zeros(depth.shape, np.uint16)
+    labels[150:200, 300:340] = (OBJECT_CLASSES.index("box") + 1) * LABEL_CLASS_STRIDE + 1
+    direct = score_frame(predicted, truth, GRID, camera, CONFIG, labels, depth)
+    shared = truth_grid(truth, GRID, camera, CONFIG, labels, depth)
+    reused = score_frame(predicted, truth, GRID, camera, CONFIG, truth=shared)
+    assert direct.objects == reused.objects == [("box", 0, True)]
+    for name, counts in direct.counts().items():
+        np.testing.assert_array_equal(counts, reused.counts()[name])
+    assert direct.voxel_iou == reused.voxel_iou and direct.chamfer_m == reused.chamfer_m

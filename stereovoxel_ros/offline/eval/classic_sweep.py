@@ -43,7 +43,12 @@ class ClassicSweep:
     """Scores classic-stereo configurations on preloaded samples, caching disparities per matcher setting."""
 
     def __init__(self, samples: list, grid: Any, scoring: Any) -> None:
+        from stereovoxel_ros.occupancy_scoring import truth_grid
+
         self.samples, self.grid, self.scoring = samples, grid, scoring
+        self._truth = [
+            truth_grid(s.voxels, grid, s.camera, scoring) for _, s in samples
+        ]  # same for every config
         self._disparity: dict[tuple, tuple[list, float]] = {}
         self.tried: dict[tuple, dict] = {}
 
@@ -65,14 +70,18 @@ class ClassicSweep:
             self._disparity[match_key] = (disparities, float(np.median(times)))
         disparities, match_ms = self._disparity[match_key]
         scorer = OccupancyScorer(self.scoring)
-        for (_, sample), (disp, cam) in zip(self.samples, disparities):
+        for (_, sample), (disp, cam), truth in zip(self.samples, disparities, self._truth):
             occupied = disparity_to_occupancy(disp, cam, self.grid, config.min_points, config.points_fraction)
-            scorer.add(
-                score_frame(
-                    occupied, sample.voxels, self.grid, sample.camera, self.scoring, voxel_metrics=False
-                ),
-                sample.sequence,
+            score = score_frame(
+                occupied,
+                sample.voxels,
+                self.grid,
+                sample.camera,
+                self.scoring,
+                voxel_metrics=False,
+                truth=truth,
             )
+            scorer.add(score, sample.sequence)
         summary = scorer.summary() | {"match_median_ms": match_ms}
         summary["objective"] = objective(summary)
         self.tried[key] = {"config": dataclasses.asdict(config), **summary}

@@ -27,6 +27,7 @@ from stereovoxel_ros.occupancy_scoring import (
     objects_found_text,
     obstacle_map,
     score_frame,
+    truth_grid,
 )
 from stereovoxel_ros.offline.data.dataset_format import StereoSample, iter_samples, read_manifest
 from stereovoxel_ros.stereo_camera import StereoCameraModel
@@ -140,11 +141,12 @@ def evaluate_methods(
         keep = sample.sequence not in seen_worlds and len(kept) < examples
         seen_worlds.add(sample.sequence)
         example = FrameExample(sample_id, sample.left, sample.voxels, sample.camera) if keep else None
+        truth = truth_grid(sample.voxels, grid, sample.camera, config, labels, sample.depth)  # once a frame
         for name, method in methods.items():
             t0 = time.perf_counter()
             occupied = run_method(method, sample)
             results[name].latencies_ms.append((time.perf_counter() - t0) * 1e3)
-            score = score_frame(occupied, sample.voxels, grid, sample.camera, config, labels, sample.depth)
+            score = score_frame(occupied, sample.voxels, grid, sample.camera, config, truth=truth)
             results[name].scorer.add(score, sample.sequence)
             if example is not None:
                 example.predicted[name] = occupied
