@@ -28,17 +28,6 @@ def depth_to_voxels(
     return points_to_voxels(camera.depth_to_points(depth, stride=stride), grid, min_points=min_points)
 
 
-def disparity_to_voxels(
-    disparity: np.ndarray,
-    camera: StereoCameraModel,
-    grid: VoxelGridSpec,
-    min_points: int = 1,
-    stride: int = 1,
-) -> np.ndarray:
-    """Boolean occupancy from a disparity image [px] (non-positive disparity is invalid)."""
-    return depth_to_voxels(camera.disparity_to_depth(disparity), camera, grid, min_points, stride)
-
-
 def occupied_voxel_centers(occupancy: np.ndarray, grid: VoxelGridSpec, threshold: float = 0.5) -> np.ndarray:
     """(N, 3) float32 centres [m] of voxels whose occupancy (bool or probability) exceeds ``threshold``."""
     occ = np.asarray(occupancy)

@@ -220,14 +220,11 @@ def replay_bag(
     example = None
     mid = sorted(truth)[len(truth) // 2]
     for stamp, gt in sorted(truth.items()):
-        frame = BagFrame(stamp, int(gt.voxels.sum()))
-        if stamp in rec.clouds:
-            received, points = rec.clouds[stamp]
+        frame = _recorded_frame(rec, stamp, int(gt.voxels.sum()))
+        if not frame.dropped:
+            points = rec.clouds[stamp][1]
             predicted = points_to_voxels(transform_points(points, base_to_optical), config.grid)
-            frame.predicted_voxels = int(predicted.sum())
             frame.score = score_bag_frame(predicted, gt, config.grid)
-            if stamp in rec.image_seen:
-                frame.latency_ms = (received - rec.image_seen[stamp]) * 1e3
             if stamp == mid:
                 example = (predicted, gt.voxels)
         frames.append(frame)
@@ -242,6 +239,18 @@ def replay_bag(
         diagnostics=diagnostics,
         example=example,
     )
+
+
+def _recorded_frame(rec: ReplayRecording, stamp: int, gt_voxels: int) -> BagFrame:
+    """The frame of one left image as recorded: its voxel count (one cloud point per occupied voxel) and its
+    latency, image on the graph -> cloud received; dropped when no cloud came."""
+    frame = BagFrame(stamp, gt_voxels)
+    if stamp in rec.clouds:
+        received, points = rec.clouds[stamp]
+        frame.predicted_voxels = len(points)
+        if stamp in rec.image_seen:
+            frame.latency_ms = (received - rec.image_seen[stamp]) * 1e3
+    return frame
 
 
 def left_stamps(bag: str | os.PathLike, left_topic: str) -> list[int]:
@@ -263,15 +272,7 @@ def _unscored_result(
     diagnostics: dict[str, str],
 ) -> RunResult:
     """A run on a bag without ground truth: drops and latency per left image; the scores stay unavailable."""
-    frames = []
-    for stamp in stamps:
-        score = BagFrame(stamp, 0)
-        if stamp in rec.clouds:
-            received, points = rec.clouds[stamp]
-            score.predicted_voxels = len(points)
-            if stamp in rec.image_seen:
-                score.latency_ms = (received - rec.image_seen[stamp]) * 1e3
-        frames.append(score)
+    frames = [_recorded_frame(rec, stamp, 0) for stamp in stamps]
     return RunResult(
         label=label,
         mode="replay",
