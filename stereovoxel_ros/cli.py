@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stereovoxel_ros.offline.eval.classic_sweep",
         "tune the classic stereo backend on training worlds (Nav2 scores)",
     ),
+    "calibrate": (
+        "stereovoxel_ros.offline.eval.gate_calibration",
+        "calibrate StereoVoxelNet's per-level octree gates and threshold on tuning worlds",
+    ),
     "bench": ("stereovoxel_ros.offline.eval.commands", "latency, params and FLOPs side by side"),
     "export": ("stereovoxel_ros.offline.eval.commands", "export a checkpoint to TorchScript and ONNX"),
     "replay": ("stereovoxel_ros.ros.replay", "play a bag through the live occupancy node and score it"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,8 +106,9 @@ class ClassicPredictor:
 class StereoVoxelNetPredictor:
     """StereoVoxelNet with octree (pruned) decoding; images are resized to the model's input size.
 
-    Options: ``threshold`` (occupancy probability cut, 0.5), ``prune_threshold`` (refine children of cells
-    above it, default = threshold), ``exit_level`` (stop at this octree level, None = finest),
+    Options: ``threshold`` (occupancy probability cut), ``prune_threshold`` (refine children of cells above
+    it: one number or one per coarse level), both defaulting to the checkpoint's ``calibration`` (written by
+    ``stereovoxel calibrate`` on a tuning set) or else 0.5 and the threshold, ``exit_level`` (stop at this octree level, None = finest),
     ``dense`` (evaluate every cell, then gate by the parents: same output, dense cost), ``num_threads`` (torch
     intra-op threads, 1: on a shared 2-core CPU a second thread stalls in OpenMP spin-waits; None = leave as is),
     ``pruning`` (run-time All-in-One pruning with the checkpoint's masks: :meth:`set_pruning_ratio`; BN unfused).
@@ -116,8 +118,8 @@ class StereoVoxelNetPredictor:
         self,
         checkpoint: str | Path,
         grid: VoxelGridSpec,
-        threshold: float = 0.5,
-        prune_threshold: float | None = None,
+        threshold: float | None = None,
+        prune_threshold: float | Sequence[float] | None = None,
         exit_level: int | None = None,
         dense: bool = False,
         num_threads: int | None = 1,
@@ -131,14 +133,25 @@ class StereoVoxelNetPredictor:
             loaded = load_checkpoint(checkpoint, grid)
         except StereoVoxelNetError as err:
             raise PredictorError(str(err)) from err
+        calibration = loaded.meta.get("calibration") or {}
+        if threshold is None:
+            threshold = float(calibration.get("threshold", 0.5))
+        if prune_threshold is None:
+            prune_threshold = calibration.get("gates", threshold)
         if not 0.0 < threshold < 1.0:
             raise PredictorError(f"threshold must be in (0, 1), got {threshold}")
-        self.prune_threshold = threshold if prune_threshold is None else float(prune_threshold)
-        if not 0.0 <= self.prune_threshold <= threshold:
+        try:
+            gates = loaded.model.decoder.level_gates(prune_threshold)
+        except (TypeError, ValueError) as err:
+            raise PredictorError(f"prune_threshold {prune_threshold!r}: {err}") from err
+        if not all(0.0 <= g <= threshold for g in gates):
             raise PredictorError(
-                f"prune_threshold {self.prune_threshold} must be in [0, threshold={threshold}] "
+                f"prune_threshold {prune_threshold} must be in [0, threshold={threshold}] "
                 "(cells left unrefined must read as free)"
             )
+        self.prune_threshold: float | tuple[float, ...] = (
+            float(prune_threshold) if isinstance(prune_threshold, (int, float)) else tuple(gates)
+        )
         if exit_level is not None and not 0 <= exit_level < loaded.model.num_levels:
             raise PredictorError(
                 f"exit_level must be in [0, {loaded.model.num_levels - 1}], got {exit_level}"

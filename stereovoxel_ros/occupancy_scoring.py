@@ -37,7 +37,17 @@ from stereovoxel_ros.stereo_camera import StereoCameraModel
 UNKNOWN, FREE, OBSTACLE = -1, 0, 100  # nav_msgs/OccupancyGrid cell values
 
 # Object classes the synthetic generator places; label images encode them (see :func:`decode_labels`).
-OBJECT_CLASSES: tuple[str, ...] = ("box", "cone", "person", "cylinder", "pole", "table", "ramp", "wall")
+OBJECT_CLASSES: tuple[str, ...] = (
+    "box",
+    "cone",
+    "person",
+    "cylinder",
+    "pole",
+    "table",
+    "ramp",
+    "wall",
+    "curb",
+)
 LABEL_CLASS_STRIDE = 1000  # label = (class index + 1) * 1000 + object index; 0 = no object (sky, ground)
 
 RANGE_BANDS_M: tuple[float, ...] = (0.0, 2.0, 4.0, 6.0, 9.0, math.inf)

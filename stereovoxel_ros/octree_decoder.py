@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -69,6 +70,15 @@ class ContextBlock3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+def probability_logit(p: float) -> float:
+    """log(p / (1 - p)), with -inf at 0 and inf at 1."""
+    if p <= 0:
+        return -math.inf
+    if p >= 1:
+        return math.inf
+    return math.log(p / (1 - p))
 
 
 class OctreeDecoder(nn.Module):
@@ -196,12 +206,21 @@ class OctreeDecoder(nn.Module):
         child_b = bidx[:, None].expand(-1, 8).reshape(-1)
         return child_b, child_ijk, child_feats
 
+    def level_gates(self, threshold: float | Sequence[float]) -> list[float]:
+        """One gate per refining level (every level but the finest) from a number or a per-level sequence."""
+        if isinstance(threshold, (int, float)):
+            return [float(threshold)] * (self.num_levels - 1)
+        gates = [float(t) for t in threshold]
+        if len(gates) != self.num_levels - 1:
+            raise ValueError(f"need {self.num_levels - 1} gates (one per coarse level), got {len(gates)}")
+        return gates
+
     def _run(
         self,
         frustums: list[torch.Tensor],
         camera: torch.Tensor,
         keep: str,
-        threshold: float = 0.5,
+        threshold: float | Sequence[float] = 0.5,
         targets: list[torch.Tensor] | None = None,
         last_level: int | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -213,6 +232,7 @@ class OctreeDecoder(nn.Module):
         parent: torch.Tensor | None = None
         out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         last = self.num_levels - 1 if last_level is None else last_level
+        gates = self.level_gates(threshold)
         for level in range(last + 1):
             feats, logits = self._evaluate(
                 level, self.stack_batch(frustums[level]), camera, bidx, ijk, parent
@@ -221,7 +241,7 @@ class OctreeDecoder(nn.Module):
             if level == last:
                 break
             if keep != "all":
-                mask = logits.detach() > torch.logit(torch.tensor(threshold)).item()
+                mask = logits.detach() > probability_logit(gates[level])
                 if keep == "train" and targets is not None:
                     tgt = targets[level].reshape(-1)[self.flat_index(level, bidx, ijk)]
                     mask = mask | (tgt > 0.5)
@@ -232,7 +252,10 @@ class OctreeDecoder(nn.Module):
     # ---- dense (export, comparison) ---------------------------------------------------------------------------
 
     def forward(
-        self, frustums: list[torch.Tensor], camera: torch.Tensor, gate_threshold: float | None = 0.5
+        self,
+        frustums: list[torch.Tensor],
+        camera: torch.Tensor,
+        gate_threshold: float | Sequence[float] | None = 0.5,
     ) -> list[torch.Tensor]:
         """Dense logits at every level: a list of (B, n_x, n_y, n_z) tensors, coarsest first.
 
@@ -242,13 +265,15 @@ class OctreeDecoder(nn.Module):
         """
         b = camera.shape[0]
         outputs: list[torch.Tensor] = []
+        gates = None if gate_threshold is None else self.level_gates(gate_threshold)
         for level, (bidx, ijk, logits) in enumerate(self._run(frustums, camera, "all")):
             flat = self.flat_index(level, bidx, ijk)
             vol = torch.zeros(b * self.level_cells(level), dtype=logits.dtype, device=logits.device)
             vol = vol.scatter(0, flat, logits).view(b, *self.level_shapes[level])
-            if gate_threshold is not None and gate_threshold > 0 and level > 0:
+            if gates is not None and level > 0 and gates[level - 1] > 0:
+                gate = gates[level - 1]
                 up = F.interpolate(outputs[-1].unsqueeze(1), scale_factor=2.0, mode="nearest").squeeze(1)
-                vol = torch.where(up > math.log(gate_threshold / (1 - gate_threshold)), vol, up)
+                vol = torch.where(up > probability_logit(gate), vol, up)
             outputs.append(vol)
         return outputs
 
@@ -276,7 +301,7 @@ class OctreeDecoder(nn.Module):
         self,
         frustums: list[torch.Tensor],
         camera: torch.Tensor,
-        prune_threshold: float = 0.5,
+        prune_threshold: float | Sequence[float] = 0.5,
         exit_level: int | None = None,
     ) -> OctreeOutput:
         """Refine only the children of cells with probability > ``prune_threshold``; stop at ``exit_level``.

@@ -310,3 +310,45 @@ def test_occupancy_loss_terms_are_parsed_and_checked():
     loss, logs = task.losses(model, batch)
     assert loss.shape == (2,) and torch.isfinite(loss).all()
     assert {"depth_loss", "bce_l3", "loss_l0"} <= set(logs)
+
+
+def _grid_sample_cost_volume(left, right, disparities, groups):
+    """The reference: bilinear ``grid_sample`` of the right features at x - d (zeros outside)."""
+    import torch.nn.functional as F
+
+    b, c, h, w = left.shape
+    d = disparities.shape[1]
+    xs = torch.arange(w, dtype=left.dtype)
+    ys = torch.arange(h, dtype=left.dtype)
+    gx = ((xs.view(1, 1, 1, w) - disparities.view(b, d, 1, 1)) + 0.5) / w * 2 - 1
+    gy = ((ys + 0.5) / h * 2 - 1).view(1, 1, h, 1)
+    grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).reshape(b, d * h, w, 2)
+    shifted = F.grid_sample(right, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (left.unsqueeze(2) * shifted.view(b, c, d, h, w)).view(b, groups, c // groups, d, h, w).mean(2)
+
+
+def test_cost_volume_equals_bilinear_sampling_with_gradients():
+    """Integer-shift correlations blended per slab give grid_sample's volume, also for shifts past the width
+    and different cameras per batch item; gradients agree too."""
+    g = torch.Generator().manual_seed(3)
+    left = torch.randn(2, 8, 5, 24, generator=g, requires_grad=True)
+    right = torch.randn(2, 8, 5, 24, generator=g, requires_grad=True)
+    disparities = torch.tensor(
+        [[0.0, 0.3, 1.7, 2.0, 7.25, 23.5, 30.0], [0.1, 0.9, 3.3, 3.31, 11.0, 12.6, 0.5]]
+    )
+    fast = sampled_cost_volume(left, right, disparities, groups=4)
+    reference = _grid_sample_cost_volume(left, right, disparities, groups=4)
+    assert torch.allclose(fast, reference, atol=1e-5)
+    (g_fast_l, g_fast_r) = torch.autograd.grad(fast.square().sum(), (left, right))
+    (g_ref_l, g_ref_r) = torch.autograd.grad(reference.square().sum(), (left, right))
+    assert torch.allclose(g_fast_l, g_ref_l, atol=1e-4) and torch.allclose(g_fast_r, g_ref_r, atol=1e-4)
+
+
+def test_slab_interpolation_equals_trilinear_resize_along_depth():
+    import torch.nn.functional as F
+
+    from stereovoxel_ros.models.stereovoxelnet import interpolate_slabs
+
+    volume = torch.randn(2, 3, 12, 4, 5)
+    reference = F.interpolate(volume, size=(64, 4, 5), mode="trilinear", align_corners=False)
+    assert torch.allclose(interpolate_slabs(volume, 64), reference, atol=1e-5)

@@ -109,3 +109,39 @@ def test_shipped_checkpoint_loads_for_the_default_grid():
         meta["seed"] is not None and "stereovoxel " in meta["command"]
     )  # train, or finetune of a trained one
     assert path.stat().st_size < 8 * 2**20
+
+
+def test_per_level_gates_prune_like_the_dense_gated_decoder_and_calibration_is_the_default(tmp_path):
+    """Per-level gates: the pruned decoder equals the dense decoder gated the same way and the offline replay
+    of the gating (calibration); a checkpoint's calibration is what the predictor uses unless overridden."""
+    from stereovoxel_ros.offline.eval.gate_calibration import gated_probabilities
+
+    torch.manual_seed(0)
+    model = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, input_size=(64, 32))
+    gates = (0.2, 0.4, 0.3)
+    save_checkpoint(
+        tmp_path / "m.pt",
+        model,
+        "stereovoxelnet_fast",
+        {"calibration": {"threshold": 0.45, "gates": list(gates)}},
+    )
+    save_checkpoint(tmp_path / "plain.pt", model, "stereovoxelnet_fast")
+    left, right = _plane_pair(5)
+    calibrated = make_predictor("stereovoxelnet", tmp_path / "m.pt", DEFAULT_GRID)
+    assert calibrated.threshold == 0.45 and calibrated.prune_threshold == gates
+    plain = make_predictor("stereovoxelnet", tmp_path / "plain.pt", DEFAULT_GRID)
+    assert plain.threshold == 0.5 and plain.prune_threshold == 0.5
+    dense = make_predictor("stereovoxelnet", tmp_path / "m.pt", DEFAULT_GRID, dense=True)
+    a, b = calibrated.predict(left, right, CAMERA), dense.predict(left, right, CAMERA)
+    assert np.array_equal(a.occupied, b.occupied)
+    lt, rt, cam = calibrated.prepare(left, right, CAMERA)
+    with torch.inference_mode():
+        raw = [
+            v[0] for v in calibrated.model.decoder(calibrated.model.frustum_pyramid(lt, rt, cam), cam, None)
+        ]
+    assert np.allclose(gated_probabilities(raw, gates), b.probabilities, atol=1e-6)
+    with pytest.raises(PredictorError, match="need 3 gates"):
+        make_predictor("stereovoxelnet", tmp_path / "m.pt", DEFAULT_GRID, prune_threshold=(0.2, 0.3))
+    with pytest.raises(PredictorError, match="must be in"):
+        make_predictor("stereovoxelnet", tmp_path / "m.pt", DEFAULT_GRID, prune_threshold=(0.2, 0.3, 0.6))
+    torch.set_num_threads(1)

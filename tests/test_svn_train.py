@@ -146,3 +146,52 @@ def test_ddp_two_processes_gloo(tmp_path):
     rows = _rows(out / "metrics.csv")
     assert rows[0]["steps"] == "2"  # 4 training samples split over 2 ranks, batch 1
     assert (out / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_train_on_streamed_worlds_records_the_recipe_and_init_checks_shapes(tmp_path, capsys):
+    """--stream trains on generated worlds (validation on the given set), --init starts from a checkpoint at
+    another input size, and a checkpoint whose weights do not fit is named without a traceback."""
+    import json
+
+    from stereovoxel_ros.grid_spec import DEFAULT_GRID
+    from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, load_checkpoint, save_checkpoint
+    from stereovoxel_ros.offline.data.synth_world import SynthConfig, generate_frames
+
+    val = tmp_path / "val"
+    writer = DatasetWriter(val, DEFAULT_GRID, source="test")
+    for _, frame in generate_frames(SynthConfig.for_size(128, 72, sequence_length=2), 2, 2):
+        writer.add(frame.to_sample())
+    writer.finish({"train": [], "val": ["000000", "000001"], "test": []})
+    parent = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, input_size=(64, 32))
+    save_checkpoint(tmp_path / "parent.pt", parent, "stereovoxelnet_fast")
+    common = [
+        "train", str(val), "--stream", "--samples-per-epoch", "2", "--frames-per-world", "2",
+        "--stream-workers", "0", "--epochs", "1", "--batch-size", "2", "--variant", "stereovoxelnet_fast",
+        "--no-progress", "--threads", "1",
+    ]  # fmt: skip
+    out = tmp_path / "run"
+    args = [*common, "--out", str(out), "--input-size", "96x32", "--init", str(tmp_path / "parent.pt")]
+    assert main([*args, "--ship", str(tmp_path / "ship.pt")]) == 0
+    card = json.loads((tmp_path / "ship.json").read_text())
+    assert card["stream"]["seed"] == 100 and card["stream"]["randomization"]["camera_height"] == [0.32, 0.5]
+    assert card["config"]["input_size"] == [96, 32] and "--init" in card["command"]
+    shipped = load_checkpoint(tmp_path / "ship.pt").model
+    before = parent.state_dict()
+    moved = [
+        k for k, v in shipped.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])
+    ]
+    assert moved  # trained from the parent's weights: same shapes, new values
+    capsys.readouterr()
+    bad = [
+        *common,
+        "--out",
+        str(tmp_path / "bad"),
+        "--set",
+        "feature_channels=32",
+        "--init",
+        str(tmp_path / "parent.pt"),
+    ]
+    assert main(bad) == 1
+    err = capsys.readouterr().err
+    assert "--init" in err and "Traceback" not in err

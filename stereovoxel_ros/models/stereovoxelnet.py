@@ -149,18 +149,51 @@ def sampled_cost_volume(
 ) -> torch.Tensor:
     """Group-wise correlation (B, G, D, h, w) of left features with right features shifted by ``disparities``.
 
-    ``disparities`` (B, D) are in feature pixels and need not be integers (bilinear sampling).
+    ``disparities`` (B, D) are in feature pixels and need not be integers: the right features are sampled
+    linearly along x (zero outside the image), as ``grid_sample`` would. Linear sampling commutes with the dot
+    product, so each slab is the blend of the correlations at the two integer shifts around its disparity;
+    far slabs share a handful of small shifts, so only the distinct shifts are correlated.
     """
     b, c, h, w = left.shape
-    d = disparities.shape[1]
-    xs = torch.arange(w, dtype=left.dtype, device=left.device)
-    ys = torch.arange(h, dtype=left.dtype, device=left.device)
-    gx = ((xs.view(1, 1, 1, w) - disparities.view(b, d, 1, 1)) + 0.5) / w * 2 - 1  # (B, D, 1, w)
-    gy = ((ys + 0.5) / h * 2 - 1).view(1, 1, h, 1)
-    grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).reshape(b, d * h, w, 2)
-    shifted = F.grid_sample(right, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    shifted = shifted.view(b, c, d, h, w)
-    return (left.unsqueeze(2) * shifted).view(b, groups, c // groups, d, h, w).mean(2)
+    left_g = left.view(b, groups, c // groups, h, w)
+    right_g = right.view(b, groups, c // groups, h, w)
+    volumes = []
+    for i in range(b):
+        d = disparities[i].clamp(min=0)
+        lower = d.floor()
+        frac = (d - lower).view(1, -1, 1, 1)
+        lower = lower.long()
+        shifts = torch.unique(torch.cat([lower, lower + 1]))
+        corr = []
+        for s in shifts.tolist():
+            if s >= w:
+                corr.append(left.new_zeros(groups, h, w))
+                continue
+            valid = (left_g[i, :, :, :, s:] * right_g[i, :, :, :, : w - s]).mean(1)
+            corr.append(F.pad(valid, (s, 0)))
+        table = torch.stack(corr, dim=1)  # (G, S, h, w)
+        position = torch.searchsorted(shifts, lower)
+        volumes.append(table[:, position] * (1 - frac) + table[:, position + 1] * frac)
+    return torch.stack(volumes)
+
+
+def slab_interpolation_matrix(source: int, target: int) -> torch.Tensor:
+    """(source, target) weights of linear interpolation between slab centres, as ``F.interpolate`` with
+    ``align_corners=False`` along one axis (edges clamped)."""
+    position = ((torch.arange(target, dtype=torch.float64) + 0.5) * source / target - 0.5).clamp(min=0)
+    lower = position.floor().long().clamp(max=source - 1)
+    upper = (lower + 1).clamp(max=source - 1)
+    frac = position - lower
+    weights = torch.zeros(source, target, dtype=torch.float64)
+    weights[lower, torch.arange(target)] += 1 - frac
+    weights[upper, torch.arange(target)] += frac
+    return weights.float()
+
+
+def interpolate_slabs(volume: torch.Tensor, slabs: int) -> torch.Tensor:
+    """(B, C, D, h, w) → (B, C, slabs, h, w), linear along D only: one matmul instead of a trilinear resize."""
+    weights = slab_interpolation_matrix(volume.shape[2], slabs).to(volume)
+    return torch.einsum("bcdhw,de->bcehw", volume, weights).contiguous()
 
 
 class CostVolumeEncoder(nn.Module):
@@ -266,11 +299,13 @@ class StereoVoxelNet(nn.Module):
         g, d = cost.shape[1], cost.shape[2]
         encoded = self.encoder(torch.cat([cost.reshape(b, g * d, *cost.shape[-2:]), fl], dim=1))
         if encoded.shape[2] != d:  # finer cost volume: encoder slabs interpolated between their centres
-            encoded = F.interpolate(encoded, size=cost.shape[2:], mode="trilinear", align_corners=False)
+            encoded = interpolate_slabs(encoded, d)
         frustum = torch.cat([encoded, cost], dim=1)
         pyramid = [frustum]
         for _ in range(self.num_levels - 1):
-            pyramid.append(F.avg_pool3d(pyramid[-1], kernel_size=(1, 2, 2)))
+            coarse = pyramid[-1]
+            pooled = F.avg_pool2d(coarse.flatten(1, 2), kernel_size=2)  # 2x2 in the image, slabs kept
+            pyramid.append(pooled.view(*coarse.shape[:3], *pooled.shape[-2:]))
         return pyramid[::-1]
 
     def forward(

@@ -12,6 +12,7 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +28,9 @@ CLASS_IDS: dict[str, int] = {name: i for i, name in enumerate(DETECTION_CLASSES)
 UNLABELLED = -1
 
 OBJECT_KINDS = OBJECT_CLASSES  # the kinds random_object() builds; label images encode them
-_KIND_WEIGHTS = np.array([0.2, 0.14, 0.14, 0.1, 0.1, 0.08, 0.08, 0.16])
+# The default worlds' mix (curbs only appear with domain randomisation, which passes its own weights).
+DEFAULT_KIND_WEIGHTS: dict[str, float] = {"box": 0.2, "cone": 0.14, "person": 0.14, "cylinder": 0.1, "pole": 0.1,
+                                          "table": 0.08, "ramp": 0.08, "wall": 0.16}  # fmt: skip
 BASE_STAMP_NS = 1_700_000_000 * 10**9  # first frame of sequence 0 [ns]
 SEQUENCE_STRIDE_NS = 1000 * 10**9  # sequences start 1000 s apart [ns]
 
@@ -204,8 +207,47 @@ def make_box(
 
 
 # --------------------------------------------------------------------------------------------- textures
-TEXTURE_NAMES = ("fractal", "coarse", "stripes", "checker", "bricks", "flat", "speckle", "grain")
+PROCEDURAL_TEXTURES = ("fractal", "coarse", "stripes", "checker", "bricks", "flat", "speckle", "grain")
+# Real photographs shipped inside the scikit-image wheel (skimage/data), all CC0 or public domain per their
+# docstrings: brick, grass, gravel (CC0 Textures / DeviantArt CC0), coffee, chelsea, camera (CC0 by the
+# photographers), astronaut, rocket (NASA / SpaceX public domain). Used only by domain randomisation.
+PHOTO_FILES = {
+    "photo_brick": "brick.png",
+    "photo_grass": "grass.png",
+    "photo_gravel": "gravel.png",
+    "photo_coffee": "coffee.png",
+    "photo_chelsea": "chelsea.png",
+    "photo_camera": "camera.png",
+    "photo_astronaut": "astronaut.png",
+    "photo_rocket": "rocket.jpg",
+}
+PHOTO_TEXTURES = tuple(PHOTO_FILES)
+TEXTURE_NAMES = PROCEDURAL_TEXTURES + PHOTO_TEXTURES
 _TEXTURE_SIZE = 256
+
+
+def photo_texture(file_name: str, size: int) -> np.ndarray | None:
+    """A tileable grey (size, size) texture in [0, 1] from a scikit-image sample photo, or None if the photo
+    is not installed. The centre crop is mirrored into a 2x2 tile so that it wraps without seams."""
+    import importlib.util
+
+    import cv2
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / file_name
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        return None
+    side = min(image.shape)
+    y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    half = cv2.resize(
+        image[y0 : y0 + side, x0 : x0 + side], (size // 2, size // 2), interpolation=cv2.INTER_AREA
+    )
+    tile = np.block([[half, half[:, ::-1]], [half[::-1], half[::-1, ::-1]]]).astype(np.float32) / 255.0
+    lo, hi = np.percentile(tile, [1, 99])
+    return np.clip((tile - lo) / max(hi - lo, 1e-3), 0.0, 1.0)
 
 
 def _fractal_noise(rng: np.random.Generator, size: int, beta: float) -> np.ndarray:
@@ -245,6 +287,9 @@ def texture_bank(size: int = _TEXTURE_SIZE) -> tuple[np.ndarray, np.ndarray, np.
     speckle = np.clip(0.3 + 0.4 * coarse + (fine > 0.8) * 0.5 - (fine < 0.15) * 0.4, 0, 1)
     grain = 0.5 + 0.5 * np.sin(2 * np.pi * (3 * x + 2.5 * warp)) * (0.7 + 0.3 * fine)
     textures = [fine, coarse, stripes, checker, bricks, flat, speckle, grain]
+    for file_name in PHOTO_FILES.values():  # a missing photo falls back to fractal noise of its own
+        photo = photo_texture(file_name, s)
+        textures.append(photo if photo is not None else _fractal_noise(rng, s, 1.2))
     assert len(textures) == len(TEXTURE_NAMES)
     levels = int(math.log2(size)) - 1  # down to 4x4
     sizes = np.array([size >> i for i in range(levels)], dtype=np.int64)
@@ -806,6 +851,12 @@ def random_object(kind: str, rng: np.random.Generator, xy: tuple[float, float], 
                 )
         verts, tris = merge_meshes(parts)
         half = (tw / 2, td / 2)
+    elif kind == "curb":
+        size = (u(0.15, 0.35), u(1.5, 5.0), u(0.12, 0.22))
+        verts, tris = box_mesh(size, (0, 0, size[2] / 2))
+        half = (size[0] / 2, size[1] / 2)
+        tex = "flat" if low_texture else str(rng.choice(["coarse", "fractal", "speckle"]))
+        color_a, color_b = _random_colors(rng, low_texture)
     elif kind == "ramp":
         length, width, hgt = u(1.5, 3.0), u(1.0, 2.0), u(0.15, 0.4)
         verts, tris = wedge_mesh(length, width, hgt)
@@ -846,7 +897,7 @@ def random_object(kind: str, rng: np.random.Generator, xy: tuple[float, float], 
 
 
 _MIN_AHEAD = {"wall": 4.0, "person": 2.0, "table": 2.0, "cylinder": 1.8, "box": 1.8, "cone": 1.5, "pole": 1.5,
-              "ramp": 1.5}  # fmt: skip
+              "ramp": 1.5, "curb": 1.5}  # fmt: skip
 
 
 def _obb_distance(points: np.ndarray, xy: np.ndarray, yaw: float, half: tuple[float, float]) -> np.ndarray:
@@ -857,26 +908,38 @@ def _obb_distance(points: np.ndarray, xy: np.ndarray, yaw: float, half: tuple[fl
     return np.linalg.norm(np.maximum(local, 0.0), axis=1)
 
 
-def random_obstacles(config: SynthConfig, rng: np.random.Generator, path_xy: np.ndarray) -> list[SceneObject]:
+def random_obstacles(
+    config: SynthConfig,
+    rng: np.random.Generator,
+    path_xy: np.ndarray,
+    kind_weights: dict[str, float] | None = None,
+    min_ahead: dict[str, float] | None = None,
+) -> list[SceneObject]:
     """Obstacles in view of the (N, 2) path [m], at least ``config.clearance`` from it.
 
-    The first three are a person, a cone and a box so that every world has detection labels.
+    The first three are a person, a cone and a box so that every world has detection labels. ``kind_weights``
+    and ``min_ahead`` (nearest placement ahead of the path [m] per kind) default to the default worlds' mix.
     """
+    weights = DEFAULT_KIND_WEIGHTS if kind_weights is None else kind_weights
+    nearest = _MIN_AHEAD if min_ahead is None else {**_MIN_AHEAD, **min_ahead}
+    unknown = set(weights) - set(OBJECT_KINDS)
+    if unknown:
+        raise SynthWorldError(f"unknown object kinds {sorted(unknown)}; known: {OBJECT_KINDS}")
+    kind_names = list(weights)
+    p = np.array([weights[k] for k in kind_names], float)
     path_xy = np.asarray(path_xy, float).reshape(-1, 2)
     heading = np.arctan2(
         *np.diff(path_xy, axis=0, append=path_xy[-1:] + path_xy[-1:] - path_xy[-2:-1]).T[::-1]
     )
     count = int(rng.integers(config.num_obstacles[0], config.num_obstacles[1] + 1))
     kinds = ["person", "cone", "box"][:count]
-    kinds += list(
-        rng.choice(OBJECT_KINDS, size=max(count - len(kinds), 0), p=_KIND_WEIGHTS / _KIND_WEIGHTS.sum())
-    )
+    kinds += list(rng.choice(kind_names, size=max(count - len(kinds), 0), p=p / p.sum()))
     placed: list[SceneObject] = []
     for kind in kinds:
         low_texture = bool(rng.random() < config.low_texture_fraction)
         for _ in range(40):
             anchor = int(rng.integers(len(path_xy)))
-            ahead = rng.uniform(_MIN_AHEAD[kind], config.view_depth)
+            ahead = rng.uniform(nearest[kind], config.view_depth)
             side = rng.uniform(-1.0, 1.0) * min(config.view_width, 0.3 + 0.75 * ahead)
             yaw0 = heading[anchor]
             xy = (

@@ -77,7 +77,12 @@ def _models(p: argparse.ArgumentParser) -> None:
         default="",
         help=f"depth-first baseline, e.g. {DEPTH_CHECKPOINT} (off by default: ~0.4 s a frame on a CPU)",
     )
-    p.add_argument("--threshold", type=float, default=0.5, help="occupancy probability threshold")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="occupancy probability threshold (default: the checkpoint's calibration, else 0.5)",
+    )
     scoring_arguments(p)
     p.add_argument(
         "--classic",

@@ -32,6 +32,17 @@ def _common(p: argparse.ArgumentParser, lr: float, epochs: int) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--ship", default=None, help="also write the best weights here (+ .json card) when done")
     p.add_argument("--no-progress", action="store_true")
+    stream = p.add_argument_group(
+        "streamed training worlds",
+        "with --stream the model trains on domain-randomised worlds rendered on the fly (never repeated; an "
+        "epoch is --samples-per-epoch of them, so checkpoints come every few minutes) and DATASETS give only "
+        "the validation samples (all of their samples)",
+    )
+    stream.add_argument("--stream", action="store_true", help="train on worlds generated on the fly")
+    stream.add_argument("--stream-seed", type=int, default=100, help="seed of the streamed worlds")
+    stream.add_argument("--samples-per-epoch", type=int, default=320)
+    stream.add_argument("--frames-per-world", type=int, default=4)
+    stream.add_argument("--stream-workers", type=int, default=1, help="background render processes")
     p.add_argument(
         "--loss",
         default="soft_iou+height+depth+bce",
@@ -53,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
         p.add_argument("--model", choices=("stereovoxelnet", "stereo_depth_net"), default="stereovoxelnet")
         p.add_argument("--variant", default=None, help="model variant by name (default: the model's default)")
         p.add_argument("--input-size", type=_size, default=None, help="override input size, e.g. 320x192")
+        p.add_argument(
+            "--init",
+            default=None,
+            help="start from the weights of this StereoVoxelNet checkpoint (the architecture given by --variant "
+            "/ --set / --input-size must have the same weight shapes; the input size may differ)",
+        )
         p.add_argument(
             "--set",
             dest="config_overrides",
@@ -100,7 +117,7 @@ def run_meta(args: argparse.Namespace) -> dict:
     from stereovoxel_ros.offline.train.trainer import describe_datasets
 
     return {
-        "command": "stereovoxel " + shlex.join(sys.argv[1:]),
+        "command": "stereovoxel " + shlex.join(getattr(args, "argv", None) or sys.argv[1:]),
         "args": {
             k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
             for k, v in vars(args).items()
@@ -124,12 +141,18 @@ def _train(args: argparse.Namespace, task, method, meta: dict) -> int:
     progress = not args.no_progress
     size = task.model.config.input_size
     try:
-        train_set = PreparedStereoSet(args.datasets, "train", size, task.needs_depth, progress, args.limit)
-        try:
-            val_set = PreparedStereoSet(args.datasets, "val", size, task.needs_depth, progress)
-        except TrainingError:
-            val_set = None
-    except DatasetError as err:
+        if args.stream:
+            train_set = _stream_set(args, task, size)
+            val_set = PreparedStereoSet(args.datasets, "all", size, task.needs_depth, progress, args.limit)
+        else:
+            train_set = PreparedStereoSet(
+                args.datasets, "train", size, task.needs_depth, progress, args.limit
+            )
+            try:
+                val_set = PreparedStereoSet(args.datasets, "val", size, task.needs_depth, progress)
+            except TrainingError:
+                val_set = None
+    except (DatasetError, TrainingError, ValueError) as err:
         print(f"stereovoxel {args.command}: {err}", file=sys.stderr)
         return 1
     if task.kind == "stereovoxelnet":
@@ -150,6 +173,12 @@ def _train(args: argparse.Namespace, task, method, meta: dict) -> int:
         time_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60,
         progress=progress,
     )
+    if args.stream:
+        meta = {
+            **meta,
+            "stream": args.stream_recipe,
+            "validation": "all samples of " + ", ".join(args.datasets),
+        }
     trainer = Trainer(task, train_set, val_set, args.out, config, method, meta)
     last = Path(args.out) / "last.pt"
     if args.resume:
@@ -176,6 +205,22 @@ def _train(args: argparse.Namespace, task, method, meta: dict) -> int:
     if args.ship:
         _ship(args, task, meta, result, elapsed, method)
     return 0
+
+
+def _stream_set(args: argparse.Namespace, task, size: tuple[int, int]):
+    """The streamed training set of ``--stream`` (its recipe goes into the checkpoint's metadata)."""
+    from stereovoxel_ros.offline.data.synth_stream import StreamingStereoSet, SynthStreamConfig
+
+    if task.kind != "stereovoxelnet":
+        raise ValueError("--stream trains StereoVoxelNet only")
+    config = SynthStreamConfig(
+        seed=args.stream_seed,
+        frames_per_world=args.frames_per_world,
+        samples_per_epoch=args.samples_per_epoch,
+        workers=args.stream_workers,
+    )
+    args.stream_recipe = config.to_dict()
+    return StreamingStereoSet(config, size, task.needs_depth, task.model.grid)
 
 
 def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float, method=None) -> None:
@@ -255,9 +300,17 @@ def run_train(args: argparse.Namespace) -> int:
         if variant not in STEREOVOXELNET_CONFIGS:
             print(f"stereovoxel train: unknown variant {variant!r}; known {sorted(STEREOVOXELNET_CONFIGS)}")
             return 2
-        task = OccupancyTask(
-            StereoVoxelNet(replace(STEREOVOXELNET_CONFIGS[variant], **overrides), grid), variant, args.loss
-        )
+        model = StereoVoxelNet(replace(STEREOVOXELNET_CONFIGS[variant], **overrides), grid)
+        if args.init:
+            from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNetError, load_checkpoint
+
+            try:
+                parent = load_checkpoint(args.init, grid).model
+                model.load_state_dict(parent.state_dict())
+            except (StereoVoxelNetError, RuntimeError) as err:
+                print(f"stereovoxel train: --init {args.init}: {str(err).splitlines()[0]}", file=sys.stderr)
+                return 1
+        task = OccupancyTask(model, variant, args.loss)
     else:
         from stereovoxel_ros.models.stereo_depth_net import create_stereo_depth_net
 

@@ -22,6 +22,7 @@ from torch import nn
 from stereovoxel_ros.atomic_file import atomic_write, save_figure_atomic, write_json_atomic
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.offline.data.dataset_format import read_manifest, read_sample, read_split
+from stereovoxel_ros.stereo_camera import StereoCameraModel
 
 
 class TrainingError(RuntimeError):
@@ -141,7 +142,6 @@ class PreparedStereoSet:
         progress: bool = True,
         limit: int | None = None,
     ) -> None:
-        import cv2
         from tqdm import tqdm
 
         roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
@@ -171,17 +171,12 @@ class PreparedStereoSet:
         self.depth = torch.empty(n, h, w, dtype=torch.float16) if with_depth else None
         for i, path in enumerate(tqdm(paths, desc=f"load {split}", unit="sample", disable=not progress)):
             s = read_sample(path, grid)
-            cam = s.camera.scaled(w, h)
-            for dst, img in ((self.left, s.left), (self.right, s.right)):
-                interp = cv2.INTER_AREA if img.shape[1] > w else cv2.INTER_LINEAR
-                dst[i] = torch.from_numpy(
-                    cv2.resize(img, (w, h), interpolation=interp).transpose(2, 0, 1).copy()
-                )
-            self.voxels[i] = np.packbits(s.voxels.reshape(-1))
-            self.camera[i] = torch.tensor([cam.fx, cam.fy, cam.cx, cam.cy, cam.baseline])
+            item = prepare_sample(
+                s.left, s.right, s.voxels, s.camera, input_size, s.depth if with_depth else None
+            )
+            self.left[i], self.right[i], self.voxels[i], self.camera[i] = item[:4]
             if self.depth is not None:
-                d = cv2.resize(s.depth.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
-                self.depth[i] = torch.from_numpy(d).half()
+                self.depth[i] = item[4]
 
     def __len__(self) -> int:
         return self.left.shape[0]
@@ -191,27 +186,81 @@ class PreparedStereoSet:
     ) -> dict:
         """Float tensors for the given sample indices (images in [0, 1])."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        left = self.left[idx].float().div_(255.0)
-        right = self.right[idx].float().div_(255.0)
-        if augment:
-            rng = rng or np.random.default_rng()
-            b = len(idx)
-            gain = torch.from_numpy(rng.uniform(0.7, 1.3, (b, 1, 1, 1))).float()
-            bias = torch.from_numpy(rng.uniform(-0.08, 0.08, (b, 1, 1, 1))).float()
-            # the right camera differs slightly in exposure from the left
-            rgain = gain * torch.from_numpy(rng.uniform(0.93, 1.07, (b, 1, 1, 1))).float()
-            left = (left * gain + bias).clamp_(0, 1)
-            right = (right * rgain + bias).clamp_(0, 1)
-        vox = np.unpackbits(self.voxels[np.asarray(indices)], axis=1, count=self.grid.num_voxels)
-        out = {
-            "left": left,
-            "right": right,
-            "voxels": torch.from_numpy(vox.reshape(-1, *self.grid.shape).astype(np.float32)),
-            "camera": self.camera[idx],
-        }
-        if self.depth is not None:
-            out["depth"] = self.depth[idx].float()
-        return out
+        depth = None if self.depth is None else self.depth[idx]
+        return training_batch(
+            self.left[idx], self.right[idx], self.voxels[np.asarray(indices)], self.camera[idx], depth,
+            self.grid, augment, rng,
+        )  # fmt: skip
+
+    @property
+    def has_depth(self) -> bool:
+        return self.depth is not None
+
+    def begin_epoch(self, epoch: int, rank: int = 0, world: int = 1) -> None:
+        """Nothing to do: an in-memory set is the same every epoch (streamed sets move on to new worlds)."""
+
+
+def prepare_sample(
+    left: np.ndarray,
+    right: np.ndarray,
+    voxels: np.ndarray,
+    camera: StereoCameraModel,
+    input_size: tuple[int, int],
+    depth: np.ndarray | None = None,
+) -> tuple:
+    """One sample at the model's input size: uint8 (3, h, w) images, packed voxels, (5,) camera, f16 depth."""
+    import cv2
+
+    w, h = input_size
+    cam = camera.scaled(w, h)
+    images = []
+    for img in (left, right):
+        interp = cv2.INTER_AREA if img.shape[1] > w else cv2.INTER_LINEAR
+        images.append(
+            torch.from_numpy(cv2.resize(img, (w, h), interpolation=interp).transpose(2, 0, 1).copy())
+        )
+    packed = np.packbits(np.asarray(voxels, bool).reshape(-1))
+    cam_vec = torch.tensor([cam.fx, cam.fy, cam.cx, cam.cy, cam.baseline], dtype=torch.float32)
+    d = None
+    if depth is not None:
+        d = torch.from_numpy(
+            cv2.resize(depth.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
+        ).half()
+    return images[0], images[1], packed, cam_vec, d
+
+
+def training_batch(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    packed_voxels: np.ndarray,
+    camera: torch.Tensor,
+    depth: torch.Tensor | None,
+    grid: VoxelGridSpec,
+    augment: bool = False,
+    rng: np.random.Generator | None = None,
+) -> dict:
+    """Float tensors of a batch (images in [0, 1]); ``augment``: gain/bias per item, the right camera's
+    exposure a little off the left's."""
+    left = left.float().div_(255.0)
+    right = right.float().div_(255.0)
+    if augment:
+        rng = rng or np.random.default_rng()
+        b = left.shape[0]
+        gain = torch.from_numpy(rng.uniform(0.7, 1.3, (b, 1, 1, 1))).float()
+        bias = torch.from_numpy(rng.uniform(-0.08, 0.08, (b, 1, 1, 1))).float()
+        rgain = gain * torch.from_numpy(rng.uniform(0.93, 1.07, (b, 1, 1, 1))).float()
+        left = (left * gain + bias).clamp_(0, 1)
+        right = (right * rgain + bias).clamp_(0, 1)
+    vox = np.unpackbits(packed_voxels, axis=1, count=grid.num_voxels)
+    out = {
+        "left": left,
+        "right": right,
+        "voxels": torch.from_numpy(vox.reshape(-1, *grid.shape).astype(np.float32)),
+        "camera": camera,
+    }
+    if depth is not None:
+        out["depth"] = depth.float()
+    return out
 
 
 # ---- tasks -------------------------------------------------------------------------------------------------------
@@ -439,7 +488,7 @@ class Trainer:
         method: TrainingMethod | None = None,
         meta: dict | None = None,
     ) -> None:
-        if task.needs_depth and any(s is not None and s.depth is None for s in (train_set, val_set)):
+        if task.needs_depth and any(s is not None and not s.has_depth for s in (train_set, val_set)):
             raise TrainingError(
                 f"{task.kind} training with this loss needs depth: load the sets with with_depth=True"
             )
@@ -521,6 +570,7 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.epochs):
             t0 = time.monotonic()
             rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+            self.train_set.begin_epoch(epoch, self.rank, self.world)
             indices = self.method.select_samples(epoch, np.arange(len(self.train_set)))
             order = rng.permutation(np.asarray(indices))[self.rank :: self.world]
             sums: dict[str, float] = {}
