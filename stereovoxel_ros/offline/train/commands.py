@@ -32,6 +32,7 @@ def _common(p: argparse.ArgumentParser, lr: float, epochs: int) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--ship", default=None, help="also write the best weights here (+ .json card) when done")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N where a GPU is lent (never required)")
     stream = p.add_argument_group(
         "streamed training worlds",
         "with --stream the model trains on domain-randomised worlds rendered on the fly (never repeated; an "
@@ -172,6 +173,7 @@ def _train(args: argparse.Namespace, task, method, meta: dict) -> int:
         augment=not args.no_augment,
         time_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60,
         progress=progress,
+        device=args.device,
     )
     if args.stream:
         meta = {
@@ -179,7 +181,11 @@ def _train(args: argparse.Namespace, task, method, meta: dict) -> int:
             "stream": args.stream_recipe,
             "validation": "all samples of " + ", ".join(args.datasets),
         }
-    trainer = Trainer(task, train_set, val_set, args.out, config, method, meta)
+    try:
+        trainer = Trainer(task, train_set, val_set, args.out, config, method, meta)
+    except TrainingError as err:
+        print(f"stereovoxel {args.command}: {err}", file=sys.stderr)
+        return 1
     last = Path(args.out) / "last.pt"
     if args.resume:
         if not last.is_file():

@@ -349,7 +349,7 @@ class OccupancyTask:
         from stereovoxel_ros.stereo_camera import StereoCameraModel
 
         probs = torch.sigmoid(net(batch["left"], batch["right"], batch["camera"])[-1])
-        pred, tgt = (probs > 0.5).numpy(), (batch["voxels"] > 0.5).numpy()
+        pred, tgt = (probs > 0.5).cpu().numpy(), (batch["voxels"] > 0.5).cpu().numpy()
         config = ScoringConfig()
         near = config.headline_bands
         height, width = batch["left"].shape[-2:]
@@ -417,13 +417,26 @@ class DepthTask:
 # ---- distributed -------------------------------------------------------------------------------------------------
 
 
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the torchrun process group (gloo on CPU) when launched by torchrun."""
+def training_device(name: str) -> torch.device:
+    """The device to train on; a GPU that is not there raises TrainingError naming it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise TrainingError(f"unknown device {name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise TrainingError(f"device {name!r}: train on 'cpu' or 'cuda'")
+    return device
+
+
+def init_distributed(device: torch.device | None = None) -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group (gloo on CPU, nccl on GPUs) under torchrun."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend="nccl" if device is not None and device.type == "cuda" else "gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -457,6 +470,7 @@ class TrainConfig:
     augment: bool = True
     time_budget_s: float | None = None  # stop when spent; the LR schedule then follows elapsed time
     progress: bool = True
+    device: str = "cpu"  # "cuda" (or "cuda:N") trains on a GPU; batches are moved there as they are made
 
 
 @dataclass
@@ -466,6 +480,13 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_metric: float = math.nan
     stopped_early: bool = False
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on ``device`` (no copy on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def cosine_lr(progress: float, base: float, step: int, warmup: int) -> float:
@@ -497,9 +518,13 @@ class Trainer:
         self.config = config
         self.method = method or TrainingMethod()
         self.meta = dict(meta or {})
-        self.rank, self.world = init_distributed()
+        self.device = training_device(config.device)
+        self.rank, self.world = init_distributed(self.device)
         self.is_main = self.rank == 0
-        self.model = task.model
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        self.model = task.model.to(self.device)
         self.net: nn.Module = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -545,7 +570,7 @@ class Trainer:
         sums: dict[str, float] = dict.fromkeys(self.task.metric_keys, 0.0)  # same keys on every rank
         for start in range(0, len(idx), self.config.batch_size):
             out = self.task.evaluate(
-                self.model, self.val_set.batch(idx[start : start + self.config.batch_size])
+                self.model, to_device(self.val_set.batch(idx[start : start + self.config.batch_size]), self.device)
             )
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -598,7 +623,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = cosine_lr(progress, cfg.lr, step, cfg.warmup_steps)
                 batch_idx = order[start : start + cfg.batch_size]
-                batch = self.train_set.batch(batch_idx, augment=cfg.augment, rng=rng)
+                batch = to_device(self.train_set.batch(batch_idx, augment=cfg.augment, rng=rng), self.device)
                 per_sample, logs = self.method.compute_losses(self.task, self.net, batch)
                 loss = per_sample.mean()
                 if not torch.isfinite(loss):
