@@ -207,7 +207,17 @@ def test_train_on_a_gpu_that_is_not_there_names_the_device(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the missing-GPU message cannot be shown here")
     data = _dataset(tmp_path / "data")
-    args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *MODEL_ARGS, "--device", "cuda"]
+    args = [
+        "train",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        *MODEL_ARGS,
+        "--device",
+        "cuda",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "'cuda'" in err and "no CUDA GPU" in err and "Traceback" not in err

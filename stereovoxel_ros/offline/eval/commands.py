@@ -159,7 +159,9 @@ def build_predictors(args: argparse.Namespace, grid, extra: dict | None = None) 
             from stereovoxel_ros.occupancy_predictor import PredictorError
 
             raise PredictorError(f"--compare: expected NAME=CHECKPOINT with NAME a plain word, got {item!r}")
-        methods[f"stereovoxelnet_{name}"] = make_predictor("stereovoxelnet", path, grid, threshold=args.threshold)
+        methods[f"stereovoxelnet_{name}"] = make_predictor(
+            "stereovoxelnet", path, grid, threshold=args.threshold
+        )
     if args.fast_checkpoint and Path(args.fast_checkpoint).is_file():
         methods["stereovoxelnet_fast"] = make_predictor(
             "stereovoxelnet", args.fast_checkpoint, grid, threshold=args.threshold
