@@ -111,7 +111,8 @@ class StereoVoxelNetPredictor:
     ``stereovoxel calibrate`` on a tuning set) or else 0.5 and the threshold, ``exit_level`` (stop at this octree level, None = finest),
     ``dense`` (evaluate every cell, then gate by the parents: same output, dense cost), ``num_threads`` (torch
     intra-op threads, 1: on a shared 2-core CPU a second thread stalls in OpenMP spin-waits; None = leave as is),
-    ``pruning`` (run-time All-in-One pruning with the checkpoint's masks: :meth:`set_pruning_ratio`; BN unfused).
+    ``pruning`` (run-time All-in-One pruning with the checkpoint's masks: :meth:`set_pruning_ratio` swaps
+    compact BN-fused copies, one per trained ratio).
     """
 
     def __init__(
@@ -163,9 +164,11 @@ class StereoVoxelNetPredictor:
         self.threshold, self.exit_level, self.dense = float(threshold), exit_level, bool(dense)
         self._torch = torch
         self.pruning: PrunedStereoVoxelNet | None = None
-        if pruning:  # BatchNorm stays unfused: each ratio has its own statistics
-            self.model = loaded.model.eval()
-            self.pruning = PrunedStereoVoxelNet(self.model, checkpoint_masks(loaded.meta, checkpoint))
+        if pruning:  # one compact BN-fused copy per ratio, each with its own statistics
+            self.pruning = PrunedStereoVoxelNet(
+                loaded.model.eval(), checkpoint_masks(loaded.meta, checkpoint)
+            )
+            self.model = self.pruning.model
         else:
             self.model = fuse_batchnorm(loaded.model.eval())
 
@@ -184,6 +187,7 @@ class StereoVoxelNetPredictor:
         if self.pruning is None:
             raise PredictorError("pruning is off for this predictor (construct it with pruning=True)")
         self.pruning.set_ratio(ratio)
+        self.model = self.pruning.model
 
     def profile_pruning(self, repeats: int = 5) -> list[float]:
         """Median end-to-end latency [ms] per pruning ratio on a synthetic pair (restores the active ratio).
@@ -274,88 +278,26 @@ def checkpoint_masks(meta: dict, checkpoint: str | Path = "checkpoint") -> Any:
         raise PredictorError(f"checkpoint {checkpoint} has malformed pruning masks: {err}") from err
 
 
-def _switched_part(switch: Any) -> Any:
-    """A module standing in for a model part (e.g. ``model.extractor``) that runs the switch's active module."""
-    from torch import nn
-
-    class SwitchedPart(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self._switch = [switch]  # a list: the switch's modules are not this module's children
-
-        def forward(self, *args: Any) -> Any:
-            return self._switch[0].module(*args)
-
-    return SwitchedPart()
-
-
 class PrunedStereoVoxelNet:
-    """Run-time pruning of a StereoVoxelNet with All-in-One masks: one ``PrunedModelSwitch`` per masked part.
+    """Run-time All-in-One pruning of a StereoVoxelNet: one compact, BN-fused copy per trained ratio.
 
-    The masks name convs of the whole model; they are grouped by top-level part (``extractor``, ``encoder``),
-    each part gets a :class:`~stereovoxel_ros.pruning_switch.PrunedModelSwitch` built with the part's real
-    input (captured in one forward pass), and the model calls the switch's active module in the part's place.
-    BatchNorm statistics of the ratio outside the masked parts are applied to the shared model. Every ratio's
-    sub-network is built here, so :meth:`set_ratio` is cheap on the inference thread.
+    The masks (levels per channel group of :mod:`stereovoxel_ros.channel_groups`) and the per-ratio BN
+    statistics build, at load time, a physically smaller network for every ratio, so :meth:`set_ratio` only
+    swaps which one runs and a pruned ratio really is faster.
     """
 
     def __init__(self, model: Any, masks: Any) -> None:
-        import torch
+        from stereovoxel_ros.channel_groups import ChannelGroupError, compact_copy
 
-        from stereovoxel_ros.pruning_switch import NestedMasks, PrunedModelSwitch, PruningSwitchError
-        from stereovoxel_ros.stereo_camera import ZED2_640x360
-
-        modules = dict(model.named_modules())
-        missing = sorted(set(masks.levels) - set(modules))
-        if missing:
-            raise PredictorError(f"pruning masks name layers this model lacks: {missing[:5]}")
-        parts = sorted({name.split(".")[0] for name in masks.levels})
-        self.masks, self.model = masks, model
-        examples: dict[str, tuple] = {}
-        handles = [
-            getattr(model, part).register_forward_pre_hook(
-                lambda module, args, part=part: examples.setdefault(part, args)
-            )
-            for part in parts
-        ]
-        w, h = model.config.input_size
-        cam = ZED2_640x360.scaled(w, h)
+        self.masks = masks
         try:
-            with torch.no_grad():
-                img = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
-                camera = torch.tensor([[cam.fx, cam.fy, cam.cx, cam.cy, cam.baseline]], dtype=torch.float32)
-                model.frustum_pyramid(img, img.roll(-4, dims=3), camera)
-        finally:
-            for handle in handles:
-                handle.remove()
-        self.switches: dict[str, Any] = {}
-        try:
-            for part in parts:
-                prefix = part + "."
-
-                def inside(name: str, prefix: str = prefix) -> str | None:
-                    return name[len(prefix) :] if name.startswith(prefix) else None
-
-                sub = NestedMasks(
-                    masks.ratios,
-                    {inside(k): v for k, v in masks.levels.items() if inside(k)},
-                    {inside(k): inside(v) for k, v in masks.mask_points.items() if inside(k)},
-                    [{inside(k): v for k, v in s.items() if inside(k)} for s in masks.bn_stats],
-                )
-                switch = PrunedModelSwitch(getattr(model, part), sub, examples[part])
-                for ratio in masks.ratios[1:]:
-                    switch.set_ratio(ratio)
-                switch.set_ratio(masks.ratios[0])
-                self.switches[part] = switch
-        except PruningSwitchError as err:
+            self.models = [
+                compact_copy(model, masks.levels, i, masks.bn_stats[i] if i < len(masks.bn_stats) else None)
+                for i in range(len(masks.ratios))
+            ]
+        except (ChannelGroupError, KeyError, RuntimeError) as err:
             raise PredictorError(f"pruning masks do not fit the model: {err}") from err
-        self.rest_bn = [
-            {k: v for k, v in s.items() if k.split(".")[0] not in self.switches} for s in masks.bn_stats
-        ]
-        for part, switch in self.switches.items():
-            setattr(model, part, _switched_part(switch))  # the original part lives on in switch.model
         self.index = 0
-        self.set_ratio(masks.ratios[0])
 
     @property
     def ratios(self) -> tuple[float, ...]:
@@ -365,22 +307,19 @@ class PrunedStereoVoxelNet:
     def ratio(self) -> float:
         return self.masks.ratios[self.index]
 
+    @property
+    def model(self) -> Any:
+        """The active ratio's compact network."""
+        return self.models[self.index]
+
     def set_ratio(self, ratio: float) -> None:
         """Activate ``ratio`` (PredictorError when it is not one of the trained ratios)."""
         from stereovoxel_ros.pruning_switch import PruningSwitchError
 
         try:
-            index = self.masks.index(float(ratio))
+            self.index = self.masks.index(float(ratio))
         except (PruningSwitchError, TypeError, ValueError) as err:
             raise PredictorError(str(err)) from err
-        for switch in self.switches.values():
-            switch.set_ratio(self.masks.ratios[index])
-        if index < len(self.rest_bn) and self.rest_bn[index]:
-            modules = dict(self.model.named_modules())
-            for name, (mean, var) in self.rest_bn[index].items():
-                modules[name].running_mean.copy_(mean)
-                modules[name].running_var.copy_(var)
-        self.index = index
 
 
 def make_predictor(
