@@ -73,8 +73,8 @@ def test_all_in_one_method_stores_nested_masks(pruned_checkpoint: Path) -> None:
     assert loaded.meta["method"] == "all_in_one"
     masks = NestedMasks.from_state(loaded.meta["pruning_masks"])
     assert masks.ratios == (0.0, 0.25, 0.5)  # ratio 0 is always added
-    assert masks.levels and all(n.split(".")[0] in ("extractor", "encoder") for n in masks.levels)
-    assert all(n.endswith(".conv.0.0") for n in masks.levels)  # expansion convs only: shapes stay intact
+    assert {"correlation", "frustum", "encoder.c0", "extractor.backbone.stem"} <= set(masks.levels)
+    assert any(n.startswith("decoder.mlps.") for n in masks.levels)
     for levels in masks.levels.values():
         kept = [int((levels > i).sum()) for i in range(3)]
         assert kept[0] == len(levels) > kept[1] > kept[2] >= 1
@@ -86,7 +86,7 @@ def test_all_in_one_method_stores_nested_masks(pruned_checkpoint: Path) -> None:
     for name, (mean, var) in masks.bn_stats[0].items():
         assert torch.equal(modules[name].running_mean, mean) and torch.equal(modules[name].running_var, var)
     summary = loaded.meta["all_in_one"]
-    assert summary["pruned_convs"] == len(masks.levels) and summary["bn_calibrated"]
+    assert summary["pruned_groups"] == len(masks.levels) and summary["bn_calibrated"]
 
 
 def test_method_options_are_checked() -> None:
@@ -95,7 +95,9 @@ def test_method_options_are_checked() -> None:
     with pytest.raises(TrainingError, match="ascending"):
         make_training_method("all_in_one", ratios="0.5,0.25")
     with pytest.raises(TrainingError, match="parts"):
-        make_training_method("all_in_one", parts="decoder")
+        make_training_method("all_in_one", parts="head")
+    with pytest.raises(TrainingError, match="l1_baseline"):
+        make_training_method("all_in_one", l1_baseline="maybe")
     assert make_training_method("all_in_one", ratios=0.5).ratios == (0.0, 0.5)
 
 
@@ -105,36 +107,56 @@ def _pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return left, np.roll(left, -2, axis=1)
 
 
+def _masked_reference(path: Path, ratio_index: int):
+    """The checkpoint's model with the masks applied as multiplies (no compaction) and the ratio's BN stats."""
+    from stereovoxel_ros.channel_groups import check_levels
+    from stereovoxel_ros.models.stereovoxelnet import load_checkpoint
+    from stereovoxel_ros.occupancy_predictor import checkpoint_masks
+    from stereovoxel_ros.offline.train.all_in_one_finetune import GroupMasks
+
+    loaded = load_checkpoint(path, TINY_GRID)
+    masks = checkpoint_masks(loaded.meta)
+    model = loaded.model.eval()
+    modules = dict(model.named_modules())
+    for name, (mean, var) in masks.bn_stats[ratio_index].items():
+        modules[name].running_mean.copy_(mean)
+        modules[name].running_var.copy_(var)
+    hooks = GroupMasks(model, list(check_levels(model, masks.levels).values()), masks.ratios)
+    with torch.no_grad():  # the levels as scores rank exactly the exported kept sets
+        for name, levels in masks.levels.items():
+            hooks.scores[name.replace(".", "__")].copy_(levels.float())
+    hooks.ratio_index = ratio_index
+    return model, hooks
+
+
 @pytest.mark.slow
 def test_predictor_switches_ratio_with_outputs_of_the_masked_model(pruned_checkpoint: Path) -> None:
     from stereovoxel_ros.models.stereovoxelnet import load_checkpoint
-    from stereovoxel_ros.occupancy_predictor import PredictorError, StereoVoxelNetPredictor, checkpoint_masks
-    from stereovoxel_ros.pruning_switch import PrunedModelSwitch
+    from stereovoxel_ros.occupancy_predictor import PredictorError, StereoVoxelNetPredictor
 
     predictor = StereoVoxelNetPredictor(pruned_checkpoint, TINY_GRID, pruning=True)
     assert predictor.pruning_ratios == (0.0, 0.25, 0.5) and predictor.pruning_ratio == 0.0
     left, right = _pair()
     inputs = predictor.prepare(left, right, CAMERA)
-
-    # reference: the checkpoint's model with the masks applied as multiplies (no compaction)
-    loaded = load_checkpoint(pruned_checkpoint, TINY_GRID)
     unpruned = load_checkpoint(pruned_checkpoint, TINY_GRID).model.eval()
-    reference = PrunedModelSwitch(loaded.model, checkpoint_masks(loaded.meta))
-    outputs = {}
+    outputs, params = {}, {}
     with torch.no_grad():
         plain = torch.sigmoid(unpruned(*inputs)[-1])
-        for ratio in predictor.pruning_ratios:
+        for i, ratio in enumerate(predictor.pruning_ratios):
             predictor.set_pruning_ratio(ratio)
-            reference.set_ratio(ratio)
+            reference, hooks = _masked_reference(pruned_checkpoint, i)
             got = torch.sigmoid(predictor.model(*inputs)[-1])
-            # compacted convs (pruned channels removed) sum in another order: float noise only
-            torch.testing.assert_close(got, torch.sigmoid(reference.module(*inputs)[-1]), rtol=0, atol=1e-4)
+            # compact convs (pruned channels removed, BN folded) sum in another order: float noise only
+            torch.testing.assert_close(got, torch.sigmoid(reference(*inputs)[-1]), rtol=0, atol=1e-4)
+            hooks.remove()
             outputs[ratio] = got
+            params[ratio] = sum(p.numel() for p in predictor.model.parameters())
             result = predictor.predict(left, right, CAMERA)
             assert result.stats["pruning_ratio"] == ratio
-    torch.testing.assert_close(outputs[0.0], plain, rtol=0, atol=1e-6)  # ratio 0 = the unpruned model
-    # pruned ratios run physically smaller convs (through the depthwise convs), not just masks
-    assert all(sw.compact_layers[2] > 0 for sw in predictor.pruning.switches.values())
+    torch.testing.assert_close(outputs[0.0], plain, rtol=0, atol=1e-4)  # ratio 0 = the unpruned model
+    # pruned ratios are physically smaller networks, not masks: fewer weights, fewer correlation groups
+    assert params[0.0] > params[0.25] > params[0.5]
+    assert predictor.pruning.models[2].config.correlation_groups < unpruned.config.correlation_groups
     assert not torch.equal(outputs[0.0], outputs[0.5])
     with pytest.raises(PredictorError, match="not among the trained ratios"):
         predictor.set_pruning_ratio(0.3)

@@ -12,6 +12,7 @@ from stereovoxel_ros.jackal import CAMERA_HEIGHT_M, OBSTACLE_MIN_HEIGHT_M
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 FAST_CHECKPOINT = CHECKPOINT_DIR / "stereovoxelnet_fast_jackal_wide.pt"
+ALL_IN_ONE_CHECKPOINT = CHECKPOINT_DIR / "stereovoxelnet_jackal_wide_allinone.pt"
 DEPTH_CHECKPOINT = CHECKPOINT_DIR / "stereo_depth_net.pt"
 
 
@@ -55,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
         p.add_argument("--repeats", type=int, default=30)
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--out", default=None, help="write bench.json here")
+        p.add_argument(
+            "--all-in-one",
+            default=str(ALL_IN_ONE_CHECKPOINT),
+            help="time every pruning ratio of this All-in-One checkpoint beside the dense model, round-robin "
+            "('' to skip)",
+        )
         _models(p)
         p.set_defaults(func=run_bench)
     else:
@@ -78,6 +85,14 @@ def _models(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=CHECKPOINT",
         help="also score this StereoVoxelNet checkpoint, as row stereovoxelnet_NAME (repeatable)",
+    )
+    p.add_argument(
+        "--pruned",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="also score every All-in-One ratio of this checkpoint (its compact BN-fused copies), as rows "
+        "stereovoxelnet_NAME_rRATIO (repeatable)",
     )
     p.add_argument(
         "--depth-checkpoint",
@@ -141,6 +156,19 @@ def scoring_config(args: argparse.Namespace):
     )
 
 
+def _named_checkpoints(items: list[str], option: str) -> list[tuple[str, str]]:
+    """``NAME=CHECKPOINT`` items → (name, path); PredictorError naming a malformed one."""
+    out = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.isidentifier() or not path:
+            from stereovoxel_ros.occupancy_predictor import PredictorError
+
+            raise PredictorError(f"{option}: expected NAME=CHECKPOINT with NAME a plain word, got {item!r}")
+        out.append((name, path))
+    return out
+
+
 def build_predictors(args: argparse.Namespace, grid, extra: dict | None = None) -> dict:
     """Name → predictor for every method that is available (``classic`` is the baseline of every table)."""
     from stereovoxel_ros.occupancy_predictor import make_predictor
@@ -153,15 +181,16 @@ def build_predictors(args: argparse.Namespace, grid, extra: dict | None = None) 
         methods[name] = make_predictor(
             "stereovoxelnet", args.checkpoint, grid, threshold=args.threshold, **opts
         )
-    for item in args.compare:
-        name, sep, path = item.partition("=")
-        if not sep or not name.isidentifier() or not path:
-            from stereovoxel_ros.occupancy_predictor import PredictorError
-
-            raise PredictorError(f"--compare: expected NAME=CHECKPOINT with NAME a plain word, got {item!r}")
+    for name, path in _named_checkpoints(args.compare, "--compare"):
         methods[f"stereovoxelnet_{name}"] = make_predictor(
             "stereovoxelnet", path, grid, threshold=args.threshold
         )
+    for name, path in _named_checkpoints(args.pruned, "--pruned"):
+        probe = make_predictor("stereovoxelnet", path, grid, threshold=args.threshold, pruning=True)
+        for ratio in probe.pruning_ratios:
+            pred = make_predictor("stereovoxelnet", path, grid, threshold=args.threshold, pruning=True)
+            pred.set_pruning_ratio(ratio)
+            methods[f"stereovoxelnet_{name}_r{ratio:g}"] = pred
     if args.fast_checkpoint and Path(args.fast_checkpoint).is_file():
         methods["stereovoxelnet_fast"] = make_predictor(
             "stereovoxelnet", args.fast_checkpoint, grid, threshold=args.threshold
@@ -414,12 +443,49 @@ def run_bench(args: argparse.Namespace) -> int:
             ],
         )
     )
+    result = {"pipelines": _clean(rows), "decoder": _clean(octree), "frames": frames.source}
+    if args.all_in_one:
+        try:
+            result.update(_bench_all_in_one(args, frames, methods["stereovoxelnet"]))
+        except PredictorError as err:
+            print(f"stereovoxel bench: --all-in-one: {err}", file=sys.stderr)
+            return 1
     if args.out:
-        write_json_atomic(
-            Path(args.out) / "bench.json",
-            {"pipelines": _clean(rows), "decoder": _clean(octree), "frames": frames.source},
-        )
+        write_json_atomic(Path(args.out) / "bench.json", result)
     return 0
+
+
+def _bench_all_in_one(args: argparse.Namespace, frames, dense) -> dict:
+    """Per-ratio latency of the All-in-One checkpoint beside the dense model (same run, round-robin)."""
+    from stereovoxel_ros.occupancy_predictor import make_predictor
+    from stereovoxel_ros.offline.eval.occupancy_bench import bench_pruning_ratios
+    from stereovoxel_ros.offline.eval.occupancy_eval import format_table
+
+    pruned = make_predictor(
+        "stereovoxelnet",
+        args.all_in_one,
+        frames.grid,
+        threshold=args.threshold,
+        pruning=True,
+        num_threads=None,
+    )
+    timed = bench_pruning_ratios(dense, pruned, frames, args.repeats)
+    rows = [{"model": "dense", **timed["dense"], "speedup_vs_dense": 1.0}]
+    rows += [{"model": f"all-in-one {r}", **v} for r, v in timed["all_in_one"].items()]
+    print(f"\nAll-in-One ratios ({args.all_in_one}) beside the dense model, round-robin in one run:")
+    print(
+        format_table(
+            rows,
+            [
+                ("model", "model", ""),
+                ("median_ms", "median [ms]", ".1f"),
+                ("p90_ms", "p90 [ms]", ".1f"),
+                ("speedup_vs_dense", "speed-up vs dense", ".2f"),
+                ("params", "params", ",d"),
+            ],
+        )
+    )
+    return {**timed, "all_in_one_checkpoint": str(args.all_in_one)}
 
 
 def run_export(args: argparse.Namespace) -> int:

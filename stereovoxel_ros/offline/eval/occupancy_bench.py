@@ -184,3 +184,44 @@ def bench_octree(
         r["flops_vs_dense"] = r["flops"] / dense["flops"]
         r["latency_vs_dense"] = r["median_ms"] / dense["median_ms"]
     return rows
+
+
+def bench_pruning_ratios(dense: object, pruned: object, frames: Frames, repeats: int) -> dict:
+    """End-to-end ``predict`` latency of the dense predictor and of every All-in-One ratio, round-robin.
+
+    Each repeat runs one frame through the dense model and then through every ratio of ``pruned`` (a
+    StereoVoxelNetPredictor built with ``pruning=True``), so load from other processes falls on all alike.
+    Returns ``{"dense": {...}, "all_in_one": {"<ratio>": {...}}}`` with ``median_ms``, ``p90_ms`` and the
+    ratio's ``speedup_vs_dense`` (dense median / its median).
+    """
+    ratios = list(pruned.pruning_ratios)
+    lat: dict[str, list[float]] = {"dense": [], **{f"{r:g}": [] for r in ratios}}
+
+    def run(name: str, s: StereoSample) -> float:
+        if name != "dense":
+            pruned.set_pruning_ratio(float(name))
+        pred = dense if name == "dense" else pruned
+        t0 = time.perf_counter()
+        pred.predict(s.left, s.right, s.camera)
+        return (time.perf_counter() - t0) * 1e3
+
+    for s in frames.samples[:2]:  # warm-up
+        for name in lat:
+            run(name, s)
+    for i in range(repeats):
+        s = frames.samples[i % len(frames.samples)]
+        for name in lat:
+            lat[name].append(run(name, s))
+
+    def row(values: list[float]) -> dict:
+        return {"median_ms": float(np.median(values)), "p90_ms": float(np.percentile(values, 90))}
+
+    out = {"dense": row(lat["dense"]), "all_in_one": {}}
+    for r in ratios:
+        entry = row(lat[f"{r:g}"])
+        entry["speedup_vs_dense"] = out["dense"]["median_ms"] / entry["median_ms"]
+        entry["params"] = sum(p.numel() for p in pruned.pruning.models[ratios.index(r)].parameters())
+        out["all_in_one"][f"{r:g}"] = entry
+    out["dense"]["params"] = sum(p.numel() for p in dense.model.parameters())
+    pruned.set_pruning_ratio(ratios[0])
+    return out
