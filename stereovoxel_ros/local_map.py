@@ -260,14 +260,21 @@ class LocalMap:
     def sample(self, points_xy: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
         """Values of ``grid`` (default :meth:`occupancy`) at (N, 2) world points [m]; -1 outside the window."""
         values = self.occupancy() if grid is None else np.asarray(grid)
-        pts = np.asarray(points_xy, np.float64).reshape(-1, 2)
-        res, n = self.config.resolution_m, self.config.cells
-        c = np.floor(pts[:, 0] / res).astype(np.int64) - self._corner[0]
-        r = np.floor(pts[:, 1] / res).astype(np.int64) - self._corner[1]
-        inside = (c >= 0) & (c < n) & (r >= 0) & (r < n)
-        out = np.full(len(pts), UNKNOWN, values.dtype)
-        out[inside] = values[r[inside], c[inside]]
-        return out
+        return sample_grid(values, self.origin_xy, self.config.resolution_m, points_xy)
+
+
+def sample_grid(
+    cells: np.ndarray, origin_xy: tuple[float, float], resolution_m: float, points_xy: np.ndarray
+) -> np.ndarray:
+    """Values of a (rows, cols) grid with cell (0, 0)'s corner at ``origin_xy`` at (N, 2) points; -1 outside."""
+    values = np.asarray(cells)
+    pts = np.asarray(points_xy, np.float64).reshape(-1, 2)
+    c = np.floor((pts[:, 0] - origin_xy[0]) / resolution_m + 1e-9).astype(np.int64)
+    r = np.floor((pts[:, 1] - origin_xy[1]) / resolution_m + 1e-9).astype(np.int64)
+    inside = (c >= 0) & (c < values.shape[1]) & (r >= 0) & (r < values.shape[0])
+    out = np.full(len(pts), UNKNOWN, values.dtype)
+    out[inside] = values[r[inside], c[inside]]
+    return out
 
 
 def free_space_boundary(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
