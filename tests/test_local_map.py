@@ -37,9 +37,9 @@ def _at(local_map: LocalMap, x: float, y: float) -> int:
 
 
 def test_frames_to_clear_and_mark_follow_from_the_probabilities() -> None:
-    # octomap defaults: hit 0.7, miss 0.4, clamp 0.12 / 0.97; obstacle above 0.75
-    assert CONFIG.frames_to_clear() == 6  # 0.4 s at 15 Hz: within the 0.5 s target
-    assert CONFIG.frames_to_mark() == 4  # from the free clamp: the 4th frame (0.2 s after the first) marks
+    # defaults: hit 0.7, miss 0.3, clamp 0.12 / 0.97, obstacle above 0.6
+    assert CONFIG.frames_to_clear() == 4  # the 4th free frame clears: 0.2 s after the first at 15 Hz (<= 0.5 s)
+    assert CONFIG.frames_to_mark() == 3  # from the free clamp: the 3rd frame (0.13 s after the first) marks
 
 
 def test_a_removed_box_clears_within_the_stated_frames() -> None:
@@ -92,7 +92,7 @@ def test_single_frame_noise_is_averaged_out() -> None:
 
 def test_shifting_the_window_keeps_every_cell_at_its_world_position() -> None:
     rng = np.random.default_rng(1)
-    local_map = LocalMap(CONFIG)
+    local_map = LocalMap(LocalMapConfig(resolution_m=RES, size_m=8.0, decay_time_s=0.0))
     obs = rng.choice(np.array([-1, 0, 100], np.int8), size=(30, 30))
     local_map.integrate(obs, (-3.0, -3.0), (0.0, 0.0), 0.0)
     before = local_map.occupancy()
