@@ -10,18 +10,22 @@ from pathlib import Path
 from typing import Any
 
 METHODS = ("classic", "stereovoxelnet", "oracle_1px", "ground_truth")
-# The tuning sweep (run it on the tuning seed only): miss probability x occupied threshold x range weighting x decay.
+# The tuning sweep (run it on the tuning seed only): miss probability x upper clamp x occupied threshold x
+# range weighting x out-of-view decay.
 SWEEP = {
-    f"miss{miss:g}_thr{thr:g}_rw{rw:g}_dec{dec:g}": {
+    f"miss{miss:g}_max{top:g}_thr{thr:g}_rw{rw:g}_dec{dec:g}": {
         "p_miss": miss,
+        "p_max": top,
         "occupied_threshold": thr,
         "range_weight_m": rw,
         "decay_time_s": dec,
     }
-    for miss in (0.4, 0.3)
-    for thr in (0.6, 0.7, 0.8)
+    for miss in (0.4, 0.3, 0.2)
+    for top in (0.97, 0.9)
+    for thr in (0.55, 0.6, 0.7, 0.8)
     for rw in (0.0, 5.0)
     for dec in (0.0, 2.0)
+    if not (miss == 0.4 and top == 0.9)
 }
 TARGETS = {"f1_gain": 0.04, "false_free_ratio": 0.5, "clear_s": 0.5, "detect_s": 0.2, "fusion_ms": 3.0}
 
