@@ -33,18 +33,19 @@ def logit(p: float) -> float:
 
 @dataclass(frozen=True)
 class LocalMapConfig:
-    """How observations are fused. Octomap's hit 0.7 and clamp 0.12 / 0.97; the miss (octomap 0.4), threshold,
-    range weighting and decay were tuned by ``stereovoxel mapbench --seed 2 --sweep`` (tuning seed 2 only)."""
+    """How observations are fused. Octomap's are hit 0.7, miss 0.4, clamp 0.12 / 0.97; these defaults were tuned
+    by ``stereovoxel mapbench --seed 2 --sweep`` (tuning seed 2 only): an obstacle in space seen free needs two
+    frames in a row, a fresh cell one, and the first frame that sees through an obstacle clears it."""
 
     resolution_m: float = 0.1
     size_m: float = 16.0  # side of the square window centred on the robot
     p_hit: float = 0.7
-    p_miss: float = 0.3
-    p_min: float = 0.12
-    p_max: float = 0.97
+    p_miss: float = 0.2
+    p_min: float = 0.3
+    p_max: float = 0.8
     occupied_threshold: float = 0.6  # occupancy(): obstacle above this probability ...
     free_threshold: float = 0.5  # ... free below this one, unknown in between and where never seen
-    range_weight_m: float = 5.0  # updates beyond this range weigh (range_weight_m / range)²; 0 = no weighting
+    range_weight_m: float = 0.0  # updates beyond this range weigh (range_weight_m / range)²; 0 = no weighting
     min_weight: float = 0.1  # the smallest range weight
     decay_time_s: float = 2.0  # cells out of view relax to unknown with this time constant [s]; 0 = never
     recentre_m: float = 2.0  # the window moves when the camera is this far off its centre [m]
@@ -70,10 +71,10 @@ class LocalMapConfig:
             value = getattr(self, name)
             if not 0.0 < value < 1.0 and not (name == "min_weight" and value == 1.0):
                 raise LocalMapError(f"{name} must be in (0, 1), got {value}")
-        if not self.p_min < self.p_miss < 0.5 < self.p_hit < self.p_max:
+        if not (self.p_min < 0.5 < self.p_max and self.p_miss < 0.5 < self.p_hit):
             raise LocalMapError(
-                "probabilities must satisfy p_min < p_miss < 0.5 < p_hit < p_max, got "
-                f"{self.p_min} / {self.p_miss} / {self.p_hit} / {self.p_max}"
+                "probabilities must satisfy p_min, p_miss < 0.5 < p_hit, p_max, got p_min "
+                f"{self.p_min}, p_miss {self.p_miss}, p_hit {self.p_hit}, p_max {self.p_max}"
             )
         if not self.free_threshold <= self.occupied_threshold:
             raise LocalMapError(

@@ -37,9 +37,11 @@ def _at(local_map: LocalMap, x: float, y: float) -> int:
 
 
 def test_frames_to_clear_and_mark_follow_from_the_probabilities() -> None:
-    # defaults: hit 0.7, miss 0.3, clamp 0.12 / 0.97, obstacle above 0.6
-    assert CONFIG.frames_to_clear() == 4  # the 4th free frame clears: 0.2 s after the first at 15 Hz (<= 0.5 s)
-    assert CONFIG.frames_to_mark() == 3  # from the free clamp: the 3rd frame (0.13 s after the first) marks
+    # defaults: hit 0.7, miss 0.2, clamp 0.3 / 0.8, obstacle above 0.6
+    assert CONFIG.frames_to_clear() == 1  # the first frame that sees through a removed obstacle clears it
+    assert CONFIG.frames_to_mark() == 2  # in space seen free, an obstacle needs two frames in a row
+    octomap = LocalMapConfig(p_miss=0.4, p_min=0.12, p_max=0.97, occupied_threshold=0.75)
+    assert (octomap.frames_to_clear(), octomap.frames_to_mark()) == (6, 4)
 
 
 def test_a_removed_box_clears_within_the_stated_frames() -> None:
@@ -72,11 +74,13 @@ def test_a_new_obstacle_in_seen_free_space_is_marked_within_the_stated_frames() 
 def test_single_frame_noise_is_averaged_out() -> None:
     rng = np.random.default_rng(0)
     local_map = LocalMap(CONFIG)
+    previous = np.zeros((20, 20), bool)
     for k in range(40):
         obs = _observation()
-        obs[10, 5] = 100 if rng.random() < 0.8 else 0  # a real obstacle, missed in a fifth of the frames
-        noisy = rng.random(obs.shape) < 0.08  # spurious obstacles, each cell in a frame of its own
+        obs[10, 5] = 100  # a real obstacle
+        noisy = (rng.random(obs.shape) < 0.08) & ~previous  # spurious obstacles, never twice in a row
         noisy[10, 5] = False
+        previous = noisy
         obs[noisy] = 100
         per_frame_false = np.count_nonzero(obs == 100) - int(obs[10, 5] == 100)
         local_map.integrate(obs, (0.0, -2.0), (0.0, 0.0), k / RATE_HZ)
@@ -87,7 +91,8 @@ def test_single_frame_noise_is_averaged_out() -> None:
         [local_map.origin_xy[0] + (cols + 0.5) * RES, local_map.origin_xy[1] + (rows + 0.5) * RES], 1
     )
     assert xy.shape[0] == 1 and np.allclose(xy[0], (1.1, 0.1))  # ... the map holds only the real obstacle
-    assert np.count_nonzero(fused == 0) >= 20 * 20 - 1
+    # the rest is free, but for the last frame's spurious cells: one hit against the free clamp makes them uncertain
+    assert np.count_nonzero(fused == 0) + np.count_nonzero(noisy) >= 20 * 20 - 1
 
 
 def test_shifting_the_window_keeps_every_cell_at_its_world_position() -> None:
@@ -182,7 +187,7 @@ def test_reset_forgets_everything_and_recentres() -> None:
     [
         ("resolution_m", 0.0, "resolution_m"),
         ("size_m", math.nan, "size_m"),
-        ("p_hit", 0.4, "p_min < p_miss < 0.5 < p_hit < p_max"),
+        ("p_hit", 0.4, "p_miss < 0.5 < p_hit"),
         ("p_max", 1.0, "p_max must be in"),
         ("occupied_threshold", 0.3, "free_threshold"),
         ("decay_time_s", -1.0, "decay_time_s"),

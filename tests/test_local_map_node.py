@@ -19,7 +19,7 @@ def test_local_map_parameters_are_declared_validated_and_named() -> None:
     assert config.local_map.map.resolution_m == config.grid_resolution_m  # the map's cells are the grid's
     assert all(PARAMETERS[name][1] for name in PARAMETERS if name.startswith("local_map."))
     for name, value, why in (
-        ("local_map.p_hit", 0.3, "p_min < p_miss < 0.5 < p_hit"),
+        ("local_map.p_hit", 0.3, "p_miss < 0.5 < p_hit"),
         ("local_map.cells", "percent", "must be one of"),
         ("local_map.decay_time", math.nan, "finite"),
         ("local_map.odometry_source", "gps", "must be one of"),

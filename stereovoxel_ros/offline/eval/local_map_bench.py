@@ -13,6 +13,11 @@ Dynamic events: the time to clear the removed box (from the first frame its foot
 most 10 % of the seen footprint cells are still marked), the time to detect the appearing box (from the first
 frame with 3 of its cells visible within 6 m until it is found as in the objects-found score) and the share of
 frames the walking person is found.
+
+The visibility-correct scores leave out what the camera cannot see now, so they cannot credit a map for
+remembering. **Memory recall** does: the share of static obstacle cells within ``MEMORY_RANGE_M`` of the robot,
+out of the current view, truly seen as obstacles in an earlier frame, that the grid still marks (within one
+cell). Cells near any dynamic object's place or track are left out.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from stereovoxel_ros.occupancy_scoring import (
     FREE,
     HEADLINE_RANGE_M,
     OBSTACLE,
+    UNKNOWN,
     OccupancyScorer,
     ScoringConfig,
     TruthGrid,
@@ -47,6 +53,8 @@ from stereovoxel_ros.voxel_grid import occupied_voxel_centers, optical_to_base_t
 CLEARED_SHARE = 0.1  # a removed box is cleared when at most this share of its seen footprint is still marked
 MIN_VISIBLE_CELLS = 3  # cells of an object (or a footprint) that must be seen for an event to count
 PER_FRAME, NATIVE = "per_frame", "per_frame_camera"
+MEMORY_RANGE_M = 3.0  # memory recall counts obstacles this close to the robot (beside and behind it too)
+DYNAMIC_MARGIN_M = 0.8  # ... and not this close to a dynamic object's place or track
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class MethodRecord:
     clear_s: dict[str, list[float]] = field(default_factory=dict)  # inf: never cleared in the sequence
     detect_s: dict[str, list[float]] = field(default_factory=dict)  # inf: never detected
     person_found: dict[str, list[bool]] = field(default_factory=dict)
+    memory: dict[str, list[int]] = field(default_factory=dict)  # [remembered, targets] summed over frames
     pipeline_ms: list[float] = field(default_factory=list)  # images -> voxels -> per-frame odom grid
     fusion_ms: dict[str, list[float]] = field(default_factory=dict)  # integrate + occupancy()
 
@@ -197,6 +206,43 @@ def dynamic_events(
     return clear, detect, person
 
 
+def memory_targets(
+    frames: list[DynamicFrame], truths: list[_FrameTruth], resolution_m: float
+) -> list[np.ndarray]:
+    """Per frame, the (N, 2) centres [m] of static obstacle cells (``resolution_m`` lattice) within
+    ``MEMORY_RANGE_M`` of the robot, out of the current view, that were truly visible obstacles earlier."""
+    tracks = np.array([s.xy for fr in frames for s in fr.objects.values()], float).reshape(-1, 2)
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for fr, t in zip(frames, truths):
+        lattice = np.floor(t.centres_xy / resolution_m).astype(np.int64)
+        in_view = {tuple(c) for c in lattice[t.truth.visibility.ravel() != UNKNOWN].tolist()}
+        robot = fr.frame.pose[:2, 3]
+        cells = np.array([c for c in seen if c not in in_view], np.int64).reshape(-1, 2)
+        centres = (cells + 0.5) * resolution_m
+        near = np.linalg.norm(centres - robot, axis=1) <= MEMORY_RANGE_M
+        out.append(centres[near])
+        true_now = lattice[t.truth.obstacles.ravel()]
+        if len(true_now):
+            far = np.min(
+                np.linalg.norm(((true_now + 0.5) * resolution_m)[:, None] - tracks[None], axis=2), axis=1
+            )
+            seen.update(tuple(c) for c in true_now[far > DYNAMIC_MARGIN_M].tolist())
+    return out
+
+
+def remembered(
+    cells: np.ndarray, origin: tuple[float, float], resolution_m: float, targets: np.ndarray
+) -> int:
+    """How many target cells have an obstacle within one cell in a grid."""
+    hit = np.zeros(len(targets), bool)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            shifted = targets + np.array([dx, dy]) * resolution_m
+            hit |= sample_grid(cells, origin, resolution_m, shifted) == OBSTACLE
+    return int(hit.sum())
+
+
 def run_method(method: Any, frame: DynamicFrame) -> np.ndarray:
     """(nx, ny, nz) bool voxels of one frame: a predictor, an oracle or the truth itself (``None``)."""
     f = frame.frame
@@ -220,10 +266,13 @@ def evaluate_sequence(
     """Run, fuse and score one sequence for every method and map configuration (adds to ``records``)."""
     grid = geometry.grid
     truths = [frame_truth(fr, grid, config) for fr in frames]
+    res = geometry.grid_resolution_m
+    targets = memory_targets(frames, truths, res)
     for name, method in methods.items():
         record = records.setdefault(name, MethodRecord(name))
         observations, per_frame = [], []
-        for fr, t in zip(frames, truths):
+        memory = record.memory.setdefault(PER_FRAME, [0, 0])
+        for fr, t, target in zip(frames, truths, targets):
             start = time.perf_counter()
             occupied = run_method(method, fr)
             obs = observe(occupied, fr, geometry, config.camera_height_m)
@@ -237,11 +286,14 @@ def evaluate_sequence(
             record.scorer(PER_FRAME, config).add(
                 score_obstacle_grid(per_frame[-1], t.truth, grid, config), world
             )
+            memory[0] += remembered(obs.cells, obs.origin, res, target)
+            memory[1] += len(target)
         _add_events(record, PER_FRAME, dynamic_events(per_frame, truths, grid, config, rate_hz))
         for map_name, map_config in map_configs.items():
             local_map = LocalMap(map_config)
             fused, times = [], record.fusion_ms.setdefault(map_name, [])
-            for obs, t in zip(observations, truths):
+            memory = record.memory.setdefault(map_name, [0, 0])
+            for obs, t, target in zip(observations, truths, targets):
                 start = time.perf_counter()
                 local_map.integrate(obs.cells, obs.origin, obs.sensor_xy, t.stamp_s)
                 occupancy = local_map.occupancy()
@@ -251,6 +303,8 @@ def evaluate_sequence(
                 record.scorer(map_name, config).add(
                     score_obstacle_grid(fused[-1], t.truth, grid, config), world
                 )
+                memory[0] += remembered(occupancy, local_map.origin_xy, res, target)
+                memory[1] += len(target)
             _add_events(record, map_name, dynamic_events(fused, truths, grid, config, rate_hz))
 
 
@@ -285,6 +339,10 @@ def summarize(record: MethodRecord) -> dict[str, Any]:
             entry["detect"] = _events_summary(record.detect_s[variant])
             found = record.person_found[variant]
             entry["person_found"] = float(np.mean(found)) if found else None
+        if variant in record.memory:
+            kept, total = record.memory[variant]
+            entry["memory_recall"] = kept / total if total else None
+            entry["memory_cells"] = total
         if variant in record.fusion_ms:
             entry["fusion_ms_median"] = float(np.median(record.fusion_ms[variant]))
         out["variants"][variant] = entry
