@@ -97,6 +97,18 @@ def obstacle_cells(
         config.grid, optical_to_out, origin, res, (width, height), base_to_out[2, 3] + (low + high) / 2
     )
     sensor = ((optical_to_out[0, 3] - origin[0]) / res, (optical_to_out[1, 3] - origin[1]) / res)
-    far_cells = float(np.hypot(width, height))
+    far_cells = float(np.hypot(width, height))  # the fan is as dense as the grid's diagonal needs ...
     directions = camera_ray_directions(camera, optical_to_out[:2, :3], spacing=0.5 / far_cells)
-    return raycast_visibility(obstacles > 0, sensor, directions, far_cells, observable), origin
+    reach = min(
+        far_cells, _reach_cells(config.grid, optical_to_out, res)
+    )  # ... the rays only as long as useful
+    return raycast_visibility(obstacles > 0, sensor, directions, reach, observable), origin
+
+
+def _reach_cells(grid: VoxelGridSpec, optical_to_out: np.ndarray, resolution: float) -> float:
+    """Farthest ground distance [cells] from the camera to the voxel grid's footprint (+1): no observable cell
+    lies beyond it, so longer rays would cost without adding a cell (the grid comes out the same)."""
+    lo, hi = grid.origin, grid.upper
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    ground = (corners @ np.asarray(optical_to_out)[:3, :3].T)[:, :2]  # offsets from the camera, in the plane
+    return float(np.linalg.norm(ground, axis=1).max()) / resolution + 1.0

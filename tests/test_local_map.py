@@ -215,3 +215,38 @@ def test_sample_grid_outside_is_unknown() -> None:
     cells = np.array([[0, 100], [100, 0]], np.int8)
     values = sample_grid(cells, (1.0, 2.0), 0.5, np.array([[1.1, 2.1], [1.6, 2.1], [0.9, 2.1], [1.1, 3.1]]))
     np.testing.assert_array_equal(values, [0, 100, -1, -1])
+
+
+@pytest.mark.parametrize("odom", [False, True])
+def test_the_per_frame_grid_casts_rays_only_as_far_as_the_voxel_grid_reaches(odom: bool) -> None:
+    from stereovoxel_ros.grid_spec import DEFAULT_GRID
+    from stereovoxel_ros.obstacle_grid import observable_cells, obstacle_cells
+    from stereovoxel_ros.occupancy_scoring import camera_ray_directions, raycast_visibility
+    from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
+    from stereovoxel_ros.stereo_camera import ZED2_640x360
+    from stereovoxel_ros.voxel_grid import obstacle_grid_2d, optical_to_base_transform, transform_points
+
+    geometry = ObservationGeometry(DEFAULT_GRID, grid_in_odom=odom)
+    camera_to_base = optical_to_base_transform(0.4, pitch=0.1)
+    yaw = 0.6
+    pose = np.eye(4)
+    pose[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
+    pose[:2, 3] = (3.03, -1.71)
+    points = np.random.default_rng(2).uniform([0.0, -6.0, 0.1], [12.5, 6.0, 1.4], (200, 3))
+    cells, origin = obstacle_cells(
+        geometry, ZED2_640x360, camera_to_base, points, pose if odom else np.eye(4)
+    )
+    # the same grid with rays as long as the 2D grid's diagonal (as before)
+    out = pose if odom else np.eye(4)
+    height, width = cells.shape
+    obstacles = obstacle_grid_2d(
+        transform_points(points, out), RES, width, height, origin, (-math.inf, math.inf)
+    )
+    optical_to_out = out @ camera_to_base
+    observable = observable_cells(DEFAULT_GRID, optical_to_out, origin, RES, (width, height), out[2, 3] + 0.8)
+    sensor = ((optical_to_out[0, 3] - origin[0]) / RES, (optical_to_out[1, 3] - origin[1]) / RES)
+    far = float(np.hypot(width, height))
+    directions = camera_ray_directions(ZED2_640x360, optical_to_out[:2, :3], spacing=0.5 / far)
+    reference = raycast_visibility(obstacles > 0, sensor, directions, far, observable)
+    np.testing.assert_array_equal(cells, reference)
+    assert np.count_nonzero(cells == 0) > 100

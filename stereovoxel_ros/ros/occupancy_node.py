@@ -842,10 +842,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
             )
             if self.local_map is not None:
                 self.local_map.publish_clearing(cells, origin, config.grid_resolution_m, header)
-        with self.tracer.stage("fusion"):
-            self._fuse(
-                config, frame.camera, camera_to_base, points, stamp_ns, left.header.stamp, (cells, origin)
-            )
+        self._fuse(config, frame.camera, camera_to_base, points, stamp_ns, left.header.stamp, (cells, origin))
         self.tracer.frame(
             stamp_ns, occupied_voxels=int(occupied.sum()), image_px=camera.width * camera.height
         )
@@ -854,7 +851,8 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def _fuse(self, config: OccupancyNodeConfig, camera: StereoCameraModel, camera_to_base: np.ndarray,
               points: np.ndarray, stamp_ns: int, stamp: Any, grid: tuple[np.ndarray, tuple[float, float]]) -> None:  # fmt: skip
-        """Fuse this frame's odom grid (the published one when it is in odom) into the local map."""
+        """Fuse this frame's odom grid into the local map: the published grid when it is in odom, else one ray
+        cast in odom for the map (stage ``odom_grid``); the update and the map message are stage ``fusion``."""
         local_map = self.local_map
         if local_map is None or local_map.grid_publisher is None:
             return
@@ -869,11 +867,13 @@ class StereoOccupancyNode(StreamLifecycleNode):
             return
         cells, origin = grid
         if not config.grid_in_odom:
-            cells, origin = obstacle_cells(
-                replace(config, grid_in_odom=True), camera, camera_to_base, points, base_to_odom
-            )
+            with self.tracer.stage("odom_grid"):
+                cells, origin = obstacle_cells(
+                    replace(config, grid_in_odom=True), camera, camera_to_base, points, base_to_odom
+                )
         sensor = (base_to_odom @ camera_to_base)[:2, 3]
-        reason = local_map.update(cells, origin, (float(sensor[0]), float(sensor[1])), stamp_ns, stamp)
+        with self.tracer.stage("fusion"):
+            reason = local_map.update(cells, origin, (float(sensor[0]), float(sensor[1])), stamp_ns, stamp)
         if reason.startswith("local map reset"):
             self._report_error(reason)
 
