@@ -68,7 +68,12 @@ def _map_configs(args: argparse.Namespace, resolution_m: float) -> dict[str, Any
     from stereovoxel_ros.local_map import LocalMapConfig
     from stereovoxel_ros.offline.eval.commands import parse_options
 
-    default = replace(LocalMapConfig(resolution_m=resolution_m), **parse_options(args.map, "--map"))
+    options = parse_options(args.map, "--map")
+    known = set(LocalMapConfig.__dataclass_fields__)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"--map: unknown LocalMapConfig field(s) {unknown}; known: {sorted(known)}")
+    default = replace(LocalMapConfig(resolution_m=resolution_m), **options)
     configs = {"fused": default}
     if args.sweep:
         configs.update({name: replace(default, **opts) for name, opts in SWEEP.items()})
