@@ -289,6 +289,35 @@ def free_space_boundary(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(free & ~inner)
 
 
+def clearing_endpoints(
+    cells: np.ndarray, sensor_cell: tuple[float, float], band_cells: float = 0.35, step_cells: float = 0.4
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the :func:`free_space_boundary` cells whose line from the sensor (column, row in cell
+    units) crosses only seen-free cells once it has entered them, checked along the line and two parallels
+    ``band_cells`` to either side (so a raytracer that rounds differently stays on free cells too): raytracing
+    to them, as a Nav2 clearing source does, clears only what this frame saw free."""
+    grid = np.asarray(cells)
+    rows, cols = free_space_boundary(grid)
+    if not len(rows):
+        return rows, cols
+    sx, sy = float(sensor_cell[0]), float(sensor_cell[1])
+    dx, dy = cols + 0.5 - sx, rows + 0.5 - sy
+    length = np.maximum(np.hypot(dx, dy), 1e-9)
+    s = np.arange(0.0, float(length.max()), step_cells)[None, :]  # distance along each line [cells]
+    before_end = s < (length - 0.5)[:, None]  # the end cell itself is free; its band may touch its neighbours
+    ux, uy = (dx / length)[:, None], (dy / length)[:, None]
+    clean = np.ones(len(rows), bool)
+    free_flat = np.append(grid.ravel() == FREE, False)  # the extra last entry stands for outside the grid
+    for offset in (0.0, -band_cells, band_cells):
+        c = np.floor(sx + ux * s - uy * offset).astype(np.int32)
+        r = np.floor(sy + uy * s + ux * offset).astype(np.int32)
+        inside = (c >= 0) & (c < grid.shape[1]) & (r >= 0) & (r < grid.shape[0])
+        free = free_flat[np.where(inside, r * grid.shape[1] + c, grid.size)]
+        entered = np.maximum.accumulate(free, axis=1)  # before: the sensor's own unseen surroundings
+        clean &= ~np.any(entered & before_end & ~free, axis=1)
+    return rows[clean], cols[clean]
+
+
 def _finite_xy(xy: tuple[float, float], name: str) -> tuple[float, float]:
     values = tuple(float(v) for v in np.asarray(xy, np.float64).reshape(-1))
     if len(values) != 2 or not all(math.isfinite(v) for v in values):

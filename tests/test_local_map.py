@@ -11,6 +11,7 @@ from stereovoxel_ros.local_map import (
     LocalMap,
     LocalMapConfig,
     LocalMapError,
+    clearing_endpoints,
     free_space_boundary,
     sample_grid,
 )
@@ -250,3 +251,48 @@ def test_the_per_frame_grid_casts_rays_only_as_far_as_the_voxel_grid_reaches(odo
     reference = raycast_visibility(obstacles > 0, sensor, directions, far, observable)
     np.testing.assert_array_equal(cells, reference)
     assert np.count_nonzero(cells == 0) > 100
+
+
+def _line_cells(start: tuple[float, float], end: tuple[int, int]) -> list[tuple[int, int]]:
+    """The cells (row, col) a Nav2-style raytrace passes from a point [cells] to a cell's centre, end included."""
+    (c0, r0), (r1, c1) = start, end
+    steps = int(max(abs(c1 + 0.5 - c0), abs(r1 + 0.5 - r0)) * 4) + 1
+    t = np.linspace(0.0, 1.0, steps + 1)
+    cols = np.floor(c0 + (c1 + 0.5 - c0) * t).astype(int)
+    rows = np.floor(r0 + (r1 + 0.5 - r0) * t).astype(int)
+    return list(dict.fromkeys(zip(rows.tolist(), cols.tolist())))
+
+
+def test_rays_to_the_clearing_cloud_clear_what_the_camera_saw_free() -> None:
+    """A clearing source raytraces from the camera to every clearing point: those rays cover the seen-free cells
+    (so a phantom there clears) and cross no cell that is unknown (out of view, shadowed) or an obstacle."""
+    from stereovoxel_ros.grid_spec import DEFAULT_GRID
+    from stereovoxel_ros.obstacle_grid import obstacle_cells
+    from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
+    from stereovoxel_ros.stereo_camera import ZED2_640x360
+    from stereovoxel_ros.voxel_grid import optical_to_base_transform
+
+    geometry = ObservationGeometry(DEFAULT_GRID, grid_in_odom=False)
+    camera_to_base = optical_to_base_transform(0.4)
+    wall = np.array([[4.05, y, 0.5] for y in np.arange(-1.5, 1.51, 0.1)])
+    post = np.array([[2.05, 2.05, 0.5], [7.05, -3.05, 0.5]])
+    cells, origin = obstacle_cells(
+        geometry, ZED2_640x360, camera_to_base, np.concatenate([wall, post]), np.eye(4)
+    )
+    sensor = ((camera_to_base[0, 3] - origin[0]) / RES, (camera_to_base[1, 3] - origin[1]) / RES)
+    cleared: set[tuple[int, int]] = set()
+    rows, cols = clearing_endpoints(cells, sensor)
+    for end in zip(rows.tolist(), cols.tolist()):
+        path = [
+            (r, c) for r, c in _line_cells(sensor, end) if 0 <= r < cells.shape[0] and 0 <= c < cells.shape[1]
+        ]
+        values = [int(cells[r, c]) for r, c in path]
+        first = values.index(0)  # the camera's own cell lies outside the voxel grid: unknown
+        assert all(v == 0 for v in values[first:]), f"the ray to {end} crosses a cell not seen free"
+        cleared.update(path[first:])
+    free = {tuple(rc) for rc in np.argwhere(cells == 0).tolist()}
+    assert len(free) > 500
+    assert len(free & cleared) >= 0.8 * len(free)  # a phantom in most seen-free cells is cleared (84 % here)
+    # cells behind the wall are unknown: no ray clears them
+    behind = (round((0.0 - origin[1]) / RES), round((5.5 - origin[0]) / RES))
+    assert cells[behind] == -1 and behind not in cleared

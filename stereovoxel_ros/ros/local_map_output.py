@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from stereovoxel_ros.local_map import LocalMap, LocalMapConfig, LocalMapError, free_space_boundary
+from stereovoxel_ros.local_map import LocalMap, LocalMapConfig, LocalMapError, clearing_endpoints
 from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 
@@ -101,10 +101,16 @@ def map_cells(local_map: LocalMap, probability: bool) -> np.ndarray:
 
 
 def clearing_points(
-    cells: np.ndarray, origin: tuple[float, float], resolution_m: float, heights_m: np.ndarray
+    cells: np.ndarray,
+    origin: tuple[float, float],
+    resolution_m: float,
+    heights_m: np.ndarray,
+    sensor_xy: tuple[float, float],
 ) -> np.ndarray:
-    """(N, 3) points at the free-space ray ends of a per-frame grid, one per cell and height [m]."""
-    rows, cols = free_space_boundary(cells)
+    """(N, 3) points at the free-space ray ends of a per-frame grid whose line from the camera (``sensor_xy``
+    [m], the grid's frame) crosses only seen-free cells, one per cell and height [m]."""
+    sensor = ((sensor_xy[0] - origin[0]) / resolution_m, (sensor_xy[1] - origin[1]) / resolution_m)
+    rows, cols = clearing_endpoints(cells, sensor)
     x = origin[0] + (cols + 0.5) * resolution_m
     y = origin[1] + (rows + 0.5) * resolution_m
     n, k = len(x), len(heights_m)
@@ -176,12 +182,18 @@ class LocalMapOutput:
         return reason
 
     def publish_clearing(
-        self, cells: np.ndarray, origin: tuple[float, float], resolution_m: float, header: Any
+        self,
+        cells: np.ndarray,
+        origin: tuple[float, float],
+        resolution_m: float,
+        sensor_xy: tuple[float, float],
+        header: Any,
     ) -> None:
-        """The free-space ray ends of one per-frame grid, in the grid's frame (``header.frame_id``)."""
+        """The free-space ray ends of one per-frame grid, in the grid's frame (``header.frame_id``); the camera
+        is at ``sensor_xy`` [m] in that frame."""
         if self.clearing_publisher is None:
             return
-        points = clearing_points(cells, origin, resolution_m, self._heights)
+        points = clearing_points(cells, origin, resolution_m, self._heights, sensor_xy)
         self.clearing_publisher.publish(points_to_pointcloud2(points, header))
 
     def status(self) -> dict[str, str]:

@@ -841,7 +841,10 @@ class StereoOccupancyNode(StreamLifecycleNode):
                 array_to_occupancy_grid(cells, config.grid_resolution_m, (*origin, 0.0), header)
             )
             if self.local_map is not None:
-                self.local_map.publish_clearing(cells, origin, config.grid_resolution_m, header)
+                camera_xy = (base_to_out @ camera_to_base)[:2, 3]
+                self.local_map.publish_clearing(
+                    cells, origin, config.grid_resolution_m, (camera_xy[0], camera_xy[1]), header
+                )
         self._fuse(config, frame.camera, camera_to_base, points, stamp_ns, left.header.stamp, (cells, origin))
         self.tracer.frame(
             stamp_ns, occupied_voxels=int(occupied.sum()), image_px=camera.width * camera.height
