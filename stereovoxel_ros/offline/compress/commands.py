@@ -36,17 +36,29 @@ def register(subparsers: Any, name: str, help: str) -> None:
         metavar="SIGMA",
         help="train at the ADC's effective bits under this thermal noise [LSB]",
     )
-    t.add_argument("--scheme", choices=("native", "bit_serial", "bit_sliced"), default="bit_serial")
-    t.add_argument("--weight-bits", type=int, default=4)
-    t.add_argument("--act-bits", type=int, default=4)
-    t.add_argument("--rows", type=int, default=64, help="crossbar rows per ADC group")
-    t.add_argument("--slice-bits", type=int, default=1)
-    t.add_argument("--adc-bits", type=int, default=4)
-    t.add_argument("--adc-range", type=float, default=0.25, help="ADC full scale / largest partial sum")
+    t.add_argument(
+        "--rescale",
+        choices=("none", "forward", "backward", "both"),
+        default="both",
+        help="PIM-QAT rescaling (the paper: both)",
+    )
+    _chip_arguments(t)
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, required=True, help="checkpoint [.pt]")
     t.set_defaults(func=_pim_train, _parser=t, _prefix="stereovoxel compress pim-qat train")
+    a = pim_sub.add_parser(
+        "ablate",
+        help="rescaling / BN calibration / adjusted precision on and off, per scheme and noise level",
+    )
+    a.add_argument("--schemes", default="native,bit_serial,bit_sliced")
+    a.add_argument("--noise", default="0,0.3,1", help="thermal noise levels σ [ADC LSB]")
+    a.add_argument("--draws", type=int, default=3, help="noise draws averaged per σ > 0")
+    _chip_arguments(a, scheme=False)
+    a.add_argument("--epochs", type=int, default=5)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--results", type=Path, default=Path(DEFAULT_RESULTS))
+    a.set_defaults(func=_pim_ablate, _parser=a, _prefix="stereovoxel compress pim-qat ablate")
     e = pim_sub.add_parser("eval", help="deploy a checkpoint on digital hardware or the simulated PIM chip")
     e.add_argument("--checkpoint", type=Path, required=True)
     e.add_argument("--deploy", choices=("digital", "pim"), default="pim")
@@ -97,6 +109,34 @@ def register(subparsers: Any, name: str, help: str) -> None:
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------------
+
+
+def _chip_arguments(p: argparse.ArgumentParser, scheme: bool = True) -> None:
+    if scheme:
+        p.add_argument("--scheme", choices=("native", "bit_serial", "bit_sliced"), default="bit_serial")
+    p.add_argument("--weight-bits", type=int, default=4)
+    p.add_argument("--act-bits", type=int, default=4)
+    p.add_argument("--rows", type=int, default=64, help="crossbar rows per ADC group")
+    p.add_argument("--slice-bits", type=int, default=1)
+    p.add_argument("--adc-bits", type=int, default=4)
+    p.add_argument("--adc-range", type=float, default=0.25, help="ADC full scale / largest partial sum")
+
+
+def _chip(args: argparse.Namespace, scheme: str):
+    from stereovoxel_ros.offline.compress.pim_simulator import PIMConfig, PIMError
+
+    try:
+        return PIMConfig(
+            scheme=scheme,  # type: ignore[arg-type]
+            weight_bits=args.weight_bits,
+            act_bits=args.act_bits,
+            rows=args.rows,
+            slice_bits=args.slice_bits,
+            adc_bits=args.adc_bits,
+            adc_range=args.adc_range,
+        )
+    except PIMError as err:
+        raise CompressCommandError(str(err)) from err
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -161,29 +201,27 @@ def _pim_train(args: argparse.Namespace) -> int:
     import torch
 
     from stereovoxel_ros.offline.compress.digits_task import (
+        PIM_DIGITS_WIDTHS,
         DigitsCNN,
+        DigitsCNNConfig,
         accuracy,
         load_digits_data,
         train_classifier,
     )
+    from stereovoxel_ros.offline.compress.pim_ablation import EXCLUDED_LAYERS
     from stereovoxel_ros.offline.compress.pim_qat import prepare_for_training
-    from stereovoxel_ros.offline.compress.pim_simulator import PIMConfig, configure_pim
+    from stereovoxel_ros.offline.compress.pim_simulator import configure_pim
 
     _setup_torch()
-    chip = PIMConfig(
-        scheme=args.scheme,
-        weight_bits=args.weight_bits,
-        act_bits=args.act_bits,
-        rows=args.rows,
-        slice_bits=args.slice_bits,
-        adc_bits=args.adc_bits,
-        adc_range=args.adc_range,
-    )
+    chip = _chip(args, args.scheme)
     data = load_digits_data(seed=args.seed)
     torch.manual_seed(args.seed)
-    model = DigitsCNN()
-    exclude = ("features.0", "classifier")  # first and last layers stay digital, as on PIM chips
-    train_cfg = prepare_for_training(model, chip, args.method, args.adjusted_precision_noise, exclude)
+    model = DigitsCNN(DigitsCNNConfig(widths=PIM_DIGITS_WIDTHS))
+    exclude = EXCLUDED_LAYERS  # first and last layers stay digital, every other conv on the PIM
+    rescale = args.rescale if args.method == "pim-qat" else "none"
+    train_cfg = prepare_for_training(
+        model, chip, args.method, args.adjusted_precision_noise, exclude, rescale=rescale
+    )
     t0 = time.perf_counter()
     train_classifier(model, data, args.epochs, seed=args.seed, progress=f"{args.method} train")
     configure_pim(model, mode="digital")
@@ -198,6 +236,8 @@ def _pim_train(args: argparse.Namespace) -> int:
             "chip": asdict(chip),
             "train_config": asdict(train_cfg),
             "exclude": list(exclude),
+            "widths": list(PIM_DIGITS_WIDTHS),
+            "rescale": rescale,
             "state_dict": model.state_dict(),
             "seed": args.seed,
         },
@@ -210,12 +250,12 @@ def _pim_train(args: argparse.Namespace) -> int:
 
 
 def _pim_model(ckpt: dict):
-    from stereovoxel_ros.offline.compress.digits_task import DigitsCNN
+    from stereovoxel_ros.offline.compress.digits_task import DigitsCNN, DigitsCNNConfig
     from stereovoxel_ros.offline.compress.pim_simulator import PIMConfig, convert_to_pim
 
     if ckpt.get("format") != "stereovoxel-pim-qat":
         raise CompressCommandError("checkpoint is not a pim-qat checkpoint (format field)")
-    model = DigitsCNN()
+    model = DigitsCNN(DigitsCNNConfig(widths=tuple(ckpt.get("widths", (16, 32, 64)))))
     chip = PIMConfig(**ckpt["chip"])
     convert_to_pim(model, chip, mode="digital", exclude=ckpt["exclude"])
     model.load_state_dict(ckpt["state_dict"])
@@ -236,7 +276,7 @@ def _pim_eval(args: argparse.Namespace) -> int:
     _setup_torch()
     ckpt = _load(args.checkpoint)
     model, chip = _pim_model(ckpt)
-    rescale = ckpt["method"] == "pim-qat"
+    rescale = ckpt.get("rescale", "both" if ckpt["method"] == "pim-qat" else "none")
     data = load_digits_data(seed=ckpt.get("seed", 0))
     noisy = args.noise > 0
     seeds = range(args.seeds if noisy else 1)
@@ -288,6 +328,60 @@ def _pim_eval(args: argparse.Namespace) -> int:
     write_text_atomic(args.results / "pim_qat_results.md", f"Chip: {row['chip']}\n\n" + table)
     _plot_bars(args.results / "pim_qat_results.png", rows)
     print(table)
+    return 0
+
+
+def _pim_ablate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from stereovoxel_ros.atomic_file import write_text_atomic
+    from stereovoxel_ros.offline.compress.pim_ablation import (
+        ablation_findings,
+        ablation_table,
+        run_ablation,
+        training_variants,
+    )
+    from stereovoxel_ros.offline.compress.pim_simulator import SCHEMES
+
+    _setup_torch()
+    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
+    bad = [s for s in schemes if s not in SCHEMES]
+    if bad or not schemes:
+        raise CompressCommandError(f"--schemes {args.schemes!r}: choose from {', '.join(SCHEMES)}")
+    noise = _floats(args.noise, "--noise")
+    if any(s < 0 for s in noise):
+        raise CompressCommandError(f"--noise {args.noise!r}: noise levels must be >= 0")
+    chip = _chip(args, schemes[0])
+    bar = tqdm(total=len(schemes) * len(training_variants(noise)), desc="pim-qat ablate")
+
+    def step(label: str) -> None:
+        bar.set_postfix_str(label)
+        bar.update(1)
+
+    rows = run_ablation(chip, schemes, noise, args.epochs, args.draws, args.seed, progress=step)
+    bar.close()
+    command = _command_line(args)
+    for r in rows:
+        r["command"] = command
+    log = args.results / "pim_qat_ablation.jsonl"
+    old = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    rows = [r for r in old if r["command"] != command] + rows
+    write_text_atomic(log, "".join(json.dumps(r) + "\n" for r in rows))
+    chip_text = (
+        f"{chip.weight_bits}-bit weights, {chip.act_bits}-bit activations, {chip.rows} rows per ADC, "
+        f"ADC {chip.adc_bits} b at {chip.adc_range:g} of full scale; {rows[-1]['layers_on_pim']} of "
+        f"{rows[-1]['layers_on_pim'] + 2} layers on the PIM"
+    )
+    text = (
+        f"Chip: {chip_text}\n\n"
+        + ablation_table(rows)
+        + "\n"
+        + "\n".join(f"- {line}" for line in ablation_findings(rows))
+    )
+    commands = sorted({r["command"] for r in rows})
+    text += "\n\nCommands: " + "; ".join(f"`{c}`" for c in commands) + "\n"
+    write_text_atomic(args.results / "pim_qat_ablation.md", text)
+    print(text)
     return 0
 
 
