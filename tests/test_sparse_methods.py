@@ -143,3 +143,51 @@ def test_sparcl_gradient_masking_updates_only_the_largest_gradients():
     assert 0 < nonzero <= 0.5 * 0.25 + 1e-3  # density 0.5 x kept gradient fraction 0.25
     assert torch.equal(before, conv.weight.detach())
     method.finalize(model)
+
+
+def test_fine_tuning_ramps_sparsity_up_from_the_dense_checkpoint():
+    x, y = _data(64)
+    densities = {}
+    for pretrained in (False, True):
+        model = _net()
+        method = SpFDE(
+            SparseConfig(sparsity=0.8, update_interval=1000, min_weights=100),
+            SpFDEConfig(freeze_schedule=(), sieve_keep=1.0),
+        )
+        method.from_pretrained = pretrained  # what `stereovoxel finetune` sets
+        seen = []
+        original = method.after_optimizer_step
+
+        def spy(model, step, original=original, method=method, seen=seen):
+            seen.append(method.masks.overall_density())
+            original(model, step)
+
+        method.after_optimizer_step = spy
+        train_with_method(model, method, x, y, epochs=4, batch_size=16)
+        densities[pretrained] = seen
+        info = method.finalize(model)
+        assert info["weight_density"] == pytest.approx(0.2, abs=0.01)  # the target is reached either way
+        assert info["sparsity_ramp"] == (0.5 if pretrained else 0.0)
+    assert densities[False][0] == pytest.approx(0.2, abs=0.01)  # from scratch: sparse from the first step
+    ramp = densities[True]
+    assert ramp[0] == 1.0 and all(a >= b for a, b in zip(ramp, ramp[1:]))  # monotone from dense ...
+    assert 0.2 + 0.05 < ramp[len(ramp) // 4] < 1.0  # ... halfway through the ramp, still denser than the target
+    with pytest.raises(SparseTrainingError, match="ramp"):
+        SparseConfig(ramp=1.5)
+
+
+def test_replay_batch_follows_the_training_batch():
+    reh = Rehearsal(RehearsalConfig(buffer_size=50), ClassifierReplay())
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    reh.attach(model)
+    model.train()
+    x, y = _data(12)
+    reh.observe_targets(y)
+    model(x)
+    reh.commit(12)
+    assert reh.train_batch == 12 and len(reh._sample(False)) == 12
+    x, y = _data(5)
+    reh.observe_targets(y)
+    model(x)
+    reh.commit(5)
+    assert len(reh._sample(False)) == 5 and len(reh._sample(True)) == 5

@@ -85,12 +85,12 @@ class RehearsalConfig:
     buffer_size: int = 200
     alpha: float = 0.3  # weight of the logit-replay (MSE) term
     beta: float = 0.5  # weight of the label-replay term (needs stored targets)
-    replay_batch: int = 32
+    replay_batch: int | None = None  # buffered samples per replay term; None = the training batch's size
     buffer_path: str | None = None  # a previous run's buffer to continue from (the earlier tasks)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.buffer_size < 1 or self.replay_batch < 1:
+        if self.buffer_size < 1 or (self.replay_batch is not None and self.replay_batch < 1):
             raise SparseTrainingError(
                 f"buffer_size and replay_batch must be >= 1, got {self.buffer_size}, {self.replay_batch}"
             )
@@ -115,6 +115,7 @@ class Rehearsal:
         self._targets: tuple | None = None
         self._replaying = False
         self._hook = None
+        self.train_batch = 1  # size of the last training batch committed (the default replay batch)
         if config.buffer_path:
             self.load(config.buffer_path)
 
@@ -140,6 +141,7 @@ class Rehearsal:
             return []
         model, args, output = self._pending
         observed, self._pending, self._targets = self._targets, None, None
+        self.train_batch = max(1, count)
         inputs, targets = self.adapter.split(args, observed)
         slots: dict[int, int] = {}  # batch row -> buffer slot
         for row in range(count):
@@ -176,7 +178,8 @@ class Rehearsal:
         pool = [it for it in self.items if it["targets"] is not None] if need_targets else self.items
         if not pool:
             return []
-        idx = self._rng.choice(len(pool), size=min(self.config.replay_batch, len(pool)), replace=False)
+        want = self.config.replay_batch or self.train_batch
+        idx = self._rng.choice(len(pool), size=min(want, len(pool)), replace=False)
         return [pool[i] for i in idx]
 
     @staticmethod
