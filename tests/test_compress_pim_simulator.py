@@ -171,7 +171,9 @@ def test_config_errors_name_the_field():
 @pytest.mark.parametrize("rescale", ["none", "forward", "backward", "both"])
 def test_rescaling_modes_set_the_forward_gain_and_the_backward_slope(rescale):
     torch.manual_seed(0)
-    layer = PIMLinear.from_linear(nn.Linear(64, 8, bias=False), PIMConfig(rows=64, adc_bits=2, adc_range=0.25))
+    layer = PIMLinear.from_linear(
+        nn.Linear(64, 8, bias=False), PIMConfig(rows=64, adc_bits=2, adc_range=0.25)
+    )
     configure_pim(layer, mode="pim", rescale=rescale)
     layer.train()
     x = torch.rand(64, 64)
@@ -192,7 +194,9 @@ def test_rescaling_modes_set_the_forward_gain_and_the_backward_slope(rescale):
     backward = forward * slope if rescale in ("backward", "both") else 1.0
     layer.mode = "pim"
     with torch.no_grad():
-        plain = PIMLinear.from_linear(nn.Linear(64, 8, bias=False), PIMConfig(rows=64, adc_bits=2, adc_range=0.25))
+        plain = PIMLinear.from_linear(
+            nn.Linear(64, 8, bias=False), PIMConfig(rows=64, adc_bits=2, adc_range=0.25)
+        )
         plain.load_state_dict(layer.state_dict())
         plain.eval()
         assert torch.allclose(y, forward * plain(x))  # forward: η × the raw PIM output
@@ -203,7 +207,9 @@ def test_rescaling_modes_set_the_forward_gain_and_the_backward_slope(rescale):
 
 def test_backward_rescaling_with_both_is_the_correlation():
     torch.manual_seed(0)
-    layer = PIMLinear.from_linear(nn.Linear(64, 8, bias=False), PIMConfig(rows=64, adc_bits=2, adc_range=0.25))
+    layer = PIMLinear.from_linear(
+        nn.Linear(64, 8, bias=False), PIMConfig(rows=64, adc_bits=2, adc_range=0.25)
+    )
     configure_pim(layer, mode="pim", rescale="both")
     layer.range_momentum = 1.0  # one batch sets the EMAs exactly
     layer.train()
