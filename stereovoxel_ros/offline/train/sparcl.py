@@ -281,9 +281,9 @@ class SparCLConfig:
     dgm_interval: int = 5  # steps between gradient-mask refreshes
     # DDR: (progress within the task, fraction of the task's remaining samples removed then)
     ddr_schedule: tuple[tuple[float, float], ...] = ((0.3, 0.2), (0.6, 0.2))
-    learned_loss: float = math.log(
-        2.0
-    )  # a sample counts as learned below this loss (forgetting: learned → not)
+    # a sample counts as learned when classified correctly (forgetting event: learned → not, Toneva et al.);
+    # where the loop reports no correctness (occupancy fine-tuning), when its loss is below this
+    learned_loss: float = math.log(2.0)
 
     def __post_init__(self) -> None:
         self.ddr_schedule = tuple((float(p), float(f)) for p, f in self.ddr_schedule)
@@ -343,6 +343,10 @@ class SparCL(DynamicSparseTraining):
     def observe_targets(self, targets: Any) -> None:
         self.rehearsal.observe_targets(targets)
 
+    def observe_correct(self, correct: torch.Tensor) -> None:
+        """Whether each sample of the batch about to be recorded was classified correctly (DDR's events)."""
+        self._correct = correct.detach().cpu().numpy().astype(bool)
+
     # -- DDR
     def select_samples(self, epoch: int, indices: np.ndarray) -> np.ndarray:
         progress = epoch / max(1, self.ctx.epochs)
@@ -362,7 +366,8 @@ class SparCL(DynamicSparseTraining):
         super().record_sample_losses(epoch, indices, losses)
         idx = np.asarray(indices)
         loss = losses.detach().float().cpu().numpy()
-        now = loss < self.sparcl.learned_loss
+        correct, self._correct = getattr(self, "_correct", None), None
+        now = correct if correct is not None and len(correct) == len(idx) else loss < self.sparcl.learned_loss
         self.events[idx] += self.learned[idx] & ~now
         self.learned[idx] = now
         self.loss_sum[idx] += loss

@@ -126,6 +126,10 @@ class SpFDE(DynamicSparseTraining):
         self.sieve = DataSieve(ctx.num_samples, self.spfde)
         self._snapshot: dict[str, torch.Tensor] = {}
         self.freeze_log: list[dict[str, float]] = []
+        start = self._target_frozen(0.0)  # a (0, fraction) entry freezes from the first step (fine-tuning)
+        if start > len(self.frozen_units):
+            self.freeze_front(start)
+            self.freeze_log.append({"epoch": 0, "frozen_units": len(self.frozen_units)})
 
     # -- data sieving
     def select_samples(self, epoch: int, indices: np.ndarray) -> np.ndarray:
