@@ -117,11 +117,13 @@ def _continual_digits(method_name: str, **options) -> tuple[float, dict]:
 def test_sparcl_keeps_old_tasks_like_derpp_with_fewer_flops():
     plain, _ = _continual_digits("dense")
     derpp, derpp_info = _continual_digits("derpp", buffer_size=100)
-    sparcl, info = _continual_digits("sparcl", buffer_size=100, sparsity=0.75, min_weights=1000)
-    assert derpp > plain + 0.15 and sparcl > plain + 0.15  # plain fine-tuning forgets the first task
-    assert info["train_flops"] < 0.6 * derpp_info["train_flops"]
+    sparcl, info = _continual_digits("sparcl", buffer_size=100, sparsity=0.5, min_weights=1000)
+    assert derpp > plain + 0.4  # plain fine-tuning forgets the first task (measured 0.440 vs DER++ 0.942)
+    # the paper's claim, on this 2-task MLP: DER++'s accuracy at a fraction of its FLOPs (measured 0.905 at 0.36x)
+    assert sparcl > derpp - 0.06, (sparcl, derpp)
+    assert info["train_flops"] < 0.45 * derpp_info["train_flops"]
     assert info["ddr_removed"] > 0 and info["tasks"] == 2
-    assert info["weight_density"] == pytest.approx(0.25, abs=0.01)
+    assert info["weight_density"] == pytest.approx(0.5, abs=0.01)
     assert forgetting([[1.0, 0.0], [0.4, 0.9]]) == pytest.approx(0.6)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -215,6 +215,21 @@ class MeteredMethod(TrainingMethod):
     # set by `stereovoxel finetune`: the model starts from a trained dense checkpoint (sparse methods then
     # ramp sparsity up from dense when SparseConfig.ramp is None)
     from_pretrained = False
+    # option -> value used instead of the dataclass default when fine-tuning (unless the option was given)
+    finetune_defaults: ClassVar[dict[str, Any]] = {}
+    explicit_options: frozenset[str] = frozenset()
+
+    def _apply_finetune_defaults(self) -> None:
+        """Set :attr:`finetune_defaults` on whichever config dataclass of this method has the field."""
+        configs = [getattr(self, a, None) for a in ("config", "spfde", "sparcl")]
+        configs.append(getattr(getattr(self, "rehearsal", None), "config", None))
+        for key, value in self.finetune_defaults.items():
+            if key in self.explicit_options:
+                continue
+            for cfg in configs:
+                if cfg is not None and key in {f.name for f in fields(cfg)}:
+                    setattr(cfg, key, value)
+
     # count each (phase, trainable-parameter set) once per sample and scale by the batch size afterwards:
     # exact when every sample costs the same (fixed-size classifier inputs), far faster for tiny models
     cache_flops = False
@@ -326,6 +341,8 @@ class DynamicSparseTraining(MeteredMethod):
         first = getattr(self, "model", None) is not model
         super().setup(model, optimizer, ctx)
         if first:
+            if self.from_pretrained:
+                self._apply_finetune_defaults()
             ramp = self.config.ramp
             self.ramp = (FINETUNE_RAMP if self.from_pretrained else 0.0) if ramp is None else float(ramp)
             self.masks = SparseMasks(model, self.config, start_dense=self.ramp > 0)
@@ -443,4 +460,6 @@ def make_method(**options: Any) -> DynamicSparseTraining:
     known, unknown = split_options(SparseConfig, options)
     if unknown:
         raise SparseTrainingError(f"unknown sparse-training options {sorted(unknown)}")
-    return DynamicSparseTraining(SparseConfig(**known))
+    method = DynamicSparseTraining(SparseConfig(**known))
+    method.explicit_options = frozenset(options)
+    return method
