@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from stereovoxel_ros.offline.train import spfde
 from stereovoxel_ros.offline.train.continual_benchmark import (
     forgetting,
     make_digits_method,
@@ -154,10 +155,9 @@ def test_fine_tuning_ramps_sparsity_up_from_the_dense_checkpoint():
     densities = {}
     for pretrained in (False, True):
         model = _net()
-        method = SpFDE(
-            SparseConfig(sparsity=0.8, update_interval=1000, min_weights=100),
-            SpFDEConfig(freeze_schedule=(), sieve_keep=1.0),
-        )
+        method = spfde.make_method(
+            sparsity=0.8, update_interval=1000, min_weights=100, freeze_schedule=[], sieve_keep=1.0
+        )  # given options win over the fine-tuning defaults
         method.from_pretrained = pretrained  # what `stereovoxel finetune` sets
         seen = []
         original = method.after_optimizer_step
@@ -180,6 +180,19 @@ def test_fine_tuning_ramps_sparsity_up_from_the_dense_checkpoint():
     )  # ... halfway through the ramp, still denser than the target
     with pytest.raises(SparseTrainingError, match="ramp"):
         SparseConfig(ramp=1.5)
+
+
+def test_fine_tuning_defaults_apply_only_to_options_not_given():
+    x, y = _data(32)
+    method = spfde.make_method(min_weights=100, sieve_keep=0.9)
+    method.from_pretrained = True
+    train_with_method(_net(), method, x, y, epochs=1, batch_size=16)
+    assert method.config.sparsity == 0.5 and method.spfde.freeze_schedule == ((0.0, 0.5),)
+    assert method.spfde.sieve_keep == 0.9  # given on the command line
+    assert method.freeze_log[0]["epoch"] == 0  # the front half froze before the first step
+    scratch = spfde.make_method(min_weights=100)
+    train_with_method(_net(), scratch, x, y, epochs=1, batch_size=16)
+    assert scratch.config.sparsity == 0.8 and scratch.ramp == 0.0
 
 
 def test_replay_batch_follows_the_training_batch():
