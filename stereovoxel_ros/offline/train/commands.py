@@ -337,6 +337,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     except (StereoVoxelNetError, TrainingError) as err:
         print(f"stereovoxel finetune: {err}", file=sys.stderr)
         return 1
+    if hasattr(method, "from_pretrained"):
+        method.from_pretrained = True  # sparse methods ramp sparsity up from the dense checkpoint
     ckpt.model.train()
     meta = {
         **run_meta(args),
