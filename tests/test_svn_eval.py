@@ -52,6 +52,7 @@ def test_eval_and_bench_commands(tmp_path, capsys):
     assert (tmp_path / "ev" / "bands.png").stat().st_size > 5000
     assert (tmp_path / "ev" / "example_0.png").stat().st_size > 5000
     bench = ["bench", "--dataset", str(data), "--frames", "2", "--repeats", "3", "--out", str(tmp_path / "b")]
+    bench += ["--all-in-one", ""]
     assert main([*bench, *models]) == 0
     out = capsys.readouterr().out
     assert "latency / classic" in out and "octree p>0.5" in out
@@ -63,3 +64,56 @@ def test_eval_and_bench_commands(tmp_path, capsys):
     decoder = {r["decoder"]: r for r in result["decoder"]}
     assert decoder["octree p>0.5"]["agree_dense"] == 1.0  # pruning changes no voxel at the same threshold
     assert decoder["octree p>0.5"]["cells"] <= decoder["dense"]["cells"]
+
+
+def _all_in_one_checkpoint(path, seed: int = 0):
+    """A tiny StereoVoxelNet with exported (uncalibrated) All-in-One masks at ratios 0, 0.25, 0.5."""
+    import torch
+
+    from stereovoxel_ros.offline.train.all_in_one_finetune import make_method
+    from stereovoxel_ros.offline.train.trainer import TrainContext
+
+    torch.manual_seed(seed)
+    model = create_stereovoxelnet("stereovoxelnet_fast", TINY_GRID, input_size=(64, 32)).eval()
+    method = make_method(ratios="0,0.25,0.5")
+    method.setup(model, torch.optim.AdamW(model.parameters()), TrainContext(1, 1, 1, 0, path.parent, 0))
+    save_checkpoint(path, model, "stereovoxelnet_fast", method.finalize(model))
+    return path
+
+
+@pytest.mark.slow
+def test_eval_and_bench_score_every_pruning_ratio(tmp_path, capsys):
+    data = _dataset(tmp_path / "data")
+    dense, aio = tmp_path / "dense.pt", _all_in_one_checkpoint(tmp_path / "aio.pt")
+    save_checkpoint(
+        dense, create_stereovoxelnet("stereovoxelnet_fast", TINY_GRID, input_size=(64, 32)), "fast"
+    )
+    models = ["--checkpoint", str(dense), "--fast-checkpoint", "", "--no-sgbm"]
+    evaluate = ["eval", str(data), "--limit", "2", "--out", str(tmp_path / "ev"), "--oracle-noise", *models]
+    assert main([*evaluate, "--pruned", f"aio={aio}"]) == 0
+    backends = json.loads((tmp_path / "ev" / "results.json").read_text())["backends"]
+    assert {"stereovoxelnet_aio_r0", "stereovoxelnet_aio_r0.25", "stereovoxelnet_aio_r0.5"} <= set(backends)
+    assert main([*evaluate, "--pruned", f"aio={dense}"]) == 1  # no masks: a one-line error
+    assert "carries no pruning masks" in capsys.readouterr().err
+
+    out = tmp_path / "b"
+    bench = ["bench", "--dataset", str(data), "--frames", "2", "--repeats", "2", "--out", str(out), *models]
+    bench += ["--all-in-one", str(aio), "--pruned-baseline", f"l1={aio}", "--heldout", str(data), str(data)]
+    assert main([*bench, "--heldout-limit", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "F1 drop vs dense" in printed and "speed-up vs dense" in printed and "l1 0.5" in printed
+    result = json.loads((out / "bench.json").read_text())
+    assert result["dense"]["median_ms"] > 0 and result["dense"]["speedup_vs_dense"] == pytest.approx(1.0)
+    assert sorted(result["all_in_one"]) == ["0", "0.25", "0.5"] and sorted(result["baselines"]["l1"]) == [
+        "0.25",
+        "0.5",
+    ]
+    for entry in [*result["all_in_one"].values(), *result["baselines"]["l1"].values()]:
+        assert entry["median_ms"] > 0 and entry["speedup_vs_dense"] > 0
+        assert 0 <= entry["f1_0_6m"] <= 1 and len(entry["f1_0_6m_sets"]) == 2
+    ratios = result["all_in_one"]
+    assert ratios["0"]["params"] > ratios["0.25"]["params"] > ratios["0.5"]["params"]  # compact copies
+    assert result["dense"]["f1_drop"] == 0.0
+    assert (out / "pruning.png").stat().st_size > 5000
+    assert main([*bench, "--pruned-baseline", "no name"]) == 1
+    assert "--pruned-baseline" in capsys.readouterr().err

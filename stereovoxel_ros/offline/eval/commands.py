@@ -62,6 +62,23 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
             help="time every pruning ratio of this All-in-One checkpoint beside the dense model, round-robin "
             "('' to skip)",
         )
+        p.add_argument(
+            "--pruned-baseline",
+            action="append",
+            default=[],
+            metavar="NAME=CHECKPOINT",
+            help="a pruned baseline (e.g. fine-tuned one-shot L1): its pruned ratios join the All-in-One table",
+        )
+        p.add_argument(
+            "--heldout",
+            nargs="+",
+            default=[],
+            metavar="DATASET",
+            help="score the dense model and every ratio on these held-out datasets (Nav2 figures, mean ± spread)",
+        )
+        p.add_argument("--heldout-split", default="all", help="split of the held-out datasets (default: all)")
+        p.add_argument("--heldout-limit", type=int, default=None, help="at most this many frames per set")
+        p.add_argument("--no-progress", action="store_true")
         _models(p)
         p.set_defaults(func=run_bench)
     else:
@@ -389,103 +406,9 @@ def _clean(value):
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import torch
+    from stereovoxel_ros.offline.eval.bench_command import run_bench as run
 
-    from stereovoxel_ros.atomic_file import write_json_atomic
-    from stereovoxel_ros.occupancy_predictor import PredictorError
-    from stereovoxel_ros.offline.eval.occupancy_bench import bench_octree, bench_pipelines, load_frames
-    from stereovoxel_ros.offline.eval.occupancy_eval import format_table
-
-    torch.set_num_threads(max(1, args.threads))
-    frames = load_frames(args.dataset, args.frames)
-    try:
-        methods = build_predictors(args, frames.grid, {"stereovoxelnet_dense": {"dense": True}})
-    except PredictorError as err:
-        print(f"stereovoxel bench: {err}", file=sys.stderr)
-        return 1
-    torch.set_num_threads(max(1, args.threads))
-    print(
-        f"{len(frames.samples)} frames from {frames.source}; {args.repeats} timed calls each; "
-        f"{torch.get_num_threads()} torch threads"
-    )
-    rows = bench_pipelines(methods, frames, args.repeats)
-    print(
-        format_table(
-            rows,
-            [
-                ("method", "pipeline (images → voxels)", ""),
-                ("median_ms", "median [ms]", ".1f"),
-                ("p99_ms", "p99 [ms]", ".1f"),
-                ("hz", "Hz", ".1f"),
-                ("params", "params", ",d"),
-                ("flops", "FLOPs", ".3g"),
-                ("latency_vs_classic", "latency / classic", ".2f"),
-                ("flops_vs_depth_net", "FLOPs / depth net", ".3f"),
-            ],
-        )
-    )
-    octree = bench_octree(methods["stereovoxelnet"], frames, args.repeats)
-    print("\ndecoder only (same frustum features), default checkpoint:")
-    print(
-        format_table(
-            octree,
-            [
-                ("decoder", "decoder", ""),
-                ("cells", "cells evaluated", ".0f"),
-                ("cells_vs_dense", "cells / dense", ".3f"),
-                ("flops", "FLOPs", ".3g"),
-                ("flops_vs_dense", "FLOPs / dense", ".3f"),
-                ("median_ms", "median [ms]", ".2f"),
-                ("p99_ms", "p99 [ms]", ".2f"),
-                ("latency_vs_dense", "latency / dense", ".2f"),
-                ("iou", "IoU vs GT", ".3f"),
-                ("agree_dense", "voxels = dense", ".4f"),
-            ],
-        )
-    )
-    result = {"pipelines": _clean(rows), "decoder": _clean(octree), "frames": frames.source}
-    if args.all_in_one:
-        try:
-            result.update(_bench_all_in_one(args, frames, methods["stereovoxelnet"]))
-        except PredictorError as err:
-            print(f"stereovoxel bench: --all-in-one: {err}", file=sys.stderr)
-            return 1
-    if args.out:
-        write_json_atomic(Path(args.out) / "bench.json", result)
-    return 0
-
-
-def _bench_all_in_one(args: argparse.Namespace, frames, dense) -> dict:
-    """Per-ratio latency of the All-in-One checkpoint beside the dense model (same run, round-robin)."""
-    from stereovoxel_ros.occupancy_predictor import make_predictor
-    from stereovoxel_ros.offline.eval.occupancy_bench import bench_pruning_ratios
-    from stereovoxel_ros.offline.eval.occupancy_eval import format_table
-
-    pruned = make_predictor(
-        "stereovoxelnet",
-        args.all_in_one,
-        frames.grid,
-        threshold=args.threshold,
-        pruning=True,
-        num_threads=None,
-    )
-    timed = bench_pruning_ratios(dense, pruned, frames, args.repeats)
-    rows = [{"model": "dense", **timed["dense"], "speedup_vs_dense": 1.0}]
-    rows += [{"model": f"all-in-one {r}", **v} for r, v in timed["all_in_one"].items()]
-    print(f"\nAll-in-One ratios ({args.all_in_one}) beside the dense model, round-robin in one run:")
-    print(
-        format_table(
-            rows,
-            [
-                ("model", "model", ""),
-                ("median_ms", "median [ms]", ".1f"),
-                ("p90_ms", "p90 [ms]", ".1f"),
-                ("speedup_vs_dense", "speed-up vs dense", ".2f"),
-                ("params", "params", ",d"),
-            ],
-        )
-    )
-    return {**timed, "all_in_one_checkpoint": str(args.all_in_one)}
+    return run(args)
 
 
 def run_export(args: argparse.Namespace) -> int:
