@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "the fused local map against per-frame grids on dynamic sequences, per backend",
     ),
     "bench": ("stereovoxel_ros.offline.eval.commands", "latency, params and FLOPs side by side"),
+    "dvfs": (
+        "stereovoxel_ros.offline.eval.dvfs_bench",
+        "node latency across CPU frequencies (cpufreq or emulated), fixed vs All-in-One switching",
+    ),
     "export": ("stereovoxel_ros.offline.eval.commands", "export a checkpoint to TorchScript and ONNX"),
     "replay": ("stereovoxel_ros.ros.replay", "play a bag through the live occupancy node and score it"),
     "bag": ("stereovoxel_ros.ros.bag_commands", "rosbag2 tools: info, play (with /clock), record"),

@@ -211,10 +211,12 @@ def test_pruning_parameter_is_validated() -> None:
         with pytest.raises(OccupancyConfigError, match=why) as info:
             OccupancyNodeConfig.from_parameters(_defaults() | {"pruning": value})
         assert "'pruning'" in str(info.value)
-    with pytest.raises(OccupancyConfigError, match=r"'pruning_latency_target_ms'.*> 0"):
+    with pytest.raises(OccupancyConfigError, match=r"'pruning_latency_target_ms'.*>= 0"):
         OccupancyNodeConfig.from_parameters(
-            _defaults() | {"pruning": "auto", "pruning_latency_target_ms": 0.0}
+            _defaults() | {"pruning": "auto", "pruning_latency_target_ms": -1.0}
         )
+    derived = OccupancyNodeConfig.from_parameters(_defaults() | {"pruning": "auto"})
+    assert derived.pruning_latency_target_ms == 0.0  # 0: derived from the latencies measured at configure
     with pytest.raises(OccupancyConfigError, match="needs backend stereovoxelnet"):
         OccupancyNodeConfig.from_parameters(_defaults() | {"pruning": "auto", "backend": "sgbm"})
 
@@ -252,6 +254,7 @@ def test_node_auto_pruning_reports_selector_in_diagnostics(graph, node_checkpoin
     values = reported()
     assert values["pruning"] == "auto" and values["pruning_ratio"] == "0.50"
     assert values["pruning_target_ms"] == "0.00" and values["pruning_ratios"] == "0,0.25,0.5"
+    assert values["pruning_target"] == "set"
     assert float(values["pruning_predicted_ms"]) > 0
 
 

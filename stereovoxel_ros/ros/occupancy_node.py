@@ -147,8 +147,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "such as 0.25; needs a checkpoint made by `stereovoxel finetune --method all_in_one`",
     ),
     "pruning_latency_target_ms": (
-        150.0,
-        "inference latency the auto pruning ratio aims at [ms] (> 0)",
+        0.0,
+        "inference latency the auto pruning ratio aims at [ms]; 0: derived at configure as 1.25 x the "
+        "unpruned latency measured on this machine (pruning starts when the CPU slows down)",
     ),
     "torch_threads": (
         1,
@@ -190,7 +191,7 @@ class OccupancyNodeConfig:
     diagnostics_period_s: float
     pruning: str = "off"  # "off", "auto" or "fixed"
     pruning_ratio: float | None = None  # the fixed ratio
-    pruning_latency_target_ms: float = 150.0
+    pruning_latency_target_ms: float = 0.0  # 0: derived from the latencies measured at configure
     torch_threads: int = 1
     classic: dict[str, Any] = field(
         default_factory=dict
@@ -225,8 +226,8 @@ class OccupancyNodeConfig:
         if pruning != "off" and backend != "stereovoxelnet":
             raise bad("pruning", f"needs backend stereovoxelnet, not {backend}")
         target = values["pruning_latency_target_ms"]
-        if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target < math.inf:
-            raise bad("pruning_latency_target_ms", "must be a finite number > 0")
+        if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 <= target < math.inf:
+            raise bad("pruning_latency_target_ms", "must be a finite number >= 0 (0: derived)")
         threads = values["torch_threads"]
         if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64:
             raise bad("torch_threads", "must be an integer in 1..64")
@@ -484,8 +485,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self.tracer = tracer if tracer is not None else StageTracer(node_name)
         self.config: OccupancyNodeConfig | None = None
         self.predictor: Any = None
-        self.pruning_selector: Any = None  # RatioSelector when pruning is "auto"
-        self._cpu_mhz: tuple[float, float] | None = None  # (current, max) at the end of the last frame
+        self.pruning_selector: Any = None  # PruningController when pruning is "auto"
         self.backend_in_use = ""
         self.extrinsics: ParameterExtrinsics | TfExtrinsics | None = None
         self.last_camera: StereoCameraModel | None = None  # geometry of the last published frame
@@ -515,7 +515,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
             predictor, backend = self._make_predictor(config)
             extrinsics = self._make_extrinsics(config)
         except Exception as err:  # anything here leaves the node unconfigured with the reason logged
-            self.pruning_selector = self._cpu_mhz = None
+            self.pruning_selector = None
             return self._configure_failed(err)
         self.config, self.predictor, self.backend_in_use, self.extrinsics = (
             config,
@@ -597,7 +597,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
     def _forget_configuration(self) -> None:
         self.config = self.predictor = self.extrinsics = self._sync = None
         self.local_map = self._odometry_tf = None
-        self.pruning_selector = self._cpu_mhz = None
+        self.pruning_selector = None
         self.backend_in_use = ""
 
     def _make_predictor(self, config: OccupancyNodeConfig) -> tuple[Any, str]:
@@ -654,7 +654,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
     def _make_pruning(self, config: OccupancyNodeConfig, predictor: Any) -> Any:
         """Fixed ratio: set it. Auto: profile each ratio once and return the RatioSelector."""
         from stereovoxel_ros.occupancy_predictor import PredictorError
-        from stereovoxel_ros.pruning_switch import RatioSelector, SelectorConfig, read_cpu_frequency_mhz
+        from stereovoxel_ros.pruning_control import PruningControlError, PruningController
 
         if config.pruning == "fixed":
             try:
@@ -664,38 +664,19 @@ class StereoOccupancyNode(StreamLifecycleNode):
                     f"parameter 'pruning' = '{config.pruning_ratio:g}': {err}"
                 ) from err
             return None
-        latency = predictor.profile_pruning(repeats=5)
-        relative = [latency[0] / latency[0]]
-        for value in latency[1:]:  # a more pruned network is never predicted slower (timing noise)
-            relative.append(min(relative[-1], value / latency[0]))
-        self._cpu_mhz = read_cpu_frequency_mhz()
-        self.get_logger().info(
-            "pruning auto: ratios "
-            + ", ".join(f"{r:g} {ms:.1f} ms" for r, ms in zip(predictor.pruning_ratios, latency))
-            + f"; target {config.pruning_latency_target_ms:g} ms"
-        )
-        return RatioSelector(
-            predictor.pruning_ratios, relative, SelectorConfig(config.pruning_latency_target_ms)
-        )
+        target = config.pruning_latency_target_ms or None
+        try:
+            controller = PruningController.profiled(predictor, target)
+        except PruningControlError as err:
+            raise OccupancyConfigError(f"parameter 'pruning' = 'auto': {err}") from err
+        self.get_logger().info(f"pruning auto: {controller.describe()}")
+        return controller
 
     def _update_pruning(self, latency_ms: float) -> None:
-        """Feed one frame's inference latency to the selector and switch the ratio for the next frame.
-
-        When the CPU frequency is known (cpufreq sysfs or psutil), the latency is rescaled from the frequency
-        the frame ran at to the frequency now, so a DVFS step changes the ratio before the next frame.
-        """
-        from stereovoxel_ros.pruning_switch import read_cpu_frequency_mhz
-
-        selector, predictor = self.pruning_selector, self.predictor
-        if selector is None or predictor is None:
-            return
-        before, now = self._cpu_mhz, read_cpu_frequency_mhz()
-        self._cpu_mhz = now
-        if before is not None and now is not None and now[0] > 0:
-            latency_ms *= before[0] / now[0]
-        ratio = selector.update_latency(latency_ms, predictor.pruning_ratio)
-        if ratio != predictor.pruning_ratio:
-            predictor.set_pruning_ratio(ratio)
+        """Feed one frame's inference latency to the controller (it switches the ratio for the next frame;
+        a CPU frequency change since the frame is accounted for, see :mod:`stereovoxel_ros.pruning_control`)."""
+        if self.pruning_selector is not None and self.predictor is not None:
+            self.pruning_selector.update(latency_ms)
 
     def pruning_status(self) -> dict[str, str]:
         """/diagnostics key/values of run-time pruning."""
@@ -709,8 +690,9 @@ class StereoOccupancyNode(StreamLifecycleNode):
             values.update(self.pruning_selector.status())
         else:
             values["pruning_ratio"] = f"{predictor.pruning_ratio:.2f}"
-        if self._cpu_mhz is not None:
-            values["cpu_mhz"] = f"{self._cpu_mhz[0]:.0f}/{self._cpu_mhz[1]:.0f}"
+        mhz = self.pruning_selector.cpu_mhz if self.pruning_selector is not None else None
+        if mhz is not None:
+            values["cpu_mhz"] = f"{mhz[0]:.0f}/{mhz[1]:.0f}"
         return values
 
     def _make_extrinsics(self, config: OccupancyNodeConfig) -> ParameterExtrinsics | TfExtrinsics:
