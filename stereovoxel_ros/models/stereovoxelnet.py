@@ -47,6 +47,7 @@ class StereoVoxelNetConfig:
     extractor: str = "mobilenetv2"  # "mobilenetv2" or "efficientformerv2"
     extractor_width: float = 0.5  # MobileNetV2 width multiplier
     extractor_variant: str = "efficientformerv2_s0"  # used when extractor == "efficientformerv2"
+    extractor_stages: int = 2  # EfficientFormerV2 stages kept: 2 (convolutions) or 3 (attention at the end)
     feature_channels: int = 24
     num_depth_levels: int = 12  # depth slabs of the grid the 2D encoder emits frustum features for
     # Depth slabs the correlation is sampled at (None: num_depth_levels). 64 = one per voxel of the 64-voxel
@@ -61,6 +62,8 @@ class StereoVoxelNetConfig:
         w, h = self.input_size
         if w % 32 or h % 32 or w <= 0 or h <= 0:
             raise StereoVoxelNetError(f"input_size {self.input_size} must be positive multiples of 32")
+        if self.extractor_stages not in (2, 3):
+            raise StereoVoxelNetError(f"extractor_stages must be 2 or 3, got {self.extractor_stages}")
         if self.feature_channels % self.correlation_groups:
             raise StereoVoxelNetError(
                 f"feature_channels {self.feature_channels} not divisible by groups {self.correlation_groups}"
@@ -85,13 +88,15 @@ class StereoVoxelNetConfig:
 
 
 # Variants by name. "stereovoxelnet" is the published-style default (MobileNetV2 extractor, 12 levels) sized
-# for 10 Hz on a 2-core CPU; "stereovoxelnet_fast" has ~half the pixels and a slimmer extractor for small boards; "stereovoxelnet_effv2" swaps in an EfficientFormerV2 extractor.
+# for 10 Hz on a 2-core CPU; "stereovoxelnet_fast" has ~half the pixels and a slimmer extractor for small boards; "stereovoxelnet_effv2" swaps in an EfficientFormerV2 extractor (stem + 2 conv stages), "stereovoxelnet_effv2_attn"
+# keeps its third stage too, whose last two blocks attend.
 STEREOVOXELNET_CONFIGS: dict[str, StereoVoxelNetConfig] = {
     "stereovoxelnet": StereoVoxelNetConfig(),
     "stereovoxelnet_fast": StereoVoxelNetConfig(
         input_size=(192, 96), extractor_width=0.35, feature_channels=16, encoder_channels=(16, 24, 32)
     ),
     "stereovoxelnet_effv2": StereoVoxelNetConfig(extractor="efficientformerv2"),
+    "stereovoxelnet_effv2_attn": StereoVoxelNetConfig(extractor="efficientformerv2", extractor_stages=3),
 }
 
 
@@ -114,33 +119,6 @@ class MobileNetV2Extractor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f4, f8 = self.backbone.forward_features(x)
-        return self.lateral4(f4) + F.interpolate(self.lateral8(f8), size=f4.shape[-2:], mode="nearest")
-
-
-class EfficientFormerV2Extractor(nn.Module):
-    """Stride-4 features from EfficientFormerV2's stem and first two stages (strides 4 and 8, fused as above).
-
-    The later (attention) stages are dropped: the cost volume only needs stride-4 matching features.
-    """
-
-    def __init__(self, variant: str, out_channels: int) -> None:
-        super().__init__()
-        try:
-            from stereovoxel_ros.models.efficientformer_v2 import efficientformer_v2
-        except ImportError as err:
-            raise StereoVoxelNetError(f"EfficientFormerV2 extractor unavailable: {err}") from err
-        full = efficientformer_v2(variant, num_classes=0)
-        self.stem = full.stem
-        self.downsamples = nn.ModuleList(list(full.downsamples)[:2])
-        self.stages = nn.ModuleList(list(full.stages)[:2])
-        c4, c8 = (info["channels"] for info in full.feature_info[:2])
-        self.lateral4 = ConvBnAct(c4, out_channels, kernel=1)
-        self.lateral8 = ConvBnAct(c8, out_channels, kernel=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        f4 = self.stages[0](self.downsamples[0](x))
-        f8 = self.stages[1](self.downsamples[1](f4))
         return self.lateral4(f4) + F.interpolate(self.lateral8(f8), size=f4.shape[-2:], mode="nearest")
 
 
@@ -240,7 +218,11 @@ class StereoVoxelNet(nn.Module):
         if cfg.extractor == "mobilenetv2":
             self.extractor: nn.Module = MobileNetV2Extractor(cfg.extractor_width, cfg.feature_channels)
         elif cfg.extractor == "efficientformerv2":
-            self.extractor = EfficientFormerV2Extractor(cfg.extractor_variant, cfg.feature_channels)
+            from stereovoxel_ros.models.efficientformer_v2_extractor import EfficientFormerV2Extractor
+
+            self.extractor = EfficientFormerV2Extractor(
+                cfg.extractor_variant, cfg.feature_channels, cfg.extractor_stages
+            )
         else:
             raise StereoVoxelNetError(f"unknown extractor {cfg.extractor!r}")
         self.register_buffer(
