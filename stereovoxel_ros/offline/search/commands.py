@@ -11,7 +11,7 @@ DEFAULT_DIR = Path("outputs/search")
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
-    """Add ``search lut|train-supernet|search|compare``."""
+    """Add ``search lut|train-supernet|search|compare|extractors``."""
     p = subparsers.add_parser(
         name,
         help=help,
@@ -84,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
     q.add_argument("--threads", type=int, default=1)
     q.add_argument("--out-dir", type=Path, default=DEFAULT_DIR)
     q.set_defaults(func=_cmd_compare)
+
+    from stereovoxel_ros.offline.search.extractor_latency import register_extractors
+
+    register_extractors(sub)
 
 
 def _cmd_lut(args: argparse.Namespace) -> int:
