@@ -117,3 +117,5 @@ def test_eval_and_bench_score_every_pruning_ratio(tmp_path, capsys):
     assert (out / "pruning.png").stat().st_size > 5000
     assert main([*bench, "--pruned-baseline", "no name"]) == 1
     assert "--pruned-baseline" in capsys.readouterr().err
+    assert main([*bench, "--pruned-baseline", f"l1={aio}"]) == 1  # a second "l1 0.25" row
+    assert "name them apart" in capsys.readouterr().err

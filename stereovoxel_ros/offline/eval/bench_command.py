@@ -116,6 +116,6 @@ def _bench_all_in_one(args: argparse.Namespace, frames, dense) -> dict:
     return {
         **bench_json(_clean(rows)),
         "all_in_one_checkpoint": args.all_in_one,
-        "pruned_baselines": dict(baselines),
+        "pruned_baselines": [{"name": n, "checkpoint": c} for n, c in baselines],
         "heldout": list(args.heldout),
     }

@@ -71,6 +71,12 @@ def pruning_variants(
     for name, path in baselines:
         pred = load(path)
         out += [Variant(name, r, AtRatio(pred, r)) for r in pred.pruning_ratios if r > 0]
+    labels = [v.label for v in out]
+    clash = sorted({x for x in labels if labels.count(x) > 1})
+    if clash:
+        from stereovoxel_ros.occupancy_predictor import PredictorError
+
+        raise PredictorError(f"--pruned-baseline: two rows would be called {clash[0]!r}; name them apart")
     return out
 
 
