@@ -32,6 +32,8 @@ bash scripts/train_stereovoxelnet_stream.sh "$WORK/svn_stage1_256.pt" "$WORK/svn
 "${SV[@]}" calibrate "$WORK/svn512_ship.pt" .cache/eval/val_s2 --out "$CK/stereovoxelnet_jackal_wide.pt"
 "${SV[@]}" train "$WORK/data" --model stereo_depth_net --out "$WORK/depth" --epochs 12 --batch-size 4 --lr 2e-3 \
     --seed 0 --threads 1 --time-budget-min 8 --ship "$CK/stereo_depth_net.pt"
+# The shipped stereovoxelnet_jackal_wide_allinone.pt (issue 23) came from the command in its .json card (12 epochs
+# on synthetic seeds 1+2, all channel groups; docs/compression.md); this line is the older, shorter recipe.
 "${SV[@]}" finetune "$CK/stereovoxelnet_jackal_wide.pt" "$WORK/data" --out "$WORK/svn_allinone" \
     --method all_in_one --method-opt ratios=0,0.25,0.5 --epochs 3 --batch-size 4 --lr 5e-4 --seed 3 \
     --threads 1 --time-budget-min 6 --no-progress --ship "$CK/stereovoxelnet_jackal_wide_allinone.pt"
