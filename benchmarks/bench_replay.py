@@ -50,8 +50,8 @@ def main() -> int:
 
     if args.cores:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
-    from stereovoxel_ros.demo import DEMO_BAG, ensure_demo_bag
-    from stereovoxel_ros.ros.replay import replay_bag
+    from stereovoxel_ros.tools.demo import DEMO_BAG, ensure_demo_bag
+    from stereovoxel_ros.tools.replay import replay_bag
 
     bag = DEMO_BAG if args.frames == 90 else DEMO_BAG.with_name(f"jackal_synthetic_15hz_{args.frames}.mcap")
     ensure_demo_bag(bag, frames=args.frames)

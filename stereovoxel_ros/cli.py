@@ -7,9 +7,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from stereovoxel_ros.user_errors import describe_error, is_user_error
+
 # name -> (module defining ``register(subparsers, name, help)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("stereovoxel_ros.demo", "the main job on the shipped default: replay the demo bag and report"),
+    "demo": (
+        "stereovoxel_ros.tools.demo",
+        "the main job on the shipped default: replay the demo bag and report",
+    ),
     "dataset": ("stereovoxel_ros.offline.data.commands", "make and check datasets: synth, from-bag, check"),
     "train": ("stereovoxel_ros.offline.train.commands", "train StereoVoxelNet on a dataset directory"),
     "finetune": ("stereovoxel_ros.offline.train.commands", "fine-tune a checkpoint on collected data"),
@@ -35,8 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "node latency across CPU frequencies (cpufreq or emulated), fixed vs All-in-One switching",
     ),
     "export": ("stereovoxel_ros.offline.eval.commands", "export a checkpoint to TorchScript and ONNX"),
-    "replay": ("stereovoxel_ros.ros.replay", "play a bag through the live occupancy node and score it"),
-    "bag": ("stereovoxel_ros.ros.bag_commands", "rosbag2 tools: info, play (with /clock), record"),
+    "replay": ("stereovoxel_ros.tools.replay", "play a bag through the live occupancy node and score it"),
+    "bag": ("stereovoxel_ros.tools.bag_commands", "rosbag2 tools: info, play (with /clock), record"),
     "trace": ("stereovoxel_ros.offline.trace_commands", "timing-variance reports and experiments"),
     "search": ("stereovoxel_ros.offline.search.commands", "EfficientFormerV2 latency tables and search"),
     "compress": ("stereovoxel_ros.offline.compress.commands", "PIM-QAT and All-in-One pruning"),
@@ -93,19 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stereovoxel {selected}: {describe_error(err)}", file=sys.stderr)
         return 1
     return int(result or 0)
-
-
-def is_user_error(err: BaseException) -> bool:
-    """Whether ``err`` reports bad input rather than a bug: a project error class, or a file the OS refused."""
-    return type(err).__module__.startswith("stereovoxel_ros.") or isinstance(err, OSError)
-
-
-def describe_error(err: BaseException) -> str:
-    """``err`` as one line: its message, or its class name when the message is empty."""
-    if isinstance(err, OSError) and err.filename is not None and err.strerror:
-        return f"{err.filename}: {err.strerror}"
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -30,6 +30,42 @@ class OccupancyResult:
     stats: dict[str, Any] = field(default_factory=dict)  # e.g. latency_ms, cells_evaluated
 
 
+@dataclass(frozen=True)
+class NearLowThreshold:
+    """A stricter occupancy cut for the lowest obstacle layer close to the robot.
+
+    The floor bleeds into the voxel layer just above it (0.1–0.3 m above the floor on the Jackal) a few metres
+    ahead, where the floor fills much of the image: those phantom cells make a planner stop for nothing. Voxels
+    whose centre lies ``range_m`` or nearer and between ``band_y_m`` (camera frame, y down) need a probability
+    above ``threshold``. Calibrated on a tuning set by ``stereovoxel calibrate``.
+    """
+
+    threshold: float
+    range_m: float
+    band_y_m: tuple[float, float]
+
+    def volume(self, grid: VoxelGridSpec, base: float) -> np.ndarray:
+        """The per-voxel threshold (grid shape): ``base`` everywhere, ``threshold`` in the near low band."""
+        _, ny, nz = grid.shape
+        y = grid.origin[1] + (np.arange(ny) + 0.5) * grid.voxel_size
+        z = grid.origin[2] + (np.arange(nz) + 0.5) * grid.voxel_size
+        in_band = (y >= self.band_y_m[0]) & (y < self.band_y_m[1])
+        near = z <= self.range_m
+        out = np.full(grid.shape, base, np.float32)
+        out[:, in_band[:, None] & near[None, :]] = max(base, self.threshold)
+        return out
+
+    @classmethod
+    def from_meta(cls, meta: dict | None) -> NearLowThreshold | None:
+        """From a checkpoint's ``calibration.near_low`` entry (None when absent)."""
+        if not meta:
+            return None
+        try:
+            return cls(float(meta["threshold"]), float(meta["range_m"]), tuple(map(float, meta["band_y_m"])))
+        except (KeyError, TypeError, ValueError) as err:
+            raise PredictorError(f"calibration near_low {meta!r} is malformed: {err}") from err
+
+
 class OccupancyPredictor(Protocol):
     grid: VoxelGridSpec
 
@@ -112,7 +148,8 @@ class StereoVoxelNetPredictor:
     ``dense`` (evaluate every cell, then gate by the parents: same output, dense cost), ``num_threads`` (torch
     intra-op threads, 1: on a shared 2-core CPU a second thread stalls in OpenMP spin-waits; None = leave as is),
     ``pruning`` (run-time All-in-One pruning with the checkpoint's masks: :meth:`set_pruning_ratio` swaps
-    compact BN-fused copies, one per trained ratio).
+    compact BN-fused copies, one per trained ratio),
+    ``use_calibration`` (False: ignore the checkpoint's near-low-layer threshold, :class:`NearLowThreshold`).
     """
 
     def __init__(
@@ -125,6 +162,7 @@ class StereoVoxelNetPredictor:
         dense: bool = False,
         num_threads: int | None = 1,
         pruning: bool = False,
+        use_calibration: bool = True,
     ) -> None:
         import torch
 
@@ -162,6 +200,10 @@ class StereoVoxelNetPredictor:
         self.variant, self.meta = loaded.variant, loaded.meta
         self.grid = grid
         self.threshold, self.exit_level, self.dense = float(threshold), exit_level, bool(dense)
+        self.near_low = NearLowThreshold.from_meta(calibration.get("near_low")) if use_calibration else None
+        self._cut: float | np.ndarray = (
+            self.near_low.volume(grid, self.threshold) if self.near_low is not None else self.threshold
+        )
         self._torch = torch
         self.pruning: PrunedStereoVoxelNet | None = None
         if pruning:  # one compact BN-fused copy per ratio, each with its own statistics
@@ -255,7 +297,7 @@ class StereoVoxelNetPredictor:
         }
         if self.pruning is not None:
             stats["pruning_ratio"] = self.pruning.ratio
-        return OccupancyResult(probabilities > self.threshold, probabilities, stats)
+        return OccupancyResult(probabilities > self._cut, probabilities, stats)
 
 
 # = offline.train.all_in_one_finetune.MASKS_META_KEY (this module must not import the offline tools)

@@ -66,3 +66,13 @@ def test_bag_play_command_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "published 5 messages" in proc.stdout and "/cam/left/image_rect" in proc.stdout
+
+
+def test_recorded_command_is_the_parsed_argv_not_sys_argv(monkeypatch) -> None:
+    import argparse
+
+    from stereovoxel_ros.user_errors import recorded_command
+
+    monkeypatch.setattr("sys.argv", ["pytest", "-q"])
+    args = argparse.Namespace(argv=["eval", "my set", "--out", "o"])
+    assert recorded_command(args) == "stereovoxel eval 'my set' --out o"

@@ -119,3 +119,26 @@ def test_eval_and_bench_score_every_pruning_ratio(tmp_path, capsys):
     assert "--pruned-baseline" in capsys.readouterr().err
     assert main([*bench, "--pruned-baseline", f"l1={aio}"]) == 1  # a second "l1 0.25" row
     assert "name them apart" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_calibrate_writes_threshold_gates_and_near_low_cut_that_the_predictor_uses(tmp_path, capsys):
+    import torch
+
+    from stereovoxel_ros.occupancy_predictor import make_predictor
+
+    data = _dataset(tmp_path / "data")
+    svn = tmp_path / "svn.pt"
+    torch.manual_seed(0)
+    save_checkpoint(svn, create_stereovoxelnet("stereovoxelnet_fast", TINY_GRID, input_size=(64, 32)), "fast")
+    out = tmp_path / "cal.pt"
+    assert main(["calibrate", str(svn), str(data), "--limit", "2", "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "false-stop frames" in line and "near" in line
+    meta = torch.load(out, map_location="cpu", weights_only=False)["meta"]["calibration"]
+    assert set(meta) >= {"threshold", "gates", "false_stop_share", "near_low", "tuning_sets"}
+    predictor = make_predictor("stereovoxelnet", out, TINY_GRID)
+    assert predictor.threshold == meta["threshold"]
+    assert (predictor.near_low is None) == (meta["near_low"] is None)
+    assert main(["calibrate", str(svn), str(tmp_path / "missing")]) == 1
+    assert "missing" in capsys.readouterr().err

@@ -145,3 +145,37 @@ def test_per_level_gates_prune_like_the_dense_gated_decoder_and_calibration_is_t
     with pytest.raises(PredictorError, match="must be in"):
         make_predictor("stereovoxelnet", tmp_path / "m.pt", DEFAULT_GRID, prune_threshold=(0.2, 0.3, 0.6))
     torch.set_num_threads(1)
+
+
+def test_near_low_threshold_cuts_only_the_lowest_obstacle_layer_near_the_robot(tmp_path):
+    """The calibrated near-low cut applies to the low band within its range and nowhere else; a malformed
+    entry is named; the predictor's occupancy is the probabilities against that per-voxel cut."""
+    from stereovoxel_ros.occupancy_predictor import NearLowThreshold
+    from stereovoxel_ros.occupancy_scoring import ScoringConfig
+    from stereovoxel_ros.offline.eval.gate_calibration import low_obstacle_band
+
+    band = low_obstacle_band(DEFAULT_GRID, ScoringConfig(camera_height_m=0.4, obstacle_min_height_m=0.1))
+    assert band == pytest.approx((0.1, 0.3))
+    near = NearLowThreshold(0.9, 3.0, band)
+    cut = near.volume(DEFAULT_GRID, 0.5)
+    assert cut.shape == DEFAULT_GRID.shape
+    y = DEFAULT_GRID.origin[1] + (np.arange(DEFAULT_GRID.shape[1]) + 0.5) * DEFAULT_GRID.voxel_size
+    z = DEFAULT_GRID.origin[2] + (np.arange(DEFAULT_GRID.shape[2]) + 0.5) * DEFAULT_GRID.voxel_size
+    layer = int(np.flatnonzero((y >= 0.1) & (y < 0.3))[0])
+    assert np.all(cut[:, layer, z <= 3.0] == pytest.approx(0.9))
+    assert np.all(cut[:, layer, z > 3.0] == 0.5)
+    assert np.all(np.delete(cut, layer, axis=1) == 0.5)
+    assert NearLowThreshold.from_meta(None) is None
+    with pytest.raises(PredictorError, match="near_low"):
+        NearLowThreshold.from_meta({"threshold": 0.9})
+
+    torch.manual_seed(0)
+    model = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, input_size=(64, 32))
+    meta = {"calibration": {"threshold": 0.5, "gates": [0.5] * 3, "near_low": {**near.__dict__}}}
+    save_checkpoint(tmp_path / "m.pt", model, "stereovoxelnet_fast", meta)
+    predictor = make_predictor("stereovoxelnet", tmp_path / "m.pt", DEFAULT_GRID)
+    assert predictor.near_low == near
+    left, right = _plane_pair(5)
+    result = predictor.predict(left, right, CAMERA)
+    assert np.array_equal(result.occupied, result.probabilities > cut)
+    torch.set_num_threads(1)

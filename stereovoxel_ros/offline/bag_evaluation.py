@@ -4,7 +4,7 @@ Every frame is scored by :func:`stereovoxel_ros.occupancy_scoring.score_frame` (
 one-cell tolerance, false obstacles in seen-free space, false stops, objects found where the bag has a label
 image, voxel IoU and Chamfer); rate, latency and drops come beside it.
 
-Shared by the live replay (``stereovoxel_ros.ros.replay``, predictions recorded from the running node) and
+Shared by the live replay (``stereovoxel_ros.tools.replay``, predictions recorded from the running node) and
 the offline mode here (predictors called directly on the bag's stereo pairs, no ROS graph, faster than
 real time, many bags in one go).
 """

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
+
+from stereovoxel_ros.user_errors import recorded_command
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -225,7 +226,7 @@ def run_train(args: argparse.Namespace) -> int:
         time_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60.0,
         progress=not args.no_progress,
     )
-    command = "stereovoxel " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    command = recorded_command(args)
     meta = {"command": command, "train_data": train_info, "val_data": val_info}
     result = train_detector(model, train_frames, val_frames, args.out, train_config, meta, resume=args.resume)
     minutes = result.train_seconds / 60.0

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from stereovoxel_ros.user_errors import recorded_command
+
 SEARCH_SPACE: dict[str, list[Any]] = {
     "matcher": ["bm", "sgbm"],
     "block_size": [5, 7, 9, 11, 15, 19, 23],
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(
         out / "sweep.json",
         {"dataset": str(args.dataset), "seed": seed, "frames": len(samples), "best": best, "tried": rows,
-         "command": "stereovoxel " + " ".join(getattr(args, "argv", []) or [])},
+         "command": recorded_command(args)},
     )  # fmt: skip
     write_text_atomic(out / "best_classic.yaml", "\n".join(yaml_lines) + "\n")
     print(f"\nwrote {out / 'sweep.json'} and {out / 'best_classic.yaml'}")

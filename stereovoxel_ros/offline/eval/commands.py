@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from stereovoxel_ros.jackal import CAMERA_HEIGHT_M, OBSTACLE_MIN_HEIGHT_M
+from stereovoxel_ros.user_errors import recorded_command
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 FAST_CHECKPOINT = CHECKPOINT_DIR / "stereovoxelnet_fast_jackal_wide.pt"
@@ -344,7 +345,7 @@ def _run_eval(args, manifests, grid, methods, config) -> int:
             "sets": per_set,
             "across_sets": across,
             "depth_error": depth_rows,
-            "command": "stereovoxel " + " ".join(getattr(args, "argv", []) or []),
+            "command": recorded_command(args),
         },
     )
     print(f"\nwrote {out / 'results.json'}, {out / 'bands.png'} and {len(examples)} example PNGs")

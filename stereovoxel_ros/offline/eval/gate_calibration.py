@@ -7,8 +7,11 @@ then replays the gating offline (exactly what the pruned decoder outputs, :meth:
 for candidate gates and thresholds, by coordinate ascent on
 
     objective = F1 at 0–6 m (one-cell tolerance) − ``false_obstacle_weight`` × false obstacles in seen-free space
+                − ``false_stop_weight`` × false-stop frames
 
-as means over the tuning set's worlds. The result goes into the checkpoint's metadata (``calibration``), which
+as means over the tuning set's worlds. A stricter cut for the lowest obstacle layer
+near the robot (:class:`~stereovoxel_ros.occupancy_predictor.NearLowThreshold`: the floor bleeds into it) is
+searched too (first in each round), over a threshold and a range. The result goes into the checkpoint's metadata (``calibration``), which
 ``StereoVoxelNetPredictor`` uses by default. Tune on a tuning seed only, never on the sets you report.
 """
 
@@ -23,12 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stereovoxel_ros.occupancy_predictor import NearLowThreshold
 from stereovoxel_ros.occupancy_scoring import OccupancyScorer, ScoringConfig, score_frame, truth_grid
 from stereovoxel_ros.octree_decoder import probability_logit
 from stereovoxel_ros.offline.data.dataset_format import iter_samples, read_manifest
 
 GATE_CANDIDATES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
+NEAR_LOW_THRESHOLD_CANDIDATES = (0.6, 0.7, 0.8, 0.9)  # the base threshold = off
+NEAR_LOW_RANGE_CANDIDATES = (2.0, 3.0, 4.0, 6.0)  # [m]
 
 
 class CalibrationError(ValueError):
@@ -48,11 +54,16 @@ class Calibration:
     baseline_false_free_0_6m: float
     tuning_sets: tuple[str, ...]
     frames: int
+    false_stop_share: float = float("nan")
+    baseline_false_stop_share: float = float("nan")
+    near_low: NearLowThreshold | None = None
 
     def to_meta(self) -> dict:
         data = asdict(self)
         data["gates"] = list(self.gates)
         data["tuning_sets"] = list(self.tuning_sets)
+        if self.near_low is not None:
+            data["near_low"] = {**asdict(self.near_low), "band_y_m": list(self.near_low.band_y_m)}
         return data
 
 
@@ -92,15 +103,23 @@ def _collect(predictor, roots: list[str], config: ScoringConfig, limit: int | No
     return frames
 
 
-def _score(frames: list[_Frame], grid, config: ScoringConfig, threshold: float, gates) -> dict:
+def low_obstacle_band(grid, config: ScoringConfig) -> tuple[float, float]:
+    """Camera-frame y band [m] (y down) of the lowest obstacle voxel layer: heights obstacle_min_height ..
+    obstacle_min_height + one voxel above the floor."""
+    low = config.camera_height_m - config.obstacle_min_height_m - grid.voxel_size
+    return (round(low, 6), round(config.camera_height_m - config.obstacle_min_height_m, 6))
+
+
+def _score(frames: list[_Frame], grid, config: ScoringConfig, threshold: float, gates, near_low=None) -> dict:
     scorer = OccupancyScorer(config)
+    cut = near_low.volume(grid, threshold) if near_low is not None else threshold
     for frame in frames:
-        occupied = gated_probabilities(frame.levels, gates) > threshold
+        occupied = gated_probabilities(frame.levels, gates) > cut
         s = frame.sample
         scorer.add(score_frame(occupied, s.voxels, grid, s.camera, config, truth=frame.truth, voxel_metrics=False),
                    s.sequence)  # fmt: skip
     summary = scorer.summary()
-    return {k: summary[k] for k in ("f1_0_6m", "false_free_0_6m")}
+    return {k: summary[k] for k in ("f1_0_6m", "false_free_0_6m", "false_stop_share")}
 
 
 def calibrate(
@@ -110,8 +129,10 @@ def calibrate(
     false_obstacle_weight: float = 1.0,
     rounds: int = 2,
     limit: int | None = None,
+    false_stop_weight: float = 0.1,
 ) -> Calibration:
-    """Coordinate ascent over the threshold and each level's gate on the tuning sets ``roots``."""
+    """Coordinate ascent over the near-low-layer cut and range, the threshold and each level's gate on the
+    tuning sets ``roots``."""
     from stereovoxel_ros.occupancy_predictor import make_predictor
 
     config = config or ScoringConfig()
@@ -121,37 +142,53 @@ def calibrate(
     n_gates = len(frames[0].levels) - 1
     cache: dict[tuple, dict] = {}
 
+    def objective_of(s: dict) -> float:
+        ff = 0.0 if math.isnan(s["false_free_0_6m"]) else s["false_free_0_6m"]
+        fs = 0.0 if math.isnan(s["false_stop_share"]) else s["false_stop_share"]
+        return s["f1_0_6m"] - false_obstacle_weight * ff - false_stop_weight * fs
+
+    band = low_obstacle_band(grid, config)
+
+    def near_low_of(setting: tuple[float, ...]) -> NearLowThreshold | None:
+        cut, range_m = setting[-2:]
+        return NearLowThreshold(cut, range_m, band) if cut > setting[0] else None
+
     def objective(setting: tuple[float, ...]) -> float:
         if setting not in cache:
-            cache[setting] = _score(frames, grid, config, setting[0], setting[1:])
-        s = cache[setting]
-        ff = 0.0 if math.isnan(s["false_free_0_6m"]) else s["false_free_0_6m"]
-        return s["f1_0_6m"] - false_obstacle_weight * ff
+            threshold, gates = setting[0], setting[1 : 1 + n_gates]
+            cache[setting] = _score(frames, grid, config, threshold, gates, near_low_of(setting))
+        return objective_of(cache[setting])
 
-    baseline = (0.5,) * (n_gates + 1)
+    # setting = (threshold, gate per coarse level..., near-low cut (0: off), near-low range [m])
+    baseline = (0.5,) * (n_gates + 1) + (0.0, NEAR_LOW_RANGE_CANDIDATES[1])
+    candidates_at = {0: THRESHOLD_CANDIDATES, n_gates + 1: (0.0, *NEAR_LOW_THRESHOLD_CANDIDATES)}
+    candidates_at[n_gates + 2] = NEAR_LOW_RANGE_CANDIDATES
+    # the near-low cut first: the floor's bleed is local, and raising the global threshold would hide it
+    order = [n_gates + 1, n_gates + 2, *range(n_gates + 1)]
     best = baseline
     for _ in range(rounds):
-        for position in range(n_gates + 1):
-            candidates = THRESHOLD_CANDIDATES if position == 0 else GATE_CANDIDATES
-            for value in candidates:
+        for position in order:
+            for value in candidates_at.get(position, GATE_CANDIDATES):
                 trial = (*best[:position], value, *best[position + 1 :])
-                if any(
-                    g > trial[0] for g in trial[1:]
-                ):  # a gate above the threshold would hide occupied cells
-                    continue
+                if any(g > trial[0] for g in trial[1 : 1 + n_gates]):
+                    continue  # a gate above the threshold would hide occupied cells
                 if objective(trial) > objective(best):
                     best = trial
     objective(baseline)
+    chosen = cache[best]
     return Calibration(
         threshold=best[0],
-        gates=best[1:],
-        objective=objective(best),
-        f1_0_6m=cache[best]["f1_0_6m"],
-        false_free_0_6m=cache[best]["false_free_0_6m"],
+        gates=best[1 : 1 + n_gates],
+        objective=objective_of(chosen),
+        f1_0_6m=chosen["f1_0_6m"],
+        false_free_0_6m=chosen["false_free_0_6m"],
         baseline_f1_0_6m=cache[baseline]["f1_0_6m"],
         baseline_false_free_0_6m=cache[baseline]["false_free_0_6m"],
         tuning_sets=tuple(str(r) for r in roots),
         frames=len(frames),
+        false_stop_share=chosen["false_stop_share"],
+        baseline_false_stop_share=cache[baseline]["false_stop_share"],
+        near_low=near_low_of(best),
     )
 
 
@@ -196,6 +233,12 @@ def register(subparsers, name: str, help: str) -> None:
     p.add_argument("datasets", nargs="+", help="tuning datasets (never the sets you report)")
     p.add_argument("--out", default=None, help="write the calibrated checkpoint here (default: in place)")
     p.add_argument("--false-obstacle-weight", type=float, default=1.0)
+    p.add_argument(
+        "--false-stop-weight",
+        type=float,
+        default=0.1,
+        help="weight of the false-stop frame share in the objective",
+    )
     p.add_argument("--limit", type=int, default=None, help="at most this many frames per dataset")
     scoring_arguments(p)
     p.set_defaults(func=run_calibrate)
@@ -215,15 +258,23 @@ def run_calibrate(args) -> int:
             scoring_config(args),
             args.false_obstacle_weight,
             limit=args.limit,
+            false_stop_weight=args.false_stop_weight,
         )
     except (CalibrationError, DatasetError, PredictorError) as err:
         print(f"stereovoxel calibrate: {err}", file=sys.stderr)
         return 1
     out = args.out or args.checkpoint
     write_calibration(args.checkpoint, result, out)
+    near = result.near_low
+    near_text = (
+        f"near low layer > {near.threshold} within {near.range_m:g} m"
+        if near is not None
+        else "no near-low cut"
+    )
     print(
-        f"threshold {result.threshold}, gates {list(result.gates)} on {result.frames} tuning frames: "
-        f"F1 0-6 m {result.f1_0_6m:.3f} (0.5 everywhere: {result.baseline_f1_0_6m:.3f}), false obstacles "
-        f"{result.false_free_0_6m:.3f} ({result.baseline_false_free_0_6m:.3f}); written to {out}"
+        f"threshold {result.threshold}, gates {list(result.gates)}, {near_text} on {result.frames} tuning "
+        f"frames: F1 0-6 m {result.f1_0_6m:.3f} (0.5 everywhere: {result.baseline_f1_0_6m:.3f}), false obstacles "
+        f"{result.false_free_0_6m:.3f} ({result.baseline_false_free_0_6m:.3f}), false-stop frames "
+        f"{result.false_stop_share:.3f} ({result.baseline_false_stop_share:.3f}); written to {out}"
     )
     return 0

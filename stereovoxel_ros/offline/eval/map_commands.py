@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from stereovoxel_ros.user_errors import recorded_command
+
 METHODS = ("classic", "stereovoxelnet", "oracle_1px", "ground_truth")
 # The tuning sweep (run it on the tuning seed only), around the best of a first, wider one (miss 0.4/0.3/0.2,
 # upper clamp 0.97/0.9, threshold 0.55-0.8, range weight 0/5 m, decay 0/2 s): faster clearing won.
@@ -143,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "command": "stereovoxel " + " ".join(getattr(args, "argv", []) or []),
+        "command": recorded_command(args),
         "seeds": list(args.seed),
         "sequences_per_seed": args.sequences,
         "frames_per_sequence": args.frames,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
+
+from stereovoxel_ros.user_errors import recorded_command
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -120,7 +121,7 @@ def run_meta(args: argparse.Namespace) -> dict:
     from stereovoxel_ros.offline.train.trainer import describe_datasets
 
     return {
-        "command": "stereovoxel " + shlex.join(getattr(args, "argv", None) or sys.argv[1:]),
+        "command": recorded_command(args),
         "args": {
             k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
             for k, v in vars(args).items()

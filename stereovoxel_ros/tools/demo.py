@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from stereovoxel_ros.occupancy_predictor import default_checkpoint_path
     from stereovoxel_ros.offline.bag_evaluation import summary_table, write_report
     from stereovoxel_ros.ros.node_main import set_torch_threads
-    from stereovoxel_ros.ros.replay import ReplayError, replay_bag
+    from stereovoxel_ros.tools.replay import ReplayError, replay_bag
 
     set_torch_threads({"stereo_occupancy": 1})  # process-wide, once (config/jackal.yaml: torch_threads 1)
 
