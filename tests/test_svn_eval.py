@@ -114,6 +114,7 @@ def test_eval_and_bench_score_every_pruning_ratio(tmp_path, capsys):
     ratios = result["all_in_one"]
     assert ratios["0"]["params"] > ratios["0.25"]["params"] > ratios["0.5"]["params"]  # compact copies
     assert result["dense"]["f1_drop"] == 0.0
+    assert result["parent_mismatch"] is None  # pruned from a model of the dense row's architecture
     assert (out / "pruning.png").stat().st_size > 5000
     assert main([*bench, "--pruned-baseline", "no name"]) == 1
     assert "--pruned-baseline" in capsys.readouterr().err

@@ -84,6 +84,7 @@ def _bench_all_in_one(args: argparse.Namespace, frames, dense) -> dict:
     ``--heldout``, the held-out Nav2 scores; returns the bench.json entries."""
     from stereovoxel_ros.offline.eval.pruning_bench import (
         bench_json,
+        different_parent,
         format_pruning_table,
         plot_pruning,
         pruning_rows,
@@ -94,6 +95,9 @@ def _bench_all_in_one(args: argparse.Namespace, frames, dense) -> dict:
 
     baselines = _named_checkpoints(args.pruned_baseline, "--pruned-baseline")
     variants = pruning_variants(dense, args.all_in_one, baselines, frames.grid, args.threshold)
+    mismatch = different_parent(variants)
+    if mismatch:
+        print(f"note: {mismatch}")
     scores = None
     if args.heldout:
         from stereovoxel_ros.offline.data.dataset_format import read_manifest
@@ -105,7 +109,7 @@ def _bench_all_in_one(args: argparse.Namespace, frames, dense) -> dict:
             progress=not args.no_progress,
         )  # fmt: skip
     timed = time_variants(variants, frames, args.repeats)
-    rows = pruning_rows(variants, timed, scores)
+    rows = pruning_rows(variants, timed, scores, comparable=mismatch is None)
     where = f"; held-out Nav2 scores over {len(args.heldout)} datasets" if scores else ""
     print(
         f"\nAll-in-One ({args.all_in_one}) and baselines beside the dense model, round-robin in one run{where}:"
@@ -118,4 +122,5 @@ def _bench_all_in_one(args: argparse.Namespace, frames, dense) -> dict:
         "all_in_one_checkpoint": args.all_in_one,
         "pruned_baselines": [{"name": n, "checkpoint": c} for n, c in baselines],
         "heldout": list(args.heldout),
+        "parent_mismatch": mismatch,
     }

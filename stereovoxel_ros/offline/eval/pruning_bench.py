@@ -80,6 +80,21 @@ def pruning_variants(
     return out
 
 
+def different_parent(variants: list[Variant]) -> str | None:
+    """Why a pruned variant is not a compressed copy of the dense row (another input size or extractor), else
+    None: its speed-up then compares two different networks."""
+    dense = variants[0].method.model.config
+    for v in variants[1:]:
+        cfg = v.method.predictor.model.config
+        for field in ("input_size", "extractor", "cost_volume_levels"):
+            if getattr(cfg, field) != getattr(dense, field):
+                return (
+                    f"{v.family} has {field} {getattr(cfg, field)} but the dense model {getattr(dense, field)}: "
+                    "it was not pruned from this dense model, so its speed-up compares different networks"
+                )
+    return None
+
+
 def time_variants(variants: list[Variant], frames: Frames, repeats: int) -> dict[str, dict[str, float]]:
     """Median and p90 ``predict`` latency [ms] of every variant, round-robin over the frames."""
     lat: dict[str, list[float]] = {v.label: [] for v in variants}
@@ -129,9 +144,13 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def pruning_rows(
-    variants: list[Variant], timed: dict[str, dict], scores: dict[str, list[dict]] | None
+    variants: list[Variant],
+    timed: dict[str, dict],
+    scores: dict[str, list[dict]] | None,
+    comparable: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per variant: latency and speed-up vs dense, held-out figures and the issue's targets."""
+    """One row per variant: latency and speed-up vs dense, held-out figures and the issue's targets (judged
+    only when ``comparable``: the pruned models come from the dense row's architecture)."""
     dense_ms = timed["dense"]["median_ms"]
     dense_f1 = [s["f1_0_6m"] for s in scores["dense"]] if scores else []
     rows = []
@@ -153,7 +172,9 @@ def pruning_rows(
             if v.ratio in F1_DROP_TARGETS and v.family != "dense" and row["f1_drop"] is not None:
                 ok = row["f1_drop"] <= F1_DROP_TARGETS[v.ratio]
                 targets.append(f"drop ≤{F1_DROP_TARGETS[v.ratio]} {'met' if ok else 'missed'}")
-        row["targets"] = ", ".join(targets) or "-"
+        row["targets"] = (
+            (", ".join(targets) or "-") if comparable or v.family == "dense" else "n/a (other parent)"
+        )
         rows.append(row)
     return rows
 
