@@ -259,6 +259,19 @@ def test_node_auto_pruning_reports_selector_in_diagnostics(graph, node_checkpoin
 
 
 @pytest.mark.ros
+def test_node_auto_pruning_derives_its_target_from_measured_latency(graph, node_checkpoints) -> None:  # noqa: F811
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    node = _occupancy_node(
+        graph, backend="stereovoxelnet", checkpoint=str(node_checkpoints["masked"]), pruning="auto"
+    )  # pruning_latency_target_ms left at its default 0: derived at configure
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
+    control = node.pruning_selector
+    assert control.derived and control.target_ms == pytest.approx(1.25 * control.latency_per_ratio_ms[0])
+    assert node.pruning_status()["pruning_target"] == "derived"
+
+
+@pytest.mark.ros
 def test_node_refuses_pruning_with_a_checkpoint_without_masks(graph, node_checkpoints) -> None:  # noqa: F811
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
