@@ -605,9 +605,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
             )
         # torch threads are process-wide: the entry point sets them once (node_main.set_torch_threads)
         opts: dict[str, Any] = {"pruning": True} if config.pruning != "off" else {}
-        if backend == "stereovoxelnet":
-            opts["num_threads"] = None
-        elif backend == "classic":
+        if backend == "classic":
             opts.update(config.classic)  # backend sgbm is the tuned SGBM preset (classic_stereo.SGBM_PRESET)
         try:
             predictor = make_predictor(

@@ -299,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
 
             if parameters:
                 raise ReplayError("-p applies to the live node only, not to --offline")
+            set_torch_threads({"offline replay": 1})  # process-wide, once
             results, report = evaluate_bags_offline(
                 args.bags, args.backend, args.checkpoint, out, topic_options=topics
             )
