@@ -146,7 +146,7 @@ class StereoVoxelNetPredictor:
     it: one number or one per coarse level), both defaulting to the checkpoint's ``calibration`` (written by
     ``stereovoxel calibrate`` on a tuning set) or else 0.5 and the threshold, ``exit_level`` (stop at this octree level, None = finest),
     ``dense`` (evaluate every cell, then gate by the parents: same output, dense cost), ``num_threads`` (torch
-    intra-op threads, 1: on a shared 2-core CPU a second thread stalls in OpenMP spin-waits; None = leave as is),
+    intra-op threads; None, the default, leaves them to the process's entry point, which sets them once),
     ``pruning`` (run-time All-in-One pruning with the checkpoint's masks: :meth:`set_pruning_ratio` swaps
     compact BN-fused copies, one per trained ratio),
     ``use_calibration`` (False: ignore the checkpoint's near-low-layer threshold, :class:`NearLowThreshold`).
@@ -160,7 +160,7 @@ class StereoVoxelNetPredictor:
         prune_threshold: float | Sequence[float] | None = None,
         exit_level: int | None = None,
         dense: bool = False,
-        num_threads: int | None = 1,
+        num_threads: int | None = None,
         pruning: bool = False,
         use_calibration: bool = True,
     ) -> None:

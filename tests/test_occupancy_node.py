@@ -117,7 +117,8 @@ def test_obstacle_cells_behind_a_wall_are_unknown_not_free() -> None:
 
 
 def test_odom_grid_window_follows_the_robot_on_whole_cells() -> None:
-    from stereovoxel_ros.ros.occupancy_node import OccupancyNodeConfig, grid_window, rigid_transform_from_pose
+    from stereovoxel_ros.ros.occupancy_node import OccupancyNodeConfig, grid_window
+    from stereovoxel_ros.transforms import rigid_transform_from_pose
 
     config = OccupancyNodeConfig.from_parameters(_defaults() | {"occupancy_grid_frame": "odom_frame"})
     yaw = 0.7

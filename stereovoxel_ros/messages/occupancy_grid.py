@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from stereovoxel_ros.messages.message_types import is_rosbags_type, new_message, resolve_type
+from stereovoxel_ros.transforms import yaw_from_quaternion
 
 UNKNOWN, FREE, OCCUPIED = -1, 0, 100
 
@@ -86,5 +87,5 @@ def occupancy_grid_origin(msg: Any) -> tuple[float, float, float]:
     """(x [m], y [m], yaw [rad]) of an OccupancyGrid's origin (rotation about z only)."""
     pose = msg.info.origin
     q = pose.orientation
-    yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+    yaw = yaw_from_quaternion(q.x, q.y, q.z, q.w)
     return float(pose.position.x), float(pose.position.y), yaw

@@ -219,7 +219,8 @@ class TfOdometry:
     def base_to_odom(self, stamp_ns: int) -> np.ndarray:
         import rclpy
 
-        from stereovoxel_ros.ros.occupancy_node import FrameError, rigid_transform_from_pose
+        from stereovoxel_ros.ros.occupancy_node import FrameError
+        from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
 
         try:
             tf = self._buffer.lookup_transform(*self._frames, rclpy.time.Time(nanoseconds=stamp_ns)).transform
@@ -228,7 +229,10 @@ class TfOdometry:
                 f"no transform {self._frames[0]} <- {self._frames[1]} in tf2 at the image stamp: {err}"
             ) from err
         t, q = tf.translation, tf.rotation
-        pose = rigid_transform_from_pose((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+        try:
+            pose = rigid_transform_from_pose((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+        except TransformError as err:
+            raise FrameError(f"tf2 odometry: {err}") from err
         if not math.isfinite(float(pose[0, 3])):
             raise FrameError("tf2 odometry is not finite")
         return pose

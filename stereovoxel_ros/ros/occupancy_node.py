@@ -52,6 +52,7 @@ from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
 from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
 from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
 from stereovoxel_ros.tracing import RollingWindow, StageTracer
+from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
 from stereovoxel_ros.voxel_grid import (
     occupied_voxel_centers,
     optical_to_base_transform,
@@ -309,28 +310,6 @@ def parse_pruning(value: Any, bad: Any = None) -> tuple[str, float | None]:
 
 class FrameError(RuntimeError):
     """One stereo frame could not be turned into occupancy (the node counts it and goes on)."""
-
-
-def rigid_transform_from_pose(translation: Sequence[float], quaternion_xyzw: Sequence[float]) -> np.ndarray:
-    """4x4 transform from a translation [m] and a unit quaternion (x, y, z, w); FrameError if not finite."""
-    values = np.asarray([*translation, *quaternion_xyzw], dtype=np.float64)
-    if values.shape != (7,) or not np.all(np.isfinite(values)):
-        raise FrameError(
-            f"transform has non-finite values: translation {translation}, rotation {quaternion_xyzw}"
-        )
-    x, y, z, w = values[3:]
-    norm = math.sqrt(x * x + y * y + z * z + w * w)
-    if norm < 1e-9:
-        raise FrameError("transform rotation is a zero quaternion")
-    x, y, z, w = x / norm, y / norm, z / norm, w / norm
-    t = np.eye(4)
-    t[:3, :3] = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ]
-    t[:3, 3] = values[:3]
-    return t
 
 
 STALL_WINDOW_S = 3.0  # pairs within this window [s] but no output for as long: "no occupancy published"
@@ -626,9 +605,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
             )
         # torch threads are process-wide: the entry point sets them once (node_main.set_torch_threads)
         opts: dict[str, Any] = {"pruning": True} if config.pruning != "off" else {}
-        if backend == "stereovoxelnet":
-            opts["num_threads"] = None
-        elif backend == "classic":
+        if backend == "classic":
             opts.update(config.classic)  # backend sgbm is the tuned SGBM preset (classic_stereo.SGBM_PRESET)
         try:
             predictor = make_predictor(
@@ -730,7 +707,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
                 (pose.position.x, pose.position.y, pose.position.z),
                 (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w),
             )
-        except FrameError as err:
+        except TransformError as err:
             self._odometry_fault(f"odometry on {topic}: {err}")
             return
         stamp_ns = header_stamp_ns(msg)
@@ -779,7 +756,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
     def _on_pair(self, item: tuple[Image, Image, float]) -> None:
         try:
             self._process(*item)
-        except (FrameError, StereoFrameError) as err:
+        except (FrameError, StereoFrameError, TransformError) as err:
             self._report_error(str(err))
         except Exception as err:  # a backend failing on one frame must not take the node down
             self._report_error(f"{type(err).__name__} while processing a frame: {err}")

@@ -7,38 +7,23 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from stereovoxel_ros.occupancy_predictor import BACKENDS
 from stereovoxel_ros.offline.bag_evaluation import (
     BagEvaluationError,
-    BagFrame,
     RunResult,
     StereoBagTopics,
     ground_truth_voxels,
-    image_stamp_span_s,
-    score_bag_frame,
     summary_table,
     write_report,
 )
+from stereovoxel_ros.offline.replay_scoring import ReplayRecording, ReplayRun, left_stamps, score_recording
 
 
 class ReplayError(RuntimeError):
     """A replay could not run: the node did not configure, the graph did not connect, or nothing came out."""
-
-
-@dataclass
-class ReplayRecording:
-    """What the recorder saw, keyed by left image stamp [ns]; times are ``time.monotonic()`` [s]."""
-
-    image_seen: dict[int, float] = field(default_factory=dict)
-    clouds: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)  # (received, points in base)
-    grids: dict[int, np.ndarray] = field(default_factory=dict)  # OccupancyGrid cells (rows=y, cols=x)
-    diagnostics: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics key/values
 
 
 def _make_recorder(context: Any, node_fqn: str, left_image_topic: str) -> tuple[Any, ReplayRecording]:
@@ -82,6 +67,124 @@ def _make_recorder(context: Any, node_fqn: str, left_image_topic: str) -> tuple[
     return node, rec
 
 
+class ReplayGraph:
+    """The replay's own ROS graph, as a context manager: a configured, active ``StereoOccupancyNode``
+    (use_sim_time), a recorder of its outputs and a ``BagPlayer`` (with /clock), spun on one thread in a
+    private context; leaving the block shuts all of it down.
+
+        with ReplayGraph(bag, topics, params, streams) as graph:
+            graph.play(progress=True)
+            graph.settle(2.0)
+            run = graph.run_summary(label)
+        result = score_recording(graph.recording, run, truth)
+    """
+
+    def __init__(self, bag: str | os.PathLike, params: dict[str, Any], streams: list[str],
+                 domain_id: int | None = None, rate: float = 1.0) -> None:  # fmt: skip
+        self.bag, self.params, self.streams, self.domain_id, self.rate = bag, params, streams, domain_id, rate
+        self.left_topic = params["left_image_topic"]
+        self.recording = ReplayRecording()
+        self.start_s = self.end_s = time.monotonic()
+        self._context: Any = None
+        self._executor: Any = None
+        self._nodes: list[Any] = []
+
+    def __enter__(self) -> ReplayGraph:
+        import rclpy
+
+        self._context = rclpy.context.Context()
+        rclpy.init(context=self._context, domain_id=self.domain_id)
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.lifecycle import TransitionCallbackReturn
+        from rclpy.node import Node
+        from rclpy.parameter import Parameter
+
+        from stereovoxel_ros.ros.bag_player import BagPlayer
+        from stereovoxel_ros.ros.occupancy_node import StereoOccupancyNode
+
+        context = self._context
+        self.occupancy = StereoOccupancyNode(
+            context=context, parameter_overrides=[Parameter(k, value=v) for k, v in self.params.items()]
+        )
+        self._nodes.append(self.occupancy)
+        if self.occupancy.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise ReplayError(f"occupancy node did not configure: {self.occupancy.configure_error}")
+        self.occupancy.trigger_activate()
+        fqn = self.occupancy.get_fully_qualified_name()
+        self._recorder, self.recording = _make_recorder(context, fqn, self.left_topic)
+        player_node = Node("stereovoxel_replay_player", context=context)
+        self._nodes += [self._recorder, player_node]
+        self.player = BagPlayer(player_node, self.bag, rate=self.rate, topics=self.streams)
+        self._executor = SingleThreadedExecutor(context=context)  # inference runs on the node's worker thread
+        for node in self._nodes:
+            self._executor.add_node(node)
+        threading.Thread(target=self._executor.spin, name="replay_executor", daemon=True).start()
+        cloud_topic = f"{fqn}/cloud"
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and self._recorder.count_publishers(cloud_topic) == 0:
+            time.sleep(0.02)
+        cameras = [t for t in self.streams if t != self.params.get("odom_topic")]
+        if not self.player.wait_for_subscribers(
+            cameras, timeout_s=10.0
+        ) or not self._recorder.count_publishers(cloud_topic):
+            raise ReplayError(
+                "the player, occupancy node and recorder did not discover each other within 10 s"
+            )
+
+    def play(self, total: int, label: str, progress: bool = True) -> None:
+        """Play the bag in real time (times ``rate``), with a progress bar over ``total`` left images."""
+        from tqdm import tqdm
+
+        self.start_s = time.monotonic()
+        playing = self.player.start()
+        with tqdm(total=total, desc=f"replay {Path(self.bag).name} {label}", disable=not progress) as bar:
+            while playing.is_alive():
+                playing.join(0.2)
+                bar.update(self.player.stats.published.get(self.left_topic, 0) - bar.n)
+        if self.player.error is not None:
+            raise ReplayError(f"{self.bag}: playback failed: {self.player.error}")
+
+    def settle(self, settle_s: float) -> None:
+        """Let the node finish: until every published pair has a cloud, or none came for ``settle_s``."""
+        rec = self.recording
+        published = self.player.stats.published.get(self.left_topic, 0)
+        last = (len(rec.clouds), time.monotonic())
+        while len(rec.clouds) < published and time.monotonic() - last[1] < settle_s:
+            time.sleep(0.02)
+            if len(rec.clouds) != last[0]:
+                last = (len(rec.clouds), time.monotonic())
+        self.end_s = max((t for t, _ in rec.clouds.values()), default=time.monotonic())
+        time.sleep(0.1)  # the worker counts a frame just after publishing its cloud
+
+    def node_diagnostics(self) -> dict[str, str]:
+        """The node's last /diagnostics values (published now) and its own stage timing."""
+        self.occupancy.publish_diagnostics()
+        time.sleep(0.2)
+        status = self.occupancy.diagnostic_status()
+        diagnostics = dict(self.recording.diagnostics) or {kv.key: kv.value for kv in status.values}
+        for key, window in sorted(self.occupancy.tracer.summaries(exact=True).items()):
+            if key.startswith("stage."):
+                diagnostics[f"{key} p50 / p99 [ms]"] = f"{window.p50:.1f} / {window.p99:.1f}"
+        return diagnostics
+
+    def __exit__(self, *exc: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(timeout_sec=5.0)
+        for node in self._nodes:
+            node.destroy_node()
+        self._nodes.clear()
+        if self._context is not None:
+            self._context.try_shutdown()
+
+
 def replay_bag(
     bag: str | os.PathLike,
     backend: str = "stereovoxelnet",
@@ -97,193 +200,67 @@ def replay_bag(
 
     Per ground-truth frame: the Nav2 scores of the published cloud (``occupancy_scoring.score_frame``, as
     offline), and latency = left image on the graph -> cloud received (wall clock). ``parameters`` override
-    node parameters (unknown names are refused). ``topics``: topic options for :meth:`StereoBagTopics.find` (``namespace``, ``left``,
-    ``right``, ``left_info``, ``right_info``, ``depth``). A bag without depth is replayed for rate, latency
-    and outputs; its scores are NaN and the result says ``ground_truth=False``.
+    node parameters (unknown names are refused). ``topics``: topic options for :meth:`StereoBagTopics.find`
+    (``namespace``, ``left``, ``right``, ``left_info``, ``right_info``, ``depth``). A bag without depth is
+    replayed for rate, latency and outputs; its scores are NaN and the result says ``ground_truth=False``.
     """
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-    from tqdm import tqdm
-
     from stereovoxel_ros.bags.bag_reader import BagError, BagReader
-    from stereovoxel_ros.ros.bag_player import BagPlayer
-    from stereovoxel_ros.ros.occupancy_node import PARAMETERS, StereoOccupancyNode
+    from stereovoxel_ros.ros.occupancy_node import PARAMETERS
     from stereovoxel_ros.ros.parameter_values import unknown_parameters
-    from stereovoxel_ros.voxel_grid import points_to_voxels, transform_points
 
     unknown = unknown_parameters(parameters or {}, [*PARAMETERS, "use_sim_time"])
     if unknown:
         raise ReplayError(f"{'; '.join(unknown)} (see the stereo_occupancy parameters in the README)")
-    topic_options = topics or {}
     try:
         with BagReader(bag) as reader:
-            topics = StereoBagTopics.find(reader.topics, bag, **topic_options)
+            found = StereoBagTopics.find(reader.topics, bag, **(topics or {}))
             odom = next((t for t, m in reader.topics.items() if m == "nav_msgs/msg/Odometry"), None)
-            left_count = reader.topic_counts.get(topics.left_image, 0)
+            left_count = reader.topic_counts.get(found.left_image, 0)
     except BagError as err:
         raise ReplayError(str(err)) from err
     params: dict[str, Any] = {
         "backend": backend,
         "checkpoint": checkpoint or "",
-        "left_image_topic": topics.left_image,
-        "right_image_topic": topics.right_image,
-        "left_info_topic": topics.left_info,
-        "right_info_topic": topics.right_info,
+        "left_image_topic": found.left_image,
+        "right_image_topic": found.right_image,
+        "left_info_topic": found.left_info,
+        "right_info_topic": found.right_info,
         "occupancy_grid_frame": "base_frame",
         **({"odom_topic": odom} if odom else {}),
         **(parameters or {}),
         "use_sim_time": True,
     }
-    context = rclpy.context.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    executor = None
-    nodes: list[Any] = []
-    try:
-        occupancy = StereoOccupancyNode(
-            context=context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]
-        )
-        nodes.append(occupancy)
-        if occupancy.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise ReplayError(f"occupancy node did not configure: {occupancy.configure_error}")
-        occupancy.trigger_activate()
+    streams = [found.left_image, found.right_image, found.left_info, found.right_info] + (
+        [odom] if odom else []
+    )
+    with ReplayGraph(bag, params, streams, domain_id, rate) as graph:
         skipped: dict[str, int] = {}
+        grid = graph.occupancy.config.grid
         try:
-            truth = ground_truth_voxels(bag, occupancy.config.grid, topics, skipped) if topics.depth else {}
+            truth = ground_truth_voxels(bag, grid, found, skipped) if found.depth else {}
         except BagError as err:
             raise ReplayError(str(err)) from err
-        recorder, rec = _make_recorder(context, occupancy.get_fully_qualified_name(), topics.left_image)
-        player_node = Node("stereovoxel_replay_player", context=context)
-        nodes += [recorder, player_node]
-        streams = [topics.left_image, topics.right_image, topics.left_info, topics.right_info]
-        player = BagPlayer(player_node, bag, rate=rate, topics=streams + ([odom] if odom else []))
-        executor = SingleThreadedExecutor(context=context)  # inference runs on the node's own worker thread
-        for node in nodes:
-            executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, name="replay_executor", daemon=True)
-        spinner.start()
-        cloud_topic = f"{occupancy.get_fully_qualified_name()}/cloud"
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and recorder.count_publishers(cloud_topic) == 0:
-            time.sleep(0.02)
-        if not player.wait_for_subscribers(streams, timeout_s=10.0) or not recorder.count_publishers(
-            cloud_topic
-        ):
-            raise ReplayError(
-                "the player, occupancy node and recorder did not discover each other within 10 s"
-            )
-        start = time.monotonic()
-        playing = player.start()
-        with tqdm(total=left_count, desc=f"replay {Path(bag).name} {backend}", disable=not progress) as bar:
-            while playing.is_alive():
-                playing.join(0.2)
-                bar.update(player.stats.published.get(topics.left_image, 0) - bar.n)
-        if player.error is not None:
-            raise ReplayError(f"{bag}: playback failed: {player.error}")
-        # Let the node finish: until every published pair has a cloud, or none came for settle_s.
-        published = player.stats.published.get(topics.left_image, 0)
-        last = (len(rec.clouds), time.monotonic())
-        while len(rec.clouds) < published and time.monotonic() - last[1] < settle_s:
-            time.sleep(0.02)
-            if len(rec.clouds) != last[0]:
-                last = (len(rec.clouds), time.monotonic())
-        end = max((t for t, _ in rec.clouds.values()), default=time.monotonic())
-        time.sleep(0.1)  # the worker counts a frame just after publishing its cloud
-        occupancy.publish_diagnostics()
-        time.sleep(0.2)
-        diagnostics = rec.diagnostics or {kv.key: kv.value for kv in occupancy.diagnostic_status().values}
+        graph.play(left_count, backend, progress)
+        graph.settle(settle_s)
+        diagnostics = graph.node_diagnostics()
         for why, count in skipped.items():
             diagnostics[f"ground truth frames skipped ({why})"] = str(count)
-        for key, window in sorted(
-            occupancy.tracer.summaries(exact=True).items()
-        ):  # the node's own stage timing
-            if key.startswith("stage."):
-                diagnostics[f"{key} p50 / p99 [ms]"] = f"{window.p50:.1f} / {window.p99:.1f}"
-        config, camera_to_base = occupancy.config, occupancy.last_camera_to_base
-        used = occupancy.backend_in_use
-        label = backend if used == backend else f"{used} (fallback)"
-    finally:
-        if executor is not None:
-            executor.shutdown(timeout_sec=5.0)
-        for node in nodes:
-            node.destroy_node()
-        context.try_shutdown()
-    if not rec.clouds or camera_to_base is None:
+        used = graph.occupancy.backend_in_use
+        camera_to_base = graph.occupancy.last_camera_to_base
+    if not graph.recording.clouds or camera_to_base is None:
         raise ReplayError(f"{bag}: the occupancy node published no cloud (diagnostics: {diagnostics})")
-
-    base_to_optical = np.linalg.inv(camera_to_base)
-    if not truth:  # no depth in the bag: every left image is a frame, scored for latency and drops only
-        return _unscored_result(bag, label, rec, left_stamps(bag, topics.left_image), start, end, diagnostics)
-    frames = []
-    example = None
-    mid = sorted(truth)[len(truth) // 2]
-    for stamp, gt in sorted(truth.items()):
-        frame = _recorded_frame(rec, stamp, int(gt.voxels.sum()))
-        if not frame.dropped:
-            points = rec.clouds[stamp][1]
-            predicted = points_to_voxels(transform_points(points, base_to_optical), config.grid)
-            frame.score = score_bag_frame(predicted, gt, config.grid)
-            if stamp == mid:
-                example = (predicted, gt.voxels)
-        frames.append(frame)
-    return RunResult(
-        label=label,
-        mode="replay",
+    run = ReplayRun(
         bag=str(bag),
-        frames=frames,
-        wall_s=end - start,
-        bag_duration_s=image_stamp_span_s(truth),
+        label=backend if used == backend else f"{used} (fallback)",
+        grid=grid,
+        camera_to_base=camera_to_base,
+        start_s=graph.start_s,
+        end_s=graph.end_s,
         pairs_in_bag=left_count,
         diagnostics=diagnostics,
-        example=example,
     )
-
-
-def _recorded_frame(rec: ReplayRecording, stamp: int, gt_voxels: int) -> BagFrame:
-    """The frame of one left image as recorded: its voxel count (one cloud point per occupied voxel) and its
-    latency, image on the graph -> cloud received; dropped when no cloud came."""
-    frame = BagFrame(stamp, gt_voxels)
-    if stamp in rec.clouds:
-        received, points = rec.clouds[stamp]
-        frame.predicted_voxels = len(points)
-        if stamp in rec.image_seen:
-            frame.latency_ms = (received - rec.image_seen[stamp]) * 1e3
-    return frame
-
-
-def left_stamps(bag: str | os.PathLike, left_topic: str) -> list[int]:
-    """Header stamps [ns] of the bag's left images, read from the raw CDR (no image is deserialized)."""
-    from stereovoxel_ros.bags.bag_reader import BagReader
-    from stereovoxel_ros.tracing import cdr_header_stamp_ns
-
-    with BagReader(bag) as reader:
-        return sorted({cdr_header_stamp_ns(raw) for _, _, _, raw in reader.raw_messages([left_topic])})
-
-
-def _unscored_result(
-    bag: str | os.PathLike,
-    label: str,
-    rec: ReplayRecording,
-    stamps: list[int],
-    start: float,
-    end: float,
-    diagnostics: dict[str, str],
-) -> RunResult:
-    """A run on a bag without ground truth: drops and latency per left image; the scores stay unavailable."""
-    frames = [_recorded_frame(rec, stamp, 0) for stamp in stamps]
-    return RunResult(
-        label=label,
-        mode="replay",
-        bag=str(bag),
-        frames=frames,
-        wall_s=end - start,
-        bag_duration_s=image_stamp_span_s(stamps),
-        pairs_in_bag=len(stamps),
-        diagnostics=diagnostics,
-        ground_truth=False,
-    )
+    stamps = None if truth else left_stamps(bag, found.left_image)
+    return score_recording(graph.recording, run, truth, stamps)
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
@@ -322,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
 
             if parameters:
                 raise ReplayError("-p applies to the live node only, not to --offline")
+            set_torch_threads({"offline replay": 1})  # process-wide, once
             results, report = evaluate_bags_offline(
                 args.bags, args.backend, args.checkpoint, out, topic_options=topics
             )

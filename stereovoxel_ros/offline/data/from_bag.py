@@ -17,6 +17,7 @@ from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.jackal import JackalTopics
 from stereovoxel_ros.offline.data.dataset_format import DatasetManifest, DatasetWriter, StereoSample
 from stereovoxel_ros.stereo_camera import StereoCameraModel
+from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
 from stereovoxel_ros.voxel_grid import depth_to_voxels, points_to_voxels, transform_points
 
 
@@ -158,20 +159,13 @@ _MAX_PENDING = 100  # stereo pairs waiting for their truth message
 _MAX_TRUTH = 200  # truth messages kept for matching
 
 
-def transform_to_matrix(transform: Any) -> np.ndarray:
-    """4x4 of a ``geometry_msgs/Transform`` (translation + unit quaternion)."""
+def transform_to_matrix(transform: Any, what: str = "transform") -> np.ndarray:
+    """4x4 of a ``geometry_msgs/Transform``; BagExtractError naming ``what`` if it is not a rigid transform."""
     q, t = transform.rotation, transform.translation
-    x, y, z, w = (float(v) for v in (q.x, q.y, q.z, q.w))
-    n = math.sqrt(x * x + y * y + z * z + w * w) or 1.0
-    x, y, z, w = x / n, y / n, z / n, w / n
-    m = np.eye(4)
-    m[:3, :3] = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ]
-    m[:3, 3] = (float(t.x), float(t.y), float(t.z))
-    return m
+    try:
+        return rigid_transform_from_pose((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+    except TransformError as err:
+        raise BagExtractError(f"{what}: {err}") from err
 
 
 def static_transform_tree(bag: Any) -> dict[str, tuple[str, np.ndarray]]:
@@ -185,7 +179,9 @@ def static_transform_tree(bag: Any) -> dict[str, tuple[str, np.ndarray]]:
             for tf in msg.transforms:
                 tree[str(tf.child_frame_id).lstrip("/")] = (
                     str(tf.header.frame_id).lstrip("/"),
-                    transform_to_matrix(tf.transform),
+                    transform_to_matrix(
+                        tf.transform, f"tf_static {tf.header.frame_id} <- {tf.child_frame_id}"
+                    ),
                 )
     return tree
 

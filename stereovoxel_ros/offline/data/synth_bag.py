@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 
 from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_FRAME, ODOM_FRAME, RIGHT_CAMERA_FRAME, JackalTopics
 from stereovoxel_ros.offline.data.synth_world import SynthConfig, SynthFrame, generate_sequence
+from stereovoxel_ros.transforms import quaternion_from_matrix
 from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -31,28 +31,6 @@ class SyntheticBagSummary:
     topics: dict[str, str]  # topic -> message type
     start_ns: int
     end_ns: int
-
-
-def quaternion_from_matrix(rot: np.ndarray) -> tuple[float, float, float, float]:
-    """(x, y, z, w) unit quaternion of a 3x3 rotation matrix (Shepperd's method, w >= 0)."""
-    m = np.asarray(rot, dtype=np.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s)
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = (0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s)
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = ((m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s)
-    else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = ((m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s)
-    q_arr = np.asarray(q) / np.linalg.norm(q)
-    if q_arr[3] < 0:
-        q_arr = -q_arr
-    return tuple(float(v) for v in q_arr)  # type: ignore[return-value]
 
 
 def _transform_fields(matrix: np.ndarray) -> dict[str, Any]:

@@ -187,9 +187,7 @@ def run_dvfs(args: argparse.Namespace) -> int:
                 f"--frames must be >= 1 and --target-ms >= 0, got {args.frames}, {args.target_ms}"
             )
         frames = load_frames(args.dataset, 4)
-        predictor = make_predictor(
-            "stereovoxelnet", args.checkpoint, frames.grid, pruning=True, num_threads=1
-        )
+        predictor = make_predictor("stereovoxelnet", args.checkpoint, frames.grid, pruning=True)
         levels = frequency_levels(args.levels)
         with _one_thread():
             result = measure(predictor, frames, levels, args.frames, args.target_ms or None)

@@ -240,6 +240,7 @@ def register(subparsers, name: str, help: str) -> None:
         help="weight of the false-stop frame share in the objective",
     )
     p.add_argument("--limit", type=int, default=None, help="at most this many frames per dataset")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (set once for the process)")
     scoring_arguments(p)
     p.set_defaults(func=run_calibrate)
 
@@ -247,10 +248,13 @@ def register(subparsers, name: str, help: str) -> None:
 def run_calibrate(args) -> int:
     import sys
 
+    import torch
+
     from stereovoxel_ros.occupancy_predictor import PredictorError
     from stereovoxel_ros.offline.data.dataset_format import DatasetError
     from stereovoxel_ros.offline.eval.commands import scoring_config
 
+    torch.set_num_threads(max(1, args.threads))
     try:
         result = calibrate(
             args.checkpoint,

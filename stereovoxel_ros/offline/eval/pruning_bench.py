@@ -60,9 +60,7 @@ def pruning_variants(
     from stereovoxel_ros.occupancy_predictor import make_predictor
 
     def load(path: str) -> Any:
-        return make_predictor(
-            "stereovoxelnet", path, grid, threshold=threshold, pruning=True, num_threads=None
-        )
+        return make_predictor("stereovoxelnet", path, grid, threshold=threshold, pruning=True)
 
     out = [Variant("dense", 0.0, dense)]
     if all_in_one:
