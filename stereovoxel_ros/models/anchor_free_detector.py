@@ -33,6 +33,10 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 _MAX_LOG_DISTANCE = 8.0  # exp clamp of the box head (distances <= e^8 * stride px)
 
 
+CHECKPOINT_FORMAT = "patch-detector-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
 class PatchDetectorError(ValueError):
     """Bad detector input, configuration or checkpoint."""
 
@@ -361,38 +365,27 @@ def default_detector_checkpoint() -> Path:
 def save_detector(
     path: str | os.PathLike, model: AnchorFreeDetector, meta: dict[str, Any] | None = None
 ) -> None:
-    """Write ``{"config", "state_dict", "meta"}`` atomically."""
-    from stereovoxel_ros.atomic_file import atomic_write
+    """Write ``{"format", "version", "config", "state_dict", "meta"}`` atomically."""
+    from stereovoxel_ros.models.checkpoint_files import write_checkpoint_file
 
-    payload = {
+    body = {
         "config": asdict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         # plain JSON types only, so ``torch.load(weights_only=True)`` can read it back
         "meta": json.loads(json.dumps(dict(meta or {}), default=str)),
     }
-    with atomic_write(path, "wb") as handle:
-        torch.save(payload, handle)
-    os.chmod(path, 0o644)  # readable by the node's user (the temporary file was 0600)
+    write_checkpoint_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, body)
 
 
 def load_detector(path: str | os.PathLike) -> tuple[AnchorFreeDetector, DetectorConfig, dict[str, Any]]:
     """Load a detector checkpoint -> (model in eval mode, config, meta); clear errors on bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise PatchDetectorError(f"detector checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        from stereovoxel_ros.models.torch_files import describe_load_error
+    from stereovoxel_ros.models.checkpoint_files import CheckpointFileError, read_checkpoint_file
 
-        raise PatchDetectorError(
-            f"detector checkpoint {path} cannot be read: {describe_load_error(path, exc)}"
-        ) from exc
-    if not isinstance(payload, dict) or not {"config", "state_dict"} <= set(payload):
-        keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-        raise PatchDetectorError(
-            f"{path} is not a detector checkpoint (needs 'config' and 'state_dict'; got {keys})"
-        )
+    try:  # files from before the format had a name: config + state_dict, read as version 1
+        payload = read_checkpoint_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "detector checkpoint",
+                                       legacy_keys=frozenset({"config", "state_dict"}))  # fmt: skip
+    except CheckpointFileError as err:
+        raise PatchDetectorError(str(err)) from err
     config = DetectorConfig.from_dict(payload["config"])
     model = AnchorFreeDetector(config)
     try:

@@ -94,37 +94,27 @@ def create_stereo_depth_net(name: str = "stereo_depth_net", **overrides) -> Ster
 
 
 def save_depth_checkpoint(path: str | Path, model: StereoDepthNet, meta: dict | None = None, **state) -> None:
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.models.checkpoint_files import write_checkpoint_file
 
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
+    body = {
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta or {},
         "training_state": state,
     }
-    with atomic_write(path, "wb") as handle:
-        torch.save(payload, handle)
+    write_checkpoint_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, body)
 
 
 def load_depth_checkpoint(path: str | Path) -> tuple[StereoDepthNet, dict]:
     """The model (eval mode) and its metadata; a wrong format or version raises StereoDepthNetError."""
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        from stereovoxel_ros.models.torch_files import describe_load_error
+    from stereovoxel_ros.models.checkpoint_files import CheckpointFileError, read_checkpoint_file
 
-        raise StereoDepthNetError(
-            f"depth-network checkpoint {path}: {describe_load_error(path, err)}"
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise StereoDepthNetError(f"{path} is not a stereo depth network checkpoint")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise StereoDepthNetError(
-            f"{path} has version {payload.get('version')}, expected {CHECKPOINT_VERSION}"
+    try:
+        payload = read_checkpoint_file(
+            path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "depth-network checkpoint"
         )
+    except CheckpointFileError as err:
+        raise StereoDepthNetError(str(err)) from err
     model = StereoDepthNet(StereoDepthNetConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     return model.eval(), dict(payload.get("meta", {}))

@@ -411,32 +411,23 @@ def save_checkpoint(
     path: str | Path, model: StereoVoxelNet, variant: str, meta: dict | None = None, **state
 ) -> None:
     """Write a checkpoint atomically."""
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.models.checkpoint_files import write_checkpoint_file
 
-    with atomic_write(path, "wb") as handle:
-        torch.save(checkpoint_payload(model, variant, meta, **state), handle)
+    body = checkpoint_payload(model, variant, meta, **state)
+    write_checkpoint_file(path, body.pop("format"), body.pop("version"), body)
 
 
 def load_checkpoint(path: str | Path, grid: VoxelGridSpec | None = None) -> Checkpoint:
     """Load a checkpoint; a wrong format, version or grid raises StereoVoxelNetError naming it."""
+    from stereovoxel_ros.models.checkpoint_files import CheckpointFileError, read_checkpoint_file
+
     path = Path(path)
-    if not path.is_file():
-        raise StereoVoxelNetError(f"checkpoint not found: {path}")
     try:
-        from torch.torch_version import TorchVersion
-
-        with torch.serialization.safe_globals([TorchVersion]):
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt file
-        from stereovoxel_ros.models.torch_files import describe_load_error
-
-        raise StereoVoxelNetError(f"checkpoint {path}: {describe_load_error(path, err)}") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise StereoVoxelNetError(f"{path} is not a StereoVoxelNet checkpoint (format {CHECKPOINT_FORMAT!r})")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise StereoVoxelNetError(
-            f"checkpoint {path} has version {payload.get('version')}, this code reads version {CHECKPOINT_VERSION}"
+        payload = read_checkpoint_file(
+            path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "StereoVoxelNet checkpoint"
         )
+    except CheckpointFileError as err:
+        raise StereoVoxelNetError(str(err)) from err
     try:
         ckpt_grid = VoxelGridSpec.from_dict(payload["grid"])
         config = StereoVoxelNetConfig.from_dict(payload["config"])

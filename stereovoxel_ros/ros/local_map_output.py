@@ -219,7 +219,7 @@ class TfOdometry:
     def base_to_odom(self, stamp_ns: int) -> np.ndarray:
         import rclpy
 
-        from stereovoxel_ros.ros.occupancy_node import FrameError
+        from stereovoxel_ros.ros.camera_extrinsics import FrameError
         from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
 
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -13,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
@@ -33,6 +31,8 @@ from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
 from stereovoxel_ros.obstacle_grid import grid_window, observable_cells, obstacle_cells  # noqa: F401 (re-exported)
 from stereovoxel_ros.occupancy_predictor import BACKENDS
+from stereovoxel_ros.occupancy_stats import STALL_WINDOW_S, OccupancyStats
+from stereovoxel_ros.ros.camera_extrinsics import FrameError, ParameterExtrinsics, TfExtrinsics, tf2_available
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.local_map_output import (
     LOCAL_MAP_PARAMETERS,
@@ -51,11 +51,10 @@ from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
 from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
 from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
 from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
-from stereovoxel_ros.tracing import RollingWindow, StageTracer
+from stereovoxel_ros.tracing import StageTracer
 from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
 from stereovoxel_ros.voxel_grid import (
     occupied_voxel_centers,
-    optical_to_base_transform,
     transform_points,
 )
 
@@ -306,137 +305,6 @@ def parse_pruning(value: Any, bad: Any = None) -> tuple[str, float | None]:
     if not 0.0 <= ratio < 1.0:  # also refuses NaN
         raise error(why)
     return "fixed", ratio
-
-
-class FrameError(RuntimeError):
-    """One stereo frame could not be turned into occupancy (the node counts it and goes on)."""
-
-
-STALL_WINDOW_S = 3.0  # pairs within this window [s] but no output for as long: "no occupancy published"
-
-
-class OccupancyStats:
-    """Thread-safe counters and recent latencies the node reports in /diagnostics."""
-
-    def __init__(self, window: int = 200) -> None:
-        self._lock = threading.Lock()
-        self.pairs = 0  # complete stereo pairs from the synchronizer
-        self.processed = 0  # pairs turned into published occupancy
-        self.dropped_newest = 0  # pairs replaced by a newer one before inference got to them
-        self.input_errors = 0
-        self.errors_since_report = 0
-        self.last_input_error = ""
-        self.processing_ms = RollingWindow(window)  # pair complete -> published [ms], wall clock
-        self.stamp_latency_ms = RollingWindow(window)  # node clock at publish - image stamp [ms]
-        self.published_at: deque[float] = deque(maxlen=window)  # monotonic publish times [s]
-        self.paired_at: deque[float] = deque(maxlen=window)  # monotonic times pairs completed [s]
-
-    def add_pair(self, replaced_unprocessed: bool) -> None:
-        with self._lock:
-            self.pairs += 1
-            self.paired_at.append(time.monotonic())
-            self.dropped_newest += int(replaced_unprocessed)
-
-    def add_error(self, message: str) -> None:
-        with self._lock:
-            self.input_errors += 1
-            self.errors_since_report += 1
-            self.last_input_error = message
-
-    def add_published(self, processing_ms: float, stamp_latency_ms: float) -> None:
-        with self._lock:
-            self.processed += 1
-            self.processing_ms.add(processing_ms)
-            self.stamp_latency_ms.add(stamp_latency_ms)
-            self.published_at.append(time.monotonic())
-
-    def report(self) -> dict[str, Any]:
-        """A snapshot for diagnostics; resets the errors-since-last-report counter."""
-        with self._lock:
-            now = time.monotonic()
-            recent = [t for t in self.published_at if now - t <= 5.0]
-            rate = (
-                (len(recent) - 1) / (recent[-1] - recent[0])
-                if len(recent) > 2 and recent[-1] > recent[0]
-                else 0.0
-            )
-            proc = self.processing_ms.quantiles((0.5, 0.99))
-            stamp = self.stamp_latency_ms.quantiles((0.5, 0.99))
-            snapshot = {
-                "rate_hz": rate,
-                "seconds_since_output": now - self.published_at[-1] if self.published_at else math.inf,
-                "processing_ms_median": proc[0],
-                "processing_ms_p99": proc[1],
-                "latency_ms_median": stamp[0],
-                "latency_ms_p99": stamp[1],
-                "pairs": self.pairs,
-                "pairs_recent": sum(1 for t in self.paired_at if now - t <= STALL_WINDOW_S),
-                "processed": self.processed,
-                "dropped_newest": self.dropped_newest,
-                "input_errors": self.input_errors,
-                "errors_since_report": self.errors_since_report,
-                "last_input_error": self.last_input_error,
-            }
-            self.errors_since_report = 0
-            return snapshot
-
-
-class ParameterExtrinsics:
-    """Camera->base transform from the camera_height / camera_pitch / camera_forward parameters."""
-
-    source = "parameters"
-
-    def __init__(self, height_m: float, pitch_rad: float, forward_m: float) -> None:
-        self.update(height_m, pitch_rad, forward_m)
-
-    def update(self, height_m: float, pitch_rad: float, forward_m: float) -> None:
-        values = (height_m, pitch_rad, forward_m)
-        if not all(math.isfinite(v) for v in values):
-            raise FrameError(
-                f"camera extrinsics are not finite: height {height_m}, pitch {pitch_rad}, forward {forward_m}"
-            )
-        self.values = values
-        self._transform = optical_to_base_transform(height_m, pitch=pitch_rad, forward=forward_m)
-
-    def describe(self) -> str:
-        h, p, f = self.values
-        return f"parameters camera_height={h} m, camera_pitch={p} rad, camera_forward={f} m"
-
-    def camera_to_base(self, camera_frame: str) -> np.ndarray:
-        return self._transform
-
-
-class TfExtrinsics:
-    """Camera->base transform looked up in tf2 (the robot's URDF), latest available (a fixed mount)."""
-
-    source = "tf"
-
-    def __init__(self, node: LifecycleNode, base_frame: str) -> None:
-        import tf2_ros  # only on a full ROS install; the caller checks
-
-        self._base_frame = base_frame
-        self._buffer = tf2_ros.Buffer()
-        self._listener = tf2_ros.TransformListener(self._buffer, node)
-
-    def describe(self) -> str:
-        return f"tf2 ({self._base_frame} <- image frame_id)"
-
-    def camera_to_base(self, camera_frame: str) -> np.ndarray:
-        try:
-            tf = self._buffer.lookup_transform(self._base_frame, camera_frame, rclpy.time.Time()).transform
-        except Exception as err:  # tf2 raises several unrelated exception types
-            raise FrameError(f"no transform {self._base_frame} <- {camera_frame!r} in tf2: {err}") from err
-        t, q = tf.translation, tf.rotation
-        return rigid_transform_from_pose((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
-
-
-def tf2_available() -> bool:
-    """Whether ``tf2_ros`` imports (a full ROS install; not in the PyPI wheels)."""
-    try:
-        import tf2_ros  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def voxel_markers(points: np.ndarray, header: Any, voxel_size_m: float, namespace: str) -> MarkerArray:
