@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +73,7 @@ from stereovoxel_ros.patch_neutralization import (
     row_fill_regions,
     stem_receptive_radius,
 )
+from stereovoxel_ros.patch_region_model import region_features
 from stereovoxel_ros.patch_regions import (
     anomaly_statistics,
     cells_to_image_box,
@@ -80,10 +82,13 @@ from stereovoxel_ros.patch_regions import (
     colour_steps,
     find_candidate_regions,
     fit_patch_box,
+    fit_patch_box_multiscale,
     grow_box,
     grow_cells,
     importance_map,
     open_anomaly_map,
+    probability_box,
+    refine_box_edges,
     shrink_to_anomaly_mass,
     texture_density,
     texture_pixels,
@@ -99,6 +104,7 @@ class PatchDefendedDetector:
         model: AnchorFreeDetector,
         config: DetectorConfig | None = None,
         defense_config: PatchDefenseConfig | None = None,
+        region_model: Any | None = None,
     ) -> None:
         if not isinstance(model, AnchorFreeDetector) and not hasattr(model, "stem_features"):
             raise PatchDefenseError(f"model must be an AnchorFreeDetector, got {type(model).__name__}")
@@ -106,6 +112,9 @@ class PatchDefendedDetector:
         self.config = config or model.config
         self.defense = defense_config or PatchDefenseConfig()
         self.cache = TemporalDefenseCache(self.defense)
+        self.region_model = region_model
+        if self.defense.region_detector == "learned" and region_model is None:
+            self.region_model = _shipped_region_model()
         # filled regions re-run the stem only around themselves (exact, see restem_regions)
         self.stem_radius = stem_receptive_radius(self.model)
 
@@ -128,18 +137,48 @@ class PatchDefendedDetector:
             heads = self.model(x)
         return self._decode(heads, (image.shape[1], image.shape[0]))
 
-    def _fit(self, image: np.ndarray, around: tuple[float, float, float, float]) -> tuple[float, ...] | None:
-        """``fit_patch_box`` in the search window around ``around`` (xyxy [px])."""
+    def _importance(
+        self, image: np.ndarray, shallow: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor]
+    ) -> np.ndarray:
+        """The (h, w) map the window search runs on: the activation anomaly x texture share (``texture``), or
+        the learned region detector's patch probability per cell (``learned``)."""
         d = self.defense
-        window = grow_box(around, d.region_margin, d.fit_margin_px, (image.shape[1], image.shape[0]))
-        return fit_patch_box(
+        stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
+        if d.region_detector == "learned":
+            median, scale = statistics
+            z = (shallow.detach() - median) / scale
+            with torch.no_grad():
+                logits = self.region_model(region_features(z, image, self.region_model.config))
+            return torch.sigmoid(logits)[0, 0].numpy().astype(np.float64)
+        density = texture_density(image, stem_shape, d.texture_threshold, d.texture_scales)
+        return importance_map(shallow, statistics) * density
+
+    def _fit(
+        self, image: np.ndarray, around: tuple[float, float, float, float], follow: bool = False
+    ) -> tuple[float, ...] | None:
+        """The patch box in the search window around ``around`` (xyxy [px]): the texture fit
+        (``fit_patch_box_multiscale``); where it finds none and the region detector is learned, the blob of the
+        learned probability map in the window (``follow``: the box itself) moved onto the pixel edges."""
+        d = self.defense
+        size = (image.shape[1], image.shape[0])
+        window = grow_box(around, d.region_margin, d.fit_margin_px, size)
+        box = fit_patch_box_multiscale(
             image,
             window,
             d.texture_threshold,
             d.texture_fraction,
+            d.texture_scales,
             edge_fraction=d.edge_fraction,
             edge_trim_px=d.edge_trim_px,
         )
+        if box is not None or d.region_detector != "learned":
+            return box
+        if follow:
+            return refine_box_edges(image, around, STEM_STRIDE + 1)
+        prob = self.cache.importance
+        if prob is None:
+            return None
+        return probability_box(image, prob, window, d.region_probability)
 
     def _neutralized_stem(
         self,
@@ -260,7 +299,7 @@ class PatchDefendedDetector:
         """The confirmed regions of the last analysis, re-fitted on ``image`` (those whose patch is still there)."""
         kept = []
         for old in self.cache.regions:
-            box = self._fit(image, old.box) if old.box is not None else None
+            box = self._fit(image, old.box, follow=True) if old.box is not None else None
             if box is not None:
                 kept.append(replace(old, box=box))
         return kept
@@ -339,17 +378,14 @@ class PatchDefendedDetector:
                 if self.cache.statistics is None or not d.temporal_reuse or stale:
                     self.cache.statistics = anomaly_statistics(shallow)
                     self.cache.statistics_frame = now
-                density = texture_density(image, stem_shape, d.texture_threshold)
-                self.cache.importance = importance_map(shallow, self.cache.statistics) * density
+                self.cache.importance = self._importance(image, shallow, self.cache.statistics)
         elif not reused:
             with timer("importance"):
                 cache_imp, stats = self.cache.importance, self.cache.statistics
                 assert cache_imp is not None and stats is not None
                 # the whole map is cheaper than a call per changed block (one tensor op, 0.03 ms); only the
                 # changed blocks take the new values, the others keep those of the frame they were analysed on
-                fresh = importance_map(shallow, stats) * texture_density(
-                    image, stem_shape, d.texture_threshold
-                )
+                fresh = self._importance(image, shallow, stats)
                 s = d.block_size // STEM_STRIDE
                 cells = np.kron(changed, np.ones((s, s), bool))[: stem_shape[0], : stem_shape[1]]
                 cache_imp[cells] = fresh[cells]
@@ -369,7 +405,10 @@ class PatchDefendedDetector:
         else:
             with timer("region_search"):
                 assert self.cache.importance is not None
-                candidates = find_candidate_regions(self.cache.importance, d)
+                search = d
+                if d.region_detector == "learned":
+                    search = replace(d, concentration_threshold=d.learned_concentration)
+                candidates = find_candidate_regions(self.cache.importance, search)
             with timer("robustness_check"):
                 to_check = []
                 for cand in candidates:
@@ -426,6 +465,23 @@ class PatchDefendedDetector:
             blocks_recomputed=int(changed.sum()),
             blocks_total=int(changed.size),
         )
+
+
+def _shipped_region_model() -> Any:
+    """The shipped learned region detector, or PatchDefenseError when it is missing or unreadable."""
+    from stereovoxel_ros.patch_region_model import (
+        PatchRegionModelError,
+        default_region_model_checkpoint,
+        load_region_model,
+    )
+
+    try:
+        return load_region_model(default_region_model_checkpoint())[0]
+    except PatchRegionModelError as err:
+        raise PatchDefenseError(
+            f"region_detector 'learned' needs a region model: {err} (train one with `stereovoxel detector "
+            "train-regions`, or set region_detector: texture)"
+        ) from err
 
 
 def _attribute_to_nearest(candidates: list[CandidateRegion]) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from stereovoxel_ros.models.anchor_free_detector import Detections
 
 NEUTRALIZE_MODES = ("row_fill", "inpaint")
+REGION_DETECTORS = ("learned", "texture")
 STEM_STRIDE = 4  # stem_features map is at 1/4 of the network input
 CROP_ALIGN = 8  # [px of the network input] crops of the check pass start on the heads' grid (side: 32 px)
 CHANGE_SUBSAMPLE = 2  # the change test compares every 2nd pixel of every 2nd row (a quarter of the work)
@@ -33,6 +34,12 @@ class PatchDefenseConfig:
     opening_cells: int = 2  # morphological opening of the importance map [cells]: removes thin edge lines
     tighten: float = 0.0  # > 0: shrink each window to its blob, cells >= ring + tighten x (peak - ring)
     texture_threshold: float = 24.0  # [DN] colour step to a neighbour that counts as a texture edge
+    region_detector: str = (
+        "texture"  # texture: anomaly x texture share; learned: the region net's probability
+    )
+    learned_concentration: float = 0.3  # learned: window mean probability - ring mean that makes a candidate
+    region_probability: float = 0.5  # learned: cells at or above this probability form a patch's box
+    texture_scales: tuple[int, ...] = (1,)  # image shrink factors the texture cue and the texture fit look at
     texture_fraction: float = 0.3  # share of 2D-textured pixels in a row / column of a patch (edge fit)
     edge_fraction: float = 0.7  # an outer row (column) of the fit stays when this share steps along it ...
     edge_trim_px: int = 3  # ... else it is trimmed, up to this many px per side
@@ -56,12 +63,20 @@ class PatchDefenseConfig:
         def bad(name: str, why: str) -> PatchDefenseError:
             return PatchDefenseError(f"PatchDefenseConfig.{name} = {getattr(self, name)!r}: {why}")
 
+        if self.region_detector not in REGION_DETECTORS:
+            raise bad("region_detector", f"must be one of {REGION_DETECTORS}")
         if self.neutralize not in NEUTRALIZE_MODES:
             raise bad("neutralize", f"must be one of {NEUTRALIZE_MODES}")
+        if not self.texture_scales or not all(
+            isinstance(k, int) and 1 <= k <= 16 for k in self.texture_scales
+        ):
+            raise bad("texture_scales", "must be a non-empty list of integers in [1, 16]")
         if not self.window_cells or not all(isinstance(k, int) and k >= 1 for k in self.window_cells):
             raise bad("window_cells", "must be a non-empty list of positive integers")
         for name, low, high in (
             ("recovery_threshold", 0.0, 1.0),
+            ("learned_concentration", 0.0, 1.0),
+            ("region_probability", 0.0, 1.0),
             ("min_recovered_score", 0.0, 1.0),
             ("texture_fraction", 0.0, 1.0),
             ("edge_fraction", 0.0, 1.0),

@@ -177,12 +177,35 @@ def texture_pixels(image_rgb: np.ndarray, threshold: float) -> np.ndarray:
     return vertical & horizontal
 
 
-def texture_density(image_rgb: np.ndarray, shape: tuple[int, int], threshold: float) -> np.ndarray:
-    """Share of ``texture_pixels`` per cell of a (h, w) = ``shape`` grid over the image (area average)."""
+def downsample(image_rgb: np.ndarray, scale: int) -> np.ndarray:
+    """``image_rgb`` shrunk by the integer ``scale`` (area average; ``scale`` 1: unchanged)."""
+    if scale <= 1:
+        return image_rgb
     import cv2
 
-    textured = texture_pixels(image_rgb, threshold).astype(np.float32)
-    return cv2.resize(textured, (shape[1], shape[0]), interpolation=cv2.INTER_AREA).astype(np.float64)
+    h, w = image_rgb.shape[:2]
+    return cv2.resize(image_rgb, (max(1, w // scale), max(1, h // scale)), interpolation=cv2.INTER_AREA)
+
+
+def texture_density(
+    image_rgb: np.ndarray, shape: tuple[int, int], threshold: float, scales: tuple[int, ...] = (1,)
+) -> np.ndarray:
+    """Share of ``texture_pixels`` per cell of a (h, w) = ``shape`` grid over the image (area average); with
+    several ``scales`` the largest share over the image shrunk by each scale (``downsample``). A patch of
+    coarse texels (a texel several px wide) is 2D texture only at a scale near its texel size."""
+    import cv2
+
+    out: np.ndarray | None = None
+    for scale in scales:
+        small = downsample(image_rgb, scale)
+        if min(small.shape[:2]) < 4:
+            continue
+        textured = texture_pixels(small, threshold).astype(np.float32)
+        density = cv2.resize(textured, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+        out = density if out is None else np.maximum(out, density)
+    if out is None:
+        raise PatchDefenseError(f"texture scales {scales} leave no image of at least 4 px")
+    return out.astype(np.float64)
 
 
 def _longest_run(flags: np.ndarray, gap: int = 1) -> tuple[int, int] | None:
@@ -265,3 +288,109 @@ def grow_box(
     x0, y0, x1, y1 = box
     gx, gy = (x1 - x0) * margin + pixels, (y1 - y0) * margin + pixels
     return (max(0.0, x0 - gx), max(0.0, y0 - gy), min(float(size[0]), x1 + gx), min(float(size[1]), y1 + gy))
+
+
+def refine_box_edges(
+    image_rgb: np.ndarray, box: tuple[float, float, float, float], reach: int
+) -> tuple[float, float, float, float]:
+    """A box fitted on a shrunk image, moved side by side onto the patch's pixel edge within ``reach`` px: the
+    outermost line across which the colour steps at least half as strongly as across the strongest line in
+    reach (mean over the side of the largest channel step). A patch's rim steps against the object along
+    its whole length; inside a coarse patch only some texel borders do."""
+    h, w = image_rgb.shape[:2]
+    x0, y0 = max(0, round(box[0])), max(0, round(box[1]))
+    x1, y1 = min(w, round(box[2])), min(h, round(box[3]))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return box
+    img = image_rgb.astype(np.int16)
+
+    def edge(lo: int, hi: int, steps: np.ndarray, outer_first: bool) -> int:
+        """The chosen line in [lo, hi] of ``steps`` (strength of the step *before* each index)."""
+        lo, hi = max(1, lo), min(len(steps) - 1, hi)
+        if hi < lo:
+            return lo
+        strength = steps[lo : hi + 1]
+        strong = np.nonzero(strength >= 0.5 * strength.max())[0]
+        if not strong.size or not strength.max() > 0:
+            return -1
+        return lo + int(strong[0] if outer_first else strong[-1])
+
+    for _ in range(2):
+        cols = np.abs(np.diff(img[y0:y1], axis=1)).max(axis=2).mean(axis=0)  # step between c and c + 1
+        col_steps = np.r_[0.0, cols]  # [c]: step between c - 1 and c
+        left = edge(x0 - reach, x0 + reach, col_steps, True)
+        right = edge(x1 - reach, x1 + reach, col_steps, False)
+        x0, x1 = (left if left >= 0 else x0), (right if right >= 0 else x1)
+        if x1 - x0 < 2:
+            return box
+        rows = np.abs(np.diff(img[:, x0:x1], axis=0)).max(axis=2).mean(axis=1)
+        row_steps = np.r_[0.0, rows]
+        top = edge(y0 - reach, y0 + reach, row_steps, True)
+        bottom = edge(y1 - reach, y1 + reach, row_steps, False)
+        y0, y1 = (top if top >= 0 else y0), (bottom if bottom >= 0 else y1)
+        if y1 - y0 < 2:
+            return box
+    return (float(x0), float(y0), float(x1), float(y1))
+
+
+def fit_patch_box_multiscale(
+    image_rgb: np.ndarray,
+    window: tuple[float, float, float, float],
+    threshold: float,
+    fraction: float,
+    scales: tuple[int, ...] = (1,),
+    edge_fraction: float = 0.7,
+    edge_trim_px: int = 3,
+    largest: bool = False,
+) -> tuple[float, float, float, float] | None:
+    """``fit_patch_box`` at every scale (on the image shrunk by it, the box then moved onto the pixel edges,
+    ``refine_box_edges``): the first scale that fits wins, or with ``largest`` the largest box over all scales."""
+    best: tuple[float, float, float, float] | None = None
+    for scale in scales:
+        if scale <= 1:
+            box = fit_patch_box(image_rgb, window, threshold, fraction, 4, edge_fraction, edge_trim_px)
+        else:
+            small = downsample(image_rgb, scale)
+            sx, sy = image_rgb.shape[1] / small.shape[1], image_rgb.shape[0] / small.shape[0]
+            win = (window[0] / sx, window[1] / sy, window[2] / sx, window[3] / sy)
+            found = fit_patch_box(small, win, threshold, fraction, 3, edge_fraction, 1)
+            box = None
+            if found is not None:
+                box = (found[0] * sx, found[1] * sy, found[2] * sx, found[3] * sy)
+                box = refine_box_edges(image_rgb, box, scale + 1)
+        if box is not None and (not largest or best is None or _area(box) > _area(best)):
+            best = box
+            if not largest:
+                break
+    return best
+
+
+def _area(box: tuple[float, float, float, float]) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def probability_box(
+    image_rgb: np.ndarray,
+    probability: np.ndarray,
+    window: tuple[float, float, float, float],
+    threshold: float,
+) -> tuple[float, float, float, float] | None:
+    """The patch box from a per-cell patch probability map (h, w) inside ``window`` (xyxy [px] of the image):
+    the 8-connected cells at or above ``threshold`` that hold the window's peak, as an image box moved onto the
+    patch's pixel edges (``refine_box_edges``, within one cell); None when no cell reaches ``threshold``."""
+    import cv2
+
+    h, w = probability.shape
+    sx, sy = image_rgb.shape[1] / w, image_rgb.shape[0] / h
+    cx0, cy0 = max(0, int(window[0] / sx)), max(0, int(window[1] / sy))
+    cx1, cy1 = min(w, math.ceil(window[2] / sx)), min(h, math.ceil(window[3] / sy))
+    if cx1 <= cx0 or cy1 <= cy0:
+        return None
+    part = np.asarray(probability[cy0:cy1, cx0:cx1], np.float32)
+    if not part.max() >= threshold:
+        return None
+    py, px = divmod(int(np.argmax(part)), part.shape[1])
+    _, labels = cv2.connectedComponents((part >= threshold).astype(np.uint8), connectivity=8)
+    ys, xs = np.nonzero(labels == labels[py, px])
+    box = ((cx0 + xs.min()) * sx, (cy0 + ys.min()) * sy, (cx0 + xs.max() + 1) * sx, (cy0 + ys.max() + 1) * sy)
+    return refine_box_edges(image_rgb, tuple(float(v) for v in box), math.ceil(max(sx, sy)) + 1)
