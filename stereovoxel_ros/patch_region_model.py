@@ -84,7 +84,13 @@ def region_features(z: torch.Tensor, image_rgb: np.ndarray, config: RegionModelC
         torch.from_numpy(texture_density(image_rgb, (h, w), config.texture_threshold, (s,))).float()
         for s in config.texture_scales
     ]
-    local = torch.cat([z.abs().clamp(max=20.0) / 5.0, torch.stack(tex)[None]], 1)
+    return region_inputs(z, torch.stack(tex)[None])
+
+
+def region_inputs(z: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
+    """(B, F, h, w) region-net inputs from stem z-scores ``z`` (B, C, h, w) and texture shares ``texture``
+    (B, S, h, w), one per texture scale; differentiable in both (the adaptive attack uses a soft texture)."""
+    local = torch.cat([z.abs().clamp(max=20.0) / 5.0, texture], 1)
     return torch.cat([local, F.avg_pool2d(local, 5, 1, 2, count_include_pad=False)], 1)
 
 
@@ -130,5 +136,6 @@ __all__ = [
     "default_region_model_checkpoint",
     "load_region_model",
     "region_features",
+    "region_inputs",
     "save_region_model",
 ]

@@ -169,10 +169,15 @@ def paste_patch(image: np.ndarray, patch: np.ndarray, box: np.ndarray) -> tuple[
 
 
 def _place(
-    images: torch.Tensor, patch: torch.Tensor, boxes: torch.Tensor, config: AttackConfig, gen: torch.Generator
-) -> torch.Tensor:
+    images: torch.Tensor,
+    patch: torch.Tensor,
+    boxes: torch.Tensor,
+    config: AttackConfig,
+    gen: torch.Generator,
+    with_mask: bool = False,
+) -> Any:
     """Differentiably paste ``patch`` (3, p, p) onto each image's target ``boxes`` (B, 4) [input px] with
-    random EOT transformations."""
+    random EOT transformations; with ``with_mask`` (patched images, (B, 1, h, w) patch coverage)."""
     b, _, h, w = images.shape
     u = lambda lo, hi: torch.rand(b, generator=gen) * (hi - lo) + lo  # noqa: E731
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
@@ -200,7 +205,8 @@ def _place(
         noisy.clamp(0, 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
     )
     mask = F.grid_sample(torch.ones(b, 1, *patch.shape[1:]), grid, mode="bilinear", align_corners=False)
-    return images * (1 - mask) + texture * mask
+    out = images * (1 - mask) + texture * mask
+    return (out, mask) if with_mask else out
 
 
 def _attack_loss(
