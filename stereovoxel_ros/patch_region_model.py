@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ def load_region_model(path: str | os.PathLike) -> tuple[PatchRegionNet, dict[str
         payload = torch.load(path, map_location="cpu", weights_only=True)
         model = PatchRegionNet(RegionModelConfig.from_dict(payload["config"]))
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ValueError, OSError) as exc:
+    except (KeyError, TypeError, RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise PatchRegionModelError(f"{path} is not a readable region-model checkpoint: {exc}") from exc
     return model.eval(), dict(payload.get("meta", {}))
 

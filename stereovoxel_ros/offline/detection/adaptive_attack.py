@@ -136,7 +136,7 @@ def optimize_adaptive_patch(
             opt.step()
             with torch.no_grad():
                 raw.clamp_(0, 1)
-            log.append({"hide": float(hide), "evade": float(evade), "filled_share": filled})
+            log.append({"hide": float(hide.detach()), "evade": float(evade.detach()), "filled_share": filled})
     finally:
         for param in model.parameters():
             param.requires_grad_(True)
