@@ -279,6 +279,9 @@ class PatchDefendedDetector:
             rise = after.scores - before.max(axis=1, initial=0.0)
             cand.recovery = float(rise[near].max()) if near.any() else 0.0
             back = near & (rise >= d.recovery_threshold) & (after.scores >= d.min_recovered_score)
+            # evidence: how concentrated the anomaly is x how much the object recovers; a real object's own
+            # texture can also hold its score down a little, a patch holds it down a lot and is far more anomalous
+            back &= cand.concentration * rise >= d.min_evidence
             cand.recovered = Detections(after.boxes[back], after.scores[back], after.labels[back])
         _attribute_to_nearest(fitted)
         whole = all(a is afters[0] for a in afters)  # one shared full-frame pass (not per-region crops)

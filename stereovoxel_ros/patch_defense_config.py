@@ -30,13 +30,12 @@ class PatchDefenseConfig:
     concentration_threshold: float = 1.0  # window mean importance - ring mean importance
     recovery_threshold: float = 0.15  # score rise of a re-emerging detection that confirms a patch
     min_recovered_score: float = 0.3  # ... and the least score it must reach
+    min_evidence: float = 1.2  # ... and concentration x score rise at least this (tuned, seeds 1007-1011)
     max_regions: int = 8  # candidate regions examined per frame
     opening_cells: int = 2  # morphological opening of the importance map [cells]: removes thin edge lines
     tighten: float = 0.0  # > 0: shrink each window to its blob, cells >= ring + tighten x (peak - ring)
     texture_threshold: float = 24.0  # [DN] colour step to a neighbour that counts as a texture edge
-    region_detector: str = (
-        "texture"  # texture: anomaly x texture share; learned: the region net's probability
-    )
+    region_detector: str = "texture"  # texture: anomaly x texture share; learned: region net probability
     learned_concentration: float = 0.3  # learned: window mean probability - ring mean that makes a candidate
     region_probability: float = 0.5  # learned: cells at or above this probability form a patch's box
     texture_scales: tuple[int, ...] = (1,)  # image shrink factors the texture cue and the texture fit look at
@@ -78,6 +77,7 @@ class PatchDefenseConfig:
             ("learned_concentration", 0.0, 1.0),
             ("region_probability", 0.0, 1.0),
             ("min_recovered_score", 0.0, 1.0),
+            ("min_evidence", 0.0, 100.0),
             ("texture_fraction", 0.0, 1.0),
             ("edge_fraction", 0.0, 1.0),
             ("score_threshold", 0.0, 1.0),

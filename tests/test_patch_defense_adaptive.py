@@ -26,7 +26,7 @@ from stereovoxel_ros.patch_region_model import (
     save_region_model,
 )
 from stereovoxel_ros.patch_regions import texture_density
-from tests.patch_defense_helpers import OBJECT_BOX, SIZE, CraftedPatchDetector, clean_frame
+from tests.patch_defense_helpers import OBJECT_BOX, SIZE, CraftedPatchDetector, clean_frame, patched_frame
 
 
 def _coarse_patch_frame(texel_px: int, seed: int = 0) -> np.ndarray:
@@ -117,3 +117,19 @@ def test_attacked_object_ap_scores_only_the_attacked_objects() -> None:
     names = ["person", "car", "box"]
     assert attacked_object_ap50([dets([1])], [(boxes, labels)], [target], names) == pytest.approx(0.0)
     assert attacked_object_ap50([dets([0, 1])], [(boxes, labels)], [target], names) == pytest.approx(1.0)
+
+
+def test_min_evidence_weighs_concentration_times_recovery() -> None:
+    model = CraftedPatchDetector()
+    found = PatchDefendedDetector(model, None, PatchDefenseConfig(temporal_reuse=False)).process(
+        patched_frame()
+    )
+    assert found.alert
+    cand = next(c for c in found.candidates if c.confirmed)
+    evidence = cand.concentration * cand.recovery
+    just_below = PatchDefenseConfig(temporal_reuse=False, min_evidence=0.99 * evidence)
+    above = PatchDefenseConfig(temporal_reuse=False, min_evidence=1.01 * evidence)
+    assert PatchDefendedDetector(model, None, just_below).process(patched_frame()).alert
+    assert not PatchDefendedDetector(model, None, above).process(patched_frame()).alert
+    with pytest.raises(PatchDefenseError, match="min_evidence"):
+        PatchDefenseConfig(min_evidence=-1.0)

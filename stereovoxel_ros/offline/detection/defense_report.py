@@ -44,10 +44,8 @@ def defense_configs() -> dict[str, Any]:
     from stereovoxel_ros.patch_defense import PatchDefenseConfig
 
     base = PatchDefenseConfig(temporal_reuse=False)
-    return {
-        "themis": base,
-        "themis_learned": replace(base, region_detector="learned", texture_scales=(1, 2, 4)),
-    }
+    learned = replace(base, region_detector="learned", texture_scales=(1, 2, 4), min_evidence=0.2)
+    return {"themis": base, "themis_learned": learned}
 
 
 def attacked_object_ap50(
@@ -130,12 +128,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def video_alerts(model: Any, seed: int, sets: int, frames: int, size: tuple[int, int]) -> dict[str, Any]:
-    """Clean videos (moving and static camera, ``sets`` seeds each) through each Themis variant with temporal
-    reuse: share of frames alerted and share of videos with any alert."""
+    """Clean videos through each Themis variant with temporal reuse: ``sets`` moving-robot sequences of the
+    test frames' kind of world (``render_synthetic_frames``, one world each) and ``sets`` static-camera videos
+    (``render_videos``); share of frames alerted and share of videos with any alert."""
     from stereovoxel_ros.offline.detection.defense_evaluation import render_videos
+    from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
     from stereovoxel_ros.patch_defense import PatchDefendedDetector
 
-    videos = [v for k in range(sets) for v in render_videos(seed + k, frames, size).values()]
+    moving = render_synthetic_frames(frames * sets, seed=seed, size=size, sequence_length=frames)
+    videos = [[{"image": f.image} for f in moving[k * frames : (k + 1) * frames]] for k in range(sets)]
+    videos += [render_videos(seed + k, frames, size)["static"] for k in range(sets)]
     out = {}
     for name, cfg in defense_configs().items():
         det = PatchDefendedDetector(model, None, replace(cfg, temporal_reuse=True))
