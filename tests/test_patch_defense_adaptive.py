@@ -133,3 +133,11 @@ def test_min_evidence_weighs_concentration_times_recovery() -> None:
     assert not PatchDefendedDetector(model, None, above).process(patched_frame()).alert
     with pytest.raises(PatchDefenseError, match="min_evidence"):
         PatchDefenseConfig(min_evidence=-1.0)
+
+
+def test_defense_report_bad_counts_are_one_line_errors(capsys) -> None:
+    from stereovoxel_ros.cli import main
+
+    assert main(["detector", "defense-report", "--test-sets", "0", "--out", "unused"]) == 2
+    out = capsys.readouterr().out
+    assert "must be positive" in out and "Traceback" not in out

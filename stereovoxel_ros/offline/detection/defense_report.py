@@ -367,7 +367,7 @@ def run_defense_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     full = {"command": "stereovoxel detector defense-report " + " ".join(
                 f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                for k, v in vars(args).items() if k not in ("func", "command", "detector_command") and v is not None),
+                for k, v in vars(args).items() if k not in ("func", "command", "detector_command", "argv") and v is not None),
             "checkpoint": str(ckpt), "defense_configs": {k: asdict(v) for k, v in configs.items()},
             "seeds": {"val": args.seed + 1000, "test": [args.seed + 2000 + 100 * k for k in range(args.test_sets)],
                       "videos": [args.seed + 3000 + k for k in range(args.video_sets)]},
