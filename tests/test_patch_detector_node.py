@@ -33,12 +33,13 @@ def test_parameters_validate_and_mirror_the_defense_defaults() -> None:
     defaults = PatchDefenseConfig()
     mirrored = config.defense_config()
     for name in ("refresh_interval", "change_threshold", "concentration_threshold", "recovery_threshold",
-                 "score_threshold", "neutralize", "temporal_reuse"):  # fmt: skip
+                 "min_evidence", "score_threshold", "neutralize", "temporal_reuse"):  # fmt: skip
         assert getattr(mirrored, name) == getattr(defaults, name), name
     for name, value, words in (
         ("neutralize", "blur", "must be one of"),
         ("refresh_interval", 0, "integer"),
         ("recovery_threshold", float("nan"), "finite"),
+        ("min_evidence", -1.0, "min_evidence"),
         ("image_topic", " ", "topic"),
         ("defense", "yes", "true or false"),
     ):

@@ -82,6 +82,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         _DEFAULTS.recovery_threshold,
         "score rise of a detection re-emerging when a candidate is neutralized that confirms a patch",
     ),
+    "min_evidence": (
+        _DEFAULTS.min_evidence,
+        "concentration x score rise a re-emerged detection needs to confirm a patch (fewer clean-frame alerts)",
+    ),
     "score_threshold": (_DEFAULTS.score_threshold, "lowest detection score published"),
     "torch_threads": (2, "CPU threads for inference"),
     "publish_annotated": (True, "publish ~/annotated (only drawn while someone subscribes)"),
@@ -103,6 +107,7 @@ class DetectorNodeConfig:
     change_threshold: float
     concentration_threshold: float
     recovery_threshold: float
+    min_evidence: float
     score_threshold: float
     torch_threads: int
     publish_annotated: bool
@@ -131,6 +136,7 @@ class DetectorNodeConfig:
             change_threshold=number("change_threshold", 0.0, 255.0),
             concentration_threshold=number("concentration_threshold", 0.0, 1e6),
             recovery_threshold=number("recovery_threshold", 0.0, 1.0),
+            min_evidence=number("min_evidence", 0.0, 100.0),
             score_threshold=number("score_threshold", 0.0, 1.0),
             torch_threads=integer("torch_threads", 1, 64),
             publish_annotated=flag("publish_annotated"),
@@ -147,6 +153,7 @@ class DetectorNodeConfig:
             change_threshold=self.change_threshold,
             concentration_threshold=self.concentration_threshold,
             recovery_threshold=self.recovery_threshold,
+            min_evidence=self.min_evidence,
             score_threshold=self.score_threshold,
         )
 

@@ -70,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     for module_name, register_name in (
         ("patch_attack", "register_attack"),
         ("defense_evaluation", "register_eval_defense"),
+        ("region_training", "register_train_regions"),
+        ("defense_report", "register_defense_report"),
     ):
         try:
             module = importlib.import_module(f"stereovoxel_ros.offline.detection.{module_name}")

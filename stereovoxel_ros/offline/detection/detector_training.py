@@ -32,6 +32,7 @@ from stereovoxel_ros.offline.detection.detection_data import (
     DetectionFrame,
     collate_detection,
 )
+from stereovoxel_ros.offline.train.lr_schedule import warmup_cosine_lr
 
 
 class DetectorTrainingError(RuntimeError):
@@ -174,11 +175,6 @@ def evaluate_detector(
 
 
 # ------------------------------------------------------------------------------------------------ training
-def _lr_at(progress: float, step: int, config: DetectorTrainConfig) -> float:
-    warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
-    return config.lr * warm * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
-
-
 def _write_metrics(out_dir: Path, history: list[dict[str, float]]) -> None:
     if not history:
         return
@@ -302,7 +298,7 @@ def train_detector(
             progress = step / total_steps
             if config.time_budget_s:
                 progress = max(progress, elapsed / config.time_budget_s)
-            lr = _lr_at(progress, step, config)
+            lr = warmup_cosine_lr(progress, step, config.lr, config.warmup_steps, floor=0.02)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             heads = model(batch["image"])

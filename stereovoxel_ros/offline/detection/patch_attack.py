@@ -29,6 +29,10 @@ import torch.nn.functional as F
 from stereovoxel_ros.atomic_file import atomic_write
 
 ATTACK_MODES = ("hide", "create")
+PLACEMENTS = (
+    "printed",
+    "free",
+)  # printed on the object, or free-standing beside it (a sign in front of its side)
 
 
 class PatchAttackError(ValueError):
@@ -53,8 +57,11 @@ class AttackConfig:
     noise_std: float = 0.02  # additive noise on the patch [0..1]
     tv_weight: float = 0.01  # total-variation smoothness (printability)
     seed: int = 0
+    placement: str = "printed"  # printed on the object or free-standing beside it (PLACEMENTS)
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise PatchAttackError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.mode not in ATTACK_MODES:
             raise PatchAttackError(f"attack mode must be one of {ATTACK_MODES}, got {self.mode!r}")
         if not 0.01 <= self.size_share <= 1.0:
@@ -126,9 +133,18 @@ def follow_target(frames: Sequence[Any], min_side: float = 14.0, min_iou: float 
 
 
 def patch_box(
-    target_box: np.ndarray, size_share: float, rel_center: tuple[float, float] = (0.5, 0.4)
+    target_box: np.ndarray,
+    size_share: float,
+    rel_center: tuple[float, float] = (0.5, 0.4),
+    placement: str = "printed",
 ) -> np.ndarray:
-    """Where a patch of ``size_share`` of the box area sits on the object: square xyxy [px]."""
+    """Where a patch of ``size_share`` of the box area sits: square xyxy [px]. ``printed``: on the object, centred
+    at ``rel_center`` of the box; ``free``: free-standing beside it, its centre on the box's right edge (half of
+    it in front of the object, half on the background), in the lower half of the box."""
+    if placement not in PLACEMENTS:
+        raise PatchAttackError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if placement == "free":
+        rel_center = (1.0, 0.65)
     x0, y0, x1, y1 = (float(v) for v in target_box)
     w, h = x1 - x0, y1 - y0
     side = min(math.sqrt(size_share * w * h), 0.95 * min(w, h) if size_share < 1 else max(w, h))
@@ -153,18 +169,24 @@ def paste_patch(image: np.ndarray, patch: np.ndarray, box: np.ndarray) -> tuple[
 
 
 def _place(
-    images: torch.Tensor, patch: torch.Tensor, boxes: torch.Tensor, config: AttackConfig, gen: torch.Generator
-) -> torch.Tensor:
+    images: torch.Tensor,
+    patch: torch.Tensor,
+    boxes: torch.Tensor,
+    config: AttackConfig,
+    gen: torch.Generator,
+    with_mask: bool = False,
+) -> Any:
     """Differentiably paste ``patch`` (3, p, p) onto each image's target ``boxes`` (B, 4) [input px] with
-    random EOT transformations."""
+    random EOT transformations; with ``with_mask`` (patched images, (B, 1, h, w) patch coverage)."""
     b, _, h, w = images.shape
     u = lambda lo, hi: torch.rand(b, generator=gen) * (hi - lo) + lo  # noqa: E731
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     side = torch.sqrt(config.size_share * bw * bh).clamp(min=3.0)
     side = torch.minimum(side, 0.95 * torch.minimum(bw, bh).clamp(min=3.0)) * u(*config.scale_jitter)
     j = config.position_jitter
-    cx = boxes[:, 0] + bw * (0.5 + u(-j, j))
-    cy = boxes[:, 1] + bh * (0.4 + u(-j, j))
+    rx, ry = (1.0, 0.65) if config.placement == "free" else (0.5, 0.4)
+    cx = boxes[:, 0] + bw * (rx + u(-j, j))
+    cy = boxes[:, 1] + bh * (ry + u(-j, j))
     angle = u(-1.0, 1.0) * math.radians(config.rotation_deg)
     cos, sin = torch.cos(angle), torch.sin(angle)
     ncx, ncy = cx / w * 2 - 1, cy / h * 2 - 1
@@ -183,7 +205,8 @@ def _place(
         noisy.clamp(0, 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
     )
     mask = F.grid_sample(torch.ones(b, 1, *patch.shape[1:]), grid, mode="bilinear", align_corners=False)
-    return images * (1 - mask) + texture * mask
+    out = images * (1 - mask) + texture * mask
+    return (out, mask) if with_mask else out
 
 
 def _attack_loss(
@@ -261,7 +284,11 @@ def target_score(model: Any, image: np.ndarray, box: np.ndarray, input_size: tup
 
 
 def attack_frames(
-    frames: Sequence[Any], targets: Sequence[AttackTarget], patch: np.ndarray, size_share: float
+    frames: Sequence[Any],
+    targets: Sequence[AttackTarget],
+    patch: np.ndarray,
+    size_share: float,
+    placement: str = "printed",
 ) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
     """2D paste of the patch on every target: (frame indices, attacked images, patch boxes (k, 4) xyxy [px]
     per image), one entry per frame that has targets, in frame order."""
@@ -271,7 +298,7 @@ def attack_frames(
         img, covered = frames[i].image, []
         for t in targets:
             if t.frame_index == i:
-                img, box = paste_patch(img, patch, patch_box(t.box, size_share))
+                img, box = paste_patch(img, patch, patch_box(t.box, size_share, placement=placement))
                 covered.append(box)
         images.append(img)
         boxes.append(np.asarray(covered, np.float32).reshape(-1, 4))
@@ -485,6 +512,7 @@ def run_attack(args: argparse.Namespace) -> int:
 
 __all__ = [
     "ATTACK_MODES",
+    "PLACEMENTS",
     "AttackConfig",
     "AttackTarget",
     "PatchAttackError",

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stereovoxel_ros.offline.compress.digits_task import DigitsCNN, DigitsData, load_digits_data
+from stereovoxel_ros.offline.train.lr_schedule import warmup_cosine_lr
 from stereovoxel_ros.offline.train.trainer import TrainContext, TrainingError, TrainingMethod
 
 
@@ -62,14 +63,6 @@ def _make_method(name: str, **options: Any) -> TrainingMethod:
     raise BenchmarkError(f"unknown method {name!r}; choose from {', '.join(DIGITS_METHODS)}")
 
 
-def _warmup_cosine(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 5 % of ``base`` at ``total`` steps."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def train_with_method(
     model: nn.Module,
     method: TrainingMethod,
@@ -109,7 +102,9 @@ def train_with_method(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = _warmup_cosine(step, total, lr, warmup=min(20, total // 10))
+                warmup = min(20, total // 10)
+                progress = (step - warmup) / max(1, total - warmup)
+                group["lr"] = warmup_cosine_lr(progress, step, lr, warmup)
             xb, yb = x[idx], y[idx]
             if observe is not None:
                 observe(yb)

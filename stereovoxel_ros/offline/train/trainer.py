@@ -22,6 +22,7 @@ from torch import nn
 from stereovoxel_ros.atomic_file import atomic_write, save_figure_atomic, write_json_atomic
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.offline.data.dataset_format import read_manifest, read_sample, read_split
+from stereovoxel_ros.offline.train.lr_schedule import warmup_cosine_lr
 from stereovoxel_ros.stereo_camera import StereoCameraModel
 
 
@@ -493,13 +494,6 @@ def to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
-def cosine_lr(progress: float, base: float, step: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 5 % of ``base`` as progress goes 0 → 1."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 class Trainer:
     """Trains a task's model; rank 0 writes ``last.pt``, ``best.pt``, ``metrics.csv`` and ``training_curves.png``."""
 
@@ -626,7 +620,7 @@ class Trainer:
                         break
                     progress = max(progress, elapsed / budget)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = cosine_lr(progress, cfg.lr, step, cfg.warmup_steps)
+                    group["lr"] = warmup_cosine_lr(progress, step, cfg.lr, cfg.warmup_steps)
                 batch_idx = order[start : start + cfg.batch_size]
                 batch = to_device(self.train_set.batch(batch_idx, augment=cfg.augment, rng=rng), self.device)
                 per_sample, logs = self.method.compute_losses(self.task, self.net, batch)
