@@ -12,7 +12,7 @@ ODOM_TOPIC = "/test/odom"
 
 
 def test_local_map_parameters_are_declared_validated_and_named() -> None:
-    from stereovoxel_ros.ros.occupancy_node import PARAMETERS, OccupancyConfigError, OccupancyNodeConfig
+    from stereovoxel_ros.ros.occupancy_parameters import PARAMETERS, OccupancyConfigError, OccupancyNodeConfig
 
     config = OccupancyNodeConfig.from_parameters(_defaults())
     assert config.local_map is not None and config.local_map.enabled
@@ -31,7 +31,7 @@ def test_local_map_parameters_are_declared_validated_and_named() -> None:
 
 def test_the_benchmark_uses_the_node_default_grid_geometry() -> None:
     from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
-    from stereovoxel_ros.ros.occupancy_node import OccupancyNodeConfig
+    from stereovoxel_ros.ros.occupancy_parameters import OccupancyNodeConfig
 
     node = OccupancyNodeConfig.from_parameters(_defaults())
     bench = ObservationGeometry(node.grid)

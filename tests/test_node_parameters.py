@@ -41,7 +41,8 @@ def _yaml(tmp_path: Path, body: str) -> Path:
 
 
 def test_yaml_int_for_double_is_accepted_and_unknown_names_are_warned(tmp_path: Path, ros_context) -> None:
-    from stereovoxel_ros.ros.occupancy_node import OccupancyConfigError, StereoOccupancyNode
+    from stereovoxel_ros.ros.occupancy_node import StereoOccupancyNode
+    from stereovoxel_ros.ros.occupancy_parameters import OccupancyConfigError
     from stereovoxel_ros.ros.parameter_values import warn_unknown_parameters
 
     params = _yaml(

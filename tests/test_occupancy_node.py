@@ -19,7 +19,7 @@ INFO_TOPICS = {"left": "/test/left/camera_info", "right": "/test/right/camera_in
 
 
 def _defaults() -> dict:
-    from stereovoxel_ros.ros.occupancy_node import PARAMETERS
+    from stereovoxel_ros.ros.occupancy_parameters import PARAMETERS
 
     return {name: default for name, (default, _) in PARAMETERS.items()}
 
@@ -28,7 +28,7 @@ def _defaults() -> dict:
 
 
 def test_default_parameters_are_valid() -> None:
-    from stereovoxel_ros.ros.occupancy_node import OccupancyNodeConfig
+    from stereovoxel_ros.ros.occupancy_parameters import OccupancyNodeConfig
 
     config = OccupancyNodeConfig.from_parameters(_defaults())
     assert config.grid == DEFAULT_GRID
@@ -56,7 +56,7 @@ def test_default_parameters_are_valid() -> None:
     ],
 )
 def test_bad_parameter_is_named(name: str, value: object, why: str) -> None:
-    from stereovoxel_ros.ros.occupancy_node import OccupancyConfigError, OccupancyNodeConfig
+    from stereovoxel_ros.ros.occupancy_parameters import OccupancyConfigError, OccupancyNodeConfig
 
     with pytest.raises(OccupancyConfigError, match=why) as info:
         OccupancyNodeConfig.from_parameters(_defaults() | {name: value})
@@ -64,7 +64,8 @@ def test_bad_parameter_is_named(name: str, value: object, why: str) -> None:
 
 
 def test_obstacle_cells_mark_obstacles_free_space_and_unseen() -> None:
-    from stereovoxel_ros.ros.occupancy_node import OccupancyNodeConfig, obstacle_cells
+    from stereovoxel_ros.obstacle_grid import obstacle_cells
+    from stereovoxel_ros.ros.occupancy_parameters import OccupancyNodeConfig
     from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
     config = OccupancyNodeConfig.from_parameters(_defaults())
@@ -89,7 +90,8 @@ def test_obstacle_cells_mark_obstacles_free_space_and_unseen() -> None:
 
 
 def test_obstacle_cells_behind_a_wall_are_unknown_not_free() -> None:
-    from stereovoxel_ros.ros.occupancy_node import OccupancyNodeConfig, obstacle_cells
+    from stereovoxel_ros.obstacle_grid import obstacle_cells
+    from stereovoxel_ros.ros.occupancy_parameters import OccupancyNodeConfig
     from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
     config = OccupancyNodeConfig.from_parameters(_defaults())
@@ -117,7 +119,8 @@ def test_obstacle_cells_behind_a_wall_are_unknown_not_free() -> None:
 
 
 def test_odom_grid_window_follows_the_robot_on_whole_cells() -> None:
-    from stereovoxel_ros.ros.occupancy_node import OccupancyNodeConfig, grid_window
+    from stereovoxel_ros.obstacle_grid import grid_window
+    from stereovoxel_ros.ros.occupancy_parameters import OccupancyNodeConfig
     from stereovoxel_ros.transforms import rigid_transform_from_pose
 
     config = OccupancyNodeConfig.from_parameters(_defaults() | {"occupancy_grid_frame": "odom_frame"})

@@ -198,7 +198,7 @@ def _node_checkpoint(path: Path, masks: bool = True) -> Path:
 def test_pruning_parameter_is_validated() -> None:
     from test_occupancy_node import _defaults
 
-    from stereovoxel_ros.ros.occupancy_node import OccupancyConfigError, OccupancyNodeConfig
+    from stereovoxel_ros.ros.occupancy_parameters import OccupancyConfigError, OccupancyNodeConfig
 
     config = OccupancyNodeConfig.from_parameters(_defaults() | {"pruning": " 0.25 "})
     assert (config.pruning, config.pruning_ratio) == ("fixed", 0.25)

@@ -205,7 +205,7 @@ def replay_bag(
     replayed for rate, latency and outputs; its scores are NaN and the result says ``ground_truth=False``.
     """
     from stereovoxel_ros.bags.bag_reader import BagError, BagReader
-    from stereovoxel_ros.ros.occupancy_node import PARAMETERS
+    from stereovoxel_ros.ros.occupancy_parameters import PARAMETERS
     from stereovoxel_ros.ros.parameter_values import unknown_parameters
 
     unknown = unknown_parameters(parameters or {}, [*PARAMETERS, "use_sim_time"])
