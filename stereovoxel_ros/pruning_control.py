@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stereovoxel_ros.pruning_switch import RatioSelector, SelectorConfig, read_cpu_frequency_mhz
+from stereovoxel_ros.pruning_switch import RatioSelector, SelectorConfig
+from stereovoxel_ros.tracing.hardware import CpuFrequency
 
 DEFAULT_TARGET_MARGIN = 1.25  # derived target = this × the unpruned latency at configure
 
@@ -56,7 +57,7 @@ class PruningController:
         latency_per_ratio_ms: Sequence[float],
         target_ms: float | None = None,
         margin: float = DEFAULT_TARGET_MARGIN,
-        frequency: Any = read_cpu_frequency_mhz,
+        frequency: Any = None,
     ) -> None:
         if target_ms is not None and not target_ms > 0:
             raise PruningControlError(f"latency target must be > 0 ms, got {target_ms}")
@@ -69,8 +70,10 @@ class PruningController:
         self.selector = RatioSelector(
             predictor.pruning_ratios, monotone_relative(self.latency_per_ratio_ms), SelectorConfig(target)
         )
-        self._frequency = frequency
-        self.cpu_mhz: tuple[float, float] | None = frequency()  # (current, max) at the end of the last frame
+        self._frequency = frequency if frequency is not None else CpuFrequency()  # sysfs found once
+        self.cpu_mhz: tuple[float, float] | None = (
+            self._frequency()
+        )  # (current, max) at the end of the last frame
 
     @classmethod
     def profiled(

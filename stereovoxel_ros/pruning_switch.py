@@ -348,32 +348,6 @@ class PrunedModelSwitch:
         return out
 
 
-def read_cpu_frequency_mhz(sysfs_root: str = "/sys") -> tuple[float, float] | None:
-    """(current mean, max) CPU frequency [MHz] from cpufreq sysfs, else psutil; None when unknown."""
-    import glob
-    from pathlib import Path
-
-    cur = [
-        int(Path(p).read_text())
-        for p in glob.glob(f"{sysfs_root}/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq")
-    ]
-    mx = [
-        int(Path(p).read_text())
-        for p in glob.glob(f"{sysfs_root}/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq")
-    ]
-    if cur and mx:
-        return sum(cur) / len(cur) / 1e3, max(mx) / 1e3
-    try:
-        import psutil
-
-        freq = psutil.cpu_freq()
-    except (ImportError, OSError, RuntimeError):
-        return None
-    if freq is None or freq.current <= 0:
-        return None
-    return float(freq.current), float(freq.max if freq.max > 0 else freq.current)
-
-
 @dataclass
 class SelectorConfig:
     """Latency target [ms]; ``hysteresis``: go back to a less-pruned ratio only when its predicted latency is

@@ -17,7 +17,6 @@ from stereovoxel_ros.pruning_switch import (
     RatioSelector,
     SelectorConfig,
     levels_from_scores,
-    read_cpu_frequency_mhz,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
@@ -161,7 +160,11 @@ def test_read_cpu_frequency_from_sysfs(tmp_path):
         d.mkdir(parents=True)
         (d / "scaling_cur_freq").write_text(f"{cur}\n")
         (d / "cpuinfo_max_freq").write_text("2400000\n")
-    assert read_cpu_frequency_mhz(str(tmp_path)) == (1500.0, 2400.0)
+    from stereovoxel_ros.tracing.hardware import CpuFrequency, HardwareSampler
+
+    assert CpuFrequency(str(tmp_path))() == (1500.0, 2400.0)
+    sample = HardwareSampler(str(tmp_path)).sample()
+    assert (sample["cpu_freq_mhz"], sample["cpu_freq_max_mhz"]) == (1500.0, 2400.0)
 
 
 def test_all_in_one_rejects_bad_ratios_and_models():
