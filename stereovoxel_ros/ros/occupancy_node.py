@@ -26,13 +26,18 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from stereovoxel_ros.classic_stereo import ClassicStereoConfig, ClassicStereoError
+from stereovoxel_ros.frame_obstacle_grid import (  # noqa: F401 (grid_window, observable_cells: re-exported)
+    grid_window,
+    observable_cells,
+    obstacle_cells,
+    occupied_points,
+)
 from stereovoxel_ros.grid_spec import GridSpecError, VoxelGridSpec, grid_preset
 from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_HEIGHT_M, ODOM_FRAME, JackalTopics
 from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
 from stereovoxel_ros.occupancy_predictor import BACKENDS
-from stereovoxel_ros.occupancy_scoring import camera_ray_directions, raycast_visibility
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.parameter_values import (
@@ -45,12 +50,7 @@ from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
 from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
 from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
 from stereovoxel_ros.tracing import RollingWindow, StageTracer
-from stereovoxel_ros.voxel_grid import (
-    obstacle_grid_2d,
-    occupied_voxel_centers,
-    optical_to_base_transform,
-    transform_points,
-)
+from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
 EXTRINSICS_SOURCES = ("auto", "tf", "parameters")
 GRID_FRAMES = ("base_frame", "odom_frame")
@@ -321,77 +321,6 @@ def rigid_transform_from_pose(translation: Sequence[float], quaternion_xyzw: Seq
     ]
     t[:3, 3] = values[:3]
     return t
-
-
-def grid_window(config: OccupancyNodeConfig, base_to_out: np.ndarray) -> tuple[tuple[float, float], int, int]:
-    """Origin [m] and (width, height) [cells] of the 2D grid in its output frame.
-
-    In base_frame the window is ``grid_extent``; in odom_frame an axis-aligned square around the robot
-    that holds the extent at any heading, snapped to whole cells so cells stay put as the robot moves.
-    """
-    res = config.grid_resolution_m
-    x0, x1, y0, y1 = config.grid_extent_m
-    if not config.grid_in_odom:
-        return (x0, y0), round((x1 - x0) / res), round((y1 - y0) / res)
-    half = max(abs(v) for v in config.grid_extent_m)
-    cells = 2 * math.ceil(half / res)
-    cx, cy = base_to_out[0, 3], base_to_out[1, 3]
-    origin = (math.floor(cx / res) * res - cells // 2 * res, math.floor(cy / res) * res - cells // 2 * res)
-    return origin, cells, cells
-
-
-def observable_cells(
-    grid: VoxelGridSpec,
-    optical_to_out: np.ndarray,
-    origin: tuple[float, float],
-    resolution: float,
-    size: tuple[int, int],
-    height_m: float,
-) -> np.ndarray:
-    """(height, width) bool: 2D cells whose centre at ``height_m`` [m] lies inside the voxel grid's footprint."""
-    width, rows = size
-    col, row = np.meshgrid(np.arange(width), np.arange(rows))
-    cells = np.stack(
-        [
-            origin[0] + (col.ravel() + 0.5) * resolution,
-            origin[1] + (row.ravel() + 0.5) * resolution,
-            np.full(col.size, height_m),
-        ],
-        axis=1,
-    )
-    in_optical = transform_points(cells, np.linalg.inv(optical_to_out))
-    lo, hi = grid.origin, grid.upper
-    x, z = in_optical[:, 0], in_optical[:, 2]
-    return ((x >= lo[0]) & (x < hi[0]) & (z >= lo[2]) & (z < hi[2])).reshape(rows, width)
-
-
-def obstacle_cells(
-    config: OccupancyNodeConfig,
-    camera: StereoCameraModel,
-    camera_to_base: np.ndarray,
-    points_base: np.ndarray,
-    base_to_out: np.ndarray,
-) -> tuple[np.ndarray, tuple[float, float]]:
-    """The 2D obstacle grid: (height, width) int8 cells in the output frame (100 obstacle in the height band,
-    0 free where a camera ray passed before reaching an obstacle, -1 unknown: behind obstacles, outside the
-    view or the voxel grid), and the origin [m] of cell (0, 0)'s outer corner.
-
-    Visibility is :func:`~stereovoxel_ros.occupancy_scoring.raycast_visibility`, as in the scores."""
-    low, high = config.obstacle_band_m
-    in_band = points_base[(points_base[:, 2] >= low) & (points_base[:, 2] <= high)]
-    origin, width, height = grid_window(config, base_to_out)
-    res = config.grid_resolution_m
-    obstacles = obstacle_grid_2d(
-        transform_points(in_band, base_to_out), res, width, height, origin, (-math.inf, math.inf)
-    )
-    optical_to_out = base_to_out @ camera_to_base
-    observable = observable_cells(
-        config.grid, optical_to_out, origin, res, (width, height), base_to_out[2, 3] + (low + high) / 2
-    )
-    sensor = ((optical_to_out[0, 3] - origin[0]) / res, (optical_to_out[1, 3] - origin[1]) / res)
-    far_cells = float(np.hypot(width, height))
-    directions = camera_ray_directions(camera, optical_to_out[:2, :3], spacing=0.5 / far_cells)
-    return raycast_visibility(obstacles > 0, sensor, directions, far_cells, observable), origin
 
 
 STALL_WINDOW_S = 3.0  # pairs within this window [s] but no output for as long: "no occupancy published"
@@ -838,7 +767,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
                 self._update_pruning(float(result.stats["latency_ms"]))
         with self.tracer.stage("publish"):
             occupied = np.asarray(result.occupied, dtype=bool)
-            points = transform_points(occupied_voxel_centers(occupied, config.grid), camera_to_base)
+            points = occupied_points(occupied, config.grid, camera_to_base)
             header = Header(stamp=left.header.stamp, frame_id=config.base_frame)
             probabilities = getattr(result, "probabilities", None)
             intensity = None if probabilities is None else np.asarray(probabilities)[occupied]
