@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "bench": ("stereovoxel_ros.offline.eval.commands", "latency, params and FLOPs side by side"),
     "export": ("stereovoxel_ros.offline.eval.commands", "export a checkpoint to TorchScript and ONNX"),
+    "navbench": (
+        "stereovoxel_ros.offline.navbench.commands",
+        "closed loop: a simulated Jackal drives to goals on the stack's map (collisions, false stops)",
+    ),
     "replay": ("stereovoxel_ros.ros.replay", "play a bag through the live occupancy node and score it"),
     "bag": ("stereovoxel_ros.ros.bag_commands", "rosbag2 tools: info, play (with /clock), record"),
     "trace": ("stereovoxel_ros.offline.trace_commands", "timing-variance reports and experiments"),

@@ -97,7 +97,7 @@ def polygon_clearance(footprint: np.ndarray, obstacles: list[np.ndarray], horizo
     reach = float(np.linalg.norm(footprint - centre, axis=1).max())
     best = math.inf
     for obs in obstacles:
-        gap = float(np.linalg.norm(obs - centre, axis=1).min()) - reach  # a lower bound on the clearance
+        gap = float(_segment_distances(centre[None], obs)[0]) - reach  # a lower bound on the clearance
         if gap > min(best, horizon):
             continue
         if len(obs) == 1:
