@@ -24,6 +24,25 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     ),
     "classic": ("benchmarks.bench_classic", [], "classic backend one-core latency: StereoBM vs SGBM preset"),
     "replay": ("benchmarks.bench_replay", [], "live node at 15 Hz: rate, drops, latency (classic baseline)"),
+    "local_map": (
+        "benchmarks.bench_local_map",
+        [],
+        "local map: the node's fusion stage vs its per-frame pipeline",
+    ),
+    "mapbench": (
+        "stereovoxel_ros.cli",
+        [
+            "mapbench",
+            "--seed",
+            "9201",
+            "--sequences",
+            "1",
+            "--out",
+            "outputs/mapbench_quick",
+            "--no-progress",
+        ],
+        "fused local map vs per-frame grids per backend (one held-out sequence)",
+    ),
     "tracing": ("benchmarks.bench_tracing", ["--quick"], "tracer overhead and window-statistics cost"),
     "search": (
         "benchmarks.bench_search",

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stereovoxel_ros.offline.eval.gate_calibration",
         "calibrate StereoVoxelNet's per-level octree gates and threshold on tuning worlds",
     ),
+    "mapbench": (
+        "stereovoxel_ros.offline.eval.map_commands",
+        "the fused local map against per-frame grids on dynamic sequences, per backend",
+    ),
     "bench": ("stereovoxel_ros.offline.eval.commands", "latency, params and FLOPs side by side"),
     "export": ("stereovoxel_ros.offline.eval.commands", "export a checkpoint to TorchScript and ONNX"),
     "navbench": (

@@ -341,6 +341,32 @@ def truth_grid(
     return TruthGrid(true_v, obstacles, camera_visibility(obstacles, grid, camera), objects)
 
 
+def score_obstacle_grid(
+    predicted: np.ndarray, truth: TruthGrid, grid: VoxelGridSpec, config: ScoringConfig | None = None
+) -> FrameScore:
+    """Score a predicted (nz, nx) bool scoring grid (e.g. a fused map sampled at the frame's cells) against a
+    frame's truth, objects found included; :func:`score_frame` scores voxels through this."""
+    config = config or ScoringConfig()
+    pred = np.asarray(predicted, bool)
+    ranges = cell_ranges(grid)
+    score = score_grids(pred, truth.obstacles, truth.visibility, ranges, config)
+    if truth.objects:
+        near_pred = _dilate(pred, config.tolerance_cells).ravel()
+        flat_ranges = ranges.ravel()
+        obj_edges = config.object_bands_m
+        for name, cells in truth.objects:
+            band = int(np.digitize(flat_ranges[cells].min(), obj_edges[1:-1]))
+            found = float(near_pred[cells].mean()) >= config.object_found_fraction
+            score.objects.append((name, band, found))
+    return score
+
+
+def object_found(predicted: np.ndarray, cells: np.ndarray, config: ScoringConfig) -> bool:
+    """Whether a predicted (nz, nx) bool grid finds an object's flat cells (share within the tolerance)."""
+    near_pred = _dilate(np.asarray(predicted, bool), config.tolerance_cells).ravel()
+    return bool(len(cells)) and float(near_pred[cells].mean()) >= config.object_found_fraction
+
+
 def score_frame(
     predicted_voxels: np.ndarray,
     true_voxels: np.ndarray,
@@ -363,16 +389,7 @@ def score_frame(
     if pred_v.shape != true_v.shape:
         raise ScoringError(f"predicted voxels {pred_v.shape} and true voxels {true_v.shape} differ")
     pred = obstacle_map(pred_v, grid, config)
-    ranges = cell_ranges(grid)
-    score = score_grids(pred, truth.obstacles, truth.visibility, ranges, config)
-    if truth.objects:
-        near_pred = _dilate(pred, config.tolerance_cells).ravel()
-        flat_ranges = ranges.ravel()
-        obj_edges = config.object_bands_m
-        for name, cells in truth.objects:
-            band = int(np.digitize(flat_ranges[cells].min(), obj_edges[1:-1]))
-            found = float(near_pred[cells].mean()) >= config.object_found_fraction
-            score.objects.append((name, band, found))
+    score = score_obstacle_grid(pred, truth, grid, config)
     if voxel_metrics:
         rows = obstacle_band_rows(grid, config)[None, :, None]
         score.voxel_iou = float(voxel_iou(pred_v, true_v))

@@ -73,3 +73,32 @@ def test_pim_qat_recovers_what_conventional_quantization_loses_on_the_chip():
         acc[method] = accuracy(model, data)
     assert acc["pim-qat"] > acc["conventional"] + 0.05, acc
     assert acc["pim-qat"] > 0.85, acc
+
+
+def test_pim_ablation_table_and_findings_from_rows():
+    from stereovoxel_ros.offline.compress.pim_ablation import ablation_findings, ablation_table
+
+    def row(training, deploy, noise, bn, acc):
+        return {"scheme": "native", "training": training, "train_adc_bits": 4, "deploy": deploy,
+                "noise_lsb": noise, "bn_calibration": bn, "accuracy": acc, "accuracy_std": 0.0}  # fmt: skip
+
+    rows = [
+        row("conventional QAT", "digital", 0.0, False, 0.90),
+        row("conventional QAT", "pim", 0.0, False, 0.50),
+        row("conventional QAT", "pim", 0.0, True, 0.80),  # recovers 75% of the 0.40 lost
+        row("PIM-QAT rescale=both", "pim", 0.0, False, 0.85),
+        row("PIM-QAT rescale=both", "pim", 0.0, True, 0.86),
+    ]
+    table = ablation_table(rows)
+    assert "| native | conventional QAT | 4 | 0.900 | 0.500 ± 0.000 | 0.800 ± 0.000 |" in table
+    findings = ablation_findings(rows)
+    assert "holds" in findings[0] and "(75% of the loss recovered)" in findings[0]
+    assert "best PIM-QAT - best conventional = +0.060" in findings[1]
+    rows[2]["accuracy"] = 0.6  # 25%: the statement no longer holds
+    assert "does not hold" in ablation_findings(rows)[0]
+
+
+def test_pim_ablate_rejects_a_bad_scheme(capsys):
+    assert main(["compress", "pim-qat", "ablate", "--schemes", "analog"]) == 1
+    err = capsys.readouterr().err
+    assert "--schemes" in err and "Traceback" not in err

@@ -166,3 +166,59 @@ def test_config_errors_name_the_field():
         PIMConfig(adc_range=1.5)
     with pytest.raises(PIMError, match="exclude"):
         convert_to_pim(nn.Sequential(nn.Linear(2, 2)), PIMConfig(), exclude=["nope"])
+
+
+@pytest.mark.parametrize("rescale", ["none", "forward", "backward", "both"])
+def test_rescaling_modes_set_the_forward_gain_and_the_backward_slope(rescale):
+    torch.manual_seed(0)
+    layer = PIMLinear.from_linear(
+        nn.Linear(64, 8, bias=False), PIMConfig(rows=64, adc_bits=2, adc_range=0.25)
+    )
+    configure_pim(layer, mode="pim", rescale=rescale)
+    layer.train()
+    x = torch.rand(64, 64)
+    for _ in range(40):
+        layer(x)  # the EMAs of the gain and the slope settle on this batch
+    layer.eval()
+    x.requires_grad_(True)
+    y = layer(x)
+    c = torch.randn_like(y)
+    (y * c).sum().backward()
+    g_pim = x.grad.clone()
+    layer.mode = "digital"
+    x.grad = None
+    y_dig = layer(x)
+    (y_dig * c).sum().backward()
+    gain, slope = float(layer.pim_gain), float(layer.pim_slope)
+    forward = gain if rescale in ("forward", "both") else 1.0
+    backward = forward * slope if rescale in ("backward", "both") else 1.0
+    layer.mode = "pim"
+    with torch.no_grad():
+        plain = PIMLinear.from_linear(
+            nn.Linear(64, 8, bias=False), PIMConfig(rows=64, adc_bits=2, adc_range=0.25)
+        )
+        plain.load_state_dict(layer.state_dict())
+        plain.eval()
+        assert torch.allclose(y, forward * plain(x))  # forward: η × the raw PIM output
+    assert torch.allclose(g_pim, backward * x.grad, rtol=1e-4, atol=1e-6)  # backward: STE × slope
+    if rescale != "none":
+        assert 0.2 < slope < 1.0 and gain * slope < 1.0  # a clipping 2-bit ADC shrinks the output
+
+
+def test_backward_rescaling_with_both_is_the_correlation():
+    torch.manual_seed(0)
+    layer = PIMLinear.from_linear(
+        nn.Linear(64, 8, bias=False), PIMConfig(rows=64, adc_bits=2, adc_range=0.25)
+    )
+    configure_pim(layer, mode="pim", rescale="both")
+    layer.range_momentum = 1.0  # one batch sets the EMAs exactly
+    layer.train()
+    x = torch.rand(64, 64)
+    y = layer(x).detach()  # after the update: gain and slope of this very batch
+    layer.mode = "digital"
+    d = layer(x).detach()
+    p = y / float(layer.pim_gain)  # the raw PIM output
+    rho = float((p * d).sum() / (d * d).sum()) * float(d.std() / p.std())  # slope × η
+    assert math.isclose(float(layer.pim_gain * layer.pim_slope), rho, rel_tol=1e-4)
+    with pytest.raises(PIMError, match="rescale"):
+        configure_pim(layer, rescale="sideways")

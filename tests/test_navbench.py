@@ -138,8 +138,7 @@ def test_report_folder_has_json_table_and_plots(tmp_path) -> None:
     assert (tmp_path / "plots" / f"{outlines[0].name}.png").is_file()
 
 
-def test_fused_map_runs_when_the_local_map_is_installed() -> None:
-    pytest.importorskip("stereovoxel_ros.local_map", reason="the local map (issue 19) is not merged yet")
+def test_fused_map_runs() -> None:
     from stereovoxel_ros.offline.navbench.commands import run_benchmark
 
     results = run_benchmark(_tiny_spec([("classic", "fused")]), progress=False)[1]
@@ -147,13 +146,7 @@ def test_fused_map_runs_when_the_local_map_is_installed() -> None:
 
 
 def test_cli_user_errors_are_one_line(capsys) -> None:
-    import importlib.util
-
     from stereovoxel_ros.cli import main
 
     assert main(["navbench", "--worlds", "0"]) == 1
     assert "--worlds must be at least 1" in capsys.readouterr().err
-    if importlib.util.find_spec("stereovoxel_ros.local_map") is None:
-        assert main(["navbench", "--worlds", "1", "--maps", "fused"]) == 1
-        err = capsys.readouterr().err
-        assert "stereovoxel_ros.local_map" in err and "Traceback" not in err

@@ -97,16 +97,21 @@ def test_offline_pipeline_grid_equals_the_live_node_grid(graph, backend: str) ->
     assert np.array_equal(cells, offline.cells)
 
 
-def test_offline_grid_defaults_are_the_node_parameter_defaults() -> None:
+def test_offline_grid_and_local_map_defaults_are_the_node_parameter_defaults() -> None:
     pytest.importorskip("rclpy", reason="rclpy is not installed")
-    from stereovoxel_ros.frame_obstacle_grid import ObstacleGridConfig
+    from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
     from stereovoxel_ros.ros.occupancy_node import PARAMETERS, OccupancyNodeConfig
 
     node = OccupancyNodeConfig.from_parameters({name: default for name, (default, _) in PARAMETERS.items()})
-    offline = ObstacleGridConfig()
+    offline = ObservationGeometry(grid=node.grid)
     assert (offline.grid, offline.obstacle_band_m, offline.grid_resolution_m, offline.grid_extent_m) == (
         node.grid,
         node.obstacle_band_m,
         node.grid_resolution_m,
         node.grid_extent_m,
+    )
+    from stereovoxel_ros.local_map import LocalMapConfig
+
+    assert node.local_map is not None and node.local_map.map == LocalMapConfig(
+        resolution_m=offline.grid_resolution_m
     )

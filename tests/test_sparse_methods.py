@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from stereovoxel_ros.offline.train import spfde
 from stereovoxel_ros.offline.train.continual_benchmark import (
     forgetting,
     make_digits_method,
@@ -115,11 +118,13 @@ def _continual_digits(method_name: str, **options) -> tuple[float, dict]:
 def test_sparcl_keeps_old_tasks_like_derpp_with_fewer_flops():
     plain, _ = _continual_digits("dense")
     derpp, derpp_info = _continual_digits("derpp", buffer_size=100)
-    sparcl, info = _continual_digits("sparcl", buffer_size=100, sparsity=0.75, min_weights=1000)
-    assert derpp > plain + 0.15 and sparcl > plain + 0.15  # plain fine-tuning forgets the first task
-    assert info["train_flops"] < 0.6 * derpp_info["train_flops"]
+    sparcl, info = _continual_digits("sparcl", buffer_size=100, sparsity=0.5, min_weights=1000)
+    assert derpp > plain + 0.4  # plain fine-tuning forgets the first task (measured 0.440 vs DER++ 0.942)
+    # the paper's claim, on this 2-task MLP: DER++'s accuracy at a fraction of its FLOPs (measured 0.905 at 0.36x)
+    assert sparcl > derpp - 0.06, (sparcl, derpp)
+    assert info["train_flops"] < 0.45 * derpp_info["train_flops"]
     assert info["ddr_removed"] > 0 and info["tasks"] == 2
-    assert info["weight_density"] == pytest.approx(0.25, abs=0.01)
+    assert info["weight_density"] == pytest.approx(0.5, abs=0.01)
     assert forgetting([[1.0, 0.0], [0.4, 0.9]]) == pytest.approx(0.6)
 
 
@@ -143,3 +148,65 @@ def test_sparcl_gradient_masking_updates_only_the_largest_gradients():
     assert 0 < nonzero <= 0.5 * 0.25 + 1e-3  # density 0.5 x kept gradient fraction 0.25
     assert torch.equal(before, conv.weight.detach())
     method.finalize(model)
+
+
+def test_fine_tuning_ramps_sparsity_up_from_the_dense_checkpoint():
+    x, y = _data(64)
+    densities = {}
+    for pretrained in (False, True):
+        model = _net()
+        method = spfde.make_method(
+            sparsity=0.8, update_interval=1000, min_weights=100, freeze_schedule=[], sieve_keep=1.0
+        )  # given options win over the fine-tuning defaults
+        method.from_pretrained = pretrained  # what `stereovoxel finetune` sets
+        seen = []
+        original = method.after_optimizer_step
+
+        def spy(model, step, original=original, method=method, seen=seen):
+            seen.append(method.masks.overall_density())
+            original(model, step)
+
+        method.after_optimizer_step = spy
+        train_with_method(model, method, x, y, epochs=4, batch_size=16)
+        densities[pretrained] = seen
+        info = method.finalize(model)
+        assert info["weight_density"] == pytest.approx(0.2, abs=0.01)  # the target is reached either way
+        assert info["sparsity_ramp"] == (0.5 if pretrained else 0.0)
+    assert densities[False][0] == pytest.approx(0.2, abs=0.01)  # from scratch: sparse from the first step
+    ramp = densities[True]
+    assert ramp[0] == 1.0 and all(a >= b for a, b in itertools.pairwise(ramp))  # monotone from dense ...
+    assert (
+        0.2 + 0.05 < ramp[len(ramp) // 4] < 1.0
+    )  # ... halfway through the ramp, still denser than the target
+    with pytest.raises(SparseTrainingError, match="ramp"):
+        SparseConfig(ramp=1.5)
+
+
+def test_fine_tuning_defaults_apply_only_to_options_not_given():
+    x, y = _data(32)
+    method = spfde.make_method(min_weights=100, sieve_keep=0.9)
+    method.from_pretrained = True
+    train_with_method(_net(), method, x, y, epochs=1, batch_size=16)
+    assert method.config.sparsity == 0.5 and method.spfde.freeze_schedule == ((0.0, 0.5),)
+    assert method.spfde.sieve_keep == 0.9  # given on the command line
+    assert method.freeze_log[0]["epoch"] == 0  # the front half froze before the first step
+    scratch = spfde.make_method(min_weights=100)
+    train_with_method(_net(), scratch, x, y, epochs=1, batch_size=16)
+    assert scratch.config.sparsity == 0.8 and scratch.ramp == 0.0
+
+
+def test_replay_batch_follows_the_training_batch():
+    reh = Rehearsal(RehearsalConfig(buffer_size=50), ClassifierReplay())
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    reh.attach(model)
+    model.train()
+    x, y = _data(12)
+    reh.observe_targets(y)
+    model(x)
+    reh.commit(12)
+    assert reh.train_batch == 12 and len(reh._sample(False)) == 12
+    x, y = _data(5)
+    reh.observe_targets(y)
+    model(x)
+    reh.commit(5)
+    assert len(reh._sample(False)) == 5 and len(reh._sample(True)) == 5

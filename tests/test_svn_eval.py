@@ -20,11 +20,13 @@ def test_eval_and_bench_commands(tmp_path, capsys):
     depth = tmp_path / "depth.pt"
     save_depth_checkpoint(depth, create_stereo_depth_net(input_size=(64, 32)))
     models = ["--checkpoint", str(svn), "--fast-checkpoint", "", "--depth-checkpoint", str(depth)]
-    assert main(["eval", str(data), "--limit", "2", "--out", str(tmp_path / "ev"), "--dense", *models]) == 0
+    evaluate = ["eval", str(data), "--limit", "2", "--out", str(tmp_path / "ev"), "--dense", *models]
+    assert main([*evaluate, "--compare", f"twin={svn}"]) == 0
     out = capsys.readouterr().out
     names = [
         "stereovoxelnet",
         "stereovoxelnet_dense",
+        "stereovoxelnet_twin",
         "classic",
         "classic_sgbm",
         "depth_net",
@@ -44,6 +46,9 @@ def test_eval_and_bench_commands(tmp_path, capsys):
     # pruned and dense (gated) decoding give the same voxels, so the same scores
     assert backends["stereovoxelnet"]["voxel_iou"] == backends["stereovoxelnet_dense"]["voxel_iou"]
     assert backends["stereovoxelnet"]["f1_0_6m"] == backends["stereovoxelnet_dense"]["f1_0_6m"]
+    assert backends["stereovoxelnet_twin"]["f1_0_6m"] == backends["stereovoxelnet"]["f1_0_6m"]  # same weights
+    assert main([*evaluate, "--compare", "no name"]) == 1
+    assert "--compare" in capsys.readouterr().err
     assert (tmp_path / "ev" / "bands.png").stat().st_size > 5000
     assert (tmp_path / "ev" / "example_0.png").stat().st_size > 5000
     bench = ["bench", "--dataset", str(data), "--frames", "2", "--repeats", "3", "--out", str(tmp_path / "b")]

@@ -195,3 +195,29 @@ def test_train_on_streamed_worlds_records_the_recipe_and_init_checks_shapes(tmp_
     assert main(bad) == 1
     err = capsys.readouterr().err
     assert "--init" in err and "Traceback" not in err
+
+
+def test_train_on_a_gpu_that_is_not_there_names_the_device(tmp_path, capsys):
+    """--device cuda on a machine whose torch sees no GPU (or a nonsense device) exits 1 naming it."""
+    from stereovoxel_ros.offline.train.trainer import TrainingError, training_device
+
+    assert training_device("cpu").type == "cpu"
+    with pytest.raises(TrainingError, match="'tpu'"):
+        training_device("tpu")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the missing-GPU message cannot be shown here")
+    data = _dataset(tmp_path / "data")
+    args = [
+        "train",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        *MODEL_ARGS,
+        "--device",
+        "cuda",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "'cuda'" in err and "no CUDA GPU" in err and "Traceback" not in err

@@ -172,7 +172,8 @@ def sampled_cost_volume(
             valid = (left_g[i, :, :, :, s:] * right_g[i, :, :, :, : w - s]).mean(1)
             corr.append(F.pad(valid, (s, 0)))
         table = torch.stack(corr, dim=1)  # (G, S, h, w)
-        position = (shifts.unsqueeze(0) < lower.unsqueeze(1)).sum(1)  # index of ``lower`` in ``shifts`` (ONNX has no searchsorted)
+        # index of ``lower`` in ``shifts`` (a comparison, since ONNX has no searchsorted)
+        position = (shifts.unsqueeze(0) < lower.unsqueeze(1)).sum(1)
         volumes.append(table[:, position] * (1 - frac) + table[:, position + 1] * frac)
     return torch.stack(volumes)
 

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-EXPERIMENT_MODELS = ("stereovoxelnet", "mobilenet_v2")
+# octree / detector / defense: what the nodes run per frame; stereovoxelnet: the dense network forward only
+EXPERIMENT_MODELS = ("octree", "detector", "defense", "stereovoxelnet", "mobilenet_v2")
+PIPELINE_MODELS = ("octree", "detector", "defense")
 
 
 class TraceCommandError(ValueError):
@@ -63,6 +65,15 @@ def experiment_model(
         return build, left_only, "MobileNetV2-0.5 backbone (left image)", "180x320,360x640"
     if name == "stereovoxelnet":
         return stereovoxelnet_model(checkpoint)
+    from stereovoxel_ros.offline import trace_pipeline
+
+    try:
+        if name == "octree":
+            return trace_pipeline.octree_model(checkpoint)
+        if name in ("detector", "defense"):
+            return trace_pipeline.detector_model(checkpoint, defense=name == "defense")
+    except trace_pipeline.ExperimentError as err:
+        raise TraceCommandError(f"--checkpoint: {err}") from err
     raise TraceCommandError(f"--model {name!r}: choose from {', '.join(EXPERIMENT_MODELS)}")
 
 
@@ -151,7 +162,12 @@ def _experiment(args: argparse.Namespace) -> int:
         spec = ExperimentSpec(
             sizes=_sizes(args.sizes or default_sizes),
             threads=_ints(args.threads, "--threads"),
-            runtimes=tuple(args.runtimes.split(",")),
+            runtimes=tuple(
+                (
+                    args.runtimes
+                    or ("eager" if args.model in PIPELINE_MODELS else "eager,torchscript,onnxruntime")
+                ).split(",")
+            ),
             iterations=args.iterations,
             warmup=args.warmup,
             load_processes=args.load_processes,
@@ -165,13 +181,54 @@ def _experiment(args: argparse.Namespace) -> int:
             model_factory, input_factory, spec, progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1))
         )
     layers = []
-    if args.layers:
+    if args.layers and args.model not in PIPELINE_MODELS:
         h, w = spec.sizes[0]
         model = model_factory(h, w)
         layers = profile_layers(model, lambda: input_factory(h, w, spec.base_scene, 0))[: args.layers]
     report = write_experiment_report(conditions, Path(args.out), description, layers)
     print(report.read_text().split("![")[0].strip())
     print(f"\nreport: {report}")
+    return 0
+
+
+def _insights(args: argparse.Namespace) -> int:
+    import shlex
+
+    from tqdm import tqdm
+
+    from stereovoxel_ros.offline.trace_pipeline import ExperimentError, measure_insights, write_insights
+
+    try:
+        if args.frames < 3:
+            raise TraceCommandError(f"--frames {args.frames}: need at least 3")
+        (size,) = _sizes(args.size)
+        with tqdm(total=6, desc="trace insights") as bar:
+            insights = measure_insights(
+                args.frames,
+                size,
+                args.checkpoint,
+                args.detector_checkpoint,
+                tuple(args.runtimes.split(",")),
+                args.load_processes,
+                progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)),
+            )
+    except (TraceCommandError, ExperimentError) as err:
+        print(f"stereovoxel trace insights: {err}", file=sys.stderr)
+        return 2
+    words = ["stereovoxel", "trace", "insights", "--frames", str(args.frames), "--size", args.size]
+    for flag, value in (
+        ("--checkpoint", args.checkpoint),
+        ("--detector-checkpoint", args.detector_checkpoint),
+        ("--runtimes", args.runtimes),
+        ("--load-processes", str(args.load_processes)),
+        ("--out", args.out),
+    ):
+        if value is not None:
+            words += [flag, value]
+    command = shlex.join(words)
+    report = write_insights(insights, Path(args.out), command)
+    print(report.read_text().strip())
+    print(f"\nreport: {report} (evidence: insights.json)")
     return 0
 
 
@@ -182,7 +239,7 @@ def register(subparsers: Any, name: str, help: str) -> None:
         description="Timing-variance analysis: 'report' reads a timing_tracer trace; 'experiment' measures "
         "input size, scene content, threads, warm-up, background load and runtime on this machine.",
     )
-    sub = p.add_subparsers(dest="trace_command", metavar="{report,experiment}", required=True)
+    sub = p.add_subparsers(dest="trace_command", metavar="{report,experiment,insights}", required=True)
     r = sub.add_parser("report", help="Markdown + PNG report of a trace folder or .jsonl file")
     r.add_argument("trace", help="trace folder (trace-NNNNNN.jsonl segments) or one .jsonl file")
     r.add_argument("--out", default="", help="output folder (default: TRACE_report beside the trace)")
@@ -195,13 +252,23 @@ def register(subparsers: Any, name: str, help: str) -> None:
     )
     r.set_defaults(func=_report)
     e = sub.add_parser("experiment", help="controlled timing variations on this machine, side by side")
-    e.add_argument("--model", default="stereovoxelnet", choices=EXPERIMENT_MODELS, help="network to time")
+    e.add_argument(
+        "--model",
+        default="octree",
+        choices=EXPERIMENT_MODELS,
+        help="what to time: octree (the occupancy node's predictor), detector (decode + NMS), defense "
+        "(detector node with the patch defense), stereovoxelnet (dense network forward), mobilenet_v2",
+    )
     e.add_argument("--checkpoint", default=None, help="checkpoint [.pt] (default: the shipped one, if any)")
     e.add_argument(
         "--sizes", default="", help="input sizes HxW [px], the first is the baseline (default: per model)"
     )
     e.add_argument("--threads", default="1,2", help="torch/ORT thread counts; the first is the baseline")
-    e.add_argument("--runtimes", default="eager,torchscript,onnxruntime", help="runtimes to compare")
+    e.add_argument(
+        "--runtimes",
+        default="",
+        help="runtimes to compare (default: eager for the node calls, eager,torchscript,onnxruntime for networks)",
+    )
     e.add_argument("--iterations", type=int, default=20, help="timed calls per condition")
     e.add_argument("--warmup", type=int, default=3, help="untimed calls before each condition")
     e.add_argument("--load-processes", type=int, default=1, help="busy-loop processes for the load condition")
@@ -210,3 +277,14 @@ def register(subparsers: Any, name: str, help: str) -> None:
     )
     e.add_argument("--out", default="trace_experiment", help="output folder")
     e.set_defaults(func=_experiment)
+    i = sub.add_parser("insights", help="the six time-variation insights as tested statements, measured here")
+    i.add_argument("--frames", type=int, default=15, help="frames (scene seeds 0..N-1) per condition")
+    i.add_argument("--size", default="360x640", help="camera image size HxW [px]")
+    i.add_argument("--checkpoint", default=None, help="occupancy checkpoint (default: the shipped one)")
+    i.add_argument(
+        "--detector-checkpoint", default=None, help="detector checkpoint (default: the shipped one)"
+    )
+    i.add_argument("--runtimes", default="eager,torchscript,onnxruntime")
+    i.add_argument("--load-processes", type=int, default=1)
+    i.add_argument("--out", default="trace_insights", help="output folder")
+    i.set_defaults(func=_insights)

@@ -8,7 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,21 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from stereovoxel_ros.classic_stereo import ClassicStereoConfig, ClassicStereoError
-from stereovoxel_ros.frame_obstacle_grid import (  # noqa: F401 (grid_window, observable_cells: re-exported)
-    grid_window,
-    observable_cells,
-    obstacle_cells,
-    occupied_points,
-)
 from stereovoxel_ros.grid_spec import GridSpecError, VoxelGridSpec, grid_preset
 from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_HEIGHT_M, ODOM_FRAME, JackalTopics
 from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.obstacle_grid import grid_window, observable_cells, obstacle_cells  # noqa: F401 (re-exported)
 from stereovoxel_ros.occupancy_predictor import BACKENDS
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
+from stereovoxel_ros.ros.local_map_output import (
+    LOCAL_MAP_PARAMETERS,
+    LocalMapOutput,
+    LocalMapSettings,
+    TfOdometry,
+    local_map_settings,
+)
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.parameter_values import (
     ParameterValues,
@@ -50,7 +52,11 @@ from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
 from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
 from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
 from stereovoxel_ros.tracing import RollingWindow, StageTracer
-from stereovoxel_ros.voxel_grid import optical_to_base_transform
+from stereovoxel_ros.voxel_grid import (
+    occupied_voxel_centers,
+    optical_to_base_transform,
+    transform_points,
+)
 
 EXTRINSICS_SOURCES = ("auto", "tf", "parameters")
 GRID_FRAMES = ("base_frame", "odom_frame")
@@ -153,6 +159,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         True,
         "configure and activate on start; set false when a Nav2 lifecycle_manager manages the node",
     ),
+    **LOCAL_MAP_PARAMETERS,
 }
 
 
@@ -188,6 +195,7 @@ class OccupancyNodeConfig:
     classic: dict[str, Any] = field(
         default_factory=dict
     )  # ClassicStereoConfig fields (classic/sgbm backends)
+    local_map: LocalMapSettings | None = None  # the local_map.* parameters
 
     @classmethod
     def from_parameters(cls, values: dict[str, Any]) -> OccupancyNodeConfig:
@@ -252,6 +260,7 @@ class OccupancyNodeConfig:
             pruning_latency_target_ms=float(target),
             torch_threads=threads,
             classic=classic,
+            local_map=local_map_settings(params, resolution),
         )
 
 
@@ -487,6 +496,8 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self._last_input_ns: dict[str, int] = {"left": -1, "right": -1}
         self._sync_dropped_earlier = 0  # drops counted by synchronizers replaced after a stamp jump
         self._odom: deque[tuple[int, np.ndarray]] = deque(maxlen=200)  # (stamp [ns], base->odom 4x4)
+        self.local_map: LocalMapOutput | None = None
+        self._odometry_tf: TfOdometry | None = None
         self._sync: StereoPairSynchronizer | None = None
         # the newest (left, right, monotonic time paired), processed on the inference thread
         self._init_stream(self._on_pair)
@@ -519,6 +530,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
             "grid": self.create_lifecycle_publisher(OccupancyGrid, "~/obstacle_grid", map_qos()),
             "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", reliable_qos(depth=1)),
         }
+        self._make_local_map(config)
         self._start_diagnostics(config.diagnostics_period_s)
         self.get_logger().info(
             f"configured: backend {backend}, grid {config.grid.name} {config.grid.shape} x {config.grid.voxel_size} m, "
@@ -542,7 +554,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
             self.create_subscription(kind, topic, callback, sensor_qos(), callback_group=self._input_group)
             for kind, topic, callback in streams
         ]
-        if config.grid_in_odom:
+        if self._needs_odometry_topic(config):
             self._inputs.append(
                 self.create_subscription(
                     Odometry,
@@ -558,8 +570,33 @@ class StereoOccupancyNode(StreamLifecycleNode):
         )
         return super().on_activate(state)
 
+    def _make_local_map(self, config: OccupancyNodeConfig) -> None:
+        """The local map, its publishers (released with the others) and its odometry source."""
+        settings = config.local_map
+        assert settings is not None
+        self.local_map = LocalMapOutput(self, settings, config.odom_frame, config.obstacle_band_m)
+        for name, publisher in (
+            ("local_map", self.local_map.grid_publisher),
+            ("clearing_cloud", self.local_map.clearing_publisher),
+        ):
+            if publisher is not None:
+                self._outputs[name] = publisher
+        source = settings.odometry_source
+        if source == "auto":
+            source = "tf" if tf2_available() else "topic"
+        if source == "tf" and not tf2_available():
+            raise OccupancyConfigError(
+                "parameter 'local_map.odometry_source' = 'tf': tf2_ros is not installed"
+            )
+        self._odometry_tf = TfOdometry(self, config.odom_frame, config.base_frame) if source == "tf" else None
+
+    def _needs_odometry_topic(self, config: OccupancyNodeConfig) -> bool:
+        map_on = config.local_map is not None and config.local_map.enabled
+        return config.grid_in_odom or (map_on and self._odometry_tf is None)
+
     def _forget_configuration(self) -> None:
         self.config = self.predictor = self.extrinsics = self._sync = None
+        self.local_map = self._odometry_tf = None
         self.pruning_selector = self._cpu_mhz = None
         self.backend_in_use = ""
 
@@ -705,15 +742,31 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def _on_odom(self, msg: Odometry) -> None:
         pose = msg.pose.pose
+        topic = self.config.odom_topic if self.config else "?"
         try:
             base_to_odom = rigid_transform_from_pose(
                 (pose.position.x, pose.position.y, pose.position.z),
                 (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w),
             )
         except FrameError as err:
-            self._report_error(f"odometry on {self.config.odom_topic if self.config else '?'}: {err}")
+            self._odometry_fault(f"odometry on {topic}: {err}")
             return
-        self._odom.append((header_stamp_ns(msg), base_to_odom))
+        stamp_ns = header_stamp_ns(msg)
+        if self._odom and stamp_ns < self._odom[-1][0]:
+            jump_ms = (self._odom[-1][0] - stamp_ns) / 1e6
+            self._odom.clear()
+            self._odometry_fault(
+                f"odometry on {topic} went back in time by {jump_ms:.1f} ms; history restarted"
+            )
+        self._odom.append((stamp_ns, base_to_odom))
+
+    def _odometry_fault(self, message: str) -> None:
+        """Bad odometry: the local map starts afresh (before its next fusion) and /diagnostics says why."""
+        local_map = self.local_map
+        if local_map is not None and local_map.grid_publisher is not None:
+            local_map.request_reset(message)
+            message += "; local map reset"
+        self._report_error(message)
 
     def _on_image(self, side: str, msg: Image) -> None:
         sync, config = self._sync, self.config
@@ -730,6 +783,8 @@ class StereoOccupancyNode(StreamLifecycleNode):
             self._sync = sync = StereoPairSynchronizer(slop_ns=round(config.sync_slop_s * 1e9))
             self._last_input_ns = {"left": -1, "right": -1}
             self._odom.clear()
+            if self.local_map is not None:
+                self.local_map.request_reset(f"{side} image stamp went backwards")
         self._last_input_ns[side] = stamp_ns
         pair = sync.add(side, stamp_ns, msg)
         if pair is None:
@@ -767,7 +822,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
                 self._update_pruning(float(result.stats["latency_ms"]))
         with self.tracer.stage("publish"):
             occupied = np.asarray(result.occupied, dtype=bool)
-            points = occupied_points(occupied, config.grid, camera_to_base)
+            points = transform_points(occupied_voxel_centers(occupied, config.grid), camera_to_base)
             header = Header(stamp=left.header.stamp, frame_id=config.base_frame)
             probabilities = getattr(result, "probabilities", None)
             intensity = None if probabilities is None else np.asarray(probabilities)[occupied]
@@ -785,14 +840,50 @@ class StereoOccupancyNode(StreamLifecycleNode):
             self._outputs["grid"].publish(
                 array_to_occupancy_grid(cells, config.grid_resolution_m, (*origin, 0.0), header)
             )
+            if self.local_map is not None:
+                camera_xy = (base_to_out @ camera_to_base)[:2, 3]
+                self.local_map.publish_clearing(
+                    cells, origin, config.grid_resolution_m, (camera_xy[0], camera_xy[1]), header
+                )
+        self._fuse(config, frame.camera, camera_to_base, points, stamp_ns, left.header.stamp, (cells, origin))
         self.tracer.frame(
             stamp_ns, occupied_voxels=int(occupied.sum()), image_px=camera.width * camera.height
         )
         now_ns = self.get_clock().now().nanoseconds
         self.stats.add_published((time.monotonic() - paired_at) * 1e3, (now_ns - stamp_ns) / 1e6)
 
+    def _fuse(self, config: OccupancyNodeConfig, camera: StereoCameraModel, camera_to_base: np.ndarray,
+              points: np.ndarray, stamp_ns: int, stamp: Any, grid: tuple[np.ndarray, tuple[float, float]]) -> None:  # fmt: skip
+        """Fuse this frame's odom grid into the local map: the published grid when it is in odom, else one ray
+        cast in odom for the map (stage ``odom_grid``); the update and the map message are stage ``fusion``."""
+        local_map = self.local_map
+        if local_map is None or local_map.grid_publisher is None:
+            return
+        if self._odometry_tf is None and not self._odom:
+            local_map.waiting = f"waiting for odometry on {config.odom_topic}"  # idle, not an error
+            return
+        local_map.waiting = ""
+        try:
+            base_to_odom = self._base_to_odom(stamp_ns)
+        except FrameError as err:
+            self._report_error(f"local map not updated: {err}")
+            return
+        cells, origin = grid
+        if not config.grid_in_odom:
+            with self.tracer.stage("odom_grid"):
+                cells, origin = obstacle_cells(
+                    replace(config, grid_in_odom=True), camera, camera_to_base, points, base_to_odom
+                )
+        sensor = (base_to_odom @ camera_to_base)[:2, 3]
+        with self.tracer.stage("fusion"):
+            reason = local_map.update(cells, origin, (float(sensor[0]), float(sensor[1])), stamp_ns, stamp)
+        if reason.startswith("local map reset"):
+            self._report_error(reason)
+
     def _base_to_odom(self, stamp_ns: int) -> np.ndarray:
-        """base->odom at ``stamp_ns`` from the nearest odometry message (within 0.5 s)."""
+        """base->odom at ``stamp_ns`` from tf2 or the nearest odometry message (within 0.5 s)."""
+        if self._odometry_tf is not None:
+            return self._odometry_tf.base_to_odom(stamp_ns)
         history = list(self._odom)
         if not history:
             raise FrameError(
@@ -857,6 +948,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
             "input_errors": str(report["input_errors"]),
             "last_input_error": report["last_input_error"],
             **self.pruning_status(),
+            **(self.local_map.status() if self.local_map is not None else {}),
         }
         return DiagnosticStatus(
             level=level,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,13 @@ def register(subparsers: Any, name: str, help: str) -> None:
         description="Compression for the robot's hardware: PIM-aware quantization and All-in-One pruning. "
         "Task: scikit-learn digits with a small CNN (minutes on a CPU).",
     )
+    from stereovoxel_ros.offline.compress.pim_commands import (
+        _chip_arguments,
+        _pim_ablate,
+        _pim_eval,
+        _pim_train,
+    )
+
     sub = p.add_subparsers(dest="compress_command", metavar="METHOD", required=True)
 
     pim = sub.add_parser("pim-qat", help="PIM-aware quantization training (Jin et al. 2022)")
@@ -36,17 +42,29 @@ def register(subparsers: Any, name: str, help: str) -> None:
         metavar="SIGMA",
         help="train at the ADC's effective bits under this thermal noise [LSB]",
     )
-    t.add_argument("--scheme", choices=("native", "bit_serial", "bit_sliced"), default="bit_serial")
-    t.add_argument("--weight-bits", type=int, default=4)
-    t.add_argument("--act-bits", type=int, default=4)
-    t.add_argument("--rows", type=int, default=64, help="crossbar rows per ADC group")
-    t.add_argument("--slice-bits", type=int, default=1)
-    t.add_argument("--adc-bits", type=int, default=4)
-    t.add_argument("--adc-range", type=float, default=0.25, help="ADC full scale / largest partial sum")
+    t.add_argument(
+        "--rescale",
+        choices=("none", "forward", "backward", "both"),
+        default="both",
+        help="PIM-QAT rescaling (the paper: both)",
+    )
+    _chip_arguments(t)
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, required=True, help="checkpoint [.pt]")
     t.set_defaults(func=_pim_train, _parser=t, _prefix="stereovoxel compress pim-qat train")
+    a = pim_sub.add_parser(
+        "ablate",
+        help="rescaling / BN calibration / adjusted precision on and off, per scheme and noise level",
+    )
+    a.add_argument("--schemes", default="native,bit_serial,bit_sliced")
+    a.add_argument("--noise", default="0,0.3,1", help="thermal noise levels σ [ADC LSB]")
+    a.add_argument("--draws", type=int, default=3, help="noise draws averaged per σ > 0")
+    _chip_arguments(a, scheme=False)
+    a.add_argument("--epochs", type=int, default=5)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--results", type=Path, default=Path(DEFAULT_RESULTS))
+    a.set_defaults(func=_pim_ablate, _parser=a, _prefix="stereovoxel compress pim-qat ablate")
     e = pim_sub.add_parser("eval", help="deploy a checkpoint on digital hardware or the simulated PIM chip")
     e.add_argument("--checkpoint", type=Path, required=True)
     e.add_argument("--deploy", choices=("digital", "pim"), default="pim")
@@ -149,177 +167,6 @@ def _setup_torch(threads: int = 1) -> None:
     import torch
 
     torch.set_num_threads(threads)
-
-
-# ---- PIM-QAT ---------------------------------------------------------------------------------------------------
-
-
-def _pim_train(args: argparse.Namespace) -> int:
-    import time
-    from dataclasses import asdict
-
-    import torch
-
-    from stereovoxel_ros.offline.compress.digits_task import (
-        DigitsCNN,
-        accuracy,
-        load_digits_data,
-        train_classifier,
-    )
-    from stereovoxel_ros.offline.compress.pim_qat import prepare_for_training
-    from stereovoxel_ros.offline.compress.pim_simulator import PIMConfig, configure_pim
-
-    _setup_torch()
-    chip = PIMConfig(
-        scheme=args.scheme,
-        weight_bits=args.weight_bits,
-        act_bits=args.act_bits,
-        rows=args.rows,
-        slice_bits=args.slice_bits,
-        adc_bits=args.adc_bits,
-        adc_range=args.adc_range,
-    )
-    data = load_digits_data(seed=args.seed)
-    torch.manual_seed(args.seed)
-    model = DigitsCNN()
-    exclude = ("features.0", "classifier")  # first and last layers stay digital, as on PIM chips
-    train_cfg = prepare_for_training(model, chip, args.method, args.adjusted_precision_noise, exclude)
-    t0 = time.perf_counter()
-    train_classifier(model, data, args.epochs, seed=args.seed, progress=f"{args.method} train")
-    configure_pim(model, mode="digital")
-    acc = accuracy(model, data)
-    _save(
-        args.out,
-        {
-            "format": "stereovoxel-pim-qat",
-            "task": "digits",
-            "method": args.method,
-            "adjusted_precision_noise": args.adjusted_precision_noise,
-            "chip": asdict(chip),
-            "train_config": asdict(train_cfg),
-            "exclude": list(exclude),
-            "state_dict": model.state_dict(),
-            "seed": args.seed,
-        },
-    )
-    print(
-        f"{args.method}: trained {args.epochs} epochs in {time.perf_counter() - t0:.1f} s "
-        f"(train ADC {train_cfg.adc_bits} bit); digital test accuracy {acc:.3f} -> {args.out}"
-    )
-    return 0
-
-
-def _pim_model(ckpt: dict):
-    from stereovoxel_ros.offline.compress.digits_task import DigitsCNN
-    from stereovoxel_ros.offline.compress.pim_simulator import PIMConfig, convert_to_pim
-
-    if ckpt.get("format") != "stereovoxel-pim-qat":
-        raise CompressCommandError("checkpoint is not a pim-qat checkpoint (format field)")
-    model = DigitsCNN()
-    chip = PIMConfig(**ckpt["chip"])
-    convert_to_pim(model, chip, mode="digital", exclude=ckpt["exclude"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model, chip
-
-
-def _pim_eval(args: argparse.Namespace) -> int:
-    import copy
-    import statistics
-
-    import torch
-
-    from stereovoxel_ros.atomic_file import write_text_atomic
-    from stereovoxel_ros.offline.compress.digits_task import accuracy, load_digits_data
-    from stereovoxel_ros.offline.compress.pim_qat import calibrate_batchnorm, deploy_on_pim
-    from stereovoxel_ros.offline.compress.pim_simulator import configure_pim
-
-    _setup_torch()
-    ckpt = _load(args.checkpoint)
-    model, chip = _pim_model(ckpt)
-    rescale = ckpt["method"] == "pim-qat"
-    data = load_digits_data(seed=ckpt.get("seed", 0))
-    noisy = args.noise > 0
-    seeds = range(args.seeds if noisy else 1)
-    accs = []
-    for seed in seeds:
-        m = copy.deepcopy(model)
-        if args.deploy == "digital":
-            configure_pim(m, mode="digital")
-        else:
-            deploy_on_pim(m, chip.with_(noise_std=args.noise, adc_nonlinearity=args.nonlinearity), seed=seed)
-            configure_pim(m, rescale=rescale)
-        if args.bn_calibrate:
-            gen = torch.Generator().manual_seed(100 + seed)
-            calibrate_batchnorm(m, (x for x, _ in data.batches(64, gen)))
-        accs.append(accuracy(m, data))
-    acc = statistics.fmean(accs)
-    row = {
-        "command": _command_line(args),
-        "method": ckpt["method"],
-        "adjusted_precision": ckpt.get("adjusted_precision_noise") is not None,
-        "deploy": args.deploy,
-        "noise_lsb": args.noise,
-        "nonlinearity": args.nonlinearity,
-        "bn_calibration": args.bn_calibrate,
-        "accuracy": acc,
-        "accuracy_std": statistics.pstdev(accs),
-        "draws": len(accs),
-        "chip": f"{chip.scheme} w{chip.weight_bits}a{chip.act_bits} {chip.rows} rows "
-        f"ADC {chip.adc_bits} b @ {chip.adc_range:g} FS",
-    }
-    print(json.dumps(row))
-    log = args.results / "pim_qat_results.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-    rows = [r for r in rows if r["command"] != row["command"]] + [row]
-    write_text_atomic(log, "".join(json.dumps(r) + "\n" for r in rows))
-    table = _markdown(
-        ["command", "deploy", "noise σ [LSB] / κ", "BN cal.", "accuracy"],
-        [
-            [
-                f"`{r['command']}`",
-                r["deploy"],
-                f"{r['noise_lsb']:g} / {r['nonlinearity']:g}",
-                "yes" if r["bn_calibration"] else "no",
-                f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}",
-            ]
-            for r in rows
-        ],
-    )
-    write_text_atomic(args.results / "pim_qat_results.md", f"Chip: {row['chip']}\n\n" + table)
-    _plot_bars(args.results / "pim_qat_results.png", rows)
-    print(table)
-    return 0
-
-
-def _plot_bars(path: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from stereovoxel_ros.atomic_file import save_figure_atomic
-
-    labels = []
-    for r in rows:
-        label = r["method"] + (" +AP" if r["adjusted_precision"] else "") + f"\n{r['deploy']}"
-        if r["noise_lsb"] > 0:
-            label += f" σ={r['noise_lsb']:g} κ={r['nonlinearity']:g}"
-        if r["bn_calibration"]:
-            label += "\n+BN cal."
-        labels.append(label)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
-    ax.bar(
-        range(len(rows)),
-        [r["accuracy"] for r in rows],
-        yerr=[r["accuracy_std"] for r in rows],
-        color="tab:blue",
-    )
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title("PIM-QAT on digits")
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=120)
 
 
 # ---- All-in-One ------------------------------------------------------------------------------------------------

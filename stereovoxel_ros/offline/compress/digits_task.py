@@ -12,33 +12,34 @@ from torch import nn
 
 @dataclass(frozen=True)
 class DigitsCNNConfig:
-    """Channel widths of the three 3×3 conv blocks."""
+    """Channel widths of the 3×3 conv blocks (at least two; a 2×2 max-pool follows the second)."""
 
-    widths: tuple[int, int, int] = (16, 32, 64)
+    widths: tuple[int, ...] = (16, 32, 64)
     num_classes: int = 10
 
 
+PIM_DIGITS_WIDTHS: tuple[int, ...] = (16, 32, 32, 64, 64)
+"""The deeper digits CNN of the PIM-QAT experiments: 5 convs + a linear layer, the middle 4 convs on the PIM."""
+
+
 class DigitsCNN(nn.Module):
-    """conv-BN-ReLU ×3 (pool after the second), global average pool, linear classifier; input (B, 1, 8, 8)."""
+    """conv-BN-ReLU blocks (pool after the second), global average pool, linear classifier; input (B, 1, 8, 8)."""
 
     def __init__(self, config: DigitsCNNConfig | None = None) -> None:
         super().__init__()
         cfg = config or DigitsCNNConfig()
-        c1, c2, c3 = cfg.widths
-        self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c1),
-            nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(c2, c3, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c3),
-            nn.ReLU(),
-        )
+        if len(cfg.widths) < 2:
+            raise ValueError(f"DigitsCNNConfig.widths={cfg.widths} needs at least two conv blocks")
+        layers: list[nn.Module] = []
+        c_in = 1
+        for i, c in enumerate(cfg.widths):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+            if i == 1:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c
+        self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c3, cfg.num_classes)
+        self.classifier = nn.Linear(c_in, cfg.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))

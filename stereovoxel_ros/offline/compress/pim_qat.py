@@ -39,11 +39,13 @@ def prepare_for_training(
     method: str,
     adjusted_precision_noise: float | None = None,
     exclude: Iterable[str] = (),
+    rescale: str = "both",
 ) -> PIMConfig:
     """Convert ``model`` in place and set it up to train; returns the config used in training.
 
     ``conventional``: fake-quantized weights/activations on digital hardware (the PIM ADCs ignored).
-    ``pim-qat``: forward through the simulated PIM macro, straight-through gradients, forward rescaling.
+    ``pim-qat``: forward through the simulated PIM macro, straight-through gradients, ``rescale`` one of
+    ``none`` / ``forward`` / ``backward`` / ``both`` (the paper's method: both).
     ``adjusted_precision_noise`` (σ in LSB): train at :func:`adjusted_adc_bits` instead of ``config.adc_bits``.
     Training itself is noise-free; noise and non-linearity are properties of the deployment chip.
     """
@@ -56,9 +58,9 @@ def prepare_for_training(
         )
     convert_to_pim(model, train_config, mode="digital", exclude=exclude)
     if method == "pim-qat":
-        configure_pim(model, mode="pim", rescale=True)
+        configure_pim(model, mode="pim", rescale=rescale)
     else:
-        configure_pim(model, mode="digital", rescale=False)
+        configure_pim(model, mode="digital", rescale="none")
     return train_config
 
 

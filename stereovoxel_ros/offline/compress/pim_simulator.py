@@ -13,8 +13,10 @@ from torch import nn
 
 Scheme = Literal["native", "bit_serial", "bit_sliced"]
 Mode = Literal["float", "digital", "pim"]
+Rescale = Literal["none", "forward", "backward", "both"]
 SCHEMES: tuple[str, ...] = ("native", "bit_serial", "bit_sliced")
 MODES: tuple[str, ...] = ("float", "digital", "pim")
+RESCALES: tuple[str, ...] = ("none", "forward", "backward", "both")
 
 
 class PIMError(ValueError):
@@ -188,7 +190,7 @@ class PIMLayerMixin:
 
     pim_config: PIMConfig
     mode: str
-    rescale: bool
+    rescale: str
     range_momentum: float = 0.1
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -208,12 +210,13 @@ class PIMLayerMixin:
     def _init_pim(self, config: PIMConfig, mode: str = "pim") -> None:
         self.pim_config = config
         self.mode = mode
-        self.rescale = False
+        self.rescale = "none"
         self.generator: torch.Generator | None = None
         self.register_buffer("act_lo", torch.tensor(0.0))  # type: ignore[attr-defined]
         self.register_buffer("act_hi", torch.tensor(0.0))  # type: ignore[attr-defined]
         self.register_buffer("range_seen", torch.tensor(False))  # type: ignore[attr-defined]
         self.register_buffer("pim_gain", torch.tensor(1.0))  # type: ignore[attr-defined]
+        self.register_buffer("pim_slope", torch.tensor(1.0))  # type: ignore[attr-defined]
 
     def _track_range(self, x: torch.Tensor) -> None:
         lo, hi = x.detach().min(), x.detach().max()
@@ -246,16 +249,29 @@ class PIMLayerMixin:
         return round_ste(torch.clamp(w / scale.view(shape), -q, q)), scale
 
     def _combine(self, y_digital: torch.Tensor, y_pim: torch.Tensor) -> torch.Tensor:
-        """Forward = gain × PIM output; backward = the digital path (straight-through across the ADCs).
+        """Forward: the PIM output (× η with forward rescaling); backward: straight through to the digital path.
 
-        With ``rescale`` on (PIM-QAT), gain tracks std(digital)/std(PIM) in training so the forward scale the
-        next layer sees matches the scale the straight-through gradient assumes (Jin et al. 2022).
+        PIM-QAT (Jin et al. 2022) rescales in both directions. Forward: η = std(digital)/std(PIM) (EMA in
+        training) so the next layer sees the variance the digital path would give. Backward (our reading):
+        the straight-through gradient is scaled by the least-squares slope s of the forward output on the
+        digital output, i.e. it is the gradient of the best linear model of what the forward pass computes
+        (s = ζ with ζ = <PIM, digital>/<digital, digital> alone, η·ζ = the correlation with both on; plain STE
+        assumes 1). Rescaling modes: ``none``, ``forward``, ``backward``, ``both``.
         """
-        if self.rescale and self.training:
-            ratio = y_digital.detach().std() / y_pim.std().clamp(min=1e-8)
-            self.pim_gain.mul_(1 - self.range_momentum).add_(self.range_momentum * ratio)  # type: ignore[attr-defined]
-        gain = self.pim_gain if self.rescale else 1.0  # type: ignore[attr-defined]
-        return y_digital + (gain * y_pim - y_digital).detach()
+        if self.rescale != "none" and self.training:
+            m = self.range_momentum
+            d, p = y_digital.detach(), y_pim.detach()
+            ratio = d.std() / p.std().clamp(min=1e-8)
+            slope = (p * d).sum() / (d * d).sum().clamp(min=1e-12)
+            self.pim_gain.mul_(1 - m).add_(m * ratio)  # type: ignore[attr-defined]
+            self.pim_slope.mul_(1 - m).add_(m * slope)  # type: ignore[attr-defined]
+        forward = self.rescale in ("forward", "both")
+        gain = self.pim_gain if forward else 1.0  # type: ignore[attr-defined]
+        out = gain * y_pim
+        if self.rescale in ("backward", "both"):
+            back = gain * self.pim_slope  # type: ignore[attr-defined]
+            return back * y_digital + (out - back * y_digital).detach()
+        return y_digital + (out - y_digital).detach()
 
 
 class PIMConv2d(PIMLayerMixin, nn.Conv2d):
@@ -367,12 +383,19 @@ def configure_pim(
     model: nn.Module,
     mode: str | None = None,
     config: PIMConfig | None = None,
-    rescale: bool | None = None,
+    rescale: str | bool | None = None,
     seed: int | None = None,
 ) -> None:
-    """Set mode / config / rescaling on every PIM layer; ``seed`` makes the thermal noise reproducible."""
+    """Set mode / config / rescaling on every PIM layer; ``seed`` makes the thermal noise reproducible.
+
+    ``rescale``: one of :data:`RESCALES` (``True`` = ``both``, ``False`` = ``none``).
+    """
     if mode is not None and mode not in MODES:
         raise PIMError(f"mode={mode!r}; choose from {', '.join(MODES)}")
+    if isinstance(rescale, bool):
+        rescale = "both" if rescale else "none"
+    if rescale is not None and rescale not in RESCALES:
+        raise PIMError(f"rescale={rescale!r}; choose from {', '.join(RESCALES)}")
     for i, layer in enumerate(pim_layers(model)):
         if mode is not None:
             layer.mode = mode

@@ -25,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
         action="store_true",
         help="continue an interrupted run in OUT (same options): keep its samples",
     )
+    s.add_argument(
+        "--randomized",
+        action="store_true",
+        help="domain-randomised worlds as the training stream renders them (train --stream): with the stream's "
+        "seed and --sequence-length equal to its --frames-per-world, the very worlds it trained on",
+    )
     s.set_defaults(func=_run_synth)
 
     b = actions.add_parser("synth-bag", help="render a synthetic drive into a rosbag2 with Jackal topics")
@@ -145,7 +151,14 @@ def _run_synth(args: argparse.Namespace) -> int:
         return _fail(error + " (or --resume to continue an interrupted run)")
     start = time.perf_counter()
     try:
-        manifest = write_synthetic_dataset(args.out, config, args.seed, args.frames, resume=args.resume)
+        randomization = None
+        if args.randomized:
+            from stereovoxel_ros.offline.data.domain_randomization import DomainRandomization
+
+            randomization = DomainRandomization()
+        manifest = write_synthetic_dataset(
+            args.out, config, args.seed, args.frames, resume=args.resume, randomization=randomization
+        )
     except KeyboardInterrupt:
         print(
             f"stereovoxel dataset: interrupted; the samples written to {args.out} are complete: rerun the same "

@@ -156,6 +156,30 @@ def randomized_sequence(
         yield apply_image_effects(frame, draw)
 
 
+def randomized_sequence_name(seed: int, frame_index: int, sequence_length: int) -> str:
+    """The world name of frame ``frame_index`` of a randomised run (``synth_r<seed>_q<world>``)."""
+    return f"synth_r{seed}_q{frame_index // sequence_length:04d}"
+
+
+def randomized_frames(
+    base: SynthConfig, randomization: DomainRandomization, seed: int, num_frames: int, start: int = 0
+) -> Iterator[tuple[str, SynthFrame]]:
+    """``num_frames`` frames of randomised worlds 0, 1, ... of ``seed`` (``base.sequence_length`` frames each),
+    as (sequence name, frame) like :func:`~stereovoxel_ros.offline.data.synth_world.generate_frames`: the
+    training stream's worlds written to disk, e.g. to score the model on the distribution it trained on.
+
+    ``start``: skip the first frames; a world partly skipped is still rendered from its start (frames depend
+    on the frames before them only through the world, so the rest are identical to a run from 0).
+    """
+    length = base.sequence_length
+    for world in range(start // length, math.ceil(num_frames / length)):
+        count = min(length, num_frames - world * length)
+        name = randomized_sequence_name(seed, world * length, length)
+        for i, frame in enumerate(randomized_sequence(base, randomization, seed, world, count)):
+            if world * length + i >= start:
+                yield name, frame
+
+
 __all__ = [
     "TRAINING_KIND_WEIGHTS",
     "DomainRandomization",
@@ -163,6 +187,8 @@ __all__ = [
     "WorldDraw",
     "apply_image_effects",
     "draw_world",
+    "randomized_frames",
     "randomized_sequence",
+    "randomized_sequence_name",
     "randomized_world",
 ]

@@ -12,6 +12,11 @@ from pathlib import Path
 
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.offline.data.dataset_format import DatasetManifest, DatasetWriter, split_ids
+from stereovoxel_ros.offline.data.domain_randomization import (
+    DomainRandomization,
+    randomized_frames,
+    randomized_sequence_name,
+)
 from stereovoxel_ros.offline.data.synth_world import (
     DETECTION_CLASSES,
     SynthConfig,
@@ -81,24 +86,32 @@ def write_synthetic_dataset(
     num_frames: int,
     progress: bool = True,
     resume: bool = False,
+    randomization: DomainRandomization | None = None,
 ) -> DatasetManifest:
     """Generate ``num_frames`` frames (worlds of ``config.sequence_length`` frames) into dataset ``out``.
 
     Every sample file is complete once written (atomic). With ``resume``, the samples of an interrupted run
-    with the same options are kept and only the rest is rendered.
+    with the same options are kept and only the rest is rendered. With ``randomization``, the worlds are the
+    domain-randomised training worlds of ``seed`` (as the training stream renders them).
     """
     from tqdm import tqdm
 
     from stereovoxel_ros.atomic_file import write_json_atomic
 
     run = {"seed": seed, "frames": num_frames, "config": synth_config_to_dict(config)}
+    if randomization is not None:
+        run["randomization"] = randomization.to_dict()
     run = json.loads(json.dumps(run))  # as it reads back
     start = resumable_samples(out, run, config.grid) if resume else 0
     writer = DatasetWriter(Path(out), config.grid, source=f"synthetic seed={seed}")
     write_json_atomic(Path(out) / RUN_FILE, run)
     writer.ids = [f"{i:06d}" for i in range(start)]
-    sequences = [sequence_name(seed, i, config.sequence_length) for i in range(start)]
-    frames = generate_frames(config, seed, num_frames, start=start)
+    if randomization is None:
+        sequences = [sequence_name(seed, i, config.sequence_length) for i in range(start)]
+        frames = generate_frames(config, seed, num_frames, start=start)
+    else:
+        sequences = [randomized_sequence_name(seed, i, config.sequence_length) for i in range(start)]
+        frames = randomized_frames(config, randomization, seed, num_frames, start=start)
     # one writer thread compresses and writes sample i while sample i + 1 renders (both release the GIL)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: deque[Future] = deque()
@@ -114,8 +127,10 @@ def write_synthetic_dataset(
     manifest = writer.finish(
         split_by_sequence(writer.ids, sequences),
         extra={
-            "generator": "stereovoxel_ros.offline.data.synth_world",
+            "generator": "stereovoxel_ros.offline.data."
+            + ("synth_world" if randomization is None else "domain_randomization"),
             "seed": seed,
+            **({} if randomization is None else {"randomization": randomization.to_dict()}),
             "config": synth_config_to_dict(config),
             "class_names": list(DETECTION_CLASSES),
             "extras": {

@@ -73,6 +73,13 @@ def _models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="StereoVoxelNet checkpoint (default: shipped)")
     p.add_argument("--fast-checkpoint", default=str(FAST_CHECKPOINT), help="fast variant ('' to skip)")
     p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="also score this StereoVoxelNet checkpoint, as row stereovoxelnet_NAME (repeatable)",
+    )
+    p.add_argument(
         "--depth-checkpoint",
         default="",
         help=f"depth-first baseline, e.g. {DEPTH_CHECKPOINT} (off by default: ~0.4 s a frame on a CPU)",
@@ -145,6 +152,15 @@ def build_predictors(args: argparse.Namespace, grid, extra: dict | None = None) 
     for name, opts in (extra or {}).items():
         methods[name] = make_predictor(
             "stereovoxelnet", args.checkpoint, grid, threshold=args.threshold, **opts
+        )
+    for item in args.compare:
+        name, sep, path = item.partition("=")
+        if not sep or not name.isidentifier() or not path:
+            from stereovoxel_ros.occupancy_predictor import PredictorError
+
+            raise PredictorError(f"--compare: expected NAME=CHECKPOINT with NAME a plain word, got {item!r}")
+        methods[f"stereovoxelnet_{name}"] = make_predictor(
+            "stereovoxelnet", path, grid, threshold=args.threshold
         )
     if args.fast_checkpoint and Path(args.fast_checkpoint).is_file():
         methods["stereovoxelnet_fast"] = make_predictor(

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from stereovoxel_ros.frame_obstacle_grid import ObstacleGridConfig
+from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
 from stereovoxel_ros.offline.navbench.episode import EpisodeConfig, EpisodeResult, plan_window, run_episode
 from stereovoxel_ros.offline.navbench.map_sources import (
     MAP_SOURCES,
     StackPipeline,
-    local_map_module,
     make_map_source,
 )
 from stereovoxel_ros.offline.navbench.planner import PlannerConfig
@@ -99,7 +98,7 @@ def run_world(spec: BenchSpec, index: int) -> tuple[WorldOutline, list[EpisodeRe
     for backend, source_name in spec.methods:
         pipeline = None if backend == "ground_truth" else _pipeline(backend, spec.checkpoint, spec)
         # the fused map keeps the per-frame grid's cells (the node's grid_resolution)
-        resolution = ObstacleGridConfig().grid_resolution_m
+        resolution = ObservationGeometry(grid=spec.world.synth.grid).grid_resolution_m
         source = make_map_source(source_name, plan_window(world, spec.planner), resolution)
         results.append(
             run_episode(
@@ -160,8 +159,6 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise NavBenchError(f"--jobs must be at least 1, got {args.jobs}")
     methods = resolve_methods(args.backends, args.maps)
-    if any(source == "fused" for _, source in methods):
-        local_map_module()  # a clear error now rather than in a worker
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise NavBenchError(f"--checkpoint {args.checkpoint}: no such file")
     spec = BenchSpec(

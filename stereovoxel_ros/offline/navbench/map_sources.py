@@ -1,12 +1,12 @@
 """What the robot plans on: the stack's pipeline run offline, and the three map sources built from it.
 
 :class:`StackPipeline` is the occupancy node's ``_process`` without ROS: predictor -> occupied voxel centres in
-base_link (``frame_obstacle_grid.occupied_points``) -> the per-frame obstacle grid in odom
-(``frame_obstacle_grid.obstacle_cells`` with ``occupancy_grid_frame: odom_frame``), the same functions the node
+base_link -> the per-frame obstacle grid in odom (``obstacle_grid.obstacle_cells`` with the node's default
+geometry and ``occupancy_grid_frame: odom_frame``, ``local_map_bench.ObservationGeometry``), the same functions the node
 calls (tests/test_navbench_node_parity.py compares the two on a pair over loopback DDS).
 
 Map sources: ``per_frame`` (the latest per-frame grid only), ``fused`` (``stereovoxel_ros.local_map.LocalMap``,
-issue 19, imported when used) and ``ground_truth`` (the true obstacle footprints: the ceiling; only this source
+issue 19, with the node's ``local_map.*`` parameter defaults: what ``~/local_map`` publishes) and ``ground_truth`` (the true obstacle footprints: the ceiling; only this source
 ever reads the truth).
 """
 
@@ -18,16 +18,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stereovoxel_ros.frame_obstacle_grid import ObstacleGridConfig, obstacle_cells, occupied_points
+from stereovoxel_ros.local_map import LocalMap, LocalMapConfig
+from stereovoxel_ros.obstacle_grid import obstacle_cells
+from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
 from stereovoxel_ros.offline.navbench.planner import MapGrid, PlanWindow
 from stereovoxel_ros.offline.navbench.world import NavWorld
 from stereovoxel_ros.stereo_camera import StereoCameraModel
+from stereovoxel_ros.voxel_grid import occupied_voxel_centers, transform_points
 
 MAP_SOURCES = ("per_frame", "fused", "ground_truth")
 
 
-class MapSourceError(RuntimeError):
-    """A map source cannot be used (e.g. the local map module is not installed); the message says which."""
+class MapSourceError(ValueError):
+    """An unknown map source; the message names it."""
 
 
 @dataclass
@@ -42,8 +45,8 @@ class Observation:
 class StackPipeline:
     """The node's per-frame pipeline offline (predictor -> points -> obstacle_cells in odom)."""
 
-    def __init__(self, predictor: Any, grid_config: ObstacleGridConfig | None = None) -> None:
-        base = grid_config or ObstacleGridConfig(grid=predictor.grid)
+    def __init__(self, predictor: Any, geometry: ObservationGeometry | None = None) -> None:
+        base = geometry or ObservationGeometry(grid=predictor.grid)
         self.predictor = predictor
         self.grid_config = replace(base, grid=predictor.grid, grid_in_odom=True)
 
@@ -57,7 +60,8 @@ class StackPipeline:
     ) -> Observation:
         start = time.process_time()
         result = self.predictor.predict(left, right, camera)
-        points = occupied_points(result.occupied, self.grid_config.grid, camera_to_base)
+        occupied = np.asarray(result.occupied, dtype=bool)
+        points = transform_points(occupied_voxel_centers(occupied, self.grid_config.grid), camera_to_base)
         cells, origin = obstacle_cells(self.grid_config, camera, camera_to_base, points, base_to_odom)
         optical = base_to_odom @ camera_to_base
         return Observation(
@@ -92,26 +96,13 @@ class PerFrameMap:
         return self._grid
 
 
-def local_map_module() -> Any:
-    """``stereovoxel_ros.local_map`` (issue 19), or MapSourceError saying it is not installed."""
-    try:
-        import stereovoxel_ros.local_map as module
-    except ImportError as err:
-        raise MapSourceError(
-            "map source 'fused' needs stereovoxel_ros.local_map (the local map of issue 19), which is not "
-            f"installed here ({err}); use --maps per_frame ground_truth"
-        ) from err
-    return module
-
-
 class FusedMap:
-    """Per-frame grids fused by ``stereovoxel_ros.local_map.LocalMap`` at the grids' resolution."""
+    """Per-frame grids fused by :class:`~stereovoxel_ros.local_map.LocalMap` (the node's ``~/local_map``)."""
 
     name, needs_camera = "fused", True
 
-    def __init__(self, resolution_m: float, **config: Any) -> None:
-        module = local_map_module()
-        self._map = module.LocalMap(module.LocalMapConfig(resolution_m=resolution_m, **config))
+    def __init__(self, config: LocalMapConfig) -> None:
+        self._map = LocalMap(config)
 
     def update(self, observation: Observation | None, world: NavWorld, t: float) -> None:
         if observation is not None:
@@ -165,7 +156,7 @@ def make_map_source(name: str, window: PlanWindow, resolution_m: float) -> MapSo
     if name == "per_frame":
         return PerFrameMap()
     if name == "fused":
-        return FusedMap(resolution_m)
+        return FusedMap(LocalMapConfig(resolution_m=resolution_m))  # the node: cells = grid_resolution
     if name == "ground_truth":
         return TruthMap(window)
     raise MapSourceError(f"unknown map source {name!r}; choose from {', '.join(MAP_SOURCES)}")

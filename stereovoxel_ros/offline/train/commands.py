@@ -32,7 +32,9 @@ def _common(p: argparse.ArgumentParser, lr: float, epochs: int) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--ship", default=None, help="also write the best weights here (+ .json card) when done")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N where a GPU is lent (never required)")
+    p.add_argument(
+        "--device", default="cpu", help="cpu, or cuda / cuda:N where a GPU is lent (never required)"
+    )
     stream = p.add_argument_group(
         "streamed training worlds",
         "with --stream the model trains on domain-randomised worlds rendered on the fly (never repeated; an "
@@ -335,6 +337,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     except (StereoVoxelNetError, TrainingError) as err:
         print(f"stereovoxel finetune: {err}", file=sys.stderr)
         return 1
+    if hasattr(method, "from_pretrained"):
+        method.from_pretrained = True  # sparse methods ramp sparsity up from the dense checkpoint
     ckpt.model.train()
     meta = {
         **run_meta(args),

@@ -85,7 +85,8 @@ def train_with_method(
     """Train a classifier with a TrainingMethod, calling its hooks in the same order as ``Trainer.fit``.
 
     Returns the mean training loss per epoch. ``method.observe_targets`` (rehearsal methods) gets each batch's
-    labels, so buffered samples keep them.
+    labels, so buffered samples keep them; ``method.observe_correct`` (SparCL's data removal) whether each
+    sample was classified correctly.
     """
     from tqdm import tqdm
 
@@ -97,6 +98,7 @@ def train_with_method(
         out_dir = Path(tempfile.mkdtemp(prefix="stereovoxel-continual-"))
     method.setup(model, optimizer, TrainContext(epochs, steps_per_epoch, 1, 0, Path(out_dir), len(x)))
     observe = getattr(method, "observe_targets", None)
+    observe_correct = getattr(method, "observe_correct", None)
     rng = np.random.default_rng(seed)
     losses = []
     model.train()
@@ -111,7 +113,10 @@ def train_with_method(
             xb, yb = x[idx], y[idx]
             if observe is not None:
                 observe(yb)
-            per_sample = F.cross_entropy(model(xb), yb, reduction="none")
+            logits = model(xb)
+            per_sample = F.cross_entropy(logits, yb, reduction="none")
+            if observe_correct is not None:
+                observe_correct(logits.detach().argmax(1) == yb)
             loss = per_sample.mean()
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {float(loss)} at epoch {epoch + 1}")

@@ -159,27 +159,38 @@ def _run_occupancy(args: argparse.Namespace) -> int:
         flops = meta.get("train_flops")
         if flops is None:  # plain dense training carries no meter: count one step, times the samples trained
             flops, samples = _dense_finetune_flops(args.checkpoint, args.datasets, args.limit, args.epochs)
+        last = history[-1] if history else {}
         rows.append(
             {
                 "command": "stereovoxel " + shlex.join(argv),
-                "val_iou": history[-1].get("val_iou") if history else None,
+                "val_f1": last.get("val_f1_0_6m"),
+                "val_iou": last.get("val_iou"),
                 "flops": flops,
                 "samples": samples,
                 "density": meta.get("weight_density", 1.0),
-                "minutes": sum(r.get("epoch_s", 0.0) for r in history) / 60,
+                "seconds": sum(r.get("epoch_s", 0.0) for r in history),
             }
         )
-    base = next((r["flops"] for r, m in zip(rows, methods) if m == "dense"), rows[0]["flops"])
-    print(
-        "| command | val IoU (last epoch) | weight density | samples trained | train GFLOPs | vs dense | min |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    base = next((r for r, m in zip(rows, methods) if m == "dense"), rows[0])
+    lines = [
+        "| command | val F1 0-6 m (last epoch) | vs dense | val IoU | weight density | samples trained "
+        "| train GFLOPs | vs dense | wall s | vs dense |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
+        f1 = "n/a" if r["val_f1"] is None else f"{r['val_f1']:.3f}"
+        df1 = "" if r["val_f1"] is None or base["val_f1"] is None else f"{r['val_f1'] - base['val_f1']:+.3f}"
         iou = "n/a" if r["val_iou"] is None else f"{r['val_iou']:.3f}"
-        print(
-            f"| `{r['command']}` | {iou} | {r['density']:.2f} | {r['samples']} | {r['flops'] / 1e9:.1f} | "
-            f"{r['flops'] / base:.2f}x | {r['minutes']:.1f} |"
+        lines.append(
+            f"| `{r['command']}` | {f1} | {df1} | {iou} | {r['density']:.2f} | {r['samples']} | "
+            f"{r['flops'] / 1e9:.1f} | {r['flops'] / base['flops']:.2f}x | {r['seconds']:.0f} | "
+            f"{r['seconds'] / max(base['seconds'], 1e-9):.2f}x |"
         )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    from stereovoxel_ros.atomic_file import write_text_atomic
+
+    write_text_atomic(args.out / "occupancy_finetune.md", table)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ class SparseConfig:
     )
     regrow: str = "gradient"  # "gradient" (largest |dense grad|, RigL) or "random" (SET)
     min_weights: int = 256  # layers with fewer weights, and grouped convolutions, stay dense
+    # fraction of training over which sparsity rises from dense to ``sparsity`` (cubic, Zhu & Gupta 2017;
+    # magnitude pruning every step); None = auto: 0.5 when fine-tuning a trained checkpoint, else 0
+    ramp: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -44,6 +47,19 @@ class SparseConfig:
             raise SparseTrainingError(f"update_interval must be >= 1, got {self.update_interval}")
         if not 0.0 <= self.drop_fraction < 1.0:
             raise SparseTrainingError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}")
+        if self.ramp is not None and not 0.0 <= self.ramp <= 1.0:
+            raise SparseTrainingError(f"ramp must be in [0, 1] or null, got {self.ramp}")
+
+
+FINETUNE_RAMP = 0.5
+"""Default ramp when fine-tuning a trained dense checkpoint (chosen on occupancy fine-tuning, docs/research.md)."""
+
+
+def ramp_sparsity(final: float, progress: float, ramp: float) -> float:
+    """Overall sparsity at ``progress`` in [0, 1]: cubic rise from 0 to ``final`` over the first ``ramp``."""
+    if ramp <= 0.0 or progress >= ramp:
+        return final
+    return final * (1.0 - (1.0 - max(0.0, progress) / ramp) ** 3)
 
 
 def split_options(cls: type, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -85,7 +101,7 @@ def sparsifiable_layers(model: nn.Module, min_weights: int = 256) -> dict[str, n
 class SparseMasks:
     """Boolean weight masks (module name → mask) at a fixed density per layer, applied in place."""
 
-    def __init__(self, model: nn.Module, config: SparseConfig) -> None:
+    def __init__(self, model: nn.Module, config: SparseConfig, start_dense: bool = False) -> None:
         self.config = config
         self.modules = sparsifiable_layers(model, config.min_weights)
         if not self.modules:
@@ -101,7 +117,7 @@ class SparseMasks:
         self.masks: dict[str, torch.Tensor] = {}
         for name, mod in self.modules.items():
             w = mod.weight.detach()
-            keep = max(1, round(self.target_density[name] * w.numel()))
+            keep = w.numel() if start_dense else max(1, round(self.target_density[name] * w.numel()))
             mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
             mask[torch.topk(w.abs().flatten(), keep).indices] = True
             self.masks[name] = mask.view_as(w)
@@ -119,6 +135,20 @@ class SparseMasks:
         for name, mod in self.modules.items():
             if mod.weight.grad is not None:
                 mod.weight.grad.mul_(self.masks[name])
+
+    @torch.no_grad()
+    def prune_to(self, name: str, density: float, score: torch.Tensor) -> int:
+        """Drop the lowest-``score`` active weights of layer ``name`` until it has ``density``; returns dropped."""
+        mask = self.masks[name].flatten()
+        drop = int(mask.sum()) - max(1, round(density * mask.numel()))
+        if drop <= 0:
+            return 0
+        ps = score.flatten().float().masked_fill(~mask, math.inf)
+        new = mask.clone()
+        new[torch.topk(ps, drop, largest=False).indices] = False
+        self.masks[name] = new.view_as(self.masks[name])
+        self.modules[name].weight.mul_(self.masks[name])
+        return drop
 
     def densities(self) -> dict[str, float]:
         """Module name → fraction of nonzero (unmasked) weights."""
@@ -182,6 +212,24 @@ class MeteredMethod(TrainingMethod):
     """
 
     name = "metered"
+    # set by `stereovoxel finetune`: the model starts from a trained dense checkpoint (sparse methods then
+    # ramp sparsity up from dense when SparseConfig.ramp is None)
+    from_pretrained = False
+    # option -> value used instead of the dataclass default when fine-tuning (unless the option was given)
+    finetune_defaults: ClassVar[dict[str, Any]] = {}
+    explicit_options: frozenset[str] = frozenset()
+
+    def _apply_finetune_defaults(self) -> None:
+        """Set :attr:`finetune_defaults` on whichever config dataclass of this method has the field."""
+        configs = [getattr(self, a, None) for a in ("config", "spfde", "sparcl")]
+        configs.append(getattr(getattr(self, "rehearsal", None), "config", None))
+        for key, value in self.finetune_defaults.items():
+            if key in self.explicit_options:
+                continue
+            for cfg in configs:
+                if cfg is not None and key in {f.name for f in fields(cfg)}:
+                    setattr(cfg, key, value)
+
     # count each (phase, trainable-parameter set) once per sample and scale by the batch size afterwards:
     # exact when every sample costs the same (fixed-size classifier inputs), far faster for tiny models
     cache_flops = False
@@ -293,8 +341,28 @@ class DynamicSparseTraining(MeteredMethod):
         first = getattr(self, "model", None) is not model
         super().setup(model, optimizer, ctx)
         if first:
-            self.masks = SparseMasks(model, self.config)
+            if self.from_pretrained:
+                self._apply_finetune_defaults()
+            ramp = self.config.ramp
+            self.ramp = (FINETUNE_RAMP if self.from_pretrained else 0.0) if ramp is None else float(ramp)
+            self.masks = SparseMasks(model, self.config, start_dense=self.ramp > 0)
             self._rng = torch.Generator().manual_seed(self.config.seed)
+            self._ramp_done = self.ramp <= 0
+
+    def ramp_step(self) -> int:
+        """During the ramp: magnitude-prune every unfrozen layer to its density at the current progress."""
+        if self._ramp_done:
+            return 0
+        progress = self.progress()
+        final = self.config.sparsity
+        share = ramp_sparsity(final, progress, self.ramp) / final if final > 0 else 1.0
+        dropped = 0
+        for name in self.masks.modules:
+            if name not in self.frozen_layers:
+                density = 1.0 - (1.0 - self.masks.target_density[name]) * share
+                dropped += self.masks.prune_to(name, density, self.prune_scores(name))
+        self._ramp_done = progress >= self.ramp
+        return dropped
 
     def weight_density(self) -> dict[str, float]:
         return self.masks.densities()
@@ -325,6 +393,7 @@ class DynamicSparseTraining(MeteredMethod):
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         self.masks.apply()
+        self.ramp_step()
         if self.update_due():
             self.update_masks()
         super().after_optimizer_step(model, step)
@@ -366,6 +435,7 @@ class DynamicSparseTraining(MeteredMethod):
             weight_density=self.masks.overall_density(),
             layer_density=self.masks.densities(),
             mask_updates=len(self.updates),
+            sparsity_ramp=self.ramp,
         )
         return out
 
@@ -374,6 +444,7 @@ class DynamicSparseTraining(MeteredMethod):
             **super().state_dict(),
             "masks": self.masks.state_dict(),
             "frozen": sorted(self.frozen_layers),
+            "ramp_done": self._ramp_done,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -381,6 +452,7 @@ class DynamicSparseTraining(MeteredMethod):
         if "masks" in state:
             self.masks.load_state_dict(state["masks"])
         self.frozen_layers = set(state.get("frozen", []))
+        self._ramp_done = bool(state.get("ramp_done", self._ramp_done))
 
 
 def make_method(**options: Any) -> DynamicSparseTraining:
@@ -388,4 +460,6 @@ def make_method(**options: Any) -> DynamicSparseTraining:
     known, unknown = split_options(SparseConfig, options)
     if unknown:
         raise SparseTrainingError(f"unknown sparse-training options {sorted(unknown)}")
-    return DynamicSparseTraining(SparseConfig(**known))
+    method = DynamicSparseTraining(SparseConfig(**known))
+    method.explicit_options = frozenset(options)
+    return method

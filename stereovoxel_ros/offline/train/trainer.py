@@ -424,7 +424,9 @@ def training_device(name: str) -> torch.device:
     except RuntimeError as err:
         raise TrainingError(f"unknown device {name!r}: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU")
+        raise TrainingError(
+            f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU"
+        )
     if device.type not in ("cpu", "cuda"):
         raise TrainingError(f"device {name!r}: train on 'cpu' or 'cuda'")
     return device
@@ -486,7 +488,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
     """The batch's tensors on ``device`` (no copy on the CPU)."""
     if device.type == "cpu":
         return batch
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
 
 
 def cosine_lr(progress: float, base: float, step: int, warmup: int) -> float:
@@ -570,7 +574,8 @@ class Trainer:
         sums: dict[str, float] = dict.fromkeys(self.task.metric_keys, 0.0)  # same keys on every rank
         for start in range(0, len(idx), self.config.batch_size):
             out = self.task.evaluate(
-                self.model, to_device(self.val_set.batch(idx[start : start + self.config.batch_size]), self.device)
+                self.model,
+                to_device(self.val_set.batch(idx[start : start + self.config.batch_size]), self.device),
             )
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -1,56 +1,36 @@
-"""The per-frame 2D obstacle grid the occupancy node publishes: occupied voxels -> cells in base_link or odom.
+"""The per-frame 2D obstacle grid the occupancy node publishes (and the local map fuses), without ROS.
 
-Pure numpy (no rclpy): the node (``stereovoxel_ros.ros.occupancy_node``) and the offline tools (``stereovoxel
-navbench``) call the same functions, so an offline run sees the grid the node would publish.
+Cells (rows = y, columns = x, as nav_msgs/OccupancyGrid): 100 where an occupied voxel lies in the obstacle
+height band, 0 where a camera ray passed before reaching an obstacle, -1 unknown (behind obstacles, outside the
+view or the voxel grid). Visibility is :func:`~stereovoxel_ros.occupancy_scoring.raycast_visibility`, as in the
+scores.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from stereovoxel_ros.grid_spec import DEFAULT_GRID, VoxelGridSpec
+from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.occupancy_scoring import camera_ray_directions, raycast_visibility
 from stereovoxel_ros.stereo_camera import StereoCameraModel
-from stereovoxel_ros.voxel_grid import obstacle_grid_2d, occupied_voxel_centers, transform_points
+from stereovoxel_ros.voxel_grid import obstacle_grid_2d, transform_points
 
 
-class ObstacleGridSettings(Protocol):
-    """What the grid functions read; the node's ``OccupancyNodeConfig`` and :class:`ObstacleGridConfig` have it."""
+class ObstacleGridGeometry(Protocol):
+    """What the grid needs of the node's configuration (``OccupancyNodeConfig`` has these fields)."""
 
-    @property
-    def grid(self) -> VoxelGridSpec: ...
-    @property
-    def obstacle_band_m(self) -> tuple[float, float]: ...
-    @property
-    def grid_resolution_m(self) -> float: ...
-    @property
-    def grid_extent_m(self) -> tuple[float, float, float, float]: ...
-    @property
-    def grid_in_odom(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class ObstacleGridConfig:
-    """The node's grid parameters (defaults = its parameter defaults, config/jackal.yaml) for offline use."""
-
-    grid: VoxelGridSpec = DEFAULT_GRID
-    obstacle_band_m: tuple[float, float] = (0.10, 1.50)  # obstacle_min_height, obstacle_max_height [m]
-    grid_resolution_m: float = 0.2  # grid_resolution [m/cell]
-    grid_extent_m: tuple[float, float, float, float] = (-1.0, 13.0, -7.0, 7.0)  # grid_extent [m]
-    grid_in_odom: bool = False  # occupancy_grid_frame == odom_frame
-
-
-def occupied_points(occupied: np.ndarray, grid: VoxelGridSpec, camera_to_base: np.ndarray) -> np.ndarray:
-    """(N, 3) centres [m] of the occupied voxels in base_link (the node's cloud)."""
-    return transform_points(occupied_voxel_centers(np.asarray(occupied, dtype=bool), grid), camera_to_base)
+    grid: VoxelGridSpec
+    grid_in_odom: bool
+    obstacle_band_m: tuple[float, float]
+    grid_resolution_m: float
+    grid_extent_m: tuple[float, float, float, float]
 
 
 def grid_window(
-    config: ObstacleGridSettings, base_to_out: np.ndarray
+    config: ObstacleGridGeometry, base_to_out: np.ndarray
 ) -> tuple[tuple[float, float], int, int]:
     """Origin [m] and (width, height) [cells] of the 2D grid in its output frame.
 
@@ -94,7 +74,7 @@ def observable_cells(
 
 
 def obstacle_cells(
-    config: ObstacleGridSettings,
+    config: ObstacleGridGeometry,
     camera: StereoCameraModel,
     camera_to_base: np.ndarray,
     points_base: np.ndarray,
@@ -117,6 +97,18 @@ def obstacle_cells(
         config.grid, optical_to_out, origin, res, (width, height), base_to_out[2, 3] + (low + high) / 2
     )
     sensor = ((optical_to_out[0, 3] - origin[0]) / res, (optical_to_out[1, 3] - origin[1]) / res)
-    far_cells = float(np.hypot(width, height))
+    far_cells = float(np.hypot(width, height))  # the fan is as dense as the grid's diagonal needs ...
     directions = camera_ray_directions(camera, optical_to_out[:2, :3], spacing=0.5 / far_cells)
-    return raycast_visibility(obstacles > 0, sensor, directions, far_cells, observable), origin
+    reach = min(
+        far_cells, _reach_cells(config.grid, optical_to_out, res)
+    )  # ... the rays only as long as useful
+    return raycast_visibility(obstacles > 0, sensor, directions, reach, observable), origin
+
+
+def _reach_cells(grid: VoxelGridSpec, optical_to_out: np.ndarray, resolution: float) -> float:
+    """Farthest ground distance [cells] from the camera to the voxel grid's footprint (+1): no observable cell
+    lies beyond it, so longer rays would cost without adding a cell (the grid comes out the same)."""
+    lo, hi = grid.origin, grid.upper
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    ground = (corners @ np.asarray(optical_to_out)[:3, :3].T)[:, :2]  # offsets from the camera, in the plane
+    return float(np.linalg.norm(ground, axis=1).max()) / resolution + 1.0
