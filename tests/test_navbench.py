@@ -150,3 +150,51 @@ def test_cli_user_errors_are_one_line(capsys) -> None:
 
     assert main(["navbench", "--worlds", "0"]) == 1
     assert "--worlds must be at least 1" in capsys.readouterr().err
+
+
+def _straight_dynamic_world():
+    """An empty 8 m straight route with the three moving objects of a dynamic world."""
+    from stereovoxel_ros.offline.data.synth_world import SynthConfig, SynthWorld
+    from stereovoxel_ros.offline.navbench.dynamic_world import DynamicSynthWorld, NavDynamics
+
+    route = np.stack([np.linspace(0.0, 8.0, 81), np.zeros(81)], axis=1)
+    world = SynthWorld(SynthConfig.for_size(64, 36), [])
+    rng = np.random.default_rng(4)
+    return DynamicSynthWorld("straight_dyn", world, route, (0.0, 0.0, 0.0), (8.0, 0.0), NavDynamics(), rng)
+
+
+def test_dynamic_objects_follow_the_robot_and_reset() -> None:
+    world = _straight_dynamic_world()
+    count = len(world.obstacles(0.0))  # removed box + person
+    assert world.removed_present and not world.appearing_present and count == 2
+    world.advance((1.0, 0.0, 0.0), 0.1)  # removed box at 3.6 m: 2.6 m away; crossing at 4.8 m: 3.8 m away
+    assert world.removed_present and world.person_started == pytest.approx(0.1)
+    world.advance((2.5, 0.0, 0.0), 1.1)  # past 30 % of the route, within 2 m of the removed box
+    assert not world.removed_present and world.appearing_present
+    walked = world.person_walked
+    assert walked == pytest.approx(world.person_speed * 1.0)
+    # a robot standing on the crossing: the person stops short of it
+    for k in range(60):
+        world.advance((4.8, 0.0, 0.0), 1.2 + 0.1 * k)
+    from stereovoxel_ros.offline.navbench.robot import JackalModel, polygon_clearance
+
+    gap = polygon_clearance(
+        JackalModel().footprint((4.8, 0.0, 0.0)), [world.person_footprint(world.person_walked)]
+    )
+    assert world.person_walked < 2 * world.dynamics.person_side_m and 0.0 < gap <= 0.25 + 0.15
+    world.reset()
+    assert world.removed_present and not world.appearing_present and world.person_walked == 0.0
+
+
+def test_dynamic_world_true_map_succeeds_and_a_blind_robot_hits_the_appearing_box() -> None:
+    from stereovoxel_ros.offline.navbench.episode import plan_window, run_episode
+    from stereovoxel_ros.offline.navbench.map_sources import TruthMap
+    from stereovoxel_ros.offline.navbench.planner import PlannerConfig
+
+    world = _straight_dynamic_world()
+    truth = run_episode(world, TruthMap(plan_window(world, PlannerConfig())), None, "ground_truth", seed=0)
+    assert truth.outcome == "success", truth
+    blind = run_episode(world, _EmptyMap(), None, "blind", seed=0)
+    assert blind.outcome == "collision"
+    # it ran into the box put down across the route, not into the box taken away before it got there
+    assert blind.collision_xy[0] > 5.0 and world.appearing_present and not world.removed_present

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
+from stereovoxel_ros.offline.navbench.dynamic_world import DynamicSynthWorld, random_dynamic_world
 from stereovoxel_ros.offline.navbench.episode import EpisodeConfig, EpisodeResult, plan_window, run_episode
 from stereovoxel_ros.offline.navbench.map_sources import (
     MAP_SOURCES,
@@ -18,10 +19,11 @@ from stereovoxel_ros.offline.navbench.map_sources import (
     make_map_source,
 )
 from stereovoxel_ros.offline.navbench.planner import PlannerConfig
-from stereovoxel_ros.offline.navbench.world import NavWorldConfig, random_world
+from stereovoxel_ros.offline.navbench.world import NavWorldConfig, StaticSynthWorld, random_world
 
 STACK_BACKENDS = ("stereovoxelnet", "classic", "sgbm")
 BACKEND_CHOICES = (*STACK_BACKENDS, "ground_truth")
+DYNAMIC_MODES = ("all", "half", "none")  # half: the odd world indices
 
 
 class NavBenchError(ValueError):
@@ -37,6 +39,7 @@ class BenchSpec:
     methods: list[tuple[str, str]]  # (backend, map source); ("ground_truth", "ground_truth") is the ceiling
     checkpoint: str | None = None
     world: NavWorldConfig = field(default_factory=NavWorldConfig)
+    dynamic: str = "all"  # which worlds have moving objects: one of DYNAMIC_MODES
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
 
@@ -48,7 +51,8 @@ class WorldOutline:
     name: str
     start: tuple[float, float, float]
     goal: tuple[float, float]
-    footprints: list[np.ndarray]
+    footprints: list[np.ndarray]  # the static obstacles
+    dynamic: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (what, polygon or walked line)
 
     def obstacles(self, t: float) -> list[np.ndarray]:
         return self.footprints
@@ -93,7 +97,7 @@ def _pipeline(backend: str, checkpoint: str | None, spec: BenchSpec) -> StackPip
 def run_world(spec: BenchSpec, index: int) -> tuple[WorldOutline, list[EpisodeResult], float]:
     """Every method on world ``index`` of ``spec.seed``: (outline, results, wall seconds)."""
     start = time.perf_counter()
-    world = random_world(spec.world, spec.seed, index)
+    world = make_world(spec, index)
     results = []
     for backend, source_name in spec.methods:
         pipeline = None if backend == "ground_truth" else _pipeline(backend, spec.checkpoint, spec)
@@ -111,8 +115,36 @@ def run_world(spec: BenchSpec, index: int) -> tuple[WorldOutline, list[EpisodeRe
                 config=spec.episode,
             )
         )
-    outline = WorldOutline(world.name, world.start, world.goal, world.obstacles(0.0))
+    outline = world_outline(world)
     return outline, results, time.perf_counter() - start
+
+
+def make_world(spec: BenchSpec, index: int) -> StaticSynthWorld | DynamicSynthWorld:
+    """World ``index`` of ``spec.seed``: static or with the robot-triggered moving objects (``spec.dynamic``)."""
+    if spec.dynamic not in DYNAMIC_MODES:
+        raise NavBenchError(f"dynamic must be one of {', '.join(DYNAMIC_MODES)}, got {spec.dynamic!r}")
+    if spec.dynamic == "all" or (spec.dynamic == "half" and index % 2 == 1):
+        return random_dynamic_world(spec.world, spec.seed, index)
+    return random_world(spec.world, spec.seed, index)
+
+
+def world_outline(world: StaticSynthWorld | DynamicSynthWorld) -> WorldOutline:
+    """The static footprints and, for a dynamic world, where its moving objects act."""
+    if isinstance(world, StaticSynthWorld):
+        return WorldOutline(world.name, world.start, world.goal, world.obstacles(0.0))
+    dynamic = [
+        (name, fp)
+        for name, fp in (
+            ("removed box", world.removed_footprint),
+            ("appearing box", world.appearing_footprint),
+        )
+        if fp is not None
+    ]
+    walk = np.array(
+        [world.person_start, world.person_start + 2 * world.dynamics.person_side_m * world.walk_dir]
+    )
+    dynamic += [("person", world.person_footprint(0.0)), ("person walk", walk)]
+    return WorldOutline(world.name, world.start, world.goal, world.static_obstacles(), dynamic)
 
 
 def _init_worker() -> None:
@@ -167,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         methods=methods,
         checkpoint=args.checkpoint,
         world=NavWorldConfig(route_frames=args.route_frames),
+        dynamic=args.dynamic,
     )
     out = Path(args.out) if args.out else Path("outputs") / "navbench" / time.strftime("%Y%m%d-%H%M%S")
     start = time.perf_counter()
@@ -187,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
         "planner": spec.planner.__dict__,
         "episode": spec.episode.__dict__,
         "route_frames": spec.world.route_frames,
+        "dynamic": spec.dynamic,
     }
     report = write_report(out, outlines, results, names, meta)
     print()
@@ -231,6 +265,13 @@ def register(subparsers: Any, name: str, help: str) -> None:
         type=int,
         default=NavWorldConfig().route_frames,
         help="route length in generator frames (~0.08 m each)",
+    )
+    p.add_argument(
+        "--dynamic",
+        choices=DYNAMIC_MODES,
+        default="all",
+        help="worlds with robot-triggered moving objects (a box removed, a box put down, a person crossing): "
+        "all (default), half (odd indices) or none",
     )
     p.add_argument("--jobs", type=int, default=1, help="worlds run in parallel processes (default 1)")
     p.add_argument("--out", default=None, help="report folder (default outputs/navbench/<time>)")

@@ -2,7 +2,8 @@
 
 Each control step (``control_rate_hz``) renders the pair at the robot's pose and time, runs the stack, updates the
 map source, replans and sends one command; the robot then moves in ``substeps`` and after every substep its
-footprint is checked against the true obstacle footprints at that time. The robot has no latency model: the
+footprint is checked against the true obstacle footprints at that time (the world's moving objects are advanced
+first, see ``dynamic_world``). The robot has no latency model: the
 map of a step is built from the pair taken at that step's pose.
 """
 
@@ -92,6 +93,7 @@ def run_episode(
     if source.needs_camera and pipeline is None:
         raise ValueError(f"map source {source.name!r} needs a stack pipeline")
     window = plan_window(world, planner)
+    world.reset()
     dt = 1.0 / config.control_rate_hz
     goal = np.asarray(world.goal, float)
     limit_s = config.time_limit_s + config.time_per_m * float(np.linalg.norm(goal - world.start[:2]))
@@ -127,6 +129,7 @@ def run_episode(
             t += dt / config.substeps
             length += math.hypot(pose[0] - before[0], pose[1] - before[1])
             trajectory.append(pose)
+            world.advance(pose, t)
             clearance = polygon_clearance(model.footprint(pose), world.obstacles(t))
             min_clear = min(min_clear, clearance)
             if clearance <= 0.0:

@@ -120,14 +120,11 @@ class TruthMap:
 
     def __init__(self, window: PlanWindow) -> None:
         self.window = window
-        self._key: tuple[int, int] | None = None
         self._grid: MapGrid | None = None
 
     def update(self, observation: Observation | None, world: NavWorld, t: float) -> None:
-        obstacles = world.obstacles(t)
-        key = (id(obstacles), len(obstacles))
-        if key != self._key:  # a static world answers the same list every step
-            self._key, self._grid = key, truth_grid(obstacles, self.window)
+        if self._grid is None or not world.is_static:
+            self._grid = truth_grid(world.obstacles(t), self.window)
 
     def grid(self) -> MapGrid | None:
         return self._grid

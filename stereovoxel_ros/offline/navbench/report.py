@@ -89,6 +89,16 @@ def plot_world(ax: Any, world: NavWorld, results: list[EpisodeResult], methods: 
 
     for poly in world.obstacles(0.0):
         ax.add_patch(Polygon(poly, closed=True, facecolor="0.35", edgecolor="0.1", linewidth=0.5))
+    styles = {  # the moving objects of a dynamic world: where they act
+        "removed box": {"facecolor": "none", "edgecolor": "0.3", "linestyle": "--"},
+        "appearing box": {"facecolor": "tab:red", "alpha": 0.35, "edgecolor": "tab:red"},
+        "person": {"facecolor": "tab:olive", "alpha": 0.6, "edgecolor": "tab:olive"},
+    }
+    for what, shape in getattr(world, "dynamic", []):
+        if what in styles:
+            ax.add_patch(Polygon(shape, closed=True, linewidth=0.8, **styles[what]))
+        else:
+            ax.plot(shape[:, 0], shape[:, 1], ":", color="tab:olive", linewidth=1.0)
     ax.plot(*world.start[:2], "k^", markersize=7)
     ax.plot(*world.goal, "k*", markersize=11)
     for method, color in zip(methods, _COLORS):

@@ -1,8 +1,8 @@
 """Worlds the closed-loop benchmark drives through: a start, a goal, stereo renders and the true obstacles.
 
-A world is queried per time step (:class:`NavWorld`): ``render(pose, t)`` and ``obstacles(t)``. The static
-worlds here wrap the project's generator (``offline.data.synth_world``) without changing it; a world with moving
-objects (a person walking across, a box taken away) plugs in by answering the same two calls for its time ``t``.
+A world is queried per time step (:class:`NavWorld`): ``render(pose, t)`` and ``obstacles(t)``, and told where
+the robot is after every motion substep (``advance``). The static worlds here wrap the project's generator
+(``offline.data.synth_world``) without changing it; ``dynamic_world`` adds robot-triggered moving objects.
 
 The truth is 2D, as the robot meets it: each object's footprint is the convex hull, in ``odom``, of the part of
 its mesh inside the obstacle height band (the node's ``obstacle_min_height`` .. ``obstacle_max_height``).
@@ -36,6 +36,7 @@ class NavWorld(Protocol):
     """What the closed loop asks a world, once per control step."""
 
     name: str
+    is_static: bool  # whether obstacles(t) never changes
     start: tuple[float, float, float]  # x, y [m], yaw [rad] in odom
     goal: tuple[float, float]  # x, y [m] in odom
     camera: StereoCameraModel
@@ -49,6 +50,14 @@ class NavWorld(Protocol):
 
     def obstacles(self, t: float) -> list[np.ndarray]:
         """The true obstacle footprints at time ``t`` [s]: convex polygons (K, 2) [m] in odom, counter-clockwise."""
+        ...
+
+    def reset(self) -> None:
+        """Back to the state at time 0 (before every episode)."""
+        ...
+
+    def advance(self, pose: tuple[float, float, float], t: float) -> None:
+        """Move whatever moves to time ``t`` [s], the robot being at ``pose``."""
         ...
 
 
@@ -98,8 +107,18 @@ class NavWorldConfig:
             raise NavWorldError(f"obstacle_band_m must be 0 <= low < high, got {self.obstacle_band_m}")
 
 
+def static_footprints(objects: list[SceneObject], band: tuple[float, float]) -> list[np.ndarray]:
+    """The band footprints of the objects that reach into the band (the ground plane left out)."""
+    footprints = (
+        band_footprint(o.world_vertices(), o.triangles, band) for o in objects if o.kind != "ground"
+    )
+    return [f for f in footprints if f is not None]
+
+
 class StaticSynthWorld:
     """A :class:`~stereovoxel_ros.offline.data.synth_world.SynthWorld` whose objects stand still."""
+
+    is_static = True
 
     def __init__(
         self,
@@ -115,10 +134,7 @@ class StaticSynthWorld:
         cfg = world.config
         self.camera = cfg.camera
         self.camera_to_base = optical_to_base_transform(cfg.camera_height, cfg.camera_pitch)
-        footprints = (
-            band_footprint(o.world_vertices(), o.triangles, band) for o in world.objects if o.kind != "ground"
-        )
-        self._obstacles = [f for f in footprints if f is not None]
+        self._obstacles = static_footprints(world.objects, band)
 
     def render(
         self, base_pose: np.ndarray, t: float, rng: np.random.Generator
@@ -129,10 +145,18 @@ class StaticSynthWorld:
     def obstacles(self, t: float) -> list[np.ndarray]:
         return self._obstacles
 
+    def reset(self) -> None:
+        pass
 
-def random_world(config: NavWorldConfig, seed: int, index: int) -> StaticSynthWorld:
-    """World ``index`` of ``seed``: a generator trajectory's route, its world (obstacles kept ``clearance`` from
-    the route, so a free path always exists), start at the route's first pose and goal at its last point.
+    def advance(self, pose: tuple[float, float, float], t: float) -> None:
+        pass
+
+
+def route_and_world(
+    config: NavWorldConfig, seed: int, index: int
+) -> tuple[np.ndarray, np.ndarray, SynthWorld]:
+    """A generator trajectory's poses (N, 3), its route (dense, 1.5 m beyond its end) and the world around it
+    (obstacles ``clearance`` from the route, so a free path always exists), for world ``index`` of ``seed``.
 
     Built as ``synth_world.generate_sequence`` builds its worlds, from ``default_rng([seed, index])``; the route
     only shapes the world, the robot plans its own way.
@@ -143,9 +167,14 @@ def random_world(config: NavWorldConfig, seed: int, index: int) -> StaticSynthWo
     last = poses[-1]
     beyond = last[:2] + np.outer(np.linspace(0.1, 1.5, 8), [math.cos(last[2]), math.sin(last[2])])
     route = np.concatenate([_densify(poses[:, :2]), beyond])
-    world = SynthWorld.random(synth, (seed, index, 1), path_xy=route)
+    return poses, route, SynthWorld.random(synth, (seed, index, 1), path_xy=route)
+
+
+def random_world(config: NavWorldConfig, seed: int, index: int) -> StaticSynthWorld:
+    """World ``index`` of ``seed`` (:func:`route_and_world`): start at the route's first pose, goal at its last."""
+    poses, route, world = route_and_world(config, seed, index)
     start = (float(poses[0, 0]), float(poses[0, 1]), float(poses[0, 2]))
-    goal = (float(last[0]), float(last[1]))
+    goal = (float(poses[-1, 0]), float(poses[-1, 1]))
     return StaticSynthWorld(f"nav_s{seed}_w{index:03d}", world, start, goal, config.obstacle_band_m, route)
 
 
