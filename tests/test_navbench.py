@@ -106,18 +106,21 @@ def _tiny_spec(methods):
     from stereovoxel_ros.offline.navbench.world import NavWorldConfig
 
     world = NavWorldConfig(synth=SynthConfig.for_size(160, 90, num_obstacles=(6, 8)), route_frames=30)
-    return BenchSpec(seed=5, worlds=[0], methods=methods, world=world)
+    return BenchSpec(seeds=[5], worlds=[0], methods=methods, world=world)
 
 
 def test_the_same_seed_gives_the_same_result() -> None:
     from stereovoxel_ros.offline.navbench.commands import run_benchmark
 
-    spec = _tiny_spec([("classic", "per_frame"), ("ground_truth", "ground_truth")])
+    spec = _tiny_spec([("classic", "fused"), ("ground_truth", "ground_truth")])
     runs = [run_benchmark(spec, progress=False)[1] for _ in range(2)]
     first, second = ([r.to_dict() for r in run] for run in runs)
     for a, b in zip(first, second):
         a.pop("cpu_ms_per_step"), b.pop("cpu_ms_per_step")
     assert first == second
+    assert first[0]["method"] == "classic+fused" and first[0]["world"].endswith(
+        "_dyn"
+    )  # the moving objects too
     assert np.array_equal(runs[0][0].trajectory, runs[1][0].trajectory)
     assert runs[0][0].steps > 3
 
@@ -130,19 +133,14 @@ def test_report_folder_has_json_table_and_plots(tmp_path) -> None:
 
     spec = _tiny_spec([("ground_truth", "ground_truth")])
     outlines, results, _ = run_benchmark(spec, progress=False)
-    report = write_report(tmp_path, outlines, results, ["ground_truth"], {"seed": 5})
+    report = write_report(tmp_path, outlines, results, ["ground_truth"], {"seeds": [5]})
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["summary"]["ground_truth"]["worlds"] == 1 and len(data["episodes"]) == 1
-    assert "| ground_truth |" in report.read_text()
+    text = report.read_text()
+    assert "| ground_truth |" in text and "success rate over seeds" in text
+    assert data["summary"]["ground_truth"]["per_seed"]["5"]["worlds"] == 1
     assert (tmp_path / "plots" / "overview.png").stat().st_size > 0
     assert (tmp_path / "plots" / f"{outlines[0].name}.png").is_file()
-
-
-def test_fused_map_runs() -> None:
-    from stereovoxel_ros.offline.navbench.commands import run_benchmark
-
-    results = run_benchmark(_tiny_spec([("classic", "fused")]), progress=False)[1]
-    assert results[0].method == "classic+fused" and results[0].steps > 3
 
 
 def test_cli_user_errors_are_one_line(capsys) -> None:

@@ -34,8 +34,8 @@ class NavBenchError(ValueError):
 class BenchSpec:
     """Everything one run needs, picklable for worker processes."""
 
-    seed: int
-    worlds: list[int]
+    seeds: list[int]  # world sets: every seed's worlds are run, and rates are reported per seed too
+    worlds: list[int]  # world indices within each seed
     methods: list[tuple[str, str]]  # (backend, map source); ("ground_truth", "ground_truth") is the ceiling
     checkpoint: str | None = None
     world: NavWorldConfig = field(default_factory=NavWorldConfig)
@@ -94,38 +94,38 @@ def _pipeline(backend: str, checkpoint: str | None, spec: BenchSpec) -> StackPip
     return _PIPELINES[backend]
 
 
-def run_world(spec: BenchSpec, index: int) -> tuple[WorldOutline, list[EpisodeResult], float]:
-    """Every method on world ``index`` of ``spec.seed``: (outline, results, wall seconds)."""
+def run_world(spec: BenchSpec, seed: int, index: int) -> tuple[WorldOutline, list[EpisodeResult], float]:
+    """Every method on world ``index`` of ``seed``: (outline, results, wall seconds)."""
     start = time.perf_counter()
-    world = make_world(spec, index)
+    world = make_world(spec, seed, index)
     results = []
     for backend, source_name in spec.methods:
         pipeline = None if backend == "ground_truth" else _pipeline(backend, spec.checkpoint, spec)
         # the fused map keeps the per-frame grid's cells (the node's grid_resolution)
         resolution = ObservationGeometry(grid=spec.world.synth.grid).grid_resolution_m
         source = make_map_source(source_name, plan_window(world, spec.planner), resolution)
-        results.append(
-            run_episode(
-                world,
-                source,
-                pipeline,
-                method_name(backend, source_name),
-                seed=spec.seed * 1000 + index,
-                planner=spec.planner,
-                config=spec.episode,
-            )
+        result = run_episode(
+            world,
+            source,
+            pipeline,
+            method_name(backend, source_name),
+            seed=seed * 1000 + index,
+            planner=spec.planner,
+            config=spec.episode,
         )
+        result.world_seed = seed
+        results.append(result)
     outline = world_outline(world)
     return outline, results, time.perf_counter() - start
 
 
-def make_world(spec: BenchSpec, index: int) -> StaticSynthWorld | DynamicSynthWorld:
-    """World ``index`` of ``spec.seed``: static or with the robot-triggered moving objects (``spec.dynamic``)."""
+def make_world(spec: BenchSpec, seed: int, index: int) -> StaticSynthWorld | DynamicSynthWorld:
+    """World ``index`` of ``seed``: static or with the robot-triggered moving objects (``spec.dynamic``)."""
     if spec.dynamic not in DYNAMIC_MODES:
         raise NavBenchError(f"dynamic must be one of {', '.join(DYNAMIC_MODES)}, got {spec.dynamic!r}")
     if spec.dynamic == "all" or (spec.dynamic == "half" and index % 2 == 1):
-        return random_dynamic_world(spec.world, spec.seed, index)
-    return random_world(spec.world, spec.seed, index)
+        return random_dynamic_world(spec.world, seed, index)
+    return random_world(spec.world, seed, index)
 
 
 def world_outline(world: StaticSynthWorld | DynamicSynthWorld) -> WorldOutline:
@@ -153,7 +153,7 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _run_world_job(args: tuple[BenchSpec, int]) -> tuple[WorldOutline, list[EpisodeResult], float]:
+def _run_world_job(args: tuple[BenchSpec, int, int]) -> tuple[WorldOutline, list[EpisodeResult], float]:
     return run_world(*args)
 
 
@@ -161,12 +161,13 @@ def run_benchmark(spec: BenchSpec, jobs: int = 1, progress: bool = True):
     """All worlds of ``spec`` (in ``jobs`` processes): (outlines, results, per-world wall seconds), world order."""
     from tqdm import tqdm
 
-    done: dict[int, tuple[WorldOutline, list[EpisodeResult], float]] = {}
-    bar = tqdm(total=len(spec.worlds), desc="navbench worlds", unit="world", disable=not progress)
+    keys = [(seed, index) for seed in spec.seeds for index in spec.worlds]
+    done: dict[tuple[int, int], tuple[WorldOutline, list[EpisodeResult], float]] = {}
+    bar = tqdm(total=len(keys), desc="navbench worlds", unit="world", disable=not progress)
     if jobs <= 1:
         _init_worker()
-        for index in spec.worlds:
-            done[index] = run_world(spec, index)
+        for key in keys:
+            done[key] = run_world(spec, *key)
             bar.update()
     else:
         import multiprocessing
@@ -174,17 +175,17 @@ def run_benchmark(spec: BenchSpec, jobs: int = 1, progress: bool = True):
 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
-            futures = {pool.submit(_run_world_job, (spec, i)): i for i in spec.worlds}
+            futures = {pool.submit(_run_world_job, (spec, *key)): key for key in keys}
             for future in as_completed(futures):
                 done[futures[future]] = future.result()
                 bar.update()
     bar.close()
-    ordered = [done[i] for i in spec.worlds]
+    ordered = [done[key] for key in keys]
     return [o for o, _, _ in ordered], [r for _, rs, _ in ordered for r in rs], [s for _, _, s in ordered]
 
 
 def run(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.offline.navbench.report import summarise, summary_table, write_report
+    from stereovoxel_ros.offline.navbench.report import seed_table, summarise, summary_table, write_report
 
     if args.worlds < 1:
         raise NavBenchError(f"--worlds must be at least 1, got {args.worlds}")
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise NavBenchError(f"--checkpoint {args.checkpoint}: no such file")
     spec = BenchSpec(
-        seed=args.seed,
+        seeds=list(dict.fromkeys(args.seed)),
         worlds=list(range(args.first_world, args.first_world + args.worlds)),
         methods=methods,
         checkpoint=args.checkpoint,
@@ -209,8 +210,9 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "title": "stereovoxel navbench: a simulated Jackal on the stack's map",
         "command": "stereovoxel " + " ".join(getattr(args, "argv", [])),
-        "seed": args.seed,
+        "seeds": spec.seeds,
         "first_world": args.first_world,
+        "worlds_per_seed": args.worlds,
         "jobs": args.jobs,
         "wall_s": round(wall, 1),
         "wall_s_per_world": round(wall / len(outlines), 2),
@@ -224,9 +226,13 @@ def run(args: argparse.Namespace) -> int:
     }
     report = write_report(out, outlines, results, names, meta)
     print()
-    print(summary_table(summarise(results, names)))
+    summary = summarise(results, names)
+    print(summary_table(summary))
+    if len(spec.seeds) > 1:
+        print()
+        print(seed_table(summary))
     print(
-        f"\n{len(outlines)} worlds in {wall:.0f} s ({wall / len(outlines):.1f} s per world, {args.jobs} process(es))"
+        f"\n{len(outlines)} worlds ({len(spec.seeds)} seed(s) x {len(spec.worlds)}) in {wall:.0f} s ({wall / len(outlines):.1f} s per world, {args.jobs} process(es))"
     )
     print(f"report: {report.resolve()}")
     return 0
@@ -242,9 +248,15 @@ def register(subparsers: Any, name: str, help: str) -> None:
         "Dijkstra, Regulated Pure Pursuit). Reports success, collisions, near misses, false stops, path length "
         "and time against the ground-truth map, CPU per step, and trajectory plots.",
     )
-    p.add_argument("--worlds", type=int, default=12, help="number of worlds (default 12)")
-    p.add_argument("--seed", type=int, default=9301, help="world seed (default 9301, held out)")
-    p.add_argument("--first-world", type=int, default=0, help="index of the first world of the seed")
+    p.add_argument("--worlds", type=int, default=12, help="worlds per seed (default 12)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[9301],
+        help="world seeds, one world set each (default 9301; 9301 and up were never used for tuning)",
+    )
+    p.add_argument("--first-world", type=int, default=0, help="index of each seed's first world")
     p.add_argument(
         "--backends",
         nargs="+",
@@ -257,7 +269,8 @@ def register(subparsers: Any, name: str, help: str) -> None:
         nargs="+",
         choices=[m for m in MAP_SOURCES if m != "ground_truth"],
         default=["fused"],
-        help="map each stack backend plans on: fused (the local map) or per_frame (latest grid only)",
+        help="map each stack backend plans on: fused (the node's ~/local_map, its defaults), fused_octomap (the "
+        "same with octomap's sensor model) or per_frame (the latest per-frame grid only)",
     )
     p.add_argument("--checkpoint", default=None, help="StereoVoxelNet checkpoint (default: the shipped one)")
     p.add_argument(

@@ -61,6 +61,7 @@ class EpisodeResult:
     cpu_ms: dict[str, float]  # mean process CPU per control step: stack, map, planner
     trajectory: np.ndarray = field(repr=False)  # (N, 3) poses after every substep
     collision_xy: tuple[float, float] | None = None
+    world_seed: int | None = None  # the seed of the world set this world belongs to
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +76,7 @@ class EpisodeResult:
             "steps": self.steps,
             "cpu_ms_per_step": {k: round(v, 2) for k, v in self.cpu_ms.items()},
             "collision_xy": self.collision_xy,
+            "world_seed": self.world_seed,
         }
 
 

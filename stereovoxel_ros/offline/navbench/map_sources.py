@@ -6,7 +6,8 @@ geometry and ``occupancy_grid_frame: odom_frame``, ``local_map_bench.Observation
 calls (tests/test_navbench_node_parity.py compares the two on a pair over loopback DDS).
 
 Map sources: ``per_frame`` (the latest per-frame grid only), ``fused`` (``stereovoxel_ros.local_map.LocalMap``,
-issue 19, with the node's ``local_map.*`` parameter defaults: what ``~/local_map`` publishes) and ``ground_truth`` (the true obstacle footprints: the ceiling; only this source
+issue 19, with the node's ``local_map.*`` parameter defaults: what ``~/local_map`` publishes), ``fused_octomap``
+(the same with octomap's sensor model, ``OCTOMAP_MODEL``: what the node publishes with those four parameters) and ``ground_truth`` (the true obstacle footprints: the ceiling; only this source
 ever reads the truth).
 """
 
@@ -26,7 +27,11 @@ from stereovoxel_ros.offline.navbench.world import NavWorld
 from stereovoxel_ros.stereo_camera import StereoCameraModel
 from stereovoxel_ros.voxel_grid import occupied_voxel_centers, transform_points
 
-MAP_SOURCES = ("per_frame", "fused", "ground_truth")
+MAP_SOURCES = ("per_frame", "fused", "fused_octomap", "ground_truth")
+# octomap's sensor model (hit 0.7, miss 0.4, clamp 0.12 / 0.97), the node's other local_map defaults: slower to
+# clear than the node's defaults (miss 0.2, clamp 0.3 / 0.8, which clear a cell in the first frame that sees
+# through it)
+OCTOMAP_MODEL = {"p_hit": 0.7, "p_miss": 0.4, "p_min": 0.12, "p_max": 0.97}
 
 
 class MapSourceError(ValueError):
@@ -99,9 +104,10 @@ class PerFrameMap:
 class FusedMap:
     """Per-frame grids fused by :class:`~stereovoxel_ros.local_map.LocalMap` (the node's ``~/local_map``)."""
 
-    name, needs_camera = "fused", True
+    needs_camera = True
 
-    def __init__(self, config: LocalMapConfig) -> None:
+    def __init__(self, config: LocalMapConfig, name: str = "fused") -> None:
+        self.name = name
         self._map = LocalMap(config)
 
     def update(self, observation: Observation | None, world: NavWorld, t: float) -> None:
@@ -154,6 +160,8 @@ def make_map_source(name: str, window: PlanWindow, resolution_m: float) -> MapSo
         return PerFrameMap()
     if name == "fused":
         return FusedMap(LocalMapConfig(resolution_m=resolution_m))  # the node: cells = grid_resolution
+    if name == "fused_octomap":
+        return FusedMap(LocalMapConfig(resolution_m=resolution_m, **OCTOMAP_MODEL), name)
     if name == "ground_truth":
         return TruthMap(window)
     raise MapSourceError(f"unknown map source {name!r}; choose from {', '.join(MAP_SOURCES)}")

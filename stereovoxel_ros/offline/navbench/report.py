@@ -33,6 +33,18 @@ def summarise(results: list[EpisodeResult], methods: list[str]) -> dict[str, dic
         cpu = {
             k: sum(r.cpu_ms[k] * r.steps for r in rows) / max(steps, 1) for k in ("stack", "map", "planner")
         }
+        by_seed: dict[int, list[EpisodeResult]] = {}
+        for r in rows:
+            by_seed.setdefault(r.world_seed if r.world_seed is not None else -1, []).append(r)
+        per_seed = {
+            str(seed): {
+                "worlds": len(rs),
+                "success_rate": sum(r.outcome == "success" for r in rs) / len(rs),
+                "collisions": sum(r.outcome == "collision" for r in rs),
+                "false_stop_rate": sum(r.false_stop for r in rs) / len(rs),
+            }
+            for seed, rs in sorted(by_seed.items())
+        }
         out[method] = {
             "worlds": n,
             "success": sum(r.outcome == "success" for r in rows),
@@ -48,12 +60,30 @@ def summarise(results: list[EpisodeResult], methods: list[str]) -> dict[str, dic
             ),
             "time_vs_ceiling": _mean_std([r.time_s / ceiling[r.world].time_s for r in both]),
             "compared_worlds": len(both),
+            "per_seed": per_seed,
+            "success_rate_over_seeds": _mean_std([v["success_rate"] for v in per_seed.values()]),
+            "false_stop_rate_over_seeds": _mean_std([v["false_stop_rate"] for v in per_seed.values()]),
             "cpu_ms_per_step": {
                 **{k: round(v, 2) for k, v in cpu.items()},
                 "total": round(sum(cpu.values()), 2),
             },
         }
     return out
+
+
+def seed_table(summary: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table of the rates over world sets (seeds): mean ± std, and each seed's success rate."""
+    lines = [
+        "| method | success rate over seeds | false-stop rate over seeds | success per seed |",
+        "|---|---|---|---|",
+    ]
+    for method, s in summary.items():
+        (sm, ss), (fm, fs) = s["success_rate_over_seeds"], s["false_stop_rate_over_seeds"]
+        each = ", ".join(f"{seed}: {100 * v['success_rate']:.0f} %" for seed, v in s["per_seed"].items())
+        lines.append(
+            f"| {method} | {100 * sm:.0f} ± {100 * ss:.0f} % | {100 * fm:.0f} ± {100 * fs:.0f} % | {each} |"
+        )
+    return "\n".join(lines)
 
 
 def _ratio_text(pair: tuple[float, float]) -> str:
@@ -161,11 +191,13 @@ def write_report(
         "",
         f"Command: `{meta.get('command', '')}`",
         "",
-        f"Worlds: {len(worlds)} (seed {meta.get('seed')}, indices {meta.get('first_world', 0)}.."
-        f"{meta.get('first_world', 0) + len(worlds) - 1}); wall time {meta.get('wall_s', 0):.0f} s "
+        f"Worlds: {len(worlds)} (seeds {meta.get('seeds')}, {meta.get('worlds_per_seed')} each from index "
+        f"{meta.get('first_world', 0)}; moving objects: {meta.get('dynamic')}); wall time {meta.get('wall_s', 0):.0f} s "
         f"({meta.get('wall_s_per_world', 0):.1f} s per world, {meta.get('jobs', 1)} process(es)).",
         "",
         summary_table(summary),
+        "",
+        seed_table(summary),
         "",
         "Success: the footprint centre within the goal tolerance without touching a true obstacle. Collisions: the "
         "footprint touched a true obstacle footprint (the episode ends). False stops: stuck (moved < "
