@@ -25,12 +25,8 @@ from stereovoxel_ros.offline.navbench.planner import (
     path_exists,
     plan_path,
 )
-from stereovoxel_ros.offline.navbench.robot import (
-    JackalModel,
-    limit_command,
-    polygon_clearance,
-    unicycle_step,
-)
+from stereovoxel_ros.offline.navbench.robot import JackalModel
+from stereovoxel_ros.offline.navbench.simulator import RUNNING, ClosedLoopSimulator, SimulatorConfig
 from stereovoxel_ros.offline.navbench.world import NavWorld, pose_matrix
 
 OUTCOMES = ("success", "collision", "stuck", "timeout")
@@ -95,24 +91,22 @@ def run_episode(
     if source.needs_camera and pipeline is None:
         raise ValueError(f"map source {source.name!r} needs a stack pipeline")
     window = plan_window(world, planner)
-    world.reset()
+    sim = ClosedLoopSimulator(world, model, SimulatorConfig(config.near_miss_m, planner.goal_tolerance))
     dt = 1.0 / config.control_rate_hz
     goal = np.asarray(world.goal, float)
     limit_s = config.time_limit_s + config.time_per_m * float(np.linalg.norm(goal - world.start[:2]))
-    pose, command, t, length = world.start, (0.0, 0.0), 0.0, 0.0
-    trajectory = [pose]
-    history = [np.asarray(pose[:2])]
+    history = [np.asarray(sim.pose[:2])]
     cpu = {"stack": 0.0, "map": 0.0, "planner": 0.0}
-    min_clear, outcome, hit_xy, steps = math.inf, "timeout", None, 0
-    while t < limit_s and outcome == "timeout":
+    stuck, steps = False, 0
+    while sim.t < limit_s and sim.outcome == RUNNING and not stuck:
         steps += 1
-        observation = None
+        pose, observation = sim.pose, None
         if source.needs_camera:
-            left, right = world.render(pose_matrix(pose), t, np.random.default_rng([seed, steps]))
+            left, right = sim.render(np.random.default_rng([seed, steps]))
             observation = pipeline.observe(left, right, world.camera, world.camera_to_base, pose_matrix(pose))
             cpu["stack"] += observation.cpu_s
         start = time.process_time()
-        source.update(observation, world, t)
+        source.update(observation, world, sim.t)
         grid = source.grid()
         mid = time.process_time()
         costmap = build_costmap(grid, window, model, planner, pose)
@@ -120,32 +114,20 @@ def run_episode(
         wanted = (
             (0.0, 0.0)
             if path is None
-            else follow(costmap, model, pose, command[0], path, world.goal, planner)
+            else follow(costmap, model, pose, sim.command[0], path, world.goal, planner)
         )
-        command = limit_command(model, *wanted, command, dt)
+        sim.set_command(*wanted, dt)
         cpu["map"] += mid - start
         cpu["planner"] += time.process_time() - mid
         for _ in range(config.substeps):
-            before = pose
-            pose = unicycle_step(pose, *command, dt / config.substeps)
-            t += dt / config.substeps
-            length += math.hypot(pose[0] - before[0], pose[1] - before[1])
-            trajectory.append(pose)
-            world.advance(pose, t)
-            clearance = polygon_clearance(model.footprint(pose), world.obstacles(t))
-            min_clear = min(min_clear, clearance)
-            if clearance <= 0.0:
-                outcome, hit_xy = "collision", (round(pose[0], 3), round(pose[1], 3))
+            if sim.step(dt / config.substeps) != RUNNING:
                 break
-            if np.linalg.norm(goal - pose[:2]) <= planner.goal_tolerance:
-                outcome = "success"
-                break
-        history.append(np.asarray(pose[:2]))
+        history.append(np.asarray(sim.pose[:2]))
         window_steps = round(config.stuck_window_s / dt)
-        if outcome == "timeout" and len(history) > window_steps:
-            moved = np.linalg.norm(history[-1] - history[-1 - window_steps])
-            if moved < config.stuck_distance_m:
-                outcome = "stuck"
+        if sim.outcome == RUNNING and len(history) > window_steps:
+            stuck = bool(np.linalg.norm(history[-1] - history[-1 - window_steps]) < config.stuck_distance_m)
+    outcome = "stuck" if stuck else ("timeout" if sim.outcome == RUNNING else sim.outcome)
+    pose, t = sim.pose, sim.t
     false_stop = False
     if outcome == "stuck":  # would the same planner have found a way on the true map from here?
         truth = TruthMap(window)
@@ -157,15 +139,15 @@ def run_episode(
         world=world.name,
         method=method,
         outcome=outcome,
-        near_miss=bool(min_clear < config.near_miss_m),
-        min_clearance_m=min_clear,
+        near_miss=bool(sim.min_clearance < config.near_miss_m),
+        min_clearance_m=sim.min_clearance,
         false_stop=bool(false_stop),
-        path_length_m=length,
+        path_length_m=sim.length,
         time_s=t,
         steps=steps,
         cpu_ms={k: 1e3 * v / max(steps, 1) for k, v in cpu.items()},
-        trajectory=np.asarray(trajectory),
-        collision_xy=hit_xy,
+        trajectory=np.asarray(sim.trajectory),
+        collision_xy=sim.collision_xy,
     )
 
 
