@@ -171,17 +171,21 @@ def test_dynamic_objects_follow_the_robot_and_reset() -> None:
     assert not world.removed_present and world.appearing_present
     walked = world.person_walked
     assert walked == pytest.approx(world.person_speed * 1.0)
-    # a robot standing on the crossing: the person stops short of it
-    for k in range(60):
-        world.advance((4.8, 0.0, 0.0), 1.2 + 0.1 * k)
+    # a robot standing on the crossing: the person stops short of it, waits, then turns back
     from stereovoxel_ros.offline.navbench.robot import JackalModel, polygon_clearance
 
-    gap = polygon_clearance(
-        JackalModel().footprint((4.8, 0.0, 0.0)), [world.person_footprint(world.person_walked)]
-    )
-    assert world.person_walked < 2 * world.dynamics.person_side_m and 0.0 < gap <= 0.25 + 0.15
+    robot = (4.8, 0.0, 0.0)
+    for k in range(15):
+        world.advance(robot, 1.2 + 0.1 * k)
+    waiting = world.person_walked
+    gap = polygon_clearance(JackalModel().footprint(robot), [world.person_footprint(waiting)])
+    assert waiting < world.dynamics.person_side_m and 0.25 < gap <= 0.5 + 0.15 and world.person_heading == 1.0
+    for k in range(15, 40):
+        world.advance(robot, 1.2 + 0.1 * k)
+    assert world.person_heading == -1.0 and world.person_walked < waiting - 0.5  # walking back, away
     world.reset()
     assert world.removed_present and not world.appearing_present and world.person_walked == 0.0
+    assert world.person_heading == 1.0
 
 
 def test_dynamic_world_true_map_succeeds_and_a_blind_robot_hits_the_appearing_box() -> None:

@@ -12,7 +12,8 @@ by the robot instead of by frame numbers, since a closed-loop robot is never whe
 - ``person`` waits ``person_side_m`` beside the route at ``person_crosses_at`` and walks straight across it at
   ``person_speed`` from the moment the robot is ``person_trigger_m`` from the crossing, until it is
   ``person_side_m`` beyond it. The person is polite: it waits while a step would bring it within
-  ``person_yield_m`` of the robot's footprint, so any contact is the robot's doing.
+  ``person_yield_m`` of the robot's footprint, so any contact is the robot's doing, and after waiting
+  ``person_patience_s`` it turns back to where it came from (a robot that waits for it is not stuck for ever).
 
 The world's state is advanced by the episode after every motion substep (:meth:`advance`) and reset per
 episode (:meth:`reset`); everything is a function of (seed, index) and the robot's poses, so the same seed gives
@@ -55,7 +56,8 @@ class NavDynamics:
     person_trigger_m: float = 4.0
     person_side_m: float = 3.0
     person_speed: tuple[float, float] = (0.6, 1.2)  # [m/s] drawn per world
-    person_yield_m: float = 0.25
+    person_yield_m: float = 0.5  # [m] it keeps this far from the robot (room for the robot to turn)
+    person_patience_s: float = 2.0  # [s] blocked this long, the person turns back
     keep_clear_m: float = 0.6  # static objects this close to a dynamic object's footprint or track go
 
     def __post_init__(self) -> None:
@@ -154,6 +156,8 @@ class DynamicSynthWorld:
         self.removed_present, self.appearing_present = True, False
         self.person_walked = 0.0  # [m] along walk_dir
         self.person_started: float | None = None
+        self.person_heading = 1.0  # +1 across the route, -1 back where it came from
+        self._blocked_since: float | None = None
         self._last_t = 0.0
         self._scene_key: tuple | None = None
         self._scene: SynthWorld | None = None
@@ -174,12 +178,19 @@ class DynamicSynthWorld:
                 self.appearing_present = True
         if self.person_started is None and np.linalg.norm(xy - self.crossing) <= d.person_trigger_m:
             self.person_started = t
-        if self.person_started is not None and self.person_walked < 2 * d.person_side_m:
+        end = 2 * d.person_side_m if self.person_heading > 0 else 0.0
+        if self.person_started is not None and self.person_walked != end:
             walking_s = t - max(last, self.person_started)  # it walks from the moment it was triggered
-            step = min(self.person_speed * walking_s, 2 * d.person_side_m - self.person_walked)
-            ahead = self._person_fp + self.person_start + (self.person_walked + step) * self.walk_dir
-            if polygon_clearance(self.model.footprint(pose), [ahead]) > d.person_yield_m:
+            step = min(self.person_speed * walking_s, abs(end - self.person_walked)) * self.person_heading
+            if polygon_clearance(
+                self.model.footprint(pose), [self.person_footprint(self.person_walked + step)]
+            ) > (d.person_yield_m):
                 self.person_walked += step
+                self._blocked_since = None
+            elif self._blocked_since is None:
+                self._blocked_since = t
+            elif t - self._blocked_since >= d.person_patience_s:
+                self.person_heading, self._blocked_since = -self.person_heading, None
 
     def obstacles(self, t: float) -> list[np.ndarray]:
         """The true footprints now (``t`` is the time of the last :meth:`advance`)."""
