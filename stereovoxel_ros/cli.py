@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "node latency across CPU frequencies (cpufreq or emulated), fixed vs All-in-One switching",
     ),
     "export": ("stereovoxel_ros.offline.eval.commands", "export a checkpoint to TorchScript and ONNX"),
+    "navbench": (
+        "stereovoxel_ros.offline.navbench.commands",
+        "closed loop: a simulated Jackal drives to goals on the stack's map (collisions, false stops)",
+    ),
     "replay": ("stereovoxel_ros.tools.replay", "play a bag through the live occupancy node and score it"),
     "bag": ("stereovoxel_ros.tools.bag_commands", "rosbag2 tools: info, play (with /clock), record"),
     "trace": ("stereovoxel_ros.offline.trace_commands", "timing-variance reports and experiments"),

@@ -58,6 +58,11 @@ class JackalTopics:
         return self._ns("platform/odom/filtered")
 
     @property
+    def cmd_vel(self) -> str:
+        """Velocity commands (geometry_msgs/Twist) the platform drives."""
+        return self._ns("cmd_vel")
+
+    @property
     def tf(self) -> str:
         return self._ns("tf")
 
