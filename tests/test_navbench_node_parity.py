@@ -100,7 +100,7 @@ def test_offline_pipeline_grid_equals_the_live_node_grid(graph, backend: str) ->
 def test_offline_grid_and_local_map_defaults_are_the_node_parameter_defaults() -> None:
     pytest.importorskip("rclpy", reason="rclpy is not installed")
     from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
-    from stereovoxel_ros.ros.occupancy_node import PARAMETERS, OccupancyNodeConfig
+    from stereovoxel_ros.ros.occupancy_parameters import PARAMETERS, OccupancyNodeConfig
 
     node = OccupancyNodeConfig.from_parameters({name: default for name, (default, _) in PARAMETERS.items()})
     offline = ObservationGeometry(grid=node.grid)

@@ -26,7 +26,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
-from stereovoxel_ros.obstacle_grid import grid_window, observable_cells, obstacle_cells  # noqa: F401 (re-exported)
+from stereovoxel_ros.obstacle_grid import obstacle_cells
 from stereovoxel_ros.occupancy_stats import STALL_WINDOW_S, OccupancyStats
 from stereovoxel_ros.ros.camera_extrinsics import FrameError, ParameterExtrinsics, TfExtrinsics, tf2_available
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
