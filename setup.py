@@ -30,7 +30,7 @@ setup(
             "stereo_occupancy = stereovoxel_ros.ros.occupancy_node:main",
             "timing_tracer = stereovoxel_ros.ros.tracer_node:main",
             "patch_defended_detector = stereovoxel_ros.ros.patch_detector_node:main",
-            "navbench_world = stereovoxel_ros.ros.navbench_world_node:main",
+            "navbench_world = stereovoxel_ros.tools.navbench_world_node:main",
             "run_stack = stereovoxel_ros.ros.stack_runner:main",
             # offline tools
             "stereovoxel = stereovoxel_ros.cli:main",

@@ -16,7 +16,7 @@ NS = "navtest"
 def _world_node(graph: dict, **overrides):  # noqa: F811
     from rclpy.parameter import Parameter
 
-    from stereovoxel_ros.ros.navbench_world_node import NavbenchWorldNode
+    from stereovoxel_ros.tools.navbench_world_node import NavbenchWorldNode
 
     params = {"seed": 11, "world_index": 0, "image_width": 160, "image_height": 90, "camera_rate": 10.0,
               "sim_rate": 50.0, "namespace": NS, **overrides}  # fmt: skip
@@ -90,7 +90,7 @@ def test_world_node_publishes_sensors_and_drives_cmd_vel(graph) -> None:  # noqa
 
 def test_world_node_rejects_a_bad_rate(graph) -> None:  # noqa: F811
     pytest.importorskip("rclpy", reason="rclpy is not installed")
-    from stereovoxel_ros.ros.navbench_world_node import NavbenchWorldConfigError
+    from stereovoxel_ros.tools.navbench_world_node import NavbenchWorldConfigError
 
     with pytest.raises(NavbenchWorldConfigError, match="camera_rate"):
         _world_node(graph, camera_rate=0.0)

@@ -18,13 +18,8 @@ from stereovoxel_ros.grid_spec import DEFAULT_GRID
 def _train_all_in_one(root: Path) -> Path:
     """A tiny StereoVoxelNet fine-tuned two steps with all_in_one; returns its final.pt."""
     from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet
-    from stereovoxel_ros.offline.train.trainer import (
-        OccupancyTask,
-        PreparedStereoSet,
-        TrainConfig,
-        Trainer,
-        make_training_method,
-    )
+    from stereovoxel_ros.offline.train.tasks import OccupancyTask, PreparedStereoSet
+    from stereovoxel_ros.offline.train.trainer import TrainConfig, Trainer, make_training_method
 
     torch.manual_seed(0)
     data = _dataset(root / "data")

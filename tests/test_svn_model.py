@@ -294,7 +294,8 @@ def test_balanced_bce_counts_a_missed_obstacle_cell_that_soft_iou_barely_sees():
 
 
 def test_occupancy_loss_terms_are_parsed_and_checked():
-    from stereovoxel_ros.offline.train.trainer import OccupancyTask, TrainingError
+    from stereovoxel_ros.offline.train.tasks import OccupancyTask
+    from stereovoxel_ros.offline.train.trainer import TrainingError
 
     model = create_stereovoxelnet("stereovoxelnet_fast", DEFAULT_GRID, **SMALL)
     task = OccupancyTask(model, "stereovoxelnet_fast", "soft_iou+depth+bce")

@@ -83,13 +83,8 @@ def test_train_resume_finetune(tmp_path, capsys):
 
 def test_training_method_hooks_and_freezing(tmp_path):
     from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet
-    from stereovoxel_ros.offline.train.trainer import (
-        OccupancyTask,
-        PreparedStereoSet,
-        TrainConfig,
-        Trainer,
-        TrainingMethod,
-    )
+    from stereovoxel_ros.offline.train.tasks import OccupancyTask, PreparedStereoSet
+    from stereovoxel_ros.offline.train.trainer import TrainConfig, Trainer, TrainingMethod
 
     calls: list[str] = []
 

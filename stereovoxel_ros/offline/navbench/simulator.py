@@ -1,5 +1,5 @@
 """The benchmark's physics, stepped by whoever commands the robot: the episode loop, or a ROS bridge node
-(``stereovoxel_ros.ros.navbench_world_node``) driven by a real Nav2 through ``cmd_vel``.
+(``stereovoxel_ros.tools.navbench_world_node``) driven by a real Nav2 through ``cmd_vel``.
 
 One :meth:`ClosedLoopSimulator.step` limits the command (speed and acceleration), moves the unicycle, advances
 the world's moving objects and checks the footprint against the true obstacles: a touch ends the drive as a

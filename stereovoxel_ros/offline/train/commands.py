@@ -139,7 +139,8 @@ def _train(args: argparse.Namespace, task, method, meta: dict) -> int:
     import torch
 
     from stereovoxel_ros.offline.data.dataset_format import DatasetError
-    from stereovoxel_ros.offline.train.trainer import PreparedStereoSet, TrainConfig, Trainer, TrainingError
+    from stereovoxel_ros.offline.train.tasks import PreparedStereoSet
+    from stereovoxel_ros.offline.train.trainer import TrainConfig, Trainer, TrainingError
 
     torch.set_num_threads(max(1, args.threads))
     progress = not args.no_progress
@@ -292,7 +293,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from stereovoxel_ros.offline.data.dataset_format import DatasetError, read_manifest
-    from stereovoxel_ros.offline.train.trainer import DepthTask, OccupancyTask
+    from stereovoxel_ros.offline.train.tasks import DepthTask, OccupancyTask
 
     try:
         grid = read_manifest(args.datasets[0]).grid
@@ -329,7 +330,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNetError, load_checkpoint
-    from stereovoxel_ros.offline.train.trainer import OccupancyTask, TrainingError, make_training_method
+    from stereovoxel_ros.offline.train.tasks import OccupancyTask
+    from stereovoxel_ros.offline.train.trainer import TrainingError, make_training_method
 
     torch_seed(args.seed)
     try:

@@ -200,7 +200,7 @@ def _dense_finetune_flops(
     """(counted FLOPs, samples) of dense fine-tuning: one counted step of 2 samples, per sample × samples."""
     from stereovoxel_ros.models.stereovoxelnet import load_checkpoint
     from stereovoxel_ros.offline.data.dataset_format import read_split
-    from stereovoxel_ros.offline.train.trainer import OccupancyTask, PreparedStereoSet
+    from stereovoxel_ros.offline.train.tasks import OccupancyTask, PreparedStereoSet
     from stereovoxel_ros.offline.train.training_flops import count_step_flops
 
     n_train = sum(len(read_split(root, "train")) for root in datasets)

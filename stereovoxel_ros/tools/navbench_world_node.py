@@ -32,7 +32,7 @@ from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_FRAME, ODOM_FRAME, RIGHT_C
 from stereovoxel_ros.messages.camera_info import camera_info_from_model
 from stereovoxel_ros.messages.image import numpy_to_image
 from stereovoxel_ros.messages.stamps import ns_to_stamp
-from stereovoxel_ros.offline.data.synth_bag import quaternion_from_matrix, static_transforms
+from stereovoxel_ros.offline.data.synth_bag import static_transforms
 from stereovoxel_ros.offline.data.synth_world import SynthConfig
 from stereovoxel_ros.offline.navbench.dynamic_world import random_dynamic_world
 from stereovoxel_ros.offline.navbench.simulator import RUNNING, ClosedLoopSimulator
@@ -44,6 +44,7 @@ from stereovoxel_ros.ros.parameter_values import (
     warn_unknown_parameters,
 )
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
+from stereovoxel_ros.transforms import quaternion_from_matrix
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "seed": (9301, "world seed (stereovoxel navbench --seed)"),
