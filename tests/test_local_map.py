@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stereovoxel_ros.local_map import (
+    FAST_CLEARING,
     LocalMap,
     LocalMapConfig,
     LocalMapError,
@@ -38,9 +39,11 @@ def _at(local_map: LocalMap, x: float, y: float) -> int:
 
 
 def test_frames_to_clear_and_mark_follow_from_the_probabilities() -> None:
-    # defaults: hit 0.7, miss 0.2, clamp 0.3 / 0.8, obstacle above 0.6
-    assert CONFIG.frames_to_clear() == 1  # the first frame that sees through a removed obstacle clears it
-    assert CONFIG.frames_to_mark() == 2  # in space seen free, an obstacle needs two frames in a row
+    # defaults: octomap's hit 0.7, miss 0.4, clamp 0.12 / 0.97, obstacle above 0.6
+    assert CONFIG.frames_to_clear() == 8  # 0.5 s at 15 Hz of seeing through a removed obstacle
+    assert CONFIG.frames_to_mark() == 3  # in space seen free, an obstacle needs three frames in a row
+    fast = LocalMapConfig(**FAST_CLEARING)
+    assert (fast.frames_to_clear(), fast.frames_to_mark()) == (1, 2)
     octomap = LocalMapConfig(p_miss=0.4, p_min=0.12, p_max=0.97, occupied_threshold=0.75)
     assert (octomap.frames_to_clear(), octomap.frames_to_mark()) == (6, 4)
 

@@ -269,8 +269,9 @@ def register(subparsers: Any, name: str, help: str) -> None:
         nargs="+",
         choices=[m for m in MAP_SOURCES if m != "ground_truth"],
         default=["fused"],
-        help="map each stack backend plans on: fused (the node's ~/local_map, its defaults), fused_octomap (the "
-        "same with octomap's sensor model) or per_frame (the latest per-frame grid only)",
+        help="map each stack backend plans on: fused (the node's ~/local_map, its defaults), fused_octomap "
+        "(octomap's sensor model, which the defaults now are), fused_fast (the faster-clearing model the node "
+        "used before) or per_frame (the latest per-frame grid only)",
     )
     p.add_argument("--checkpoint", default=None, help="StereoVoxelNet checkpoint (default: the shipped one)")
     p.add_argument(
