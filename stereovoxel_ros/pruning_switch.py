@@ -44,6 +44,19 @@ def keep_count(channels: int, ratio: float) -> int:
     return max(1, round(channels * (1.0 - ratio)))
 
 
+def straight_through_topk_mask(scores: torch.Tensor, ratio: float, temperature: float) -> torch.Tensor:
+    """Keep the top-scoring channels at pruning ``ratio``: a hard 0/1 mask in the forward pass, a soft-sigmoid
+    gradient to ``scores`` in the backward pass (straight-through)."""
+    k = keep_count(len(scores), ratio)
+    if k >= len(scores):
+        return torch.ones_like(scores)
+    top = torch.topk(scores.detach(), k + 1).values
+    threshold = 0.5 * (top[k - 1] + top[k])
+    soft = torch.sigmoid((scores - threshold) / temperature)
+    hard = (scores.detach() >= top[k - 1]).to(scores.dtype)
+    return hard + soft - soft.detach()
+
+
 def levels_from_scores(scores: torch.Tensor, ratios: Sequence[float]) -> torch.Tensor:
     """Per-channel level = how many of the ascending ``ratios`` keep the channel (top scores kept first).
 

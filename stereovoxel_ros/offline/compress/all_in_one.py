@@ -20,8 +20,8 @@ from stereovoxel_ros.pruning_switch import (
     PruningSwitchError,
     RatioSelector,
     find_mask_points,
-    keep_count,
     levels_from_scores,
+    straight_through_topk_mask,
 )
 
 
@@ -84,14 +84,7 @@ class AllInOne(nn.Module):
     def channel_mask(self, conv: str, ratio_index: int) -> torch.Tensor:
         """Hard 0/1 mask in the forward pass, soft-sigmoid gradient to the scores in the backward pass."""
         s = self.scores[_key(conv)]
-        k = keep_count(len(s), self.ratios[ratio_index])
-        if k >= len(s):
-            return torch.ones_like(s)
-        top = torch.topk(s.detach(), k + 1).values
-        threshold = 0.5 * (top[k - 1] + top[k])
-        soft = torch.sigmoid((s - threshold) / self.temperature)
-        hard = (s.detach() >= top[k - 1]).to(s.dtype)
-        return hard + soft - soft.detach()
+        return straight_through_topk_mask(s, self.ratios[ratio_index], self.temperature)
 
     def set_ratio(self, ratio: float) -> None:
         """Select one of the trained ratios for the next forward passes."""

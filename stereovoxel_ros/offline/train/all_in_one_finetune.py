@@ -32,7 +32,11 @@ from stereovoxel_ros.channel_groups import (
     stereovoxelnet_groups,
 )
 from stereovoxel_ros.offline.train.trainer import TrainContext, TrainingError, TrainingMethod
-from stereovoxel_ros.pruning_switch import NestedMasks, keep_count, levels_from_scores
+from stereovoxel_ros.pruning_switch import (
+    NestedMasks,
+    levels_from_scores,
+    straight_through_topk_mask,
+)
 
 MASKS_META_KEY = "pruning_masks"  # checkpoint meta entry holding NestedMasks.state()
 DEFAULT_PARTS = PARTS
@@ -102,14 +106,7 @@ class GroupMasks(nn.Module):
     def mask(self, group: str, ratio_index: int) -> torch.Tensor:
         """Hard 0/1 mask in the forward pass, soft-sigmoid gradient to the scores in the backward pass."""
         s = self.scores[_key(group)]
-        k = keep_count(len(s), self.ratios[ratio_index])
-        if k >= len(s):
-            return torch.ones_like(s)
-        top = torch.topk(s.detach(), k + 1).values
-        threshold = 0.5 * (top[k - 1] + top[k])
-        soft = torch.sigmoid((s - threshold) / self.temperature)
-        hard = (s.detach() >= top[k - 1]).to(s.dtype)
-        return hard + soft - soft.detach()
+        return straight_through_topk_mask(s, self.ratios[ratio_index], self.temperature)
 
     def levels(self) -> dict[str, torch.Tensor]:
         """Per group: how many ratios keep each channel (see :func:`levels_from_scores`)."""
