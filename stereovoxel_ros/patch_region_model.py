@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from stereovoxel_ros.patch_regions import texture_density
+
+CHECKPOINT_FORMAT = "patch-region-model-checkpoint"
+CHECKPOINT_VERSION = 1
 
 
 class PatchRegionModelError(ValueError):
@@ -98,29 +100,29 @@ def region_inputs(z: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
 def save_region_model(
     path: str | os.PathLike, model: PatchRegionNet, meta: dict[str, Any] | None = None
 ) -> None:
-    """Write ``{"config", "state_dict", "meta"}`` atomically."""
-    from stereovoxel_ros.atomic_file import atomic_write
+    """Write ``{"format", "version", "config", "state_dict", "meta"}`` atomically."""
+    from stereovoxel_ros.models.checkpoint_files import write_checkpoint_file
 
-    payload = {
+    body = {
         "config": asdict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": json.loads(json.dumps(dict(meta or {}), default=str)),
     }
-    with atomic_write(path, "wb") as handle:
-        torch.save(payload, handle)
-    os.chmod(path, 0o644)
+    write_checkpoint_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, body)
 
 
 def load_region_model(path: str | os.PathLike) -> tuple[PatchRegionNet, dict[str, Any]]:
     """(model in eval mode, meta) from a region-model checkpoint; clear errors on bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise PatchRegionModelError(f"region-model checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+    from stereovoxel_ros.models.checkpoint_files import CheckpointFileError, read_checkpoint_file
+
+    try:  # files from before the format had a name: config + state_dict, read as version 1
+        payload = read_checkpoint_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "region-model checkpoint",
+                                       legacy_keys=frozenset({"config", "state_dict"}))  # fmt: skip
         model = PatchRegionNet(RegionModelConfig.from_dict(payload["config"]))
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+    except CheckpointFileError as exc:
+        raise PatchRegionModelError(str(exc)) from exc
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise PatchRegionModelError(f"{path} is not a readable region-model checkpoint: {exc}") from exc
     return model.eval(), dict(payload.get("meta", {}))
 

@@ -36,14 +36,13 @@ def describe_load_error(path: str | os.PathLike, err: BaseException) -> str:
 
 
 def write_checkpoint_file(path: str | os.PathLike, format: str, version: int, body: dict[str, Any]) -> None:
-    """Write ``{"format", "version", **body}`` atomically, readable by the node's user (0644)."""
+    """Write ``{"format", "version", **body}`` atomically (with a plain ``open``'s mode: 0666 less the umask)."""
     import torch
 
     from stereovoxel_ros.atomic_file import atomic_write
 
     with atomic_write(path, "wb") as handle:
         torch.save({"format": format, "version": version, **body}, handle)
-    os.chmod(path, 0o644)
 
 
 def read_checkpoint_file(
