@@ -148,8 +148,8 @@ class StereoVoxelNetPredictor:
     ``dense`` (evaluate every cell, then gate by the parents: same output, dense cost), ``num_threads`` (torch
     intra-op threads; None, the default, leaves them to the process's entry point, which sets them once),
     ``pruning`` (run-time All-in-One pruning with the checkpoint's masks: :meth:`set_pruning_ratio` swaps
-    compact BN-fused copies, one per trained ratio),
-    ``use_calibration`` (False: ignore the checkpoint's near-low-layer threshold, :class:`NearLowThreshold`).
+    compact BN-fused copies, one per trained ratio). The checkpoint's calibrated near-low-layer cut
+    (:class:`NearLowThreshold`) applies when present.
     """
 
     def __init__(
@@ -162,7 +162,6 @@ class StereoVoxelNetPredictor:
         dense: bool = False,
         num_threads: int | None = None,
         pruning: bool = False,
-        use_calibration: bool = True,
     ) -> None:
         import torch
 
@@ -200,7 +199,7 @@ class StereoVoxelNetPredictor:
         self.variant, self.meta = loaded.variant, loaded.meta
         self.grid = grid
         self.threshold, self.exit_level, self.dense = float(threshold), exit_level, bool(dense)
-        self.near_low = NearLowThreshold.from_meta(calibration.get("near_low")) if use_calibration else None
+        self.near_low = NearLowThreshold.from_meta(calibration.get("near_low"))
         self._cut: float | np.ndarray = (
             self.near_low.volume(grid, self.threshold) if self.near_low is not None else self.threshold
         )
