@@ -27,7 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from stereovoxel_ros.occupancy_predictor import NearLowThreshold
-from stereovoxel_ros.occupancy_scoring import OccupancyScorer, ScoringConfig, score_frame, truth_grid
+from stereovoxel_ros.occupancy_scoring import (
+    OccupancyScorer,
+    ScoringConfig,
+    obstacle_band_rows,
+    score_frame,
+    truth_grid,
+)
 from stereovoxel_ros.octree_decoder import probability_logit
 from stereovoxel_ros.offline.data.dataset_format import iter_samples, read_manifest
 
@@ -104,10 +110,13 @@ def _collect(predictor, roots: list[str], config: ScoringConfig, limit: int | No
 
 
 def low_obstacle_band(grid, config: ScoringConfig) -> tuple[float, float]:
-    """Camera-frame y band [m] (y down) of the lowest obstacle voxel layer: heights obstacle_min_height ..
-    obstacle_min_height + one voxel above the floor."""
-    low = config.camera_height_m - config.obstacle_min_height_m - grid.voxel_size
-    return (round(low, 6), round(config.camera_height_m - config.obstacle_min_height_m, 6))
+    """Camera-frame y extent [m] (y down) of the lowest voxel row the scoring counts as obstacle
+    (:func:`~stereovoxel_ros.occupancy_scoring.obstacle_band_rows`)."""
+    rows = np.flatnonzero(obstacle_band_rows(grid, config))
+    if not len(rows):
+        raise CalibrationError(f"no voxel row of grid {grid.name!r} lies in the obstacle height band")
+    low = grid.origin[1] + int(rows[-1]) * grid.voxel_size
+    return (round(low, 6), round(low + grid.voxel_size, 6))
 
 
 def _score(frames: list[_Frame], grid, config: ScoringConfig, threshold: float, gates, near_low=None) -> dict:
