@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stereovoxel_ros.grid_spec import DEFAULT_GRID, GridSpecError, VoxelGridSpec
+from stereovoxel_ros.models.matching_cost import blend_shifts, integer_shift_blend, pixel_matching_cost
 from stereovoxel_ros.models.mobilenet_v2 import (
     MOBILENET_V2_STAGES,
     ConvBnAct,
@@ -33,6 +34,11 @@ from stereovoxel_ros.octree_decoder import OctreeDecoder, OctreeOutput
 CHECKPOINT_FORMAT = "stereovoxelnet-checkpoint"
 CHECKPOINT_VERSION = 1
 IMAGE_MEAN, IMAGE_STD = 0.45, 0.225
+STRIDE_OF_FEATURES = 4  # input pixels per feature pixel of the extractor
+# The pixel NCC volume (std ≈ 0.4) and block texture (std of gray levels, ≈ 0.03) scaled to the learned
+# correlation's spread (std ≈ 1.6) so that neither starts out negligible in the encoder's first layer.
+PIXEL_COST_SCALE = 4.0
+TEXTURE_SCALE = 40.0
 
 
 class StereoVoxelNetError(ValueError):
@@ -57,6 +63,9 @@ class StereoVoxelNetConfig:
     encoder_channels: tuple[int, int, int] = (24, 32, 48)  # 1/4, 1/8, 1/16
     frustum_channels: int = 8  # features per (depth level, pixel)
     decoder_channels: tuple[int, ...] = (32, 24, 16, 8)  # per octree level, coarsest first
+    # (height, width) [input px] of the blocks of a full-resolution NCC matching cost added to the learned
+    # correlation (models/matching_cost.py); (0, 0): none, as in the paper.
+    pixel_cost_window: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         w, h = self.input_size
@@ -64,6 +73,12 @@ class StereoVoxelNetConfig:
             raise StereoVoxelNetError(f"input_size {self.input_size} must be positive multiples of 32")
         if self.extractor_stages not in (2, 3):
             raise StereoVoxelNetError(f"extractor_stages must be 2 or 3, got {self.extractor_stages}")
+        window = tuple(self.pixel_cost_window)
+        object.__setattr__(self, "pixel_cost_window", window)
+        if window != (0, 0) and (len(window) != 2 or any(n < STRIDE_OF_FEATURES or n % 2 for n in window)):
+            raise StereoVoxelNetError(
+                f"pixel_cost_window {window} must be (0, 0) or two even sizes >= {STRIDE_OF_FEATURES}"
+            )
         if self.feature_channels % self.correlation_groups:
             raise StereoVoxelNetError(
                 f"feature_channels {self.feature_channels} not divisible by groups {self.correlation_groups}"
@@ -74,6 +89,16 @@ class StereoVoxelNetConfig:
         """Depth slabs of the cost volume (and of the frustum the decoder reads)."""
         return self.cost_volume_levels or self.num_depth_levels
 
+    @property
+    def pixel_cost(self) -> bool:
+        """Whether the full-resolution NCC cost is part of the model."""
+        return self.pixel_cost_window != (0, 0)
+
+    @property
+    def frustum_in_channels(self) -> int:
+        """Channels per (slab, pixel) of the frustum the decoder and the depth head read."""
+        return self.frustum_channels + self.correlation_groups + int(self.pixel_cost)
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
@@ -83,7 +108,8 @@ class StereoVoxelNetConfig:
         unknown = set(data) - known
         if unknown:
             raise StereoVoxelNetError(f"config has unknown fields {sorted(unknown)}")
-        data = {"cost_volume_levels": None, **data}  # configs written before the field had one cost volume
+        # configs written before these fields: one cost volume, no pixel cost
+        data = {"cost_volume_levels": None, "pixel_cost_window": (0, 0), **data}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -137,22 +163,15 @@ def sampled_cost_volume(
     right_g = right.view(b, groups, c // groups, h, w)
     volumes = []
     for i in range(b):
-        d = disparities[i].clamp(min=0)
-        lower = d.floor()
-        frac = (d - lower).view(1, -1, 1, 1)
-        lower = lower.long()
-        shifts = torch.unique(torch.cat([lower, lower + 1]))
+        blend = integer_shift_blend(disparities[i])
         corr = []
-        for s in shifts.tolist():
+        for s in blend.shifts.tolist():
             if s >= w:
                 corr.append(left.new_zeros(groups, h, w))
                 continue
             valid = (left_g[i, :, :, :, s:] * right_g[i, :, :, :, : w - s]).mean(1)
             corr.append(F.pad(valid, (s, 0)))
-        table = torch.stack(corr, dim=1)  # (G, S, h, w)
-        # index of ``lower`` in ``shifts`` (a comparison, since ONNX has no searchsorted)
-        position = (shifts.unsqueeze(0) < lower.unsqueeze(1)).sum(1)
-        volumes.append(table[:, position] * (1 - frac) + table[:, position + 1] * frac)
+        volumes.append(blend_shifts(torch.stack(corr, dim=1), blend))  # (G, S, h, w) → (G, D, h, w)
     return torch.stack(volumes)
 
 
@@ -207,7 +226,7 @@ class CostVolumeEncoder(nn.Module):
 class StereoVoxelNet(nn.Module):
     """Stereo pair + camera → occupancy logits at four octree levels of ``grid``."""
 
-    FEATURE_STRIDE = 4
+    FEATURE_STRIDE = STRIDE_OF_FEATURES
 
     def __init__(
         self, config: StereoVoxelNetConfig | None = None, grid: VoxelGridSpec = DEFAULT_GRID
@@ -233,20 +252,26 @@ class StereoVoxelNet(nn.Module):
         if float(self.depth_levels.min()) <= 0:
             raise GridSpecError(f"grid {grid.name!r} has depth slabs at z <= 0; cannot form disparities")
         self.encoder = CostVolumeEncoder(
-            cfg.correlation_groups * cfg.cost_levels + cfg.feature_channels,
+            self.encoder_in_channels(cfg),
             cfg.encoder_channels,
             cfg.num_depth_levels,
             cfg.frustum_channels,
         )
         self.decoder = OctreeDecoder(
             grid,
-            cfg.frustum_channels + cfg.correlation_groups,
+            cfg.frustum_in_channels,
             cfg.decoder_channels,
             image_size=cfg.input_size,
         )
         # Training only: per-pixel depth-slab logits from the frustum, supervised with ground-truth depth so that
         # the extractor learns to match (the occupancy loss alone lets the network fall back on a floor prior).
-        self.depth_head = nn.Conv3d(cfg.frustum_channels + cfg.correlation_groups, 1, 1)
+        self.depth_head = nn.Conv3d(cfg.frustum_in_channels, 1, 1)
+
+    @staticmethod
+    def encoder_in_channels(cfg: StereoVoxelNetConfig) -> int:
+        """[correlation (G·D), left features (C), pixel NCC (D) and texture (1) if enabled]."""
+        pixel = cfg.cost_levels + 1 if cfg.pixel_cost else 0
+        return cfg.correlation_groups * cfg.cost_levels + cfg.feature_channels + pixel
 
     @property
     def num_levels(self) -> int:
@@ -280,10 +305,22 @@ class StereoVoxelNet(nn.Module):
         disparities = focal_baseline / self.depth_levels.view(1, -1) / self.FEATURE_STRIDE  # feature px
         cost = sampled_cost_volume(fl, fr, disparities, self.config.correlation_groups)
         g, d = cost.shape[1], cost.shape[2]
-        encoded = self.encoder(torch.cat([cost.reshape(b, g * d, *cost.shape[-2:]), fl], dim=1))
+        encoder_in = [cost.reshape(b, g * d, *cost.shape[-2:]), fl]
+        frustum_extra = []
+        if self.config.pixel_cost:
+            ncc, texture = pixel_matching_cost(
+                left,
+                right,
+                disparities * self.FEATURE_STRIDE,
+                self.config.pixel_cost_window,
+                self.FEATURE_STRIDE,
+            )
+            encoder_in += [ncc * PIXEL_COST_SCALE, texture * TEXTURE_SCALE]
+            frustum_extra.append(ncc.unsqueeze(1) * PIXEL_COST_SCALE)
+        encoded = self.encoder(torch.cat(encoder_in, dim=1))
         if encoded.shape[2] != d:  # finer cost volume: encoder slabs interpolated between their centres
             encoded = interpolate_slabs(encoded, d)
-        frustum = torch.cat([encoded, cost], dim=1)
+        frustum = torch.cat([encoded, cost, *frustum_extra], dim=1)
         pyramid = [frustum]
         for _ in range(self.num_levels - 1):
             coarse = pyramid[-1]
@@ -331,6 +368,44 @@ class StereoVoxelNet(nn.Module):
         return self.decoder.decode_pruned(
             self.frustum_pyramid(left, right, camera), camera, prune_threshold, exit_level
         )
+
+
+def init_from_parent(model: StereoVoxelNet, parent: StereoVoxelNet) -> None:
+    """Copy ``parent``'s weights into ``model``, which may add the pixel cost: the weights that read the new
+    inputs start at zero, so ``model`` first computes exactly what ``parent`` did.
+
+    The new inputs are appended to the encoder's stem and the depth head, and inserted in the decoder's
+    point MLPs after the parent's frustum channels (before the cell position and parent features).
+    """
+    if parent.config.pixel_cost and not model.config.pixel_cost:
+        raise StereoVoxelNetError("cannot initialise a model without the pixel cost from one with it")
+    parent_frustum = parent.config.frustum_in_channels
+    inserted = {  # weight name -> (input dim, where the new channels go)
+        "encoder.stem.0.weight": (1, StereoVoxelNet.encoder_in_channels(parent.config)),
+        "depth_head.weight": (1, parent_frustum),
+        **{f"decoder.mlps.{lvl}.0.weight": (1, parent_frustum) for lvl in range(model.num_levels)},
+    }
+    parent_state = parent.state_dict()
+    state = model.state_dict()
+    for name, target in state.items():
+        source = parent_state.get(name)
+        if source is None:
+            raise StereoVoxelNetError(f"parent has no weight {name!r}")
+        if source.shape != target.shape:
+            if name not in inserted:
+                raise StereoVoxelNetError(
+                    f"weight {name!r} has shape {tuple(source.shape)} in the parent, {tuple(target.shape)} here"
+                )
+            dim, at = inserted[name]
+            extra = target.shape[dim] - source.shape[dim]
+            pad_shape = list(source.shape)
+            pad_shape[dim] = extra
+            zeros = source.new_zeros(pad_shape)
+            source = torch.cat(
+                [source.narrow(dim, 0, at), zeros, source.narrow(dim, at, source.shape[dim] - at)], dim
+            )
+        state[name] = source.clone()
+    model.load_state_dict(state)
 
 
 def depth_slab_loss(logits: torch.Tensor, depth: torch.Tensor, grid: VoxelGridSpec) -> torch.Tensor:

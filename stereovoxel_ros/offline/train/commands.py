@@ -312,11 +312,15 @@ def run_train(args: argparse.Namespace) -> int:
             return 2
         model = StereoVoxelNet(replace(STEREOVOXELNET_CONFIGS[variant], **overrides), grid)
         if args.init:
-            from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNetError, load_checkpoint
+            from stereovoxel_ros.models.stereovoxelnet import (
+                StereoVoxelNetError,
+                init_from_parent,
+                load_checkpoint,
+            )
 
             try:
                 parent = load_checkpoint(args.init, grid).model
-                model.load_state_dict(parent.state_dict())
+                init_from_parent(model, parent)
             except (StereoVoxelNetError, RuntimeError) as err:
                 print(f"stereovoxel train: --init {args.init}: {str(err).splitlines()[0]}", file=sys.stderr)
                 return 1
