@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stereovoxel_ros.offline.eval.gate_calibration",
         "calibrate StereoVoxelNet's per-level octree gates and threshold on tuning worlds",
     ),
+    "cost-hits": (
+        "stereovoxel_ros.offline.eval.cost_hits",
+        "how often each matching cost's best depth slab is the true one, on obstacle pixels",
+    ),
     "mapbench": (
         "stereovoxel_ros.offline.eval.map_commands",
         "the fused local map against per-frame grids on dynamic sequences, per backend",
