@@ -9,14 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from stereovoxel_ros.offline.train import spfde
-from stereovoxel_ros.offline.train.continual_benchmark import (
+from stereovoxel_research.sparse.continual_benchmark import (
     forgetting,
     make_digits_method,
     train_with_method,
 )
+from stereovoxel_ros.offline.train import spfde
 from stereovoxel_ros.offline.train.sparcl import ClassifierReplay, Rehearsal, RehearsalConfig
-from stereovoxel_ros.offline.train.sparse_training import SparseConfig, SparseTrainingError
+from stereovoxel_ros.offline.train.sparse_training import (
+    DynamicSparseTraining,
+    SparseConfig,
+    SparseTrainingError,
+)
 from stereovoxel_ros.offline.train.spfde import DataSieve, SpFDE, SpFDEConfig
 
 
@@ -101,7 +105,7 @@ def test_rehearsal_reservoir_stores_samples_logits_and_targets():
 
 def _continual_digits(method_name: str, **options) -> tuple[float, dict]:
     """Two class-incremental digits tasks (0-4, 5-9) with a small MLP; accuracy on both, finalize() info."""
-    from stereovoxel_ros.offline.compress.digits_task import load_digits_data
+    from stereovoxel_research.digits_task import load_digits_data
 
     data = load_digits_data()
     torch.manual_seed(0)
@@ -210,3 +214,29 @@ def test_replay_batch_follows_the_training_batch():
     model(x)
     reh.commit(5)
     assert len(reh._sample(False)) == 5 and len(reh._sample(True)) == 5
+
+
+def test_dynamic_sparse_training_moves_masks_and_keeps_sparsity():
+    torch.manual_seed(0)
+    model = _net()
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    method = DynamicSparseTraining(SparseConfig(sparsity=0.8, update_interval=2, min_weights=100))
+    train_with_method(model, method, x, y, epochs=3, batch_size=16)
+    info = method.finalize(model)
+    assert info["mask_updates"] >= 2 and sum(u["moved"] for u in method.updates) > 0
+    for name, mask in method.masks.masks.items():
+        weight = dict(model.named_modules())[name].weight
+        assert bool((weight[~mask] == 0).all())
+    assert info["weight_density"] == pytest.approx(0.2, abs=0.01)
+    assert 0 < info["train_flops"] < 0.6 * info["train_flops_executed"]
+    # per-sample cached counting (used for fixed-size inputs) gives the same totals as counting every step
+    model = _net()
+    cached = DynamicSparseTraining(SparseConfig(sparsity=0.8, update_interval=2, min_weights=100))
+    cached.cache_flops = True
+    train_with_method(model, cached, x[:56], y[:56], epochs=3, batch_size=16)  # last batch of 8
+    model = _net()
+    exact = DynamicSparseTraining(SparseConfig(sparsity=0.8, update_interval=2, min_weights=100))
+    train_with_method(model, exact, x[:56], y[:56], epochs=3, batch_size=16)
+    a, b = cached.finalize(model), exact.finalize(model)
+    assert a["train_flops"] == pytest.approx(b["train_flops"], rel=1e-6)
+    assert a["train_flops_executed"] == b["train_flops_executed"]

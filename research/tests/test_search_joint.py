@@ -7,15 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
-from stereovoxel_ros.offline.search.joint_search import (
+from stereovoxel_research.search.joint_search import (
     Candidate,
     SearchError,
     joint_search,
     pareto_front,
     plot_search,
 )
-from stereovoxel_ros.offline.search.search_space import SearchSpace, Subnet, count_subnet_params
+from stereovoxel_research.search.search_space import SearchSpace, Subnet, count_subnet_params
+from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stereovoxel_research.search.search_space import SearchSpace, Subnet
 from stereovoxel_ros.atomic_file import write_json_atomic
 from stereovoxel_ros.models.efficientformer_v2 import (
     AttentionBlock,
@@ -24,7 +25,6 @@ from stereovoxel_ros.models.efficientformer_v2 import (
     FfnBlock,
     Stem,
 )
-from stereovoxel_ros.offline.search.search_space import SearchSpace, Subnet
 
 TABLE_VERSION = 1
 

@@ -22,7 +22,7 @@ def register(subparsers: Any, name: str, help: str) -> None:
         description="Compression for the robot's hardware: PIM-aware quantization and All-in-One pruning. "
         "Task: scikit-learn digits with a small CNN (minutes on a CPU).",
     )
-    from stereovoxel_ros.offline.compress.pim_commands import (
+    from stereovoxel_research.compress.pim_commands import (
         _chip_arguments,
         _pim_ablate,
         _pim_eval,
@@ -185,8 +185,8 @@ def _aio_train(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from stereovoxel_ros.offline.compress.all_in_one import AllInOne
-    from stereovoxel_ros.offline.compress.digits_task import (
+    from stereovoxel_research.compress.all_in_one import AllInOne
+    from stereovoxel_research.digits_task import (
         DigitsCNN,
         DigitsCNNConfig,
         load_digits_data,
@@ -234,7 +234,7 @@ def _aio_train(args: argparse.Namespace) -> int:
 
 
 def _aio_switch(ckpt: dict, example):
-    from stereovoxel_ros.offline.compress.digits_task import DigitsCNN, DigitsCNNConfig
+    from stereovoxel_research.digits_task import DigitsCNN, DigitsCNNConfig
     from stereovoxel_ros.pruning_switch import NestedMasks, PrunedModelSwitch
 
     if ckpt.get("format") != "stereovoxel-all-in-one":
@@ -247,9 +247,9 @@ def _aio_switch(ckpt: dict, example):
 def _aio_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from stereovoxel_research.compress.all_in_one import storage_bytes
+    from stereovoxel_research.digits_task import accuracy, load_digits_data
     from stereovoxel_ros.atomic_file import write_text_atomic
-    from stereovoxel_ros.offline.compress.all_in_one import storage_bytes
-    from stereovoxel_ros.offline.compress.digits_task import accuracy, load_digits_data
 
     _setup_torch(args.threads)
     rows, curves = [], {}
@@ -315,13 +315,10 @@ def _aio_dvfs(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from stereovoxel_research.compress.all_in_one import run_frames
+    from stereovoxel_research.digits_task import load_digits_data
     from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
-    from stereovoxel_ros.offline.compress.all_in_one import (
-        EMULATED_LEVELS,
-        emulated_frequency_level,
-        run_frames,
-    )
-    from stereovoxel_ros.offline.compress.digits_task import load_digits_data
+    from stereovoxel_ros.offline.eval.emulated_dvfs import EMULATED_LEVELS, emulated_frequency_level
     from stereovoxel_ros.pruning_switch import RatioSelector, SelectorConfig
 
     ckpt = _load(args.checkpoint)
@@ -406,9 +403,9 @@ def _wrap_check(args: argparse.Namespace) -> int:
 
     import torch
 
+    from stereovoxel_research.compress.all_in_one import AllInOne
+    from stereovoxel_research.compress.pim_simulator import PIMConfig, configure_pim, convert_to_pim
     from stereovoxel_ros.atomic_file import write_text_atomic
-    from stereovoxel_ros.offline.compress.all_in_one import AllInOne
-    from stereovoxel_ros.offline.compress.pim_simulator import PIMConfig, configure_pim, convert_to_pim
     from stereovoxel_ros.pruning_switch import PrunedModelSwitch
 
     try:

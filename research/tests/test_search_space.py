@@ -8,12 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from stereovoxel_ros.models.efficientformer_v2 import (
-    EFFICIENTFORMER_V2_CONFIGS,
-    EfficientFormerV2,
-    count_parameters,
-)
-from stereovoxel_ros.offline.search.search_space import (
+from stereovoxel_research.search.search_space import (
     SearchSpace,
     SearchSpaceError,
     Subnet,
@@ -21,6 +16,11 @@ from stereovoxel_ros.offline.search.search_space import (
     count_subnet_params,
     space_from_dict,
     space_to_dict,
+)
+from stereovoxel_ros.models.efficientformer_v2 import (
+    EFFICIENTFORMER_V2_CONFIGS,
+    EfficientFormerV2,
+    count_parameters,
 )
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stereovoxel_ros.offline.compress.digits_task import DigitsCNN, DigitsData, load_digits_data
+from stereovoxel_research.digits_task import DigitsCNN, DigitsData, load_digits_data
 from stereovoxel_ros.offline.train.lr_schedule import warmup_cosine_lr
 from stereovoxel_ros.offline.train.trainer import TrainContext, TrainingError, TrainingMethod
 

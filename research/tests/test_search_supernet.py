@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from stereovoxel_research.search.search_space import SearchSpace, SearchSpaceError
+from stereovoxel_research.search.supernet import Supernet, recalibrate_batchnorm, train_supernet
 from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
-from stereovoxel_ros.offline.search.search_space import SearchSpace, SearchSpaceError
-from stereovoxel_ros.offline.search.supernet import Supernet, recalibrate_batchnorm, train_supernet
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _small_space(classes: int = 3) -> SearchSpace:

@@ -1,6 +1,6 @@
 """EfficientFormerV2 search on this CPU: lookup-table accuracy, and the searched model vs MobileNetV2.
 
-Run: ``.venv/bin/python -m benchmarks.bench_search [--reuse] [--workdir outputs/search]``. Targets: the
+Run: ``.venv/bin/python -m stereovoxel_research.search.benchmark [--reuse] [--workdir outputs/search]``. Targets: the
 latency table predicts measured end-to-end latency within 15 %; the searched model within 10 % of the
 MobileNetV2-1.0 baseline's measured latency with higher test accuracy on upsampled sklearn digits.
 Single-threaded torch; latency is the calling thread's CPU time (the machine is shared), batch 1.
@@ -15,9 +15,7 @@ from pathlib import Path
 
 import torch
 
-from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
-from stereovoxel_ros.models.efficientformer_v2 import EfficientFormerV2
-from stereovoxel_ros.offline.search.digits_search import (
+from stereovoxel_research.search.digits_search import (
     calibration_batches,
     compare_with_baseline,
     digits_space,
@@ -28,8 +26,8 @@ from stereovoxel_ros.offline.search.digits_search import (
     save_supernet,
     train_digits_supernet,
 )
-from stereovoxel_ros.offline.search.joint_search import SubnetEvaluator, joint_search, plot_search
-from stereovoxel_ros.offline.search.latency_table import (
+from stereovoxel_research.search.joint_search import SubnetEvaluator, joint_search, plot_search
+from stereovoxel_research.search.latency_table import (
     CALIBRATION_SEED,
     LatencyTable,
     build_latency_table,
@@ -37,6 +35,8 @@ from stereovoxel_ros.offline.search.latency_table import (
     calibration_subnets,
     measure_model_latency_ms,
 )
+from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
+from stereovoxel_ros.models.efficientformer_v2 import EfficientFormerV2
 
 
 def lut_accuracy(table: LatencyTable, space, subnets) -> list[tuple[str, float, float, float, float, float]]:

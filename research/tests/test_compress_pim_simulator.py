@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from stereovoxel_ros.offline.compress.pim_qat import (
+from stereovoxel_research.compress.pim_qat import (
     adjusted_adc_bits,
     calibrate_batchnorm,
     prepare_for_training,
 )
-from stereovoxel_ros.offline.compress.pim_simulator import (
+from stereovoxel_research.compress.pim_simulator import (
     SCHEMES,
     PIMConfig,
     PIMError,
@@ -24,7 +24,7 @@ from stereovoxel_ros.offline.compress.pim_simulator import (
     pim_matmul,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 # A 2×2 crossbar: 2 rows (reduction), 2 columns (outputs); 3-bit weights (|w| <= 3), 2-bit unsigned acts (<= 3).

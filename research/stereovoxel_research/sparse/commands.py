@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
 def _run_digits(args: argparse.Namespace) -> int:
     import torch
 
-    from stereovoxel_ros.offline.train import continual_benchmark as cb
+    from stereovoxel_research.sparse import continual_benchmark as cb
     from stereovoxel_ros.offline.train.trainer import TrainingError
 
     torch.set_num_threads(max(1, args.threads))
@@ -82,8 +82,8 @@ def _run_table(args: argparse.Namespace) -> int:
 
     import torch
 
+    from stereovoxel_research.sparse import continual_benchmark as cb
     from stereovoxel_ros.atomic_file import write_json_atomic
-    from stereovoxel_ros.offline.train import continual_benchmark as cb
 
     torch.set_num_threads(max(1, args.threads))
     continual = args.benchmark == "sparcl"

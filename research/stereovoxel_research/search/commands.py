@@ -85,14 +85,14 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
     q.add_argument("--out-dir", type=Path, default=DEFAULT_DIR)
     q.set_defaults(func=_cmd_compare)
 
-    from stereovoxel_ros.offline.search.extractor_latency import register_extractors
+    from stereovoxel_research.search.extractor_latency import register_extractors
 
     register_extractors(sub)
 
 
 def _cmd_lut(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.offline.search.digits_search import digits_space
-    from stereovoxel_ros.offline.search.latency_table import (
+    from stereovoxel_research.search.digits_search import digits_space
+    from stereovoxel_research.search.latency_table import (
         build_latency_table,
         calibrate_latency_table,
         calibration_subnets,
@@ -127,7 +127,7 @@ def _cmd_lut(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from stereovoxel_ros.offline.search.digits_search import (
+    from stereovoxel_research.search.digits_search import (
         digits_space,
         load_digits_task,
         save_supernet,
@@ -152,15 +152,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     import torch
 
-    from stereovoxel_ros.atomic_file import write_json_atomic
-    from stereovoxel_ros.offline.search.digits_search import (
+    from stereovoxel_research.search.digits_search import (
         calibration_batches,
         load_digits_task,
         load_supernet,
         mobilenet_v2_baseline,
     )
-    from stereovoxel_ros.offline.search.joint_search import SubnetEvaluator, joint_search, plot_search
-    from stereovoxel_ros.offline.search.latency_table import LatencyTable, measure_model_latency_ms
+    from stereovoxel_research.search.joint_search import SubnetEvaluator, joint_search, plot_search
+    from stereovoxel_research.search.latency_table import LatencyTable, measure_model_latency_ms
+    from stereovoxel_ros.atomic_file import write_json_atomic
 
     torch.set_num_threads(args.threads)
     supernet, _ = load_supernet(args.supernet)
@@ -220,13 +220,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import torch
 
-    from stereovoxel_ros.offline.search.digits_search import (
+    from stereovoxel_research.search.digits_search import (
         compare_with_baseline,
         format_table,
         load_supernet,
     )
-    from stereovoxel_ros.offline.search.latency_table import LatencyTable
-    from stereovoxel_ros.offline.search.search_space import Subnet
+    from stereovoxel_research.search.latency_table import LatencyTable
+    from stereovoxel_research.search.search_space import Subnet
 
     torch.set_num_threads(args.threads)
     supernet, _ = load_supernet(args.supernet)

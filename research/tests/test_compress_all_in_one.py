@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stereovoxel_ros.offline.compress.all_in_one import AllInOne
-from stereovoxel_ros.offline.compress.digits_task import DigitsCNN, DigitsCNNConfig
+from stereovoxel_research.compress.all_in_one import AllInOne
+from stereovoxel_research.digits_task import DigitsCNN, DigitsCNNConfig
 from stereovoxel_ros.pruning_switch import (
     NestedMasks,
     PrunedModelSwitch,
@@ -19,7 +19,7 @@ from stereovoxel_ros.pruning_switch import (
     levels_from_scores,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)
@@ -168,7 +168,7 @@ def test_read_cpu_frequency_from_sysfs(tmp_path):
 
 
 def test_all_in_one_rejects_bad_ratios_and_models():
-    from stereovoxel_ros.offline.compress.all_in_one import AllInOneError
+    from stereovoxel_research.compress.all_in_one import AllInOneError
 
     with pytest.raises(AllInOneError, match="ratios"):
         AllInOne(DigitsCNN(), (0.5, 0.25))

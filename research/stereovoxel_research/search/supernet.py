@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stereovoxel_research.search.search_space import SearchSpace, Subnet
 from stereovoxel_ros.models.efficientformer_v2 import (
     Attention4D,
     Attention4DDownsample,
@@ -17,7 +18,6 @@ from stereovoxel_ros.models.efficientformer_v2 import (
     ConvNorm,
     EfficientFormerV2,
 )
-from stereovoxel_ros.offline.search.search_space import SearchSpace, Subnet
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, out_ch: int | None = None) -> torch.Tensor:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from stereovoxel_ros.offline.compress.commands import (
+from stereovoxel_research.compress.commands import (
     CompressCommandError,
     _command_line,
     _floats,
@@ -29,7 +29,7 @@ def _chip_arguments(p: argparse.ArgumentParser, scheme: bool = True) -> None:
 
 
 def _chip(args: argparse.Namespace, scheme: str):
-    from stereovoxel_ros.offline.compress.pim_simulator import PIMConfig, PIMError
+    from stereovoxel_research.compress.pim_simulator import PIMConfig, PIMError
 
     try:
         return PIMConfig(
@@ -54,7 +54,10 @@ def _pim_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from stereovoxel_ros.offline.compress.digits_task import (
+    from stereovoxel_research.compress.pim_ablation import EXCLUDED_LAYERS
+    from stereovoxel_research.compress.pim_qat import prepare_for_training
+    from stereovoxel_research.compress.pim_simulator import configure_pim
+    from stereovoxel_research.digits_task import (
         PIM_DIGITS_WIDTHS,
         DigitsCNN,
         DigitsCNNConfig,
@@ -62,9 +65,6 @@ def _pim_train(args: argparse.Namespace) -> int:
         load_digits_data,
         train_classifier,
     )
-    from stereovoxel_ros.offline.compress.pim_ablation import EXCLUDED_LAYERS
-    from stereovoxel_ros.offline.compress.pim_qat import prepare_for_training
-    from stereovoxel_ros.offline.compress.pim_simulator import configure_pim
 
     _setup_torch()
     chip = _chip(args, args.scheme)
@@ -104,8 +104,8 @@ def _pim_train(args: argparse.Namespace) -> int:
 
 
 def _pim_model(ckpt: dict):
-    from stereovoxel_ros.offline.compress.digits_task import DigitsCNN, DigitsCNNConfig
-    from stereovoxel_ros.offline.compress.pim_simulator import PIMConfig, convert_to_pim
+    from stereovoxel_research.compress.pim_simulator import PIMConfig, convert_to_pim
+    from stereovoxel_research.digits_task import DigitsCNN, DigitsCNNConfig
 
     if ckpt.get("format") != "stereovoxel-pim-qat":
         raise CompressCommandError("checkpoint is not a pim-qat checkpoint (format field)")
@@ -122,10 +122,10 @@ def _pim_eval(args: argparse.Namespace) -> int:
 
     import torch
 
+    from stereovoxel_research.compress.pim_qat import calibrate_batchnorm, deploy_on_pim
+    from stereovoxel_research.compress.pim_simulator import configure_pim
+    from stereovoxel_research.digits_task import accuracy, load_digits_data
     from stereovoxel_ros.atomic_file import write_text_atomic
-    from stereovoxel_ros.offline.compress.digits_task import accuracy, load_digits_data
-    from stereovoxel_ros.offline.compress.pim_qat import calibrate_batchnorm, deploy_on_pim
-    from stereovoxel_ros.offline.compress.pim_simulator import configure_pim
 
     _setup_torch()
     ckpt = _load(args.checkpoint)
@@ -188,14 +188,14 @@ def _pim_eval(args: argparse.Namespace) -> int:
 def _pim_ablate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from stereovoxel_ros.atomic_file import write_text_atomic
-    from stereovoxel_ros.offline.compress.pim_ablation import (
+    from stereovoxel_research.compress.pim_ablation import (
         ablation_findings,
         ablation_table,
         run_ablation,
         training_variants,
     )
-    from stereovoxel_ros.offline.compress.pim_simulator import SCHEMES
+    from stereovoxel_research.compress.pim_simulator import SCHEMES
+    from stereovoxel_ros.atomic_file import write_text_atomic
 
     _setup_torch()
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from stereovoxel_ros.offline.compress.digits_task import (
+from stereovoxel_research.compress.pim_qat import (
+    calibrate_batchnorm,
+    deploy_on_pim,
+    prepare_for_training,
+)
+from stereovoxel_research.compress.pim_simulator import PIMConfig, PIMError, configure_pim, pim_layers
+from stereovoxel_research.digits_task import (
     PIM_DIGITS_WIDTHS,
     DigitsCNN,
     DigitsCNNConfig,
@@ -24,12 +30,6 @@ from stereovoxel_ros.offline.compress.digits_task import (
     load_digits_data,
     train_classifier,
 )
-from stereovoxel_ros.offline.compress.pim_qat import (
-    calibrate_batchnorm,
-    deploy_on_pim,
-    prepare_for_training,
-)
-from stereovoxel_ros.offline.compress.pim_simulator import PIMConfig, PIMError, configure_pim, pim_layers
 
 EXCLUDED_LAYERS: tuple[str, ...] = ("features.0", "classifier")
 """First and last layers stay digital, every other conv runs on the PIM macro."""

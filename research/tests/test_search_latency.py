@@ -8,8 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
-from stereovoxel_ros.offline.search.latency_table import (
+from stereovoxel_research.search.latency_table import (
     BlockSpec,
     LatencyTable,
     LatencyTableError,
@@ -20,7 +19,8 @@ from stereovoxel_ros.offline.search.latency_table import (
     space_blocks,
     subnet_blocks,
 )
-from stereovoxel_ros.offline.search.search_space import SearchSpace
+from stereovoxel_research.search.search_space import SearchSpace
+from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
 
 
 @pytest.fixture(scope="module")

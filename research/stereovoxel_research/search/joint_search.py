@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from stereovoxel_ros.offline.search.search_space import SearchSpace, Subnet, count_subnet_params
-from stereovoxel_ros.offline.search.supernet import Supernet, recalibrate_batchnorm
+from stereovoxel_research.search.search_space import SearchSpace, Subnet, count_subnet_params
+from stereovoxel_research.search.supernet import Supernet, recalibrate_batchnorm
 
 
 class SearchError(RuntimeError):

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from stereovoxel_research.search.latency_table import LatencyTable
 from stereovoxel_ros.cli import main
-from stereovoxel_ros.offline.search.latency_table import LatencyTable
 
 
 @pytest.fixture(autouse=True)

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stereovoxel_research.search.latency_table import LatencyTable
+from stereovoxel_research.search.search_space import SearchSpace, Subnet, space_from_dict, space_to_dict
+from stereovoxel_research.search.supernet import Supernet, train_supernet
 from stereovoxel_ros.atomic_file import atomic_write
 from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
-from stereovoxel_ros.offline.search.latency_table import LatencyTable
-from stereovoxel_ros.offline.search.search_space import SearchSpace, Subnet, space_from_dict, space_to_dict
-from stereovoxel_ros.offline.search.supernet import Supernet, train_supernet
 
 
 class SearchTaskError(RuntimeError):
@@ -47,7 +47,7 @@ class DigitsTask:
 def load_digits_task(image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> DigitsTask:
     """scikit-learn's bundled digits (no download): the compression task's test split; its training split
     divided into training and validation (the search decides on validation, results are reported on test)."""
-    from stereovoxel_ros.offline.compress.digits_task import load_digits_data
+    from stereovoxel_research.digits_task import load_digits_data
 
     data = load_digits_data(seed=seed)
 
@@ -137,7 +137,7 @@ def train_classifier_on_task(
     progress: str | None = None,
 ) -> float:
     """Train ``model`` with the compression task's recipe (AdamW, one-cycle) on train+val; test accuracy [0, 1]."""
-    from stereovoxel_ros.offline.compress.digits_task import DigitsData, accuracy, train_classifier
+    from stereovoxel_research.digits_task import DigitsData, accuracy, train_classifier
 
     data = DigitsData(
         torch.cat([task.train_x, task.val_x]), torch.cat([task.train_y, task.val_y]), task.test_x, task.test_y
@@ -177,9 +177,9 @@ def compare_with_baseline(
 ) -> list[dict]:
     """Rows of the comparison table: the MobileNetV2 baseline and the searched subnet (inherited weights,
     inherited + fine-tuned, from scratch), each with params, latency [ms] measured here and test accuracy."""
+    from stereovoxel_research.search.latency_table import measure_model_latency_ms
+    from stereovoxel_research.search.supernet import recalibrate_batchnorm
     from stereovoxel_ros.models.efficientformer_v2 import EfficientFormerV2, count_parameters
-    from stereovoxel_ros.offline.search.latency_table import measure_model_latency_ms
-    from stereovoxel_ros.offline.search.supernet import recalibrate_batchnorm
 
     space = supernet.space
     task = load_digits_task(space.image_hw[0], seed=seed)

@@ -9,7 +9,7 @@ import torch
 
 from stereovoxel_ros.cli import main
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def test_pim_qat_train_and_eval_write_table_and_plot(tmp_path):
@@ -52,14 +52,14 @@ def test_eval_rejects_a_wrong_checkpoint(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pim_qat_recovers_what_conventional_quantization_loses_on_the_chip():
-    from stereovoxel_ros.offline.compress.digits_task import (
+    from stereovoxel_research.compress.pim_qat import deploy_on_pim, prepare_for_training
+    from stereovoxel_research.compress.pim_simulator import PIMConfig
+    from stereovoxel_research.digits_task import (
         DigitsCNN,
         accuracy,
         load_digits_data,
         train_classifier,
     )
-    from stereovoxel_ros.offline.compress.pim_qat import deploy_on_pim, prepare_for_training
-    from stereovoxel_ros.offline.compress.pim_simulator import PIMConfig
 
     data = load_digits_data()
     chip = PIMConfig(scheme="bit_serial", weight_bits=4, act_bits=4, rows=64, adc_bits=4, adc_range=0.25)
@@ -76,7 +76,7 @@ def test_pim_qat_recovers_what_conventional_quantization_loses_on_the_chip():
 
 
 def test_pim_ablation_table_and_findings_from_rows():
-    from stereovoxel_ros.offline.compress.pim_ablation import ablation_findings, ablation_table
+    from stereovoxel_research.compress.pim_ablation import ablation_findings, ablation_table
 
     def row(training, deploy, noise, bn, acc):
         return {"scheme": "native", "training": training, "train_adc_bits": 4, "deploy": deploy,

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from stereovoxel_ros.offline.compress.pim_simulator import (
+from stereovoxel_research.compress.pim_simulator import (
     PIMConfig,
     PIMError,
     configure_pim,
