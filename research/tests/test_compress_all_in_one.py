@@ -19,7 +19,7 @@ from stereovoxel_ros.pruning_switch import (
     levels_from_scores,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)

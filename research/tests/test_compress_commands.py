@@ -9,7 +9,7 @@ import torch
 
 from stereovoxel_ros.cli import main
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 
 
 def test_pim_qat_train_and_eval_write_table_and_plot(tmp_path):

@@ -24,7 +24,7 @@ from stereovoxel_research.compress.pim_simulator import (
     pim_matmul,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 
 
 # A 2×2 crossbar: 2 rows (reduction), 2 columns (outputs); 3-bit weights (|w| <= 3), 2-bit unsigned acts (<= 3).

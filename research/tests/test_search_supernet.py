@@ -12,7 +12,7 @@ from stereovoxel_research.search.search_space import SearchSpace, SearchSpaceErr
 from stereovoxel_research.search.supernet import Supernet, recalibrate_batchnorm, train_supernet
 from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 
 
 def _small_space(classes: int = 3) -> SearchSpace:
