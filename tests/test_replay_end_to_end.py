@@ -18,7 +18,7 @@ FRAMES = 8
 def small_bag(tmp_path_factory) -> Path:
     """8 frames of the synthetic Jackal drive at 10 Hz, full ZED size (SGBM is too noisy at lower ones)."""
     from stereovoxel_ros.offline.data.synth_bag import write_synthetic_bag
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
 
     path = tmp_path_factory.mktemp("bags") / "jackal_small.mcap"
     write_synthetic_bag(path, SynthConfig(camera=ZED2_640x360), seed=11, num_frames=FRAMES, progress=False)

@@ -20,7 +20,7 @@ def ensure_demo_bag(path: Path = DEMO_BAG, frames: int = DEMO_FRAMES, seed: int 
     if path.exists():
         return path
     from stereovoxel_ros.offline.data.synth_bag import write_synthetic_bag
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
 
     print(
         f"first run: rendering the synthetic Jackal demo bag ({frames} frames at {DEMO_RATE_HZ:g} Hz) into {path}"
