@@ -49,7 +49,8 @@ def test_stereo_topics_are_found_and_missing_ones_named() -> None:
 
 @pytest.mark.ros
 def test_replay_through_live_node_matches_truth_and_offline(small_bag: Path, tmp_path: Path) -> None:
-    from stereovoxel_ros.offline.bag_evaluation import evaluate_bag_offline, write_report
+    from stereovoxel_ros.offline.bag_evaluation import evaluate_bag_offline
+    from stereovoxel_ros.offline.bag_report import write_report
     from stereovoxel_ros.tools.replay import replay_bag
 
     # Quarter speed so SGBM (about 0.1 s a frame here) mostly keeps up even with other work on the 2 cores;
