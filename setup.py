@@ -9,7 +9,8 @@ PACKAGE = "stereovoxel_ros"
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    # the robot package only: research/ (stereovoxel_research, the digits-scale studies) is never installed here
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"], exclude=["research", "research.*"]),
     package_data={PACKAGE: ["checkpoints/*.pt", "checkpoints/*.json", "checkpoints/*.csv"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

@@ -15,7 +15,8 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     from stereovoxel_ros.occupancy_predictor import make_predictor
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig, generate_frames
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
+    from stereovoxel_ros.offline.data.synth_sequences import generate_frames
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=6)

@@ -18,13 +18,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from stereovoxel_ros.offline.data.synth_world import (
-    SynthConfig,
-    SynthWorld,
-    base_pose_matrix,
-    random_trajectory,
-    texture_bank,
-)
+from stereovoxel_ros.offline.data.synth_config import SynthConfig
+from stereovoxel_ros.offline.data.synth_materials import texture_bank
+from stereovoxel_ros.offline.data.synth_sequences import random_trajectory
+from stereovoxel_ros.offline.data.synth_world import SynthWorld, base_pose_matrix
 from stereovoxel_ros.voxel_grid import depth_to_voxels
 
 

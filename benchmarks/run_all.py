@@ -8,6 +8,7 @@ summary at the end lists how long each took and whether it exited cleanly.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import time
@@ -45,7 +46,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     ),
     "tracing": ("benchmarks.bench_tracing", ["--quick"], "tracer overhead and window-statistics cost"),
     "search": (
-        "benchmarks.bench_search",
+        "stereovoxel_research.search.benchmark",
         [],
         "EfficientFormerV2 LUT accuracy, searched model vs MobileNetV2",
     ),
@@ -58,6 +59,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     "detector": ("benchmarks.bench_detector", [], "patch detector latency/params/FLOPs"),
     "patch_defense": ("benchmarks.bench_patch_defense", [], "defense overhead with and without reuse"),
 }
+
+# digits-scale studies from the research package (research/), which a robot install leaves out
+NEEDS_RESEARCH = {"search", "spfde", "sparcl"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for name in args.only or list(BENCHMARKS):
         module, extra, what = BENCHMARKS[name]
-        if not (root / (module.replace(".", "/") + ".py")).is_file():
+        if name in NEEDS_RESEARCH and importlib.util.find_spec("stereovoxel_research") is None:
             summary.append((name, "missing", 0.0))
             continue
         print(f"\n=== {name}: {what} ({module}) ===", flush=True)

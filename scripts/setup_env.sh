@@ -6,6 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 REQ="$ROOT/requirements.txt"
+RESEARCH="$ROOT/research"  # the digits-scale studies: a package of their own, never part of the robot install
 ROS_REQ="$ROOT/requirements-ros.txt"
 
 # open3d's native library needs libusb-1.0 from the OS.
@@ -25,12 +26,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv --system-site-packages "$VENV"
 fi
 
-# A stamp keyed on the requirement files: unchanged requirements -> nothing to do.
+# A stamp keyed on the requirement files and both packages' build files: unchanged -> nothing to do.
 want_ros=1
 if [ -n "${ROS_DISTRO:-}" ] && "$PY" -c 'import rclpy' >/dev/null 2>&1; then
   want_ros=0   # a sourced ROS 2 install already provides rclpy and the messages
 fi
-stamp_key="$(cat "$REQ" "$ROS_REQ" "$ROOT/setup.py" | sha256sum | cut -c1-16)-ros$want_ros"
+stamp_key="$(cat "$REQ" "$ROS_REQ" "$ROOT/setup.py" "$RESEARCH/pyproject.toml" | sha256sum | cut -c1-16)-ros$want_ros"
 STAMP="$VENV/.stereovoxel-installed"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp_key" ]; then
   exit 0
@@ -46,5 +47,6 @@ else
   echo "[setup] using rclpy from the sourced ROS 2 install ($ROS_DISTRO)"
 fi
 "${PIP[@]}" --no-deps -e "$ROOT"
+"${PIP[@]}" -e "$RESEARCH" 2> >(grep -v "Location .file:" >&2)  # its own few deps (scikit-learn)
 echo "$stamp_key" > "$STAMP"
 echo "[setup] environment ready"

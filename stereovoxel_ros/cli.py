@@ -1,13 +1,21 @@
-"""``stereovoxel``: the offline and replay command line. Subcommands load their modules only when used."""
+"""``stereovoxel``: the offline and replay command line. Subcommands load their modules only when used.
+
+The research commands (``compress``, ``search``, ``sparse``) live in the separate research package
+(``research/stereovoxel_research``), which a robot install leaves out: they are named here by module path only,
+imported when chosen, and a missing package is a one-line error. No other product module names that package.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
 from stereovoxel_ros.user_errors import describe_error, is_user_error
+
+RESEARCH = "stereovoxel_research"  # the research package's import name
 
 # name -> (module defining ``register(subparsers, name, help)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,10 +59,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("stereovoxel_ros.tools.replay", "play a bag through the live occupancy node and score it"),
     "bag": ("stereovoxel_ros.tools.bag_commands", "rosbag2 tools: info, play (with /clock), record"),
     "trace": ("stereovoxel_ros.offline.trace_commands", "timing-variance reports and experiments"),
-    "search": ("stereovoxel_ros.offline.search.commands", "EfficientFormerV2 latency tables and search"),
-    "compress": ("stereovoxel_ros.offline.compress.commands", "PIM-QAT and All-in-One pruning"),
+    "search": ("stereovoxel_research.search.commands", "EfficientFormerV2 latency tables and search"),
+    "compress": ("stereovoxel_research.compress.commands", "PIM-QAT and All-in-One pruning"),
     "sparse": (
-        "stereovoxel_ros.offline.train.sparse_commands",
+        "stereovoxel_research.sparse.commands",
         "SpFDE / SparCL efficient-training benchmarks",
     ),
     "detector": (
@@ -79,12 +87,27 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _research_installed() -> bool:
+    return importlib.util.find_spec(RESEARCH) is not None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
     if selected is not None and selected not in COMMANDS:
         print(
             f"stereovoxel: unknown command {selected!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr
+        )
+        return 2
+    if (
+        selected is not None
+        and COMMANDS[selected][0].startswith(f"{RESEARCH}.")
+        and not _research_installed()
+    ):
+        print(
+            f"stereovoxel {selected}: a research command, and the research package is not installed "
+            "(pip install -e research, or scripts/setup_env.sh)",
+            file=sys.stderr,
         )
         return 2
     parser = build_parser(selected)

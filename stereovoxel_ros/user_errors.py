@@ -7,8 +7,9 @@ import shlex
 
 
 def is_user_error(err: BaseException) -> bool:
-    """Whether ``err`` reports bad input rather than a bug: a project error class, or a file the OS refused."""
-    return type(err).__module__.startswith("stereovoxel_ros.") or isinstance(err, OSError)
+    """Whether ``err`` reports bad input rather than a bug: a project error class (stereovoxel_ros or a
+    ``stereovoxel_*`` package built on it, such as the research package), or a file the OS refused."""
+    return type(err).__module__.startswith("stereovoxel_") or isinstance(err, OSError)
 
 
 def describe_error(err: BaseException) -> str:

@@ -9,7 +9,6 @@ os.environ["ROS_DOMAIN_ID"] = os.environ.get("STEREOVOXEL_TEST_DOMAIN_ID", str(1
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # Kilted and newer
 if os.environ.get("ROS_DISTRO") in ("humble", "iron"):
     os.environ["ROS_LOCALHOST_ONLY"] = "1"  # older distros
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
 
@@ -39,17 +38,3 @@ def ros_executor(ros_context):
             executor.remove_node(node)
             node.destroy_node()
         executor.shutdown()
-
-
-@pytest.fixture
-def one_torch_thread():
-    """One torch intra-op thread for the test: on a shared 2-core machine two threads stall in OpenMP spin-waits.
-
-    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -76,3 +76,18 @@ def test_recorded_command_is_the_parsed_argv_not_sys_argv(monkeypatch) -> None:
     monkeypatch.setattr("sys.argv", ["pytest", "-q"])
     args = argparse.Namespace(argv=["eval", "my set", "--out", "o"])
     assert recorded_command(args) == "stereovoxel eval 'my set' --out o"
+
+
+@pytest.mark.parametrize("command", ["compress", "search", "sparse"])
+def test_research_command_without_the_research_package_is_one_line(command, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "stereovoxel_research", None)  # as on a robot: not installed
+    assert main([command, "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "research package is not installed" in err and command in err
+
+
+def test_research_commands_dispatch_to_the_research_package(capsys) -> None:
+    pytest.importorskip("stereovoxel_research")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "--help"])
+    assert exit_info.value.code == 0 and "pim-qat" in capsys.readouterr().out

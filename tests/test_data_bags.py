@@ -19,7 +19,8 @@ from stereovoxel_ros.offline.data.from_bag import (
     write_dataset_from_bag,
 )
 from stereovoxel_ros.offline.data.synth_bag import frame_messages, static_tf_message, write_synthetic_bag
-from stereovoxel_ros.offline.data.synth_world import SynthConfig, generate_sequence
+from stereovoxel_ros.offline.data.synth_config import SynthConfig
+from stereovoxel_ros.offline.data.synth_sequences import generate_sequence
 from stereovoxel_ros.voxel_grid import optical_to_base_transform, points_to_voxels, transform_points
 
 CFG = SynthConfig.for_size(160, 90, num_obstacles=(5, 8))

@@ -12,16 +12,15 @@ from stereovoxel_ros.offline.data.domain_randomization import (
     draw_world,
     randomized_sequence,
 )
-from stereovoxel_ros.offline.data.synth_stream import StreamingStereoSet, SynthStreamConfig, SynthStreamError
-from stereovoxel_ros.offline.data.synth_world import (
-    DEFAULT_KIND_WEIGHTS,
+from stereovoxel_ros.offline.data.synth_config import DEFAULT_KIND_WEIGHTS, SynthConfig
+from stereovoxel_ros.offline.data.synth_layout import random_obstacles
+from stereovoxel_ros.offline.data.synth_materials import (
     PHOTO_TEXTURES,
     TEXTURE_NAMES,
-    SynthConfig,
     photo_texture,
-    random_obstacles,
     texture_bank,
 )
+from stereovoxel_ros.offline.data.synth_stream import StreamingStereoSet, SynthStreamConfig, SynthStreamError
 
 SMALL = SynthConfig.for_size(160, 90)
 

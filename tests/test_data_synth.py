@@ -11,15 +11,11 @@ import pytest
 
 from stereovoxel_ros.grid_spec import JACKAL_WIDE_GRID
 from stereovoxel_ros.offline.data.dataset_format import read_manifest, read_split
+from stereovoxel_ros.offline.data.synth_config import CLASS_IDS, SynthConfig
 from stereovoxel_ros.offline.data.synth_dataset import write_synthetic_dataset
-from stereovoxel_ros.offline.data.synth_world import (
-    CLASS_IDS,
-    SynthConfig,
-    SynthWorld,
-    base_pose_matrix,
-    generate_frames,
-    make_box,
-)
+from stereovoxel_ros.offline.data.synth_meshes import make_box
+from stereovoxel_ros.offline.data.synth_sequences import generate_frames
+from stereovoxel_ros.offline.data.synth_world import SynthWorld, base_pose_matrix
 from stereovoxel_ros.stereo_camera import StereoCameraModel
 from stereovoxel_ros.voxel_grid import depth_to_voxels
 

@@ -23,7 +23,7 @@ from stereovoxel_ros.models.anchor_free_detector import (
 SMALL = DetectorConfig(input_size=(128, 96), head_channels=16, width=0.35)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 
 
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "efficientformerv2_s0"])

@@ -40,7 +40,7 @@ CLASSES = ("person", "cone", "box")
 SMALL = DetectorConfig(input_size=(128, 96), head_channels=16, width=0.35)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 
 
 _COLORS = {0: (220, 40, 40), 1: (250, 140, 20), 2: (120, 80, 40)}

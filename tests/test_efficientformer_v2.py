@@ -20,7 +20,7 @@ from stereovoxel_ros.models.efficientformer_v2 import (
     stage_resolutions,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 
 
 def _timm_usable() -> tuple[bool, str]:

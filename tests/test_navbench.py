@@ -12,7 +12,8 @@ from stereovoxel_ros.offline.navbench.world import band_footprint
 
 def _wall_world(wall_y: tuple[float, float], name: str = "wall"):
     """Start at the origin facing +x, goal 6 m ahead, a 0.2 m thick wall 3 m ahead spanning ``wall_y``."""
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig, make_box
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
+    from stereovoxel_ros.offline.data.synth_meshes import make_box
     from stereovoxel_ros.offline.navbench.world import handmade_world
 
     lo, hi = wall_y
@@ -33,7 +34,7 @@ class _EmptyMap:
 
 
 def test_band_footprint_and_clearance_are_exact_for_a_box() -> None:
-    from stereovoxel_ros.offline.data.synth_world import box_mesh
+    from stereovoxel_ros.offline.data.synth_meshes import box_mesh
     from stereovoxel_ros.offline.navbench.robot import JackalModel, polygon_clearance
 
     verts, tris = box_mesh((1.0, 2.0, 1.0), (5.0, 0.0, 0.5))
@@ -101,7 +102,7 @@ def test_stuck_in_front_of_a_phantom_is_a_false_stop_only_when_the_truth_is_free
 
 
 def _tiny_spec(methods):
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
     from stereovoxel_ros.offline.navbench.commands import BenchSpec
     from stereovoxel_ros.offline.navbench.world import NavWorldConfig
 
@@ -152,7 +153,8 @@ def test_cli_user_errors_are_one_line(capsys) -> None:
 
 def _straight_dynamic_world():
     """An empty 8 m straight route with the three moving objects of a dynamic world."""
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig, SynthWorld
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
+    from stereovoxel_ros.offline.data.synth_world import SynthWorld
     from stereovoxel_ros.offline.navbench.dynamic_world import DynamicSynthWorld, NavDynamics
 
     route = np.stack([np.linspace(0.0, 8.0, 81), np.zeros(81)], axis=1)

@@ -16,7 +16,7 @@ POSE = (1.3, -0.4, 0.35)  # x, y [m], yaw [rad] of the robot in odom
 
 
 def _rendered_pair():
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
     from stereovoxel_ros.offline.navbench.world import NavWorldConfig, pose_matrix, random_world
 
     world = random_world(NavWorldConfig(synth=SynthConfig.for_size(160, 90), route_frames=30), 11, 0)

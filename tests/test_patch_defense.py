@@ -30,7 +30,7 @@ from stereovoxel_ros.patch_defense import (
     find_candidate_regions,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 
 
 def _covers(region, box) -> bool:

@@ -18,7 +18,7 @@ FRAMES = 8
 def small_bag(tmp_path_factory) -> Path:
     """8 frames of the synthetic Jackal drive at 10 Hz, full ZED size (SGBM is too noisy at lower ones)."""
     from stereovoxel_ros.offline.data.synth_bag import write_synthetic_bag
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
 
     path = tmp_path_factory.mktemp("bags") / "jackal_small.mcap"
     write_synthetic_bag(path, SynthConfig(camera=ZED2_640x360), seed=11, num_frames=FRAMES, progress=False)
@@ -49,7 +49,8 @@ def test_stereo_topics_are_found_and_missing_ones_named() -> None:
 
 @pytest.mark.ros
 def test_replay_through_live_node_matches_truth_and_offline(small_bag: Path, tmp_path: Path) -> None:
-    from stereovoxel_ros.offline.bag_evaluation import evaluate_bag_offline, write_report
+    from stereovoxel_ros.offline.bag_evaluation import evaluate_bag_offline
+    from stereovoxel_ros.offline.bag_report import write_report
     from stereovoxel_ros.tools.replay import replay_bag
 
     # Quarter speed so SGBM (about 0.1 s a frame here) mostly keeps up even with other work on the 2 cores;

@@ -151,7 +151,8 @@ def test_train_on_streamed_worlds_records_the_recipe_and_init_checks_shapes(tmp_
 
     from stereovoxel_ros.grid_spec import DEFAULT_GRID
     from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, load_checkpoint, save_checkpoint
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig, generate_frames
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
+    from stereovoxel_ros.offline.data.synth_sequences import generate_frames
 
     val = tmp_path / "val"
     writer = DatasetWriter(val, DEFAULT_GRID, source="test")

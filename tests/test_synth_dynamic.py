@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stereovoxel_ros.offline.data.synth_config import SynthConfig, SynthWorldError
 from stereovoxel_ros.offline.data.synth_dynamic import DynamicScenario, generate_dynamic_sequence
-from stereovoxel_ros.offline.data.synth_world import SynthConfig, SynthWorldError, generate_sequence
+from stereovoxel_ros.offline.data.synth_sequences import generate_sequence
 
 CONFIG = SynthConfig.for_size(160, 90, frame_rate=15.0, shadows=False)
 FRAMES = 12

@@ -9,7 +9,7 @@ import pytest
 from stereovoxel_ros.cli import main
 from stereovoxel_ros.offline.trace_pipeline import Insight, NodeCall, round_robin
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 
 
 def test_round_robin_alternates_calls_frame_by_frame_after_one_warm_up():

@@ -26,7 +26,7 @@ from torch import nn
 from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS, EfficientFormerV2
 from stereovoxel_ros.models.mobilenet_v2 import MobileNetV2, MobileNetV2Config, make_divisible
 
-DETECTOR_CLASS_NAMES: tuple[str, ...] = ("person", "cone", "box")  # == synth_world.DETECTION_CLASSES
+DETECTOR_CLASS_NAMES: tuple[str, ...] = ("person", "cone", "box")  # == synth_config.DETECTION_CLASSES
 BACKBONES: tuple[str, ...] = ("mobilenetv2", "efficientformerv2_s0")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

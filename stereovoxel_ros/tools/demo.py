@@ -20,7 +20,7 @@ def ensure_demo_bag(path: Path = DEMO_BAG, frames: int = DEMO_FRAMES, seed: int 
     if path.exists():
         return path
     from stereovoxel_ros.offline.data.synth_bag import write_synthetic_bag
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
 
     print(
         f"first run: rendering the synthetic Jackal demo bag ({frames} frames at {DEMO_RATE_HZ:g} Hz) into {path}"
@@ -32,7 +32,7 @@ def ensure_demo_bag(path: Path = DEMO_BAG, frames: int = DEMO_FRAMES, seed: int 
 def run(args: argparse.Namespace) -> int:
     """Render the bag if needed, replay it live with each backend, print the table and the report path."""
     from stereovoxel_ros.occupancy_predictor import default_checkpoint_path
-    from stereovoxel_ros.offline.bag_evaluation import summary_table, write_report
+    from stereovoxel_ros.offline.bag_report import summary_table, write_report
     from stereovoxel_ros.ros.node_main import set_torch_threads
     from stereovoxel_ros.tools.replay import ReplayError, replay_bag
 

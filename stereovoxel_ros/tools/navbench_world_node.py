@@ -33,7 +33,7 @@ from stereovoxel_ros.messages.camera_info import camera_info_from_model
 from stereovoxel_ros.messages.image import numpy_to_image
 from stereovoxel_ros.messages.stamps import ns_to_stamp
 from stereovoxel_ros.offline.data.synth_bag import static_transforms
-from stereovoxel_ros.offline.data.synth_world import SynthConfig
+from stereovoxel_ros.offline.data.synth_config import SynthConfig
 from stereovoxel_ros.offline.navbench.dynamic_world import random_dynamic_world
 from stereovoxel_ros.offline.navbench.simulator import RUNNING, ClosedLoopSimulator
 from stereovoxel_ros.offline.navbench.world import NavWorldConfig, random_world

@@ -16,9 +16,8 @@ from stereovoxel_ros.offline.bag_evaluation import (
     RunResult,
     StereoBagTopics,
     ground_truth_voxels,
-    summary_table,
-    write_report,
 )
+from stereovoxel_ros.offline.bag_report import summary_table, write_report
 from stereovoxel_ros.offline.replay_scoring import ReplayRecording, ReplayRun, left_stamps, score_recording
 
 

@@ -98,7 +98,7 @@ def _add_synth_arguments(p: argparse.ArgumentParser, frames: int) -> None:
 
 def _synth_config(args: argparse.Namespace):
     from stereovoxel_ros.grid_spec import grid_preset
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig, with_overrides
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig, with_overrides
 
     config = SynthConfig.for_size(args.width, args.height, grid=grid_preset(args.grid))
     return with_overrides(
@@ -135,8 +135,8 @@ def _run_synth(args: argparse.Namespace) -> int:
     import time
 
     from stereovoxel_ros.grid_spec import GridSpecError
+    from stereovoxel_ros.offline.data.synth_config import SynthWorldError
     from stereovoxel_ros.offline.data.synth_dataset import write_synthetic_dataset
-    from stereovoxel_ros.offline.data.synth_world import SynthWorldError
 
     if args.frames <= 0 or args.seed < 0:
         return _fail(f"--frames must be positive and --seed non-negative, got {args.frames} and {args.seed}")
@@ -181,7 +181,7 @@ def _run_synth_bag(args: argparse.Namespace) -> int:
     from stereovoxel_ros.grid_spec import GridSpecError
     from stereovoxel_ros.jackal import JackalTopics
     from stereovoxel_ros.offline.data.synth_bag import write_synthetic_bag
-    from stereovoxel_ros.offline.data.synth_world import SynthWorldError
+    from stereovoxel_ros.offline.data.synth_config import SynthWorldError
 
     if args.frames <= 0 or args.seed < 0:
         return _fail(f"--frames must be positive and --seed non-negative, got {args.frames} and {args.seed}")

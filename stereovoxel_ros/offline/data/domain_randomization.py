@@ -3,7 +3,7 @@
 The default generator (``synth_world``) is the evaluation distribution and stays bit-identical; training
 worlds draw a :class:`DomainRandomization` per world on top of it:
 
-- textures: real photographs (``synth_world.PHOTO_TEXTURES``) on a share of objects and grounds, more
+- textures: real photographs (``synth_materials.PHOTO_TEXTURES``) on a share of objects and grounds, more
   low-texture and repetitive (stripes, checker, bricks) surfaces;
 - light: exposure and sun/ambient from ``Lighting.random``, then an exposure scale per world;
 - sensor: noise level, Gaussian blur, a gain difference between left and right;
@@ -23,18 +23,11 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from stereovoxel_ros.offline.data.synth_world import (
-    PHOTO_TEXTURES,
-    Lighting,
-    SynthConfig,
-    SynthFrame,
-    SynthWorld,
-    _densify,
-    _ground_plane,
-    base_pose_matrix,
-    random_obstacles,
-    random_trajectory,
-)
+from stereovoxel_ros.offline.data.synth_config import SynthConfig
+from stereovoxel_ros.offline.data.synth_layout import ground_plane, random_obstacles
+from stereovoxel_ros.offline.data.synth_materials import PHOTO_TEXTURES, Lighting
+from stereovoxel_ros.offline.data.synth_sequences import densify_path, random_trajectory
+from stereovoxel_ros.offline.data.synth_world import SynthFrame, SynthWorld, base_pose_matrix
 
 
 class DomainRandomizationError(ValueError):
@@ -113,7 +106,7 @@ def randomized_world(
     lighting = Lighting.random(rng)
     lighting = replace(lighting, exposure=lighting.exposure * draw.exposure_scale)
     objects = random_obstacles(config, rng, path_xy, TRAINING_KIND_WEIGHTS, TRAINING_MIN_AHEAD)
-    ground = _ground_plane(rng)
+    ground = ground_plane(rng)
     for obj in [*objects, ground]:
         if obj.kind != "cone" and rng.random() < randomization.photo_probability:
             obj.texture = str(rng.choice(PHOTO_TEXTURES))
@@ -147,7 +140,7 @@ def randomized_sequence(
     poses, twists = random_trajectory(draw.config, rng, num_frames)
     last = poses[-1]
     beyond = last[:2] + np.outer(np.linspace(0.1, 1.5, 8), [math.cos(last[2]), math.sin(last[2])])
-    world = randomized_world(draw, randomization, rng, np.concatenate([_densify(poses[:, :2]), beyond]))
+    world = randomized_world(draw, randomization, rng, np.concatenate([densify_path(poses[:, :2]), beyond]))
     for i in range(num_frames):
         twist = np.array([twists[i, 0], 0.0, 0.0, 0.0, 0.0, twists[i, 1]])
         frame = world.render(
@@ -165,7 +158,7 @@ def randomized_frames(
     base: SynthConfig, randomization: DomainRandomization, seed: int, num_frames: int, start: int = 0
 ) -> Iterator[tuple[str, SynthFrame]]:
     """``num_frames`` frames of randomised worlds 0, 1, ... of ``seed`` (``base.sequence_length`` frames each),
-    as (sequence name, frame) like :func:`~stereovoxel_ros.offline.data.synth_world.generate_frames`: the
+    as (sequence name, frame) like :func:`~stereovoxel_ros.offline.data.synth_sequences.generate_frames`: the
     training stream's worlds written to disk, e.g. to score the model on the distribution it trained on.
 
     ``start``: skip the first frames; a world partly skipped is still rendered from its start (frames depend

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_FRAME, ODOM_FRAME, RIGHT_CAMERA_FRAME, JackalTopics
-from stereovoxel_ros.offline.data.synth_world import SynthConfig, SynthFrame, generate_sequence
+from stereovoxel_ros.offline.data.synth_config import SynthConfig
+from stereovoxel_ros.offline.data.synth_sequences import generate_sequence
+from stereovoxel_ros.offline.data.synth_world import SynthFrame
 from stereovoxel_ros.transforms import quaternion_from_matrix
 from stereovoxel_ros.voxel_grid import optical_to_base_transform
 

@@ -17,12 +17,8 @@ from stereovoxel_ros.offline.data.domain_randomization import (
     randomized_frames,
     randomized_sequence_name,
 )
-from stereovoxel_ros.offline.data.synth_world import (
-    DETECTION_CLASSES,
-    SynthConfig,
-    generate_frames,
-    sequence_name,
-)
+from stereovoxel_ros.offline.data.synth_config import DETECTION_CLASSES, SynthConfig
+from stereovoxel_ros.offline.data.synth_sequences import generate_frames, sequence_name
 
 
 def split_by_sequence(

@@ -1,7 +1,7 @@
 """Synthetic sequences with things that move: a person walking across the path, a box that is removed and a
 box that appears, with their ground truth in every frame.
 
-The static part of a world is exactly :func:`~stereovoxel_ros.offline.data.synth_world.generate_sequence`'s
+The static part of a world is exactly :func:`~stereovoxel_ros.offline.data.synth_sequences.generate_sequence`'s
 (same trajectory, obstacles, lighting and per-frame noise for a (seed, sequence)), minus the static obstacles in
 the way of the dynamic ones. Dynamic objects sit at fixed indices of the world's object list (so their label
 image values stay the same in every frame); one that is absent is moved under the ground, out of every ray.
@@ -16,20 +16,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from stereovoxel_ros.occupancy_scoring import LABEL_CLASS_STRIDE, OBJECT_CLASSES
-from stereovoxel_ros.offline.data.synth_world import (
+from stereovoxel_ros.offline.data.synth_config import (
     BASE_STAMP_NS,
     SEQUENCE_STRIDE_NS,
-    SceneObject,
     SynthConfig,
-    SynthFrame,
-    SynthWorld,
     SynthWorldError,
-    _densify,
-    _obb_distance,
-    base_pose_matrix,
-    random_object,
-    random_trajectory,
 )
+from stereovoxel_ros.offline.data.synth_layout import obb_distance, random_object
+from stereovoxel_ros.offline.data.synth_meshes import SceneObject
+from stereovoxel_ros.offline.data.synth_sequences import densify_path, random_trajectory
+from stereovoxel_ros.offline.data.synth_world import SynthFrame, SynthWorld, base_pose_matrix
 
 DYNAMIC_NAMES = ("removed_box", "appearing_box", "person")
 _HIDDEN_Z = -50.0  # [m] an absent object waits here, under the ground plane
@@ -75,7 +71,7 @@ class DynamicObjectState:
         pts = np.asarray(points_xy, float).reshape(-1, 2)
         if not self.present:
             return np.zeros(len(pts), bool)
-        return _obb_distance(pts, np.asarray(self.xy), self.yaw, self.half_extent) <= 0.0
+        return obb_distance(pts, np.asarray(self.xy), self.yaw, self.half_extent) <= 0.0
 
 
 @dataclass
@@ -133,7 +129,7 @@ def _clear_of(static: list[SceneObject], tracks: list[_Track], margin: float) ->
         near = False
         for track in tracks:
             reach = margin + max(track.obj.half_extent) + max(obj.half_extent)
-            distance = _obb_distance(track.xy, np.asarray(obj.position[:2]), obj.yaw, obj.half_extent)
+            distance = obb_distance(track.xy, np.asarray(obj.position[:2]), obj.yaw, obj.half_extent)
             near = near or bool(distance.min() < reach)
         if not near:
             kept.append(obj)
@@ -158,7 +154,7 @@ def generate_dynamic_sequence(
     poses, twists = random_trajectory(config, rng, num_frames)
     last = poses[-1]
     beyond = last[:2] + np.outer(np.linspace(0.1, 1.5, 8), [math.cos(last[2]), math.sin(last[2])])
-    dense = np.concatenate([_densify(poses[:, :2]), beyond])
+    dense = np.concatenate([densify_path(poses[:, :2]), beyond])
     base = SynthWorld.random(config, (seed, sequence_index, 1), path_xy=dense)
     tracks = _tracks(config, scenario, poses, np.random.default_rng([seed, sequence_index, 3]))
     ground, static = (base.objects[0], base.objects[1:]) if config.ground else (None, base.objects)

@@ -17,7 +17,7 @@ import torch
 
 from stereovoxel_ros.grid_spec import DEFAULT_GRID, VoxelGridSpec
 from stereovoxel_ros.offline.data.domain_randomization import DomainRandomization, randomized_sequence
-from stereovoxel_ros.offline.data.synth_world import SynthConfig
+from stereovoxel_ros.offline.data.synth_config import SynthConfig
 
 
 class SynthStreamError(ValueError):

@@ -280,12 +280,9 @@ def latency_rows(
 
 def render_videos(seed: int, num_frames: int, size: tuple[int, int]) -> dict[str, list[dict[str, Any]]]:
     """A moving-robot video and a static-camera (parked robot) video with boxes, from the synthetic world."""
-    from stereovoxel_ros.offline.data.synth_world import (
-        SynthConfig,
-        SynthWorld,
-        base_pose_matrix,
-        generate_sequence,
-    )
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
+    from stereovoxel_ros.offline.data.synth_sequences import generate_sequence
+    from stereovoxel_ros.offline.data.synth_world import SynthWorld, base_pose_matrix
 
     config = SynthConfig.for_size(*size, sequence_length=num_frames)
     moving = [{"image": f.left, "boxes": f.boxes, "labels": f.classes}

@@ -65,14 +65,15 @@ def render_synthetic_frames(
     sequence_length: int = 8,
     progress: bool = False,
 ) -> list[DetectionFrame]:
-    """Render ``num_frames`` left views with the project's synthetic world (``synth_world.generate_frames``).
+    """Render ``num_frames`` left views with the project's synthetic world (``synth_sequences.generate_frames``).
 
     Short sequences (``sequence_length`` frames per world) give many different worlds. ``size`` = (w, h);
     the renderer needs ``2 * w * h`` to be a multiple of 1024 (e.g. 320x192, 640x360).
     """
     from tqdm import tqdm
 
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig, generate_frames
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
+    from stereovoxel_ros.offline.data.synth_sequences import generate_frames
 
     w, h = size
     if (2 * w * h) % 1024:

@@ -318,7 +318,8 @@ def render_patched_sequence(
 
     Returns per frame ``{"image", "boxes", "labels", "patch_box" (xyxy px or None), "target_index"}``.
     """
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig, SynthWorld, base_pose_matrix
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
+    from stereovoxel_ros.offline.data.synth_world import SynthWorld, base_pose_matrix
 
     config = SynthConfig.for_size(*size)
     world = SynthWorld.random(config, (seed, 77))

@@ -3,7 +3,7 @@
 Where the kernel lets us set the CPU frequency (cpufreq ``userspace`` governor, see
 :class:`~stereovoxel_ros.pruning_control.CpufreqGovernor`) every level is a real frequency. Otherwise the
 levels are EMULATED: one pinned core shared with 0..3 busy-loop processes (compute share 1, 1/2, 1/3, 1/4,
-:data:`~stereovoxel_ros.offline.compress.all_in_one.EMULATED_LEVELS`), and every table says so.
+:data:`~stereovoxel_ros.offline.eval.emulated_dvfs.EMULATED_LEVELS`), and every table says so.
 
 Per level the unpruned network runs ``--frames`` frames ("fixed"), then the same frames run under the node's
 :class:`~stereovoxel_ros.pruning_control.PruningController` ("switching"; one controller across the levels,
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
 
 def frequency_levels(kind: str) -> list[tuple[str, Callable[[], contextlib.AbstractContextManager]]]:
     """(name, context manager factory) per level: real cpufreq frequencies, else the emulation."""
-    from stereovoxel_ros.offline.compress.all_in_one import EMULATED_LEVELS, emulated_frequency_level
+    from stereovoxel_ros.offline.eval.emulated_dvfs import EMULATED_LEVELS, emulated_frequency_level
     from stereovoxel_ros.pruning_control import CpufreqGovernor, PruningControlError
 
     governor = CpufreqGovernor.find() if kind in ("auto", "cpufreq") else None

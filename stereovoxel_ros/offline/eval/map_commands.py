@@ -102,7 +102,7 @@ def _methods(names: list[str], checkpoint: str | None, grid) -> dict[str, Any]:
 def run_mapbench(args: argparse.Namespace) -> int:
     from stereovoxel_ros.local_map import LocalMapError
     from stereovoxel_ros.occupancy_predictor import PredictorError
-    from stereovoxel_ros.offline.data.synth_world import SynthWorldError
+    from stereovoxel_ros.offline.data.synth_config import SynthWorldError
 
     try:
         if args.sequences <= 0 or args.frames < 4 or not args.rate > 0:
@@ -119,8 +119,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
     from stereovoxel_ros.occupancy_scoring import ScoringConfig
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
     from stereovoxel_ros.offline.data.synth_dynamic import DynamicScenario, generate_dynamic_sequence
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig
     from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry, evaluate_sequence, summarize
 
     torch.set_num_threads(1)

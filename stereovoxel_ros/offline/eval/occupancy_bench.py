@@ -33,7 +33,8 @@ def load_frames(dataset: str | Path | None, count: int, seed: int = 7) -> Frames
         split = "test" if read_split(dataset, "test") else "all"
         samples = [s for _, s in zip(range(count), (s for _, s in iter_samples(dataset, split)))]
         return Frames(samples, read_manifest(dataset).grid, f"{dataset} ({split} split)")
-    from stereovoxel_ros.offline.data.synth_world import SynthConfig, generate_frames
+    from stereovoxel_ros.offline.data.synth_config import SynthConfig
+    from stereovoxel_ros.offline.data.synth_sequences import generate_frames
 
     samples = [
         frame.to_sample()

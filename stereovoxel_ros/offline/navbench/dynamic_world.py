@@ -28,7 +28,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from stereovoxel_ros.offline.data.synth_dynamic import _clear_of, _Track
-from stereovoxel_ros.offline.data.synth_world import SceneObject, SynthWorld, _densify, random_object
+from stereovoxel_ros.offline.data.synth_layout import random_object
+from stereovoxel_ros.offline.data.synth_meshes import SceneObject
+from stereovoxel_ros.offline.data.synth_sequences import densify_path
+from stereovoxel_ros.offline.data.synth_world import SynthWorld
 from stereovoxel_ros.offline.navbench.robot import JackalModel, polygon_clearance
 from stereovoxel_ros.offline.navbench.world import (
     NavWorldConfig,
@@ -240,7 +243,7 @@ def random_dynamic_world(
     return DynamicSynthWorld(
         f"nav_s{seed}_w{index:03d}_dyn",
         world,
-        _densify(poses[:, :2]),
+        densify_path(poses[:, :2]),
         start,
         goal,
         dynamics or NavDynamics(),

@@ -16,14 +16,10 @@ from typing import Protocol
 
 import numpy as np
 
-from stereovoxel_ros.offline.data.synth_world import (
-    SceneObject,
-    SynthConfig,
-    SynthWorld,
-    _densify,
-    base_pose_matrix,
-    random_trajectory,
-)
+from stereovoxel_ros.offline.data.synth_config import SynthConfig
+from stereovoxel_ros.offline.data.synth_meshes import SceneObject
+from stereovoxel_ros.offline.data.synth_sequences import densify_path, random_trajectory
+from stereovoxel_ros.offline.data.synth_world import SynthWorld, base_pose_matrix
 from stereovoxel_ros.stereo_camera import StereoCameraModel
 from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
@@ -158,7 +154,7 @@ def route_and_world(
     """A generator trajectory's poses (N, 3), its route (dense, 1.5 m beyond its end) and the world around it
     (obstacles ``clearance`` from the route, so a free path always exists), for world ``index`` of ``seed``.
 
-    Built as ``synth_world.generate_sequence`` builds its worlds, from ``default_rng([seed, index])``; the route
+    Built as ``synth_sequences.generate_sequence`` builds its worlds, from ``default_rng([seed, index])``; the route
     only shapes the world, the robot plans its own way.
     """
     synth = config.synth
@@ -166,7 +162,7 @@ def route_and_world(
     poses, _ = random_trajectory(synth, rng, config.route_frames)
     last = poses[-1]
     beyond = last[:2] + np.outer(np.linspace(0.1, 1.5, 8), [math.cos(last[2]), math.sin(last[2])])
-    route = np.concatenate([_densify(poses[:, :2]), beyond])
+    route = np.concatenate([densify_path(poses[:, :2]), beyond])
     return poses, route, SynthWorld.random(synth, (seed, index, 1), path_xy=route)
 
 
@@ -185,7 +181,7 @@ def handmade_world(
     synth: SynthConfig | None = None,
     name: str = "handmade",
 ) -> StaticSynthWorld:
-    """A world of the given objects (e.g. ``synth_world.make_box`` walls) on the default ground."""
+    """A world of the given objects (e.g. ``synth_meshes.make_box`` walls) on the default ground."""
     return StaticSynthWorld(name, SynthWorld(synth or SynthConfig(), objects), start, goal)
 
 

@@ -1,0 +1,1 @@
+"""SpFDE / SparCL efficient-training benchmarks on scikit-learn digits, and an occupancy fine-tuning comparison."""
