@@ -24,7 +24,8 @@ The defense reuses what the detector computes anyway (no second network, no back
    fitted boxes filled (the check pass's, when it ran on the whole frame), and reports every box filled for it
    as a neutralized region; other frames output the plain detections unchanged.
 
-Video: :class:`TemporalDefenseCache`. The neutralized regions of an attacked frame are *followed*: on the next
+Video: :class:`TemporalDefenseCache`; each frame's mode (FOLLOW / REUSE / PARTIAL / FULL / DEFER) is the pure
+``decide_frame`` on the cache's state, and ``process`` dispatches on it. The neutralized regions of an attacked frame are *followed*: on the next
 frames each box is re-fitted around the previous one, filled *before* the single detection pass, and nothing else runs (no change test,
 importance, search or check) until its decision is ``recheck_interval`` (or ``refresh_interval``) frames old.
 Otherwise the importance map is recomputed only on the input blocks whose content changed since they were last
@@ -71,7 +72,7 @@ from stereovoxel_ros.patch_candidates import (
 from stereovoxel_ros.patch_candidates import (
     touches_changed as _touches_changed,
 )
-from stereovoxel_ros.patch_defense_cache import TemporalDefenseCache
+from stereovoxel_ros.patch_defense_cache import CacheState, TemporalDefenseCache, decide_frame, follow_due
 from stereovoxel_ros.patch_defense_config import (
     CHANGE_SUBSAMPLE,
     CROP_ALIGN,
@@ -79,6 +80,7 @@ from stereovoxel_ros.patch_defense_config import (
     STEM_STRIDE,
     CandidateRegion,
     DefendedResult,
+    FrameMode,
     PatchDefenseConfig,
     PatchDefenseError,
     check_image,
@@ -328,141 +330,91 @@ class PatchDefendedDetector:
     def process(self, image_rgb: np.ndarray, stamp_ns: int | None = None) -> DefendedResult:
         """Detect on one frame with the defense; ``stamp_ns`` is informational (frames must come in order)."""
         timer = _Stages()
-        d = self.defense
         image = check_image(image_rgb)
-        image_size = (image.shape[1], image.shape[0])
-        # confirmed regions are followed (re-fitted, neutralized before the one detection pass) until their
-        # decision is recheck_interval (or refresh_interval) frames old; then the frame is analysed afresh
-        age = self.cache.frames + 1 - min((r.checked_frame for r in self.cache.regions), default=10**9)
-        follow = (
-            d.temporal_reuse
-            and bool(self.cache.regions)
-            and age < min(d.recheck_interval, d.refresh_interval)
-        )
-        followed: list[CandidateRegion] = []
-        if follow:
+        state = self.cache.state()
+        if follow_due(state, self.defense):  # decide_frame's FOLLOW, if the regions re-fit on this frame
             with timer("region_fit"):
                 followed = self._follow(image)
-        if followed:
-            # the patch is known: neutralize it first and run the detector once; no change test, importance,
-            # search or check
-            with timer("neutralize"), torch.no_grad():
-                shallow = self._neutralized_stem(image, [c.box for c in followed if c.box is not None])
-            with timer("detect"), torch.no_grad():
-                heads = self.model.forward_from_stem(shallow)
-            with timer("decode"):
-                detections = self._decode(heads, image_size)
-            blocks = self.cache.record_followed(self.config.input_size)
-            self.cache.regions = followed
-            return DefendedResult(
-                detections=detections,
-                regions=[c.box for c in followed if c.box is not None],
-                alert=True,
-                reused=True,
-                stage_seconds=timer.seconds,
-                candidates=followed,
-                blocks_recomputed=0,
-                blocks_total=blocks,
-            )
+            if followed:
+                return self._followed_frame(image, followed, timer)
+            state = replace(state, follow_lost=True)  # the patch is gone: the frame is analysed
         with timer("preprocess"):
             x = preprocess_images(image, self.config.input_size)
         with timer("change_detection"):
-            sub = CHANGE_SUBSAMPLE
-            grey = x[0, :, ::sub, ::sub].mean(0).numpy() * np.float32(255.0)
+            grey = x[0, :, ::CHANGE_SUBSAMPLE, ::CHANGE_SUBSAMPLE].mean(0).numpy() * np.float32(255.0)
             changed = self.cache.plan(grey)
-            now = self.cache.frames
-            if self.cache.regions and not follow:  # a confirmed region's decision expired: check it afresh
+            mode = decide_frame(state, self.defense, changed)
+            if mode in (FrameMode.FULL, FrameMode.DEFER):
                 changed[:] = True
-            full = bool(changed.all()) or bool(changed.mean() > d.max_partial_fraction)
-            if full:
-                changed[:] = True
-        # moving camera (the whole frame changed), nothing confirmed to follow and no check pass due: the search
-        # waits for the next due frame, and the importance map is not needed
-        wait = (
-            d.temporal_reuse
-            and full
-            and not self.cache.regions
-            and now - self.cache.check_frame < d.check_interval
+        return self._analysed_frame(image, x, grey, changed, mode, state.frame, timer)
+
+    def _followed_frame(
+        self, image: np.ndarray, followed: list[CandidateRegion], timer: _Stages
+    ) -> DefendedResult:
+        """FOLLOW: the patch is known; neutralize it first and run the detector once (no change test,
+        importance, search or check)."""
+        boxes = [c.box for c in followed if c.box is not None]
+        with timer("neutralize"), torch.no_grad():
+            shallow = self._neutralized_stem(image, boxes)
+        with timer("detect"), torch.no_grad():
+            heads = self.model.forward_from_stem(shallow)
+        with timer("decode"):
+            detections = self._decode(heads, (image.shape[1], image.shape[0]))
+        blocks = self.cache.record_followed(self.config.input_size, followed)
+        return DefendedResult(
+            detections=detections,
+            regions=boxes,
+            alert=True,
+            reused=True,
+            stage_seconds=timer.seconds,
+            candidates=followed,
+            blocks_recomputed=0,
+            blocks_total=blocks,
+            mode=FrameMode.FOLLOW,
         )
+
+    def _analysed_frame(
+        self,
+        image: np.ndarray,
+        x: torch.Tensor,
+        grey: np.ndarray,
+        changed: np.ndarray,
+        mode: FrameMode,
+        now: int,
+        timer: _Stages,
+    ) -> DefendedResult:
+        """REUSE / PARTIAL / FULL / DEFER: the stem and the importance map where ``changed``, the detection pass,
+        then (PARTIAL, FULL) the search and check; a confirmed patch's frame is output neutralized."""
+        image_size = (image.shape[1], image.shape[0])
         with timer("preprocess"), torch.no_grad():
             shallow = self.model.stem_features(x)
-        reused = not changed.any()
-        stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
-        if wait:
-            self.cache.importance = None  # stale from now on: the next analysis recomputes all of it
-        elif full:
+        if mode is FrameMode.DEFER:
+            self.cache.set_importance(None)  # stale from now on: the next analysis recomputes all of it
+        elif mode is FrameMode.FULL:
             with timer("importance"):
-                # the per-channel statistics of a video change slowly: with reuse they are recomputed only
-                # every refresh_interval frames (the median is most of the cost of the map)
-                stale = now - self.cache.statistics_frame >= d.refresh_interval
-                if self.cache.statistics is None or not d.temporal_reuse or stale:
-                    self.cache.statistics = anomaly_statistics(shallow)
-                    self.cache.statistics_frame = now
-                self.cache.importance = self._importance(image, shallow, self.cache.statistics)
-        elif not reused:
+                statistics = self.cache.full_statistics(shallow, now)
+                self.cache.set_importance(self._importance(image, shallow, statistics))
+        elif mode is FrameMode.PARTIAL:
             with timer("importance"):
-                cache_imp, stats = self.cache.importance, self.cache.statistics
-                assert cache_imp is not None and stats is not None
-                # the whole map is cheaper than a call per changed block (one tensor op, 0.03 ms); only the
-                # changed blocks take the new values, the others keep those of the frame they were analysed on
-                fresh = self._importance(image, shallow, stats)
-                s = d.block_size // STEM_STRIDE
-                cells = np.kron(changed, np.ones((s, s), bool))[: stem_shape[0], : stem_shape[1]]
-                cache_imp[cells] = fresh[cells]
+                # the whole map is cheaper than a call per changed block (one tensor op, 0.03 ms)
+                assert self.cache.statistics is not None
+                self.cache.update_importance(self._importance(image, shallow, self.cache.statistics), changed)
         with timer("detect"), torch.no_grad():
             heads = self.model.forward_from_stem(shallow)
         with timer("decode"):
             base = self._decode(heads, image_size)
-        self.cache.commit(grey, changed, full)
+        self.cache.commit(grey, changed, mode in (FrameMode.FULL, FrameMode.DEFER))
         confirmed: list[CandidateRegion] = []
         neutralized: list[CandidateRegion] = []  # the regions filled in this frame's output
         candidates: list[CandidateRegion] = []
         checked_frame: Detections | None = None  # the check pass's detections when it ran on the whole frame
-        if reused:
-            pass  # nothing changed since the last analysis, which confirmed nothing (else it would be followed)
-        elif wait:
-            self.cache.searches_skipped += 1
-        else:
-            with timer("region_search"):
-                assert self.cache.importance is not None
-                search = d
-                if d.region_detector == "learned":
-                    search = replace(d, concentration_threshold=d.learned_concentration)
-                candidates = find_candidate_regions(self.cache.importance, search)
-            with timer("robustness_check"):
-                to_check = []
-                for cand in candidates:
-                    cells = grow_cells(cand.cells, d.region_margin, stem_shape)
-                    old = self._tracked(cand, stem_shape) if d.temporal_reuse else None
-                    old = old if old is not None and old.checked_frame >= 0 else None  # decided ones only
-                    unchanged = old is not None and not full
-                    unchanged = unchanged and not _touches_changed(cells, changed, d.block_size)
-                    recent = old is not None and now - old.checked_frame < d.recheck_interval
-                    if old is not None and not old.confirmed and (unchanged or recent):
-                        _adopt_decision(cand, old)
-                        self.cache.region_checks_reused += 1
-                    else:
-                        to_check.append(cand)
-                # with reuse and a moving camera, new candidates are checked together at most every
-                # check_interval frames (until then undecided, not neutralized); with a still camera a new
-                # candidate is something that just appeared: checked at once
-                due = not (d.temporal_reuse and full) or now - self.cache.check_frame >= d.check_interval
-                due = due or bool(self.cache.regions)  # a confirmed region's re-check is always due
-                if due:
-                    self.cache.check_frame = now
-                if to_check and due:
-                    checked_frame = self._check_candidates(image, shallow, base, to_check)
-                    self.cache.region_checks += len(to_check)
-                    for cand in to_check:
-                        cand.checked_frame = now
-                confirmed = [c for c in candidates if c.confirmed]
-            neutralized = confirmed
-            if confirmed and checked_frame is not None:
-                # the output is the check pass's (below), which filled every fitted candidate it checked: all
-                # of them are neutralized, reported and followed, not only the confirmed ones
-                neutralized = [c for c in to_check if c.box is not None]
-            self.cache.regions = neutralized
-            self.cache.checked = candidates
+        if mode is FrameMode.DEFER:
+            self.cache.skip_search()
+        elif mode is not FrameMode.REUSE:  # REUSE: the last analysis confirmed nothing (else it is followed)
+            candidates, neutralized, checked_frame = self._search_and_check(
+                image, shallow, base, changed, mode, now, timer
+            )
+            confirmed = [c for c in candidates if c.confirmed]
         detections = base
         if confirmed and checked_frame is not None:
             # the check pass already detected on the frame with every fitted candidate filled: the confirmed
@@ -479,12 +431,76 @@ class PatchDefendedDetector:
             detections=detections,
             regions=[c.box for c in neutralized if c.box is not None],
             alert=bool(confirmed),
-            reused=reused,
+            reused=mode is FrameMode.REUSE,
             stage_seconds=timer.seconds,
             candidates=candidates,
             blocks_recomputed=int(changed.sum()),
             blocks_total=int(changed.size),
+            mode=mode,
         )
+
+    def _search_and_check(
+        self,
+        image: np.ndarray,
+        shallow: torch.Tensor,
+        base: Detections,
+        changed: np.ndarray,
+        mode: FrameMode,
+        now: int,
+        timer: _Stages,
+    ) -> tuple[list[CandidateRegion], list[CandidateRegion], Detections | None]:
+        """PARTIAL / FULL: the window search on the importance map, then the robustness check of the candidates
+        that do not continue a decided one. Returns (candidates, the regions the output neutralizes, the check
+        pass's detections when it ran on the whole frame), recorded in the cache."""
+        d = self.defense
+        stem_shape = (int(shallow.shape[-2]), int(shallow.shape[-1]))
+        with timer("region_search"):
+            assert self.cache.importance is not None
+            search = d
+            if d.region_detector == "learned":
+                search = replace(d, concentration_threshold=d.learned_concentration)
+            candidates = find_candidate_regions(self.cache.importance, search)
+        checked_frame: Detections | None = None
+        with timer("robustness_check"):
+            to_check = []
+            for cand in candidates:
+                old = self._tracked(cand, stem_shape) if d.temporal_reuse else None
+                if old is not None and self._keeps_decision(cand, old, changed, mode, now, stem_shape):
+                    _adopt_decision(cand, old)
+                else:
+                    to_check.append(cand)
+            if to_check:
+                checked_frame = self._check_candidates(image, shallow, base, to_check)
+                for cand in to_check:
+                    cand.checked_frame = now
+            confirmed = [c for c in candidates if c.confirmed]
+        neutralized = confirmed
+        if confirmed and checked_frame is not None:
+            # the output is the check pass's, which filled every fitted candidate it checked: all of them are
+            # neutralized, reported and followed, not only the confirmed ones
+            neutralized = [c for c in to_check if c.box is not None]
+        reused = len(candidates) - len(to_check)
+        self.cache.record_analysis(now, candidates, neutralized, len(to_check), reused)
+        return candidates, neutralized, checked_frame
+
+    def _keeps_decision(
+        self,
+        cand: CandidateRegion,
+        old: CandidateRegion,
+        changed: np.ndarray,
+        mode: FrameMode,
+        now: int,
+        stem_shape: tuple[int, int],
+    ) -> bool:
+        """Whether ``cand`` takes the decision of the tracked ``old``: a negative decision of a check, kept while
+        its blocks are unchanged (not on a FULL frame) or for ``recheck_interval`` frames."""
+        if old.checked_frame < 0 or old.confirmed:
+            return False
+        cells = grow_cells(cand.cells, self.defense.region_margin, stem_shape)
+        unchanged = mode is not FrameMode.FULL and not _touches_changed(
+            cells, changed, self.defense.block_size
+        )
+        return unchanged or now - old.checked_frame < self.defense.recheck_interval
 
 
 def _shipped_region_model() -> Any:
@@ -509,8 +525,10 @@ __all__ = [
     "CROP_ALIGN",
     "NEUTRALIZE_MODES",
     "STEM_STRIDE",
+    "CacheState",
     "CandidateRegion",
     "DefendedResult",
+    "FrameMode",
     "PatchDefendedDetector",
     "PatchDefenseConfig",
     "PatchDefenseError",
@@ -521,6 +539,7 @@ __all__ = [
     "centre_surround_maps",
     "check_image",
     "colour_steps",
+    "decide_frame",
     "find_candidate_regions",
     "fit_patch_box",
     "grow_box",

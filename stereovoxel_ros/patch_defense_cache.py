@@ -1,13 +1,67 @@
-"""Video state of the patch defense: what was analysed on which blocks, and the regions it follows."""
+"""Video state of the patch defense: what was analysed on which blocks, and the regions it follows; and the
+per-frame decision taken on it (``decide_frame``)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from stereovoxel_ros.patch_defense_config import CHANGE_SUBSAMPLE, CandidateRegion, PatchDefenseConfig
+from stereovoxel_ros.patch_defense_config import (
+    CHANGE_SUBSAMPLE,
+    STEM_STRIDE,
+    CandidateRegion,
+    FrameMode,
+    PatchDefenseConfig,
+    PatchDefenseError,
+)
+from stereovoxel_ros.patch_regions import anomaly_statistics
+
+
+# ------------------------------------------------------------------------------------- per-frame decision
+@dataclass(frozen=True)
+class CacheState:
+    """What the per-frame decision reads of the video state, taken before the frame is processed."""
+
+    frame: int  # number of the frame about to be processed (1 for a video's first frame)
+    regions: int  # confirmed regions of the last analysis
+    oldest_decision: int | None  # frame whose check decided the oldest of them (None: no regions)
+    check_frame: int  # frame of the last search and check
+    follow_lost: bool = False  # the regions were due to be followed, but none was re-fitted on this frame
+
+
+def follow_due(state: CacheState, config: PatchDefenseConfig) -> bool:
+    """Whether the confirmed regions are followed on this frame: with reuse, until their decision is
+    ``recheck_interval`` (or ``refresh_interval``) frames old."""
+    if not config.temporal_reuse or not state.regions or state.oldest_decision is None:
+        return False
+    return state.frame - state.oldest_decision < min(config.recheck_interval, config.refresh_interval)
+
+
+def decide_frame(
+    state: CacheState, config: PatchDefenseConfig, changed: np.ndarray | None = None
+) -> FrameMode:
+    """The frame's mode. FOLLOW while ``follow_due`` and not ``follow_lost`` (``changed`` not needed); else from
+    the change test's ``changed`` blocks: FULL when a confirmed decision expired or more than
+    ``max_partial_fraction`` of the blocks changed -- DEFER instead when, with reuse and nothing confirmed, the
+    last search is under ``check_interval`` frames old --; REUSE when no block changed; PARTIAL otherwise."""
+    due = follow_due(state, config)
+    if due and not state.follow_lost:
+        return FrameMode.FOLLOW
+    if changed is None:
+        raise PatchDefenseError(
+            "decide_frame: the change test's blocks are needed unless regions are followed"
+        )
+    if state.regions and not due:
+        return FrameMode.FULL  # a confirmed region's decision expired: checked afresh on the whole frame
+    if changed.all() or changed.mean() > config.max_partial_fraction:
+        waiting = state.frame - state.check_frame < config.check_interval
+        if config.temporal_reuse and not state.regions and waiting:
+            return FrameMode.DEFER
+        return FrameMode.FULL
+    return FrameMode.PARTIAL if changed.any() else FrameMode.REUSE
 
 
 # --------------------------------------------------------------------------------------- temporal cache
@@ -38,6 +92,15 @@ class TemporalDefenseCache:
         self.region_checks = 0
         self.region_checks_reused = 0
         self.searches_skipped = 0
+
+    def state(self) -> CacheState:
+        """The video state the decision on the next frame reads."""
+        return CacheState(
+            frame=self.frames + 1,
+            regions=len(self.regions),
+            oldest_decision=min((r.checked_frame for r in self.regions), default=None),
+            check_frame=self.check_frame,
+        )
 
     @property
     def blocks_skipped(self) -> int:
@@ -80,16 +143,63 @@ class TemporalDefenseCache:
         mean = pad.reshape(rows, b, cols, b).sum((1, 3)) / counts.reshape(rows, b, cols, b).sum((1, 3))
         return mean > self.config.change_threshold
 
-    def record_followed(self, input_size: tuple[int, int]) -> int:
+    def record_followed(self, input_size: tuple[int, int], followed: list[CandidateRegion]) -> int:
         """Count a frame whose confirmed regions were followed (nothing analysed, its input not kept as the
-        reference: later frames are compared with the last analysed one); returns its number of blocks."""
+        reference: later frames are compared with the last analysed one) and keep the re-fitted ``followed``
+        regions; returns the frame's number of blocks."""
         blocks = math.ceil(input_size[1] / self.config.block_size) * math.ceil(
             input_size[0] / self.config.block_size
         )
         self.frames += 1
         self.frames_reused += 1
         self.blocks_total += blocks
+        self.regions = followed
         return blocks
+
+    def full_statistics(self, shallow: torch.Tensor, frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel anomaly statistics for a full analysis of ``frame``: a video's change slowly, so with
+        reuse they are recomputed only every ``refresh_interval`` frames (the median is most of the cost)."""
+        stale = frame - self.statistics_frame >= self.config.refresh_interval
+        if self.statistics is None or not self.config.temporal_reuse or stale:
+            self.statistics = anomaly_statistics(shallow)
+            self.statistics_frame = frame
+        return self.statistics
+
+    def set_importance(self, importance: np.ndarray | None) -> None:
+        """The whole importance map of a full analysis (None: stale, the next analysis recomputes it all)."""
+        self.importance = importance
+
+    def update_importance(self, fresh: np.ndarray, changed: np.ndarray) -> None:
+        """Only the ``changed`` blocks take the ``fresh`` map's values; the others keep those of the frame they
+        were analysed on."""
+        if self.importance is None:
+            raise PatchDefenseError(
+                "update_importance: no importance map to update (a full analysis comes first)"
+            )
+        s = self.config.block_size // STEM_STRIDE
+        h, w = self.importance.shape
+        cells = np.kron(changed, np.ones((s, s), bool))[:h, :w]
+        self.importance[cells] = fresh[cells]
+
+    def skip_search(self) -> None:
+        """Count a frame whose search waited for the next due frame (DEFER)."""
+        self.searches_skipped += 1
+
+    def record_analysis(
+        self,
+        frame: int,
+        candidates: list[CandidateRegion],
+        neutralized: list[CandidateRegion],
+        checks: int,
+        checks_reused: int,
+    ) -> None:
+        """Keep a searched frame's decisions: its ``candidates`` (for tracking) and the ``neutralized`` regions
+        (followed next); ``checks`` candidates were checked, ``checks_reused`` took a tracked decision."""
+        self.check_frame = frame
+        self.regions = neutralized
+        self.checked = candidates
+        self.region_checks += checks
+        self.region_checks_reused += checks_reused
 
     def commit(self, grey: np.ndarray, changed: np.ndarray, full: bool) -> None:
         """Record that ``changed`` blocks were analysed on ``grey``."""

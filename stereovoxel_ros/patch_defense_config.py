@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,18 @@ class CandidateRegion:
     box: tuple[float, float, float, float] | None = None  # the fitted patch, xyxy [px of the original image]
 
 
+class FrameMode(Enum):
+    """What the defense does with a video frame (``patch_defense_cache.decide_frame``)."""
+
+    FOLLOW = "follow"  # confirmed regions re-fitted and filled before the one detection pass; nothing else
+    REUSE = "reuse"  # no block changed since the last analysis (which confirmed nothing): plain detection
+    PARTIAL = "partial"  # some blocks changed: importance updated on them, then search and check
+    FULL = (
+        "full"  # everything recomputed (first frame, refresh, moving camera, expired decision), search, check
+    )
+    DEFER = "defer"  # the whole frame changed but no search is due (moving camera, nothing confirmed)
+
+
 @dataclass
 class DefendedResult:
     """One processed frame."""
@@ -132,6 +145,7 @@ class DefendedResult:
     candidates: list[CandidateRegion] = field(default_factory=list)
     blocks_recomputed: int = 0
     blocks_total: int = 0
+    mode: FrameMode = FrameMode.FULL  # what was done with the frame
 
 
 # -------------------------------------------------------------------------------------------- validation
