@@ -280,20 +280,32 @@ def score_grids(
     truth_visibility: np.ndarray,
     ranges: np.ndarray,
     config: ScoringConfig,
+    scored_cells: np.ndarray | None = None,
 ) -> FrameScore:
-    """Score a predicted (rows, cols) bool obstacle grid against the true one and its visibility grid."""
+    """Score a predicted (rows, cols) bool obstacle grid against the true one and its visibility grid.
+
+    With ``scored_cells`` (bool, same shape) only those cells count, as true cells to find and as predicted
+    cells to match; tolerances still look at the whole grid, so a prediction next to a left-out true obstacle
+    is neither right nor wrong."""
     pred, true = np.asarray(predicted, bool), np.asarray(truth, bool)
-    if pred.shape != true.shape or np.shape(truth_visibility) != true.shape or np.shape(ranges) != true.shape:
+    keep = np.ones(true.shape, bool) if scored_cells is None else np.asarray(scored_cells, bool)
+    if (
+        pred.shape != true.shape
+        or np.shape(truth_visibility) != true.shape
+        or np.shape(ranges) != true.shape
+        or keep.shape != true.shape
+    ):
         raise ScoringError(
             f"grids differ in shape: predicted {pred.shape}, truth {true.shape}, visibility "
-            f"{np.shape(truth_visibility)}, ranges {np.shape(ranges)}"
+            f"{np.shape(truth_visibility)}, ranges {np.shape(ranges)}, scored cells {keep.shape}"
         )
     near_true = _dilate(true, config.tolerance_cells)
     near_pred = _dilate(pred, config.tolerance_cells)
     vis = np.asarray(truth_visibility)
-    truly_free = vis == FREE
-    scored = pred & ((vis != UNKNOWN) | near_true)
-    false = pred & truly_free & ~_dilate(true, config.false_obstacle_margin_cells)
+    truly_free = (vis == FREE) & keep
+    scored = pred & ((vis != UNKNOWN) | near_true) & keep
+    false = scored & truly_free & ~_dilate(true, config.false_obstacle_margin_cells)
+    pred, true = pred & keep, true & keep
     edges = config.range_bands_m
     band = np.digitize(ranges, edges[1:-1])  # 0 .. n_bands - 1
     n = len(edges) - 1
@@ -342,14 +354,19 @@ def truth_grid(
 
 
 def score_obstacle_grid(
-    predicted: np.ndarray, truth: TruthGrid, grid: VoxelGridSpec, config: ScoringConfig | None = None
+    predicted: np.ndarray,
+    truth: TruthGrid,
+    grid: VoxelGridSpec,
+    config: ScoringConfig | None = None,
+    scored_cells: np.ndarray | None = None,
 ) -> FrameScore:
     """Score a predicted (nz, nx) bool scoring grid (e.g. a fused map sampled at the frame's cells) against a
-    frame's truth, objects found included; :func:`score_frame` scores voxels through this."""
+    frame's truth, objects found included; :func:`score_frame` scores voxels through this. ``scored_cells``:
+    as in :func:`score_grids` (objects found are scored on every cell)."""
     config = config or ScoringConfig()
     pred = np.asarray(predicted, bool)
     ranges = cell_ranges(grid)
-    score = score_grids(pred, truth.obstacles, truth.visibility, ranges, config)
+    score = score_grids(pred, truth.obstacles, truth.visibility, ranges, config, scored_cells)
     if truth.objects:
         near_pred = _dilate(pred, config.tolerance_cells).ravel()
         flat_ranges = ranges.ravel()
