@@ -299,3 +299,17 @@ def test_rays_to_the_clearing_cloud_clear_what_the_camera_saw_free() -> None:
     # cells behind the wall are unknown: no ray clears them
     behind = (round((0.0 - origin[1]) / RES), round((5.5 - origin[0]) / RES))
     assert cells[behind] == -1 and behind not in cleared
+
+
+def test_a_strong_tentative_miss_wipes_unconfirmed_noise_but_not_a_confirmed_obstacle() -> None:
+    config = LocalMapConfig(resolution_m=RES, size_m=8.0, p_miss_tentative=0.1)
+    local_map = LocalMap(config)
+    k = _feed(local_map, _observation(), 30)  # free clamp
+    noise = _observation()
+    noise[10, 10] = 100
+    k = _feed(local_map, noise, config.frames_to_mark() - 1, start=k)  # not yet confirmed
+    k = _feed(local_map, _observation(), 1, start=k)  # one free frame: back at the free clamp
+    assert local_map.log_odds()[local_map.log_odds() != 0].max() <= math.log(0.12 / 0.88) + 1e-5
+    k = _feed(local_map, noise, 30, start=k)  # confirmed obstacle
+    k = _feed(local_map, _observation(), config.frames_to_clear() - 1, start=k)
+    assert _at(local_map, 2.1, 0.1) == 100  # the ordinary miss applies above the threshold
