@@ -186,7 +186,7 @@ class PatchDefendedDetector:
             window,
             d.texture_threshold,
             d.texture_fraction,
-            d.texture_scales,
+            d.fit_scales or d.texture_scales,
             edge_fraction=d.edge_fraction,
             edge_trim_px=d.edge_trim_px,
         )

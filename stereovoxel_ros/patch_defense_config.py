@@ -40,6 +40,7 @@ class PatchDefenseConfig:
     learned_concentration: float = 0.3  # learned: window mean probability - ring mean that makes a candidate
     region_probability: float = 0.5  # learned: cells at or above this probability form a patch's box
     texture_scales: tuple[int, ...] = (1,)  # image shrink factors the texture cue and the texture fit look at
+    fit_scales: tuple[int, ...] = ()  # shrink factors of the texture fit alone (empty: texture_scales)
     texture_fraction: float = 0.3  # share of 2D-textured pixels in a row / column of a patch (edge fit)
     edge_fraction: float = 0.7  # an outer row (column) of the fit stays when this share steps along it ...
     edge_trim_px: int = 3  # ... else it is trimmed, up to this many px per side
@@ -71,6 +72,8 @@ class PatchDefenseConfig:
             isinstance(k, int) and 1 <= k <= 16 for k in self.texture_scales
         ):
             raise bad("texture_scales", "must be a non-empty list of integers in [1, 16]")
+        if not all(isinstance(k, int) and 1 <= k <= 16 for k in self.fit_scales):
+            raise bad("fit_scales", "must be a list of integers in [1, 16] (empty: texture_scales)")
         if not self.window_cells or not all(isinstance(k, int) and k >= 1 for k in self.window_cells):
             raise bad("window_cells", "must be a non-empty list of positive integers")
         for name, low, high in (
