@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from stereovoxel_ros.models.mobilenet_v2 import ConvBnAct, InvertedResidual
+from stereovoxel_ros.models.stereovoxelnet import fuse_batchnorm
 
 
 class ChannelGroupError(ValueError):
@@ -273,7 +274,6 @@ def compact_copy(
 ) -> nn.Module:
     """A copy of ``model`` with the channels not kept at ``ratio_index`` removed, the ratio's BN statistics
     loaded and (``fuse``) every BatchNorm folded into its conv: same outputs as the masked model, fewer FLOPs."""
-    from stereovoxel_ros.models.stereovoxelnet import fuse_batchnorm
 
     groups = check_levels(model, levels)
     net = copy.deepcopy(model).eval()

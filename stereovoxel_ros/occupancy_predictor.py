@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from stereovoxel_ros.grid_spec import DEFAULT_GRID, GridSpecError, VoxelGridSpec, grid_preset
-from stereovoxel_ros.stereo_camera import StereoCameraModel
+from stereovoxel_ros.stereo_camera import StereoCameraModel, ZED2_640x360
 
 BACKENDS = ("stereovoxelnet", "classic", "sgbm")  # sgbm = classic with the StereoSGBM matcher
 SHIPPED_CHECKPOINT = "stereovoxelnet_jackal_wide.pt"
@@ -116,7 +117,6 @@ class ClassicPredictor:
     """OpenCV StereoBM / StereoSGBM with confidence filters → voxels (the classic backend)."""
 
     def __init__(self, grid: VoxelGridSpec, backend: str = "classic", **opts: Any) -> None:
-        import dataclasses
 
         from stereovoxel_ros.classic_stereo import SGBM_PRESET, ClassicStereo, ClassicStereoConfig
 
@@ -237,7 +237,6 @@ class StereoVoxelNetPredictor:
         """
         if self.pruning is None:
             raise PredictorError("pruning is off for this predictor (construct it with pruning=True)")
-        from stereovoxel_ros.stereo_camera import ZED2_640x360
 
         w, h = self.model.config.input_size
         camera = ZED2_640x360.scaled(w, h)

@@ -92,7 +92,12 @@ from stereovoxel_ros.patch_neutralization import (
     row_fill_regions,
     stem_receptive_radius,
 )
-from stereovoxel_ros.patch_region_model import region_features
+from stereovoxel_ros.patch_region_model import (
+    PatchRegionModelError,
+    default_region_model_checkpoint,
+    load_region_model,
+    region_features,
+)
 from stereovoxel_ros.patch_regions import (
     anomaly_statistics,
     cells_to_image_box,
@@ -505,11 +510,6 @@ class PatchDefendedDetector:
 
 def _shipped_region_model() -> Any:
     """The shipped learned region detector, or PatchDefenseError when it is missing or unreadable."""
-    from stereovoxel_ros.patch_region_model import (
-        PatchRegionModelError,
-        default_region_model_checkpoint,
-        load_region_model,
-    )
 
     try:
         return load_region_model(default_region_model_checkpoint())[0]

@@ -21,6 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stereovoxel_ros.models.checkpoint_files import (
+    CheckpointFileError,
+    read_checkpoint_file,
+    write_checkpoint_file,
+)
 from stereovoxel_ros.patch_regions import texture_density
 
 CHECKPOINT_FORMAT = "patch-region-model-checkpoint"
@@ -101,7 +106,6 @@ def save_region_model(
     path: str | os.PathLike, model: PatchRegionNet, meta: dict[str, Any] | None = None
 ) -> None:
     """Write ``{"format", "version", "config", "state_dict", "meta"}`` atomically."""
-    from stereovoxel_ros.models.checkpoint_files import write_checkpoint_file
 
     body = {
         "config": asdict(model.config),
@@ -113,7 +117,6 @@ def save_region_model(
 
 def load_region_model(path: str | os.PathLike) -> tuple[PatchRegionNet, dict[str, Any]]:
     """(model in eval mode, meta) from a region-model checkpoint; clear errors on bad files."""
-    from stereovoxel_ros.models.checkpoint_files import CheckpointFileError, read_checkpoint_file
 
     try:  # files from before the format had a name: config + state_dict, read as version 1
         payload = read_checkpoint_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "region-model checkpoint",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +159,6 @@ class CpufreqGovernor:
 
 
 def _writable(path: Path) -> bool:
-    import os
 
     return path.is_file() and os.access(path, os.W_OK)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 _BN = nn.modules.batchnorm._BatchNorm
 _PASS_MODULES = (
@@ -183,7 +184,6 @@ def install_mask_hooks(model: nn.Module, mask_points: dict[str, str]) -> dict[st
 
 def _compact_copy(model: nn.Module, masks: NestedMasks, index: int, example: tuple) -> tuple[nn.Module, set]:
     """A traced copy with pruned channels physically removed where the graph allows; returns (module, pruned convs)."""
-    from torch.fx.passes.shape_prop import ShapeProp
 
     gm = torch.fx.symbolic_trace(copy.deepcopy(model))
     ShapeProp(gm).propagate(*example)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from stereovoxel_ros.messages.message_types import new_message, resolve_type
+from stereovoxel_ros.messages.message_types import is_rosbags_type, new_message, resolve_type
 
 # sensor_msgs/PointField datatypes -> numpy kind/size
 _POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
@@ -53,7 +53,6 @@ def points_to_pointcloud2(
 
 
 def _field_type(cloud_cls: Any) -> Any:
-    from stereovoxel_ros.messages.message_types import is_rosbags_type
 
     if is_rosbags_type(cloud_cls):
         return None  # make_msg builds rosbags PointFields from dicts

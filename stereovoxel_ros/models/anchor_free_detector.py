@@ -23,6 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stereovoxel_ros.models.checkpoint_files import (
+    CheckpointFileError,
+    read_checkpoint_file,
+    write_checkpoint_file,
+)
 from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS, EfficientFormerV2
 from stereovoxel_ros.models.mobilenet_v2 import MobileNetV2, MobileNetV2Config, make_divisible
 
@@ -366,7 +371,6 @@ def save_detector(
     path: str | os.PathLike, model: AnchorFreeDetector, meta: dict[str, Any] | None = None
 ) -> None:
     """Write ``{"format", "version", "config", "state_dict", "meta"}`` atomically."""
-    from stereovoxel_ros.models.checkpoint_files import write_checkpoint_file
 
     body = {
         "config": asdict(model.config),
@@ -379,7 +383,6 @@ def save_detector(
 
 def load_detector(path: str | os.PathLike) -> tuple[AnchorFreeDetector, DetectorConfig, dict[str, Any]]:
     """Load a detector checkpoint -> (model in eval mode, config, meta); clear errors on bad files."""
-    from stereovoxel_ros.models.checkpoint_files import CheckpointFileError, read_checkpoint_file
 
     try:  # files from before the format had a name: config + state_dict, read as version 1
         payload = read_checkpoint_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "detector checkpoint",

@@ -13,6 +13,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from stereovoxel_ros.atomic_file import atomic_write
+
 
 class CheckpointFileError(ValueError):
     """A checkpoint file cannot be used; the message names the file and the problem."""
@@ -38,8 +40,6 @@ def describe_load_error(path: str | os.PathLike, err: BaseException) -> str:
 def write_checkpoint_file(path: str | os.PathLike, format: str, version: int, body: dict[str, Any]) -> None:
     """Write ``{"format", "version", **body}`` atomically (with a plain ``open``'s mode: 0666 less the umask)."""
     import torch
-
-    from stereovoxel_ros.atomic_file import atomic_write
 
     with atomic_write(path, "wb") as handle:
         torch.save({"format": format, "version": version, **body}, handle)

@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stereovoxel_ros.models.checkpoint_files import (
+    CheckpointFileError,
+    read_checkpoint_file,
+    write_checkpoint_file,
+)
 from stereovoxel_ros.models.mobilenet_v2 import ConvBnAct
 from stereovoxel_ros.models.stereovoxelnet import MobileNetV2Extractor, image_to_input, sampled_cost_volume
 
@@ -94,7 +99,6 @@ def create_stereo_depth_net(name: str = "stereo_depth_net", **overrides) -> Ster
 
 
 def save_depth_checkpoint(path: str | Path, model: StereoDepthNet, meta: dict | None = None, **state) -> None:
-    from stereovoxel_ros.models.checkpoint_files import write_checkpoint_file
 
     body = {
         "config": model.config.to_dict(),
@@ -107,7 +111,6 @@ def save_depth_checkpoint(path: str | Path, model: StereoDepthNet, meta: dict | 
 
 def load_depth_checkpoint(path: str | Path) -> tuple[StereoDepthNet, dict]:
     """The model (eval mode) and its metadata; a wrong format or version raises StereoDepthNetError."""
-    from stereovoxel_ros.models.checkpoint_files import CheckpointFileError, read_checkpoint_file
 
     try:
         payload = read_checkpoint_file(

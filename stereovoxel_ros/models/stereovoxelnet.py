@@ -19,8 +19,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from stereovoxel_ros.grid_spec import DEFAULT_GRID, GridSpecError, VoxelGridSpec
+from stereovoxel_ros.models.checkpoint_files import (
+    CheckpointFileError,
+    read_checkpoint_file,
+    write_checkpoint_file,
+)
 from stereovoxel_ros.models.matching_cost import blend_shifts, integer_shift_blend, pixel_matching_cost
 from stereovoxel_ros.models.mobilenet_v2 import (
     MOBILENET_V2_STAGES,
@@ -486,7 +492,6 @@ def save_checkpoint(
     path: str | Path, model: StereoVoxelNet, variant: str, meta: dict | None = None, **state
 ) -> None:
     """Write a checkpoint atomically."""
-    from stereovoxel_ros.models.checkpoint_files import write_checkpoint_file
 
     body = checkpoint_payload(model, variant, meta, **state)
     write_checkpoint_file(path, body.pop("format"), body.pop("version"), body)
@@ -494,7 +499,6 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path, grid: VoxelGridSpec | None = None) -> Checkpoint:
     """Load a checkpoint; a wrong format, version or grid raises StereoVoxelNetError naming it."""
-    from stereovoxel_ros.models.checkpoint_files import CheckpointFileError, read_checkpoint_file
 
     path = Path(path)
     try:
@@ -537,7 +541,6 @@ def model_megabytes(model: nn.Module) -> float:
 
 def fuse_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every ``ConvBnAct`` BatchNorm into its convolution (eval-mode inference only), in place."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     for module in model.modules():
         if isinstance(module, ConvBnAct) and isinstance(module[1], nn.BatchNorm2d):

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from stereovoxel_ros.bags.bag_reader import BagError, BagReader
 from stereovoxel_ros.bags.topic_discovery import TopicDiscoveryError, discover_stereo_topics
-from stereovoxel_ros.grid_spec import VoxelGridSpec
+from stereovoxel_ros.grid_spec import DEFAULT_GRID, VoxelGridSpec
 from stereovoxel_ros.messages.image import image_to_numpy
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.occupancy_predictor import make_predictor
 from stereovoxel_ros.occupancy_scoring import (
     HEADLINE_CLASSES,
     FrameScore,
@@ -307,9 +309,6 @@ def evaluate_bag_offline(
     :meth:`StereoBagTopics.find`. A bag without depth is run for rate, latency and outputs: every stereo
     pair is a frame, the scores are unavailable and the result says ``ground_truth=False``.
     """
-    from tqdm import tqdm
-
-    from stereovoxel_ros.occupancy_predictor import make_predictor
 
     if predictor is None:
         from stereovoxel_ros.grid_spec import DEFAULT_GRID
@@ -373,8 +372,6 @@ def evaluate_bags_offline(
     topic_options: dict[str, str | None] | None = None,
 ) -> tuple[list[RunResult], Path]:
     """Offline mode over many bags and backends (one predictor per backend); returns the runs and report.md."""
-    from stereovoxel_ros.grid_spec import DEFAULT_GRID
-    from stereovoxel_ros.occupancy_predictor import make_predictor
 
     results = []
     for backend in backends:

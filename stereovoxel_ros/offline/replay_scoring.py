@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stereovoxel_ros.bags.bag_reader import BagReader
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.offline.bag_evaluation import (
     BagFrame,
@@ -19,6 +20,7 @@ from stereovoxel_ros.offline.bag_evaluation import (
     image_stamp_span_s,
     score_bag_frame,
 )
+from stereovoxel_ros.tracing import cdr_header_stamp_ns
 from stereovoxel_ros.voxel_grid import points_to_voxels, transform_points
 
 
@@ -92,8 +94,6 @@ def score_recording(
 
 def left_stamps(bag: str | os.PathLike, left_topic: str) -> list[int]:
     """Header stamps [ns] of the bag's left images, read from the raw CDR (no image is deserialized)."""
-    from stereovoxel_ros.bags.bag_reader import BagReader
-    from stereovoxel_ros.tracing import cdr_header_stamp_ns
 
     with BagReader(bag) as reader:
         return sorted({cdr_header_stamp_ns(raw) for _, _, _, raw in reader.raw_messages([left_topic])})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +105,6 @@ def stereovoxelnet_model(
         description = "StereoVoxelNet dense forward (untrained weights: no checkpoint found)"
 
     def build(h: int, w: int) -> Any:
-        from dataclasses import replace
 
         model = svn.StereoVoxelNet(replace(config, input_size=(w, h)), grid)
         if weights is not None:
@@ -192,7 +193,6 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def _insights(args: argparse.Namespace) -> int:
-    import shlex
 
     from tqdm import tqdm
 

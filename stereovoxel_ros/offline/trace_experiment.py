@@ -16,6 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from stereovoxel_ros.atomic_file import (
+    save_figure_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from stereovoxel_ros.tracing import HardwareSampler, summarize
 
 SCENES = ("empty", "cluttered", "noise")
@@ -246,12 +251,6 @@ def write_experiment_report(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from stereovoxel_ros.atomic_file import (
-        save_figure_atomic,
-        write_json_atomic,
-        write_text_atomic,
-    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     factors = list(dict.fromkeys(c.factor for c in conditions))

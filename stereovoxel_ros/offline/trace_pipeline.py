@@ -9,20 +9,26 @@ whether it held. Conditions that are compared are timed round-robin in the same 
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
+from stereovoxel_ros.grid_spec import grid_preset
+from stereovoxel_ros.occupancy_predictor import StereoVoxelNetPredictor, default_checkpoint_path
 from stereovoxel_ros.offline.trace_experiment import (
     SCENES,
     ExperimentError,
+    _Runner,
     background_load,
     stereo_scene_inputs,
 )
+from stereovoxel_ros.stereo_camera import ZED2_640x360
 from stereovoxel_ros.tracing import summarize
 
 PIPELINE_MODELS = ("octree", "detector", "defense")
@@ -48,15 +54,12 @@ class NodeCall:
 
 
 def _camera(height: int, width: int):
-    from stereovoxel_ros.stereo_camera import ZED2_640x360
 
     return ZED2_640x360.scaled(width, height)
 
 
 def octree_predictor(checkpoint: str | None = None, dense: bool = False, threads: int | None = None):
     """The occupancy node's predictor (``dense=True``: every cell evaluated, the same output at dense cost)."""
-    from stereovoxel_ros.grid_spec import grid_preset
-    from stereovoxel_ros.occupancy_predictor import StereoVoxelNetPredictor, default_checkpoint_path
 
     path = checkpoint or str(default_checkpoint_path())
     if not Path(path).is_file():
@@ -331,12 +334,10 @@ def measure_insights(
 
 
 def _runtime_insight(dense, cam, pairs, runtimes: Sequence[str], frames: int) -> Insight:
-    import tempfile
 
     import torch
 
     from stereovoxel_ros.models.stereovoxelnet import DenseOccupancy
-    from stereovoxel_ros.offline.trace_experiment import _Runner
 
     net = DenseOccupancy(dense.model).eval()
     inputs = [dense.prepare(*p, cam) for p in pairs]
@@ -374,9 +375,6 @@ def _runtime_insight(dense, cam, pairs, runtimes: Sequence[str], frames: int) ->
 
 def write_insights(insights: Sequence[Insight], out_dir: Path, command: str) -> Path:
     """``insights.md`` (the statements) and ``insights.json`` (their evidence) in ``out_dir``."""
-    from dataclasses import asdict
-
-    from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [

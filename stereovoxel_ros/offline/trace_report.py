@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from stereovoxel_ros.atomic_file import save_figure_atomic, write_text_atomic
 from stereovoxel_ros.tracing import read_trace, summarize
 from stereovoxel_ros.tracing.stage_tracer import FEATURE_PREFIX, STAGE_PREFIX
 
@@ -147,7 +148,6 @@ def _hardware_series(
 
 
 def _save(fig: Any, path: Path) -> None:
-    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=100)
@@ -261,7 +261,6 @@ def write_trace_report(
     trace: str | Path, out_dir: str | Path, deadlines: dict[str, float] | None = None
 ) -> Path:
     """Read a trace (folder or file), write ``report.md`` and PNG plots into ``out_dir``; return the report."""
-    from stereovoxel_ros.atomic_file import write_text_atomic
 
     records = read_trace(trace)
     sources = frames_by_source(records)

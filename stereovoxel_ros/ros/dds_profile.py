@@ -20,6 +20,7 @@ class DdsProfileError(OSError):
 
 def fastdds_profile_path() -> Path:
     """``config/fastdds_profile.xml`` of the installed package or of this source tree."""
+    # imported here, not at the top: stack_runner imports this module
     from stereovoxel_ros.ros.stack_runner import package_file
 
     path = package_file(PROFILE_RELATIVE)

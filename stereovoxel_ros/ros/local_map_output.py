@@ -17,10 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from nav_msgs.msg import OccupancyGrid
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
 
 from stereovoxel_ros.local_map import LocalMap, LocalMapConfig, LocalMapError, clearing_endpoints
 from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
+from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
 
 _DEFAULT = LocalMapConfig()
 ODOMETRY_SOURCES = ("auto", "topic", "tf")
@@ -124,8 +128,6 @@ class LocalMapOutput:
     def __init__(
         self, node: Any, settings: LocalMapSettings, odom_frame: str, band_m: tuple[float, float]
     ) -> None:
-        from nav_msgs.msg import OccupancyGrid
-        from sensor_msgs.msg import PointCloud2
 
         from stereovoxel_ros.ros.qos import map_qos, reliable_qos
 
@@ -161,7 +163,6 @@ class LocalMapOutput:
     def update(self, cells: np.ndarray, origin: tuple[float, float], sensor_xy: tuple[float, float],
                stamp_ns: int, stamp: Any) -> str:  # fmt: skip
         """Fuse one per-frame odom grid and publish the map; returns a reset reason ('' when none)."""
-        from std_msgs.msg import Header
 
         if self.grid_publisher is None:
             return ""
@@ -220,7 +221,6 @@ class TfOdometry:
         import rclpy
 
         from stereovoxel_ros.ros.camera_extrinsics import FrameError
-        from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
 
         try:
             tf = self._buffer.lookup_transform(*self._frames, rclpy.time.Time(nanoseconds=stamp_ns)).transform

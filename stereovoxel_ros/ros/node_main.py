@@ -15,6 +15,8 @@ from rclpy.executors import (
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 
+from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
+
 TORCH_THREADS = "torch_threads"  # the node parameter the entry point turns into torch.set_num_threads
 
 
@@ -74,7 +76,6 @@ def run_node(
     configure fails; its reason is in the log). ``config_errors`` raised while building the node are printed
     as one line and give exit code 2. ``num_threads`` > 1 uses a multi-threaded executor.
     """
-    from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
 
     program = sys.argv[0].rsplit("/", 1)[-1]
     use_fastdds_profile(lambda line: print(f"{program}: {line}", file=sys.stderr))

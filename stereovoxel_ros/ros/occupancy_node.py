@@ -27,6 +27,11 @@ from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.messages.stamps import header_stamp_ns
 from stereovoxel_ros.obstacle_grid import obstacle_cells
+from stereovoxel_ros.occupancy_predictor import (
+    PredictorError,
+    default_checkpoint_path,
+    make_predictor,
+)
 from stereovoxel_ros.occupancy_stats import STALL_WINDOW_S, OccupancyStats
 from stereovoxel_ros.ros.camera_extrinsics import FrameError, ParameterExtrinsics, TfExtrinsics, tf2_available
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
@@ -47,6 +52,7 @@ from stereovoxel_ros.ros.parameter_values import (
 )
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
 from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.stereo_camera import ZED2_640x360 as camera
 from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
 from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
 from stereovoxel_ros.tracing import StageTracer
@@ -198,11 +204,6 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self.backend_in_use = ""
 
     def _make_predictor(self, config: OccupancyNodeConfig) -> tuple[Any, str]:
-        from stereovoxel_ros.occupancy_predictor import (
-            PredictorError,
-            default_checkpoint_path,
-            make_predictor,
-        )
 
         backend, checkpoint = config.backend, config.checkpoint
         if backend == "stereovoxelnet" and not checkpoint:
@@ -239,7 +240,6 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def _warm_up(self, predictor: Any, backend: str) -> None:
         """Run one synthetic pair so the first camera frame does not pay for lazy initialisation (~1 s)."""
-        from stereovoxel_ros.stereo_camera import ZED2_640x360 as camera
 
         left = np.random.default_rng(0).integers(0, 256, (camera.height, camera.width, 3), dtype=np.uint8)
         start = time.perf_counter()
@@ -248,7 +248,6 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def _make_pruning(self, config: OccupancyNodeConfig, predictor: Any) -> Any:
         """Fixed ratio: set it. Auto: profile each ratio once and return the RatioSelector."""
-        from stereovoxel_ros.occupancy_predictor import PredictorError
         from stereovoxel_ros.pruning_control import PruningControlError, PruningController
 
         if config.pruning == "fixed":

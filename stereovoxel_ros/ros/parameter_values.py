@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
 
 
 class ParameterValues:
@@ -99,7 +102,6 @@ def declare_parameters_checked(
     """Declare ``parameters`` (name -> (default, description)) on ``node`` with their values from the params
     file, ``-p`` or ``parameter_overrides`` passed through :func:`coerce_override`, so a wrong type raises
     ``error`` naming the parameter instead of rclpy's InvalidParameterTypeException."""
-    from rcl_interfaces.msg import ParameterDescriptor
 
     overrides = node._parameter_overrides  # rclpy keeps them here; declare_parameter reads the same dict
     for name, (default, description) in parameters.items():
@@ -113,7 +115,6 @@ def declare_parameters_checked(
 
 def unknown_parameters(given: Any, known: Any) -> list[str]:
     """One line per name in ``given`` that is not in ``known``, with the closest known name when there is one."""
-    import difflib
 
     known = sorted(known)
     lines = []

@@ -30,6 +30,7 @@ from std_msgs.msg import String
 from stereovoxel_ros.jackal import JackalTopics
 from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
 from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
 from stereovoxel_ros.patch_defense import (
     NEUTRALIZE_MODES,
     DefendedResult,
@@ -372,8 +373,6 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         self.config = self.detector = None
 
     def _make_detector(self, config: DetectorNodeConfig) -> tuple[Any, tuple[str, ...], str]:
-
-        from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
 
         if self._injected_model is not None and not config.checkpoint:
             model, source = self._injected_model, "(model given to the node)"

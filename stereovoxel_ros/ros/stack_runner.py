@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from stereovoxel_ros.jackal import DEFAULT_NAMESPACE
+from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
+from stereovoxel_ros.user_errors import describe_error, is_user_error
 
 PACKAGE = "stereovoxel_ros"
 
@@ -237,8 +239,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StackConfigError as err:
         print(f"run_stack: {err}", file=sys.stderr)
         return 2
-    from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
-    from stereovoxel_ros.user_errors import describe_error, is_user_error
 
     use_fastdds_profile(lambda line: print(f"run_stack: {line}"))
     rclpy.init(args=["run_stack", *ros_args])

@@ -16,6 +16,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from stereovoxel_ros.messages.stamps import ns_to_stamp
+from stereovoxel_ros.ros.parameter_values import declare_parameters_checked
 from stereovoxel_ros.tracing import FrameRecord, StageTracer
 
 DEFAULT_TOPIC = "/stereovoxel/stage_timings"
@@ -80,7 +81,6 @@ class StageTimingPublisher:
 
     def __init__(self, node: Node, tracer: StageTracer) -> None:
         self._node = node
-        from stereovoxel_ros.ros.parameter_values import declare_parameters_checked
 
         declare_parameters_checked(
             node,

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
+
 DESCRIPTION = """\
 rosbag2 tools that need no ROS install beyond the PyPI wheels (sqlite3 and mcap storage).
   info    list a bag's topics, types, message counts and duration
@@ -93,7 +95,6 @@ def _play(args: argparse.Namespace) -> int:
 
     from stereovoxel_ros.bags.bag_reader import BagError
     from stereovoxel_ros.ros.bag_player import BagPlayer
-    from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
 
     remap = _parse_remaps(args.remap)
     use_fastdds_profile(lambda line: print(f"stereovoxel bag play: {line}", file=sys.stderr))
@@ -145,7 +146,6 @@ def _record(args: argparse.Namespace) -> int:
 
     from stereovoxel_ros.bags.bag_reader import BagError
     from stereovoxel_ros.ros.bag_recorder import BagRecorder
-    from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
 
     use_fastdds_profile(lambda line: print(f"stereovoxel bag record: {line}", file=sys.stderr))
     rclpy.init()

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stereovoxel_ros.occupancy_predictor import BACKENDS
+from stereovoxel_ros.occupancy_predictor import BACKENDS, default_checkpoint_path
+from stereovoxel_ros.offline.bag_report import summary_table, write_report
 
 DEMO_BAG = Path(".cache") / "demo" / "jackal_synthetic_15hz.mcap"
 DEMO_FRAMES = 90  # 6 s of a 15 Hz ZED-style camera at 640x360
@@ -31,8 +32,6 @@ def ensure_demo_bag(path: Path = DEMO_BAG, frames: int = DEMO_FRAMES, seed: int 
 
 def run(args: argparse.Namespace) -> int:
     """Render the bag if needed, replay it live with each backend, print the table and the report path."""
-    from stereovoxel_ros.occupancy_predictor import default_checkpoint_path
-    from stereovoxel_ros.offline.bag_report import summary_table, write_report
     from stereovoxel_ros.ros.node_main import set_torch_threads
     from stereovoxel_ros.tools.replay import ReplayError, replay_bag
 

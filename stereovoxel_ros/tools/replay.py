@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stereovoxel_ros.occupancy_predictor import BACKENDS
+from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import OccupancyGrid
+from sensor_msgs.msg import Image, PointCloud2
+
+from stereovoxel_ros.bags.bag_reader import BagError, BagReader
+from stereovoxel_ros.messages.occupancy_grid import occupancy_grid_to_array
+from stereovoxel_ros.messages.pointcloud2 import pointcloud2_to_points
+from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.occupancy_predictor import BACKENDS, PredictorError
 from stereovoxel_ros.offline.bag_evaluation import (
     BagEvaluationError,
     RunResult,
@@ -19,6 +27,8 @@ from stereovoxel_ros.offline.bag_evaluation import (
 )
 from stereovoxel_ros.offline.bag_report import summary_table, write_report
 from stereovoxel_ros.offline.replay_scoring import ReplayRecording, ReplayRun, left_stamps, score_recording
+from stereovoxel_ros.ros.parameter_values import unknown_parameters
+from stereovoxel_ros.tracing import cdr_header_stamp_ns
 
 
 class ReplayError(RuntimeError):
@@ -27,16 +37,9 @@ class ReplayError(RuntimeError):
 
 def _make_recorder(context: Any, node_fqn: str, left_image_topic: str) -> tuple[Any, ReplayRecording]:
     """A node recording the occupancy node's outputs and when each left image appeared on the graph."""
-    from diagnostic_msgs.msg import DiagnosticArray
-    from nav_msgs.msg import OccupancyGrid
     from rclpy.node import Node
-    from sensor_msgs.msg import Image, PointCloud2
 
-    from stereovoxel_ros.messages.occupancy_grid import occupancy_grid_to_array
-    from stereovoxel_ros.messages.pointcloud2 import pointcloud2_to_points
-    from stereovoxel_ros.messages.stamps import header_stamp_ns
     from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
-    from stereovoxel_ros.tracing import cdr_header_stamp_ns
 
     rec = ReplayRecording()
     node = Node("stereovoxel_replay_recorder", context=context)
@@ -203,9 +206,7 @@ def replay_bag(
     (``namespace``, ``left``, ``right``, ``left_info``, ``right_info``, ``depth``). A bag without depth is
     replayed for rate, latency and outputs; its scores are NaN and the result says ``ground_truth=False``.
     """
-    from stereovoxel_ros.bags.bag_reader import BagError, BagReader
     from stereovoxel_ros.ros.occupancy_parameters import PARAMETERS
-    from stereovoxel_ros.ros.parameter_values import unknown_parameters
 
     unknown = unknown_parameters(parameters or {}, [*PARAMETERS, "use_sim_time"])
     if unknown:
@@ -281,8 +282,6 @@ TOPIC_OPTIONS = ("namespace", "left", "right", "left_info", "right_info", "depth
 
 def run(args: argparse.Namespace) -> int:
     """The ``stereovoxel replay`` command."""
-    from stereovoxel_ros.bags.bag_reader import BagError
-    from stereovoxel_ros.occupancy_predictor import PredictorError
     from stereovoxel_ros.ros.node_main import set_torch_threads
 
     out = (

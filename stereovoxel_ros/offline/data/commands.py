@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import time
 from pathlib import Path
+
+from stereovoxel_ros.bags.topic_discovery import (
+    CLOUD_TYPE,
+    TopicDiscoveryError,
+    discover_stereo_topics,
+    require_topic,
+)
+from stereovoxel_ros.jackal import JackalTopics
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -117,7 +127,6 @@ def _fail(message: str) -> int:
 
 def _prepare_out(out: Path, overwrite: bool) -> str | None:
     """Refuse to mix a new dataset into an existing one unless told; returns an error message or None."""
-    import shutil
 
     if out.exists() and any(out.iterdir()):
         if not any(p.is_file() for p in out.rglob("*")):  # empty folders left by a failed earlier try
@@ -132,7 +141,6 @@ def _prepare_out(out: Path, overwrite: bool) -> str | None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    import time
 
     from stereovoxel_ros.grid_spec import GridSpecError
     from stereovoxel_ros.offline.data.synth_config import SynthWorldError
@@ -175,11 +183,9 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _run_synth_bag(args: argparse.Namespace) -> int:
-    import time
 
     from stereovoxel_ros.bags.bag_reader import BagError
     from stereovoxel_ros.grid_spec import GridSpecError
-    from stereovoxel_ros.jackal import JackalTopics
     from stereovoxel_ros.offline.data.synth_bag import write_synthetic_bag
     from stereovoxel_ros.offline.data.synth_config import SynthWorldError
 
@@ -213,7 +219,6 @@ def _run_synth_bag(args: argparse.Namespace) -> int:
 def _from_bag_topics(args: argparse.Namespace):
     """The extraction topics: the options given, the rest discovered in the bag as ``replay`` does."""
     from stereovoxel_ros.bags.bag_reader import BagReader
-    from stereovoxel_ros.bags.topic_discovery import CLOUD_TYPE, discover_stereo_topics, require_topic
     from stereovoxel_ros.offline.data.from_bag import BagExtractError, BagTopics
 
     with BagReader(args.bag) as reader:
@@ -244,7 +249,6 @@ def _from_bag_topics(args: argparse.Namespace):
 
 def _run_from_bag(args: argparse.Namespace) -> int:
     from stereovoxel_ros.bags.bag_reader import BagError
-    from stereovoxel_ros.bags.topic_discovery import TopicDiscoveryError
     from stereovoxel_ros.grid_spec import GridSpecError, grid_preset
     from stereovoxel_ros.offline.data.from_bag import (
         BagExtractError,

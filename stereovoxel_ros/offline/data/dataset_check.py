@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from stereovoxel_ros.offline.data.dataset_format import (
     SPLITS,
@@ -66,7 +67,6 @@ class DatasetCheck:
 
 def check_dataset(root: str | os.PathLike, progress: bool = True) -> DatasetCheck:
     """Read every sample of ``root``; collect every problem (not only the first) with the file it is in."""
-    from tqdm import tqdm
 
     root = Path(root)
     result = DatasetCheck(root)

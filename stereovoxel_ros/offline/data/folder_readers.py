@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.offline.data.dataset_format import (
@@ -181,7 +182,6 @@ def write_dataset_from_folder(
     layout: str, root: str | os.PathLike, out: str | os.PathLike, grid: VoxelGridSpec, progress: bool = True
 ) -> DatasetManifest:
     """Convert a KITTI 2015 or DrivingStereo folder into the dataset format (split by sequence)."""
-    from tqdm import tqdm
 
     from stereovoxel_ros.offline.data.synth_dataset import split_by_sequence
 

@@ -12,11 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from stereovoxel_ros.bags.bag_reader import BagReader
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.jackal import JackalTopics
+from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy
+from stereovoxel_ros.messages.pointcloud2 import PointCloudError, pointcloud2_to_points
+from stereovoxel_ros.messages.stamps import header_stamp_ns
 from stereovoxel_ros.offline.data.dataset_format import DatasetManifest, DatasetWriter, StereoSample
-from stereovoxel_ros.stereo_camera import StereoCameraModel
+from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
 from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
 from stereovoxel_ros.voxel_grid import depth_to_voxels, points_to_voxels, transform_points
 
@@ -110,7 +116,6 @@ def parse_extrinsics(text: str | None) -> np.ndarray:
 
 def image_to_rgb(msg: Any) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an rgb8/bgr8/rgba8/bgra8/mono8 Image message."""
-    from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy
 
     pixels = image_to_numpy(msg)
     encoding = str(msg.encoding)
@@ -128,7 +133,6 @@ def image_to_rgb(msg: Any) -> np.ndarray:
 
 def depth_image_to_metres(msg: Any) -> np.ndarray:
     """(H, W) float32 depth [m] (0 = unknown) of a 32FC1 [m] or 16UC1 [mm] Image message."""
-    from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy
 
     pixels = image_to_numpy(msg)
     encoding = str(msg.encoding)
@@ -277,11 +281,6 @@ class BagSampleExtractor:
         self.report = ExtractReport()
 
     def samples(self, bag_path: str | os.PathLike, progress: bool = True) -> Iterator[StereoSample]:
-        from tqdm import tqdm
-
-        from stereovoxel_ros.bags.bag_reader import BagReader
-        from stereovoxel_ros.messages.stamps import header_stamp_ns
-        from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
 
         t = self.topics
         history = _InfoHistory()
@@ -369,9 +368,6 @@ class BagSampleExtractor:
         self, pair: _Pending, stamps: list[int], msgs: list[Any], history: _InfoHistory, infos: Any
     ) -> StereoSample | None:
         """The sample of ``pair``: its truth message by stamp and the camera infos of its own stamp."""
-        from stereovoxel_ros.messages.image import ImageEncodingError
-        from stereovoxel_ros.messages.pointcloud2 import PointCloudError, pointcloud2_to_points
-        from stereovoxel_ros.stereo_camera import StereoCameraError
 
         at = bisect.bisect_left(stamps, pair.stamp_ns)
         candidates = [i for i in (at - 1, at) if 0 <= i < len(stamps)]

@@ -8,8 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from stereovoxel_ros.bags.bag_writer import BagWriter
+from stereovoxel_ros.bags.typestore import get_typestore, make_msg
 from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_FRAME, ODOM_FRAME, RIGHT_CAMERA_FRAME, JackalTopics
+from stereovoxel_ros.messages.camera_info import camera_info_from_model
+from stereovoxel_ros.messages.image import numpy_to_image
 from stereovoxel_ros.offline.data.synth_config import SynthConfig
 from stereovoxel_ros.offline.data.synth_sequences import generate_sequence
 from stereovoxel_ros.offline.data.synth_world import SynthFrame
@@ -63,7 +68,6 @@ def static_transforms(config: SynthConfig) -> dict[str, np.ndarray]:
 
 def static_tf_message(config: SynthConfig, stamp_ns: int, typestore=None):
     """The ``tf_static`` TFMessage: base_link -> left and right optical frames of the rig."""
-    from stereovoxel_ros.bags.typestore import make_msg
 
     transforms = [
         _transform_stamped(make_msg, BASE_FRAME, child, matrix, stamp_ns)
@@ -74,9 +78,6 @@ def static_tf_message(config: SynthConfig, stamp_ns: int, typestore=None):
 
 def frame_messages(frame: SynthFrame, topics: JackalTopics, typestore=None) -> list[tuple[str, str, Any]]:
     """The (topic, msgtype, rosbags message) of one frame, in the order they are written."""
-    from stereovoxel_ros.bags.typestore import get_typestore, make_msg
-    from stereovoxel_ros.messages.camera_info import camera_info_from_model
-    from stereovoxel_ros.messages.image import numpy_to_image
 
     store = typestore or get_typestore()
     image_cls, info_cls = store.types[IMAGE], store.types[CAMERA_INFO]
@@ -143,10 +144,6 @@ def write_synthetic_bag(
     ``tf_static`` (base_link -> left/right optical frames, once at the start). Receive time = header stamp.
     The bag appears at ``path`` only when complete.
     """
-    from tqdm import tqdm
-
-    from stereovoxel_ros.bags.bag_writer import BagWriter
-    from stereovoxel_ros.bags.typestore import get_typestore
 
     config = config or SynthConfig()
     topics = topics or JackalTopics()

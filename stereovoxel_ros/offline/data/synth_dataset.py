@@ -10,8 +10,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from tqdm import tqdm
+
+from stereovoxel_ros.atomic_file import write_json_atomic
 from stereovoxel_ros.grid_spec import VoxelGridSpec
-from stereovoxel_ros.offline.data.dataset_format import DatasetManifest, DatasetWriter, split_ids
+from stereovoxel_ros.offline.data.dataset_format import (
+    DatasetError,
+    DatasetManifest,
+    DatasetWriter,
+    read_sample,
+    split_ids,
+)
 from stereovoxel_ros.offline.data.domain_randomization import (
     DomainRandomization,
     randomized_frames,
@@ -56,7 +65,6 @@ RUN_FILE = "synth_run.json"  # the options of a run in progress, so an interrupt
 
 def resumable_samples(out: str | os.PathLike, run: dict, grid: VoxelGridSpec) -> int:
     """How many leading samples of an interrupted run in ``out`` can be kept (0: none, or other options)."""
-    from stereovoxel_ros.offline.data.dataset_format import DatasetError, read_sample
 
     out = Path(out)
     try:
@@ -90,9 +98,6 @@ def write_synthetic_dataset(
     with the same options are kept and only the rest is rendered. With ``randomization``, the worlds are the
     domain-randomised training worlds of ``seed`` (as the training stream renders them).
     """
-    from tqdm import tqdm
-
-    from stereovoxel_ros.atomic_file import write_json_atomic
 
     run = {"seed": seed, "frames": num_frames, "config": synth_config_to_dict(config)}
     if randomization is not None:

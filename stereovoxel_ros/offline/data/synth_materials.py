@@ -4,6 +4,7 @@ and the sun-and-sky lighting."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,6 @@ _TEXTURE_SIZE = 256
 def photo_texture(file_name: str, size: int) -> np.ndarray | None:
     """A tileable grey (size, size) texture in [0, 1] from a scikit-image sample photo, or None if the photo
     is not installed. The centre crop is mirrored into a 2x2 tile so that it wraps without seams."""
-    import importlib.util
 
     import cv2
 

@@ -18,6 +18,7 @@ import torch
 from stereovoxel_ros.grid_spec import DEFAULT_GRID, VoxelGridSpec
 from stereovoxel_ros.offline.data.domain_randomization import DomainRandomization, randomized_sequence
 from stereovoxel_ros.offline.data.synth_config import SynthConfig
+from stereovoxel_ros.offline.train.tasks import prepare_sample, training_batch
 
 
 class SynthStreamError(ValueError):
@@ -72,7 +73,6 @@ class _WorldSamples(torch.utils.data.IterableDataset):
         self.config, self.base, self.worlds, self.size, self.depth = config, base, worlds, size, depth
 
     def __iter__(self) -> Iterator[tuple]:
-        from stereovoxel_ros.offline.train.tasks import prepare_sample
 
         info = torch.utils.data.get_worker_info()
         mine = self.worlds if info is None else self.worlds[info.id :: info.num_workers]
@@ -152,7 +152,6 @@ class StreamingStereoSet:
     def batch(
         self, indices: np.ndarray, augment: bool = False, rng: np.random.Generator | None = None
     ) -> dict:
-        from stereovoxel_ros.offline.train.tasks import training_batch
 
         items = [self._next_sample() for _ in range(len(indices))]
         left, right, packed, camera, depth = zip(*items)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stereovoxel_ros.occupancy_scoring import LABEL_CLASS_STRIDE, OBJECT_CLASSES
+from stereovoxel_ros.offline.data.dataset_format import StereoSample
 from stereovoxel_ros.offline.data.synth_config import SynthConfig, SynthWorldError
 from stereovoxel_ros.offline.data.synth_layout import ground_plane, random_obstacles
 from stereovoxel_ros.offline.data.synth_materials import TEXTURE_NAMES, Lighting, sample_texture
@@ -73,7 +74,6 @@ class SynthFrame:
 
     def to_sample(self, sequence: str = ""):
         """This frame as a dataset ``StereoSample`` (boxes, classes, pose and twist in ``extras``)."""
-        from stereovoxel_ros.offline.data.dataset_format import StereoSample
 
         return StereoSample(
             left=self.left,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from stereovoxel_ros.offline.detection.patch_attack import (
     AttackConfig,
@@ -108,7 +109,6 @@ def optimize_adaptive_patch(
     """The defense-aware patch on ``images`` (N, 3, h, w) [0, 1] with target ``boxes`` (N, 4) [input px];
     ``defenses`` are ``PatchDefendedDetector``s (the first one's config and region model give the surrogate).
     Returns (patch (p, p, 3) uint8, per step {hide, evade, filled_share})."""
-    from tqdm import tqdm
 
     if images.ndim != 4 or len(images) != len(boxes) or len(images) == 0 or not defenses:
         raise PatchAttackError("the adaptive attack needs N images, N boxes and at least one defense")

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from stereovoxel_ros.models.anchor_free_detector import Detections
 
@@ -56,8 +58,6 @@ def evaluate_map(
     ``targets[i]`` = (boxes (N, 4) xyxy px, labels (N,)) of the image ``predictions[i]`` was made on.
     With no ground truth at all the metrics are NaN; with ground truth but no predictions they are 0.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     if len(predictions) != len(targets):
         raise EvaluationError(f"{len(predictions)} prediction sets for {len(targets)} ground-truth images")

@@ -10,6 +10,7 @@ import importlib
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from stereovoxel_ros.user_errors import recorded_command
@@ -183,7 +184,6 @@ def _load_frames(args: argparse.Namespace, split: str, val: bool = False) -> tup
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
 
     from stereovoxel_ros.models.anchor_free_detector import (
         AnchorFreeDetector,

@@ -24,8 +24,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from stereovoxel_ros.patch_defense import NEUTRALIZE_MODES
+from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
+from stereovoxel_ros.models.anchor_free_detector import PatchDetectorError, box_iou_matrix, preprocess_images
+from stereovoxel_ros.offline.detection.coco_evaluation import evaluate_map
+from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
+from stereovoxel_ros.offline.detection.gradient_smoothing import local_gradient_smoothing
+from stereovoxel_ros.offline.detection.patch_attack import (
+    AttackConfig,
+    PatchAttackError,
+    add_patch_placement_args,
+    attack_frames,
+    choose_targets,
+    follow_target,
+    load_detector_for_cli,
+    optimize_patch,
+    paste_patch,
+    patch_box,
+    read_patch_png,
+    write_patch_png,
+)
+from stereovoxel_ros.patch_defense import NEUTRALIZE_MODES, PatchDefendedDetector, PatchDefenseConfig
 
 # Patch coverage of a region counts as a detection of the patch from this share of the patch area on.
 REGION_HIT_COVERAGE = 0.5
@@ -34,7 +54,6 @@ TARGETS = {"defended_over_clean_map50": 0.8, "clean_map_drop_points": 2.0, "amor
 
 def register_eval_defense(detector_subparsers: argparse._SubParsersAction) -> None:
     """Add ``stereovoxel detector eval-defense``."""
-    from stereovoxel_ros.offline.detection.patch_attack import add_patch_placement_args
 
     p = detector_subparsers.add_parser(
         "eval-defense",
@@ -69,7 +88,6 @@ def register_eval_defense(detector_subparsers: argparse._SubParsersAction) -> No
 # ------------------------------------------------------------------------------------------------ metrics
 def target_detected(det: Any, box: np.ndarray, label: int, iou: float = 0.5) -> bool:
     """Whether ``det`` has a box of class ``label`` with IoU >= ``iou`` with ``box``."""
-    from stereovoxel_ros.models.anchor_free_detector import box_iou_matrix
 
     sel = np.asarray(det.labels) == label
     if not sel.any():
@@ -116,11 +134,6 @@ def score_methods(
     """mAP, target recall, attack success and (Themis) region P/R for every method on clean and attacked.
 
     ``targets[i]`` are the attacked objects of image i and ``patch_boxes[i]`` (k, 4) their patches."""
-    from tqdm import tqdm
-
-    from stereovoxel_ros.offline.detection.coco_evaluation import evaluate_map
-    from stereovoxel_ros.offline.detection.gradient_smoothing import local_gradient_smoothing
-    from stereovoxel_ros.patch_defense import PatchDefendedDetector
 
     defended = PatchDefendedDetector(model, None, replace(defense_config, temporal_reuse=False))
     results: dict[str, Any] = {}
@@ -188,10 +201,6 @@ def tune_defense(
     mAP50 among those whose clean mAP50 drops by at most ``max_clean_drop`` (within ``map_tie``: the fewest
     alerts on clean frames, then the fewest candidates -- the highest concentration threshold); returns
     (config, grid rows)."""
-    from tqdm import tqdm
-
-    from stereovoxel_ros.offline.detection.coco_evaluation import evaluate_map
-    from stereovoxel_ros.patch_defense import PatchDefendedDetector
 
     plain = PatchDefendedDetector(model, None, base)
     clean_map50 = evaluate_map([plain.detect(im) for im in clean], gts, class_names).map50
@@ -236,9 +245,6 @@ def latency_rows(
 ) -> list[dict[str, Any]]:
     """Per video: mean/median per-frame latency [ms] of detection alone, the defense without reuse and with
     reuse (all measured here, interleaved frame by frame), overheads [%] and the reuse counters."""
-    from tqdm import tqdm
-
-    from stereovoxel_ros.patch_defense import PatchDefendedDetector
 
     rows = []
     for name, frames in videos.items():
@@ -299,7 +305,6 @@ def render_videos(seed: int, num_frames: int, size: tuple[int, int]) -> dict[str
 def attack_video(video: Sequence[dict[str, Any]], patch: np.ndarray, size_share: float) -> list[np.ndarray]:
     """The video with the patch printed on one object (``follow_target``: it stays on that object while it is in
     view); frames without a large enough object are unchanged."""
-    from stereovoxel_ros.offline.detection.patch_attack import follow_target, paste_patch, patch_box
 
     class _F:
         def __init__(self, d: dict[str, Any]) -> None:
@@ -376,8 +381,6 @@ def _plot(path: Path, results: dict[str, Any], latency: Sequence[dict[str, Any]]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import save_figure_atomic
-
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     methods = [m for m in ("none", "themis", "lgs") if f"{m}/clean" in results]
     x = np.arange(len(methods))
@@ -407,7 +410,6 @@ def _plot(path: Path, results: dict[str, Any], latency: Sequence[dict[str, Any]]
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    from stereovoxel_ros.atomic_file import write_text_atomic
 
     buf = io.StringIO()
     keys = list(dict.fromkeys(k for row in rows for k in row))
@@ -419,20 +421,6 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 # ------------------------------------------------------------------------------------------------- run
 def run_eval_defense(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.atomic_file import write_json_atomic
-    from stereovoxel_ros.models.anchor_free_detector import PatchDetectorError, preprocess_images
-    from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
-    from stereovoxel_ros.offline.detection.patch_attack import (
-        AttackConfig,
-        PatchAttackError,
-        attack_frames,
-        choose_targets,
-        load_detector_for_cli,
-        optimize_patch,
-        read_patch_png,
-        write_patch_png,
-    )
-    from stereovoxel_ros.patch_defense import PatchDefenseConfig
 
     torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()

@@ -32,6 +32,35 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic
+from stereovoxel_ros.models.anchor_free_detector import (
+    Detections,
+    PatchDetectorError,
+    box_iou_matrix,
+    preprocess_images,
+)
+from stereovoxel_ros.offline.detection.adaptive_attack import optimize_adaptive_patch
+from stereovoxel_ros.offline.detection.coco_evaluation import evaluate_map
+from stereovoxel_ros.offline.detection.defense_evaluation import (
+    _write_csv,
+    attack_video,
+    latency_rows,
+    render_videos,
+    target_detected,
+)
+from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
+from stereovoxel_ros.offline.detection.gradient_smoothing import local_gradient_smoothing
+from stereovoxel_ros.offline.detection.patch_attack import (
+    AttackConfig,
+    PatchAttackError,
+    attack_frames,
+    choose_targets,
+    load_detector_for_cli,
+    optimize_patch,
+)
+from stereovoxel_ros.patch_defense import PatchDefendedDetector, PatchDefenseConfig, PatchDefenseError
 
 METHODS = ("none", "lgs", "themis", "themis_learned")
 THEMIS = ("themis", "themis_learned")
@@ -41,7 +70,6 @@ TARGETS = {"attacked_over_clean_map50": 0.8, "adaptive_over_clean_map50": 0.6, "
 
 def defense_configs() -> dict[str, Any]:
     """The two Themis variants' configs (per-frame scoring: no temporal reuse)."""
-    from stereovoxel_ros.patch_defense import PatchDefenseConfig
 
     base = PatchDefenseConfig(temporal_reuse=False)
     learned = replace(base, region_detector="learned", texture_scales=(1, 2, 4), min_evidence=0.2)
@@ -54,8 +82,6 @@ def attacked_object_ap50(
 ) -> float:  # fmt: skip
     """AP50 with only the attacked objects as ground truth; detections that match (same class, IoU >= 0.5)
     another labelled object are dropped, so they count neither for nor against."""
-    from stereovoxel_ros.models.anchor_free_detector import Detections, box_iou_matrix
-    from stereovoxel_ros.offline.detection.coco_evaluation import evaluate_map
 
     kept, truth = [], []
     for det, (boxes, labels), ts in zip(preds, gts, targets):
@@ -79,7 +105,6 @@ def attacked_object_ap50(
 
 def run_method(method: str, detectors: dict[str, Any], images: Sequence[np.ndarray]) -> tuple[list, list]:
     """(detections, alerts) of ``method`` on every image, each image alone."""
-    from stereovoxel_ros.offline.detection.gradient_smoothing import local_gradient_smoothing
 
     preds, alerts = [], []
     for img in images:
@@ -101,8 +126,6 @@ def score_condition(
     class_names: Sequence[str], clean_hits: dict[str, list[bool]] | None,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Per method: per test set mAP50, attacked-object AP50, target hits, attack success rate, alert rate."""
-    from stereovoxel_ros.offline.detection.coco_evaluation import evaluate_map
-    from stereovoxel_ros.offline.detection.defense_evaluation import target_detected
 
     out: dict[str, dict[str, Any]] = {}
     for method in METHODS:
@@ -131,9 +154,6 @@ def video_alerts(model: Any, seed: int, sets: int, frames: int, size: tuple[int,
     """Clean videos through each Themis variant with temporal reuse: ``sets`` moving-robot sequences of the
     test frames' kind of world (``render_synthetic_frames``, one world each) and ``sets`` static-camera videos
     (``render_videos``); share of frames alerted and share of videos with any alert."""
-    from stereovoxel_ros.offline.detection.defense_evaluation import render_videos
-    from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
-    from stereovoxel_ros.patch_defense import PatchDefendedDetector
 
     moving = render_synthetic_frames(frames * sets, seed=seed, size=size, sequence_length=frames)
     videos = [[{"image": f.image} for f in moving[k * frames : (k + 1) * frames]] for k in range(sets)]
@@ -214,8 +234,6 @@ def _plot(path: Path, report: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import save_figure_atomic
-
     keys = list(report["sweep"]) + list(report["adaptive"])
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(keys)), 4))
     x = np.arange(len(keys))
@@ -259,27 +277,6 @@ def register_defense_report(detector_subparsers: argparse._SubParsersAction) -> 
 
 
 def run_defense_report(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from stereovoxel_ros.atomic_file import write_json_atomic
-    from stereovoxel_ros.models.anchor_free_detector import PatchDetectorError, preprocess_images
-    from stereovoxel_ros.offline.detection.adaptive_attack import optimize_adaptive_patch
-    from stereovoxel_ros.offline.detection.defense_evaluation import (
-        _write_csv,
-        attack_video,
-        latency_rows,
-        render_videos,
-    )
-    from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
-    from stereovoxel_ros.offline.detection.patch_attack import (
-        AttackConfig,
-        PatchAttackError,
-        attack_frames,
-        choose_targets,
-        load_detector_for_cli,
-        optimize_patch,
-    )
-    from stereovoxel_ros.patch_defense import PatchDefendedDetector, PatchDefenseError
 
     torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()

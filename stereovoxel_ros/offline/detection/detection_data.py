@@ -3,6 +3,8 @@ torch ``Dataset`` that resizes, augments and builds centre-heatmap / ltrb target
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -12,8 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pycocotools.coco import COCO
+from tqdm import tqdm
 
+from stereovoxel_ros.atomic_file import write_json_atomic
 from stereovoxel_ros.models.anchor_free_detector import DETECTOR_CLASS_NAMES, DetectorConfig
+from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples
 
 
 class DetectionDataError(ValueError):
@@ -70,7 +76,6 @@ def render_synthetic_frames(
     Short sequences (``sequence_length`` frames per world) give many different worlds. ``size`` = (w, h);
     the renderer needs ``2 * w * h`` to be a multiple of 1024 (e.g. 320x192, 640x360).
     """
-    from tqdm import tqdm
 
     from stereovoxel_ros.offline.data.synth_config import SynthConfig
     from stereovoxel_ros.offline.data.synth_sequences import generate_frames
@@ -97,7 +102,6 @@ def read_dataset_frames(
     roots: str | os.PathLike | Iterable[str | os.PathLike], split: str = "all"
 ) -> list[DetectionFrame]:
     """Left images with ``extras["boxes"]`` / ``extras["classes"]`` from stereovoxel dataset directories."""
-    from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples
 
     roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
     frames: list[DetectionFrame] = []
@@ -141,11 +145,8 @@ def read_coco_frames(
     ``category_map`` maps COCO category names to ``class_names``; unmapped categories and crowd boxes
     are dropped. Images are kept even when they have no mapped boxes (negatives).
     """
-    import contextlib
-    import io
 
     import cv2
-    from pycocotools.coco import COCO
 
     images_dir, annotations = Path(images_dir), Path(annotations)
     if not annotations.is_file():
@@ -193,8 +194,6 @@ def write_coco_dataset(
 ) -> Path:
     """Write frames as a COCO-format dataset (``out/images/*.png`` + ``out/instances.json``); returns the json."""
     import cv2
-
-    from stereovoxel_ros.atomic_file import write_json_atomic
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from stereovoxel_ros.atomic_file import atomic_write, save_figure_atomic, write_json_atomic, write_text_atomic
 from stereovoxel_ros.models.anchor_free_detector import (
@@ -23,6 +25,7 @@ from stereovoxel_ros.models.anchor_free_detector import (
     Detections,
     DetectorHeads,
     decode_detections,
+    preprocess_images,
     save_detector,
 )
 from stereovoxel_ros.offline.detection.coco_evaluation import MapResult, evaluate_map
@@ -143,7 +146,6 @@ def predict_frames(
     max_detections: int = 100,
 ) -> list[Detections]:
     """Detections for frames (any size) in their own pixel coordinates."""
-    from stereovoxel_ros.models.anchor_free_detector import preprocess_images
 
     was_training = model.training
     model.eval()
@@ -214,7 +216,6 @@ def _write_metrics(out_dir: Path, history: list[dict[str, float]]) -> None:
 
 def run_info() -> dict[str, Any]:
     """Versions recorded next to checkpoints."""
-    import numpy
 
     return {
         "python": platform.python_version(),
@@ -272,7 +273,6 @@ def train_detector(
     elif resume:
         print(f"nothing to resume in {out_dir}; starting fresh")
     meta = {**(meta or {}), **run_info(), "train_config": asdict(config)}
-    from tqdm import tqdm
 
     start = time.monotonic() - elapsed0
     best_val: MapResult | None = None

@@ -25,8 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import atomic_write
+from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic
+from stereovoxel_ros.models.anchor_free_detector import (
+    PatchDetectorError,
+    box_iou_matrix,
+    default_detector_checkpoint,
+    load_detector,
+    preprocess_images,
+)
+from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
 
 ATTACK_MODES = ("hide", "create")
 PLACEMENTS = (
@@ -110,7 +119,6 @@ def follow_target(frames: Sequence[Any], min_side: float = 14.0, min_iou: float 
     the same class that overlaps its last box most (IoU >= ``min_iou``). When that object leaves the view (or
     shrinks below ``min_side``), the patch goes to the then-largest object. A patch does not jump between
     objects from frame to frame, as "the largest object of each frame" would make it."""
-    from stereovoxel_ros.models.anchor_free_detector import box_iou_matrix
 
     per_frame: dict[int, list[AttackTarget]] = {}
     for t in choose_targets(frames, min_side, per_frame="all"):
@@ -239,7 +247,6 @@ def optimize_patch(
 ) -> tuple[np.ndarray, list[float]]:
     """Optimise a patch on ``images`` (N, 3, h, w) in [0, 1] at the detector input size with target
     ``boxes`` (N, 4) [input px]. Returns (patch (p, p, 3) uint8, loss per step)."""
-    from tqdm import tqdm
 
     if images.ndim != 4 or len(images) != len(boxes) or len(images) == 0:
         raise PatchAttackError(
@@ -273,7 +280,6 @@ def optimize_patch(
 
 def target_score(model: Any, image: np.ndarray, box: np.ndarray, input_size: tuple[int, int]) -> float:
     """The detector's best class score (sigmoid) inside ``box`` [px of ``image``]."""
-    from stereovoxel_ros.models.anchor_free_detector import preprocess_images
 
     x = preprocess_images(image, input_size)
     scale = np.array([input_size[0] / image.shape[1], input_size[1] / image.shape[0]] * 2, np.float32)
@@ -437,7 +443,6 @@ def read_patch_png(path: str | Path) -> np.ndarray:
 
 def load_detector_for_cli(checkpoint: str | None) -> tuple[Any, Any, Path]:
     """(model, config, path) of ``checkpoint`` or the shipped detector; a clear error when there is none."""
-    from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
 
     path = Path(checkpoint) if checkpoint else default_detector_checkpoint()
     model, config, _ = load_detector(path)
@@ -445,9 +450,6 @@ def load_detector_for_cli(checkpoint: str | None) -> tuple[Any, Any, Path]:
 
 
 def run_attack(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.atomic_file import write_json_atomic
-    from stereovoxel_ros.models.anchor_free_detector import PatchDetectorError, preprocess_images
-    from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
 
     torch.set_num_threads(max(1, args.threads))
     try:

@@ -22,8 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from stereovoxel_ros.atomic_file import write_json_atomic
+from stereovoxel_ros.models.anchor_free_detector import PatchDetectorError, preprocess_images
+from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
+from stereovoxel_ros.offline.detection.patch_attack import (
+    PLACEMENTS,
+    choose_targets,
+    load_detector_for_cli,
+    paste_patch,
+    patch_box,
+)
 from stereovoxel_ros.patch_defense_config import STEM_STRIDE
 from stereovoxel_ros.patch_region_model import (
     PatchRegionNet,
@@ -68,12 +78,6 @@ def patched_training_frames(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per frame: (image with random-texel patches on up to ``patches_per_frame`` objects, patch boxes (k, 4)).
     Frames without a large enough object stay clean (negatives)."""
-    from stereovoxel_ros.offline.detection.patch_attack import (
-        PLACEMENTS,
-        choose_targets,
-        paste_patch,
-        patch_box,
-    )
 
     by_frame: dict[int, list[Any]] = {}
     for t in choose_targets(frames, 14.0, "all"):
@@ -106,7 +110,6 @@ def cell_targets(boxes: np.ndarray, stem_shape: tuple[int, int], image_size: tup
 
 def stem_z(model: Any, image: np.ndarray, input_size: tuple[int, int]) -> torch.Tensor:
     """(1, C, h, w) robust z-scores of the detector's stem features on ``image`` (frame statistics)."""
-    from stereovoxel_ros.models.anchor_free_detector import preprocess_images
 
     with torch.no_grad():
         shallow = model.stem_features(preprocess_images(image, input_size))
@@ -118,7 +121,6 @@ def train_region_model(
     detector: Any, frames: Sequence[Any], config: RegionTrainConfig, progress: bool = True
 ) -> tuple[PatchRegionNet, dict[str, Any]]:
     """Train the region net on patched copies of ``frames``; returns (model, training record)."""
-    from tqdm import tqdm
 
     rng = np.random.default_rng(config.seed)
     input_size = detector.config.input_size
@@ -175,9 +177,6 @@ def register_train_regions(detector_subparsers: argparse._SubParsersAction) -> N
 
 
 def run_train_regions(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.models.anchor_free_detector import PatchDetectorError
-    from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
-    from stereovoxel_ros.offline.detection.patch_attack import load_detector_for_cli
 
     torch.set_num_threads(max(1, args.threads))
     if args.frames < 1 or args.epochs < 1:

@@ -7,14 +7,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from stereovoxel_ros.atomic_file import write_json_atomic
+from stereovoxel_ros.occupancy_predictor import PredictorError
 from stereovoxel_ros.offline.eval.commands import _clean, _named_checkpoints, build_predictors, scoring_config
 
 
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from stereovoxel_ros.atomic_file import write_json_atomic
-    from stereovoxel_ros.occupancy_predictor import PredictorError
     from stereovoxel_ros.offline.eval.occupancy_bench import bench_octree, bench_pipelines, load_frames
     from stereovoxel_ros.offline.eval.occupancy_eval import format_table
 

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
+from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples, read_manifest
+from stereovoxel_ros.offline.eval.commands import parse_options, scoring_arguments, scoring_config
 from stereovoxel_ros.user_errors import recorded_command
 
 SEARCH_SPACE: dict[str, list[Any]] = {
@@ -116,10 +119,7 @@ def coordinate_descent(
 def run(args: argparse.Namespace) -> int:
     import cv2
 
-    from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
     from stereovoxel_ros.classic_stereo import ClassicStereoConfig, ClassicStereoError
-    from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples, read_manifest
-    from stereovoxel_ros.offline.eval.commands import parse_options, scoring_config
     from stereovoxel_ros.offline.eval.occupancy_eval import format_table
 
     cv2.setNumThreads(max(1, args.threads))
@@ -184,7 +184,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any, name: str, help: str) -> None:
-    from stereovoxel_ros.offline.eval.commands import scoring_arguments
 
     p = subparsers.add_parser(
         name,

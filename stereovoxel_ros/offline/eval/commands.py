@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from stereovoxel_ros.atomic_file import write_json_atomic
 from stereovoxel_ros.jackal import CAMERA_HEIGHT_M, OBSTACLE_MIN_HEIGHT_M
 from stereovoxel_ros.user_errors import recorded_command
 
@@ -260,7 +261,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args, manifests, grid, methods, config) -> int:
-    from stereovoxel_ros.atomic_file import write_json_atomic
     from stereovoxel_ros.occupancy_scoring import depth_error_table
     from stereovoxel_ros.offline.eval.occupancy_eval import (
         HEADLINE_COLUMNS,

@@ -22,11 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.models.matching_cost import pixel_matching_cost
 from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNet, image_to_input, sampled_cost_volume
+from stereovoxel_ros.occupancy_predictor import PredictorError, StereoVoxelNetPredictor
 from stereovoxel_ros.occupancy_scoring import ScoringConfig
+from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples, read_manifest
+from stereovoxel_ros.offline.eval.commands import scoring_arguments, scoring_config
 
 RANGE_BANDS_M = (0.0, 4.0, 8.0, 13.0)
 SOURCES = ("feature correlation", "pixel NCC", "depth head")
@@ -126,10 +130,6 @@ def count_frame_hits(
 
 def cost_hits(checkpoint: Path, dataset: Path, frames: int, config: ScoringConfig) -> HitCounts:
     """Hit counts of ``checkpoint`` on the first ``frames`` frames of ``dataset``."""
-    from tqdm import tqdm
-
-    from stereovoxel_ros.occupancy_predictor import StereoVoxelNetPredictor
-    from stereovoxel_ros.offline.data.dataset_format import iter_samples, read_manifest
 
     grid = read_manifest(dataset).grid
     predictor = StereoVoxelNetPredictor(checkpoint, grid)
@@ -163,7 +163,6 @@ def format_hits(counts: HitCounts) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
-    from stereovoxel_ros.offline.eval.commands import scoring_arguments
 
     p = subparsers.add_parser(name, help=help, description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="StereoVoxelNet checkpoint")
@@ -175,9 +174,6 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
 
 
 def run_cost_hits(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.occupancy_predictor import PredictorError
-    from stereovoxel_ros.offline.data.dataset_format import DatasetError
-    from stereovoxel_ros.offline.eval.commands import scoring_config
 
     if args.frames < 1:
         print(f"stereovoxel cost-hits: --frames must be >= 1, got {args.frames}", file=sys.stderr)

@@ -22,11 +22,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic
+from stereovoxel_ros.offline.eval.commands import ALL_IN_ONE_CHECKPOINT
+
 SPREAD_TARGET = 4.0  # issue 23: switching cuts the spread of latency across frequencies by >= 4x
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
-    from stereovoxel_ros.offline.eval.commands import ALL_IN_ONE_CHECKPOINT
 
     p = subparsers.add_parser(name, help=help, description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", nargs="?", default=str(ALL_IN_ONE_CHECKPOINT), help="All-in-One checkpoint")
@@ -144,8 +146,6 @@ def plot_dvfs(path: Path, result: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import save_figure_atomic
-
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for mode in ("fixed", "switching"):
         ax.plot([x for v in result["levels"].values() for x in v[f"{mode}_ms"]], lw=1, label=mode)
@@ -175,7 +175,6 @@ def _one_thread() -> Iterator[None]:
 
 
 def run_dvfs(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.atomic_file import write_json_atomic
     from stereovoxel_ros.occupancy_predictor import PredictorError, make_predictor
     from stereovoxel_ros.offline.data.dataset_format import DatasetError
     from stereovoxel_ros.offline.eval.occupancy_bench import load_frames

@@ -17,16 +17,20 @@ searched too (first in each round), over a threshold and a range. The result goe
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from stereovoxel_ros.occupancy_predictor import NearLowThreshold
+from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic
+from stereovoxel_ros.occupancy_predictor import NearLowThreshold, PredictorError, make_predictor
 from stereovoxel_ros.occupancy_scoring import (
     OccupancyScorer,
     ScoringConfig,
@@ -35,7 +39,8 @@ from stereovoxel_ros.occupancy_scoring import (
     truth_grid,
 )
 from stereovoxel_ros.octree_decoder import probability_logit
-from stereovoxel_ros.offline.data.dataset_format import iter_samples, read_manifest
+from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples, read_manifest
+from stereovoxel_ros.offline.eval.commands import scoring_arguments, scoring_config
 
 GATE_CANDIDATES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -90,7 +95,6 @@ def gated_probabilities(levels: list[torch.Tensor], gates: tuple[float, ...]) ->
 
 
 def _collect(predictor, roots: list[str], config: ScoringConfig, limit: int | None) -> list[_Frame]:
-    from tqdm import tqdm
 
     frames = []
     for root in roots:
@@ -142,7 +146,6 @@ def calibrate(
 ) -> Calibration:
     """Coordinate ascent over the near-low-layer cut and range, the threshold and each level's gate on the
     tuning sets ``roots``."""
-    from stereovoxel_ros.occupancy_predictor import make_predictor
 
     config = config or ScoringConfig()
     grid = read_manifest(roots[0]).grid
@@ -206,9 +209,6 @@ def write_calibration(
 ) -> None:
     """Copy ``checkpoint`` to ``out`` (atomically; may be the same path) with the calibration in its metadata
     and in its JSON card beside it, if there is one."""
-    import json
-
-    from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic
 
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
     payload.setdefault("meta", {})["calibration"] = calibration.to_meta()
@@ -229,7 +229,6 @@ __all__ = ["Calibration", "CalibrationError", "calibrate", "gated_probabilities"
 
 
 def register(subparsers, name: str, help: str) -> None:
-    from stereovoxel_ros.offline.eval.commands import scoring_arguments
 
     p = subparsers.add_parser(
         name,
@@ -255,13 +254,6 @@ def register(subparsers, name: str, help: str) -> None:
 
 
 def run_calibrate(args) -> int:
-    import sys
-
-    import torch
-
-    from stereovoxel_ros.occupancy_predictor import PredictorError
-    from stereovoxel_ros.offline.data.dataset_format import DatasetError
-    from stereovoxel_ros.offline.eval.commands import scoring_config
 
     torch.set_num_threads(max(1, args.threads))
     try:

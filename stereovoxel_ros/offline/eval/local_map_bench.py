@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -207,7 +207,6 @@ def _covered(frame: DynamicFrame, points_xy: np.ndarray) -> np.ndarray:
 
 def replace_present(state: Any) -> Any:
     """The state of a dynamic object as if it were present (its footprint where it stood)."""
-    from dataclasses import replace
 
     return replace(state, present=True)
 

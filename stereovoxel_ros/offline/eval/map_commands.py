@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
+from stereovoxel_ros.offline.eval.commands import parse_options
 from stereovoxel_ros.user_errors import recorded_command
 
 METHODS = ("classic", "stereovoxelnet", "oracle_1px", "ground_truth")
@@ -68,7 +70,6 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
 
 def _map_configs(args: argparse.Namespace, resolution_m: float) -> dict[str, Any]:
     from stereovoxel_ros.local_map import LocalMapConfig
-    from stereovoxel_ros.offline.eval.commands import parse_options
 
     options = parse_options(args.map, "--map")
     known = set(LocalMapConfig.__dataclass_fields__)
@@ -117,7 +118,6 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
     from stereovoxel_ros.occupancy_scoring import ScoringConfig
     from stereovoxel_ros.offline.data.synth_config import SynthConfig
     from stereovoxel_ros.offline.data.synth_dynamic import DynamicScenario, generate_dynamic_sequence
@@ -292,7 +292,6 @@ def plot_report(path: Path, per_seed: dict[int, dict[str, Any]], rate_hz: float)
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from stereovoxel_ros.atomic_file import save_figure_atomic
     from stereovoxel_ros.offline.eval.local_map_bench import NATIVE, PER_FRAME
 
     across = across_seeds(per_seed)

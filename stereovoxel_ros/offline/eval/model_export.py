@@ -10,6 +10,7 @@ import torch
 
 from stereovoxel_ros.models.stereovoxelnet import DenseOccupancy, StereoVoxelNet
 from stereovoxel_ros.offline.export_files import save_onnx, save_torchscript
+from stereovoxel_ros.stereo_camera import ZED2_640x360
 
 ONNX_OPSET = 20  # GridSample on 5D inputs (the frustum lookup) needs opset 20
 INPUT_NAMES = ("left", "right", "camera")
@@ -27,7 +28,6 @@ class ExportCheck:
 
 def example_inputs(model: StereoVoxelNet, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A random stereo pair and a ZED-2-like camera at the model's input size."""
-    from stereovoxel_ros.stereo_camera import ZED2_640x360
 
     w, h = model.config.input_size
     gen = torch.Generator().manual_seed(seed)

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.metrics import voxel_iou
+from stereovoxel_ros.occupancy_predictor import StereoVoxelNetPredictor
 from stereovoxel_ros.offline.data.dataset_format import StereoSample
 
 
@@ -109,7 +110,6 @@ def bench_octree(
     model, frames: Frames, repeats: int, thresholds=(0.5,), exit_levels=(None, 2, 1)
 ) -> list[dict]:
     """Decoder-only work and latency, pruned vs dense, with IoU against ground truth and agreement with dense."""
-    from stereovoxel_ros.occupancy_predictor import StereoVoxelNetPredictor
 
     assert isinstance(model, StereoVoxelNetPredictor)
     net = model.model

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from stereovoxel_ros.atomic_file import save_figure_atomic
 from stereovoxel_ros.grid_spec import VoxelGridSpec
 from stereovoxel_ros.occupancy_predictor import OccupancyResult, PredictorError, check_stereo_images
 from stereovoxel_ros.occupancy_scoring import (
@@ -123,7 +125,6 @@ def evaluate_methods(
     progress: bool = True,
 ) -> tuple[list[MethodResult], list[FrameExample]]:
     """Score every method on every sample of one dataset split; keeps the first frame of ``examples`` worlds."""
-    from tqdm import tqdm
 
     config = config or ScoringConfig()
     grid = read_manifest(root).grid
@@ -241,8 +242,6 @@ def plot_bands(path: Path, summaries: dict[str, dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import save_figure_atomic
-
     keys = [("f1_tol", "F1 (±1 cell)"), ("recall_tol", "recall (±1 cell)"),
             ("precision_tol", "precision (±1 cell)"), ("false_free", "false obstacles in seen-free space")]  # fmt: skip
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8))
@@ -272,8 +271,6 @@ def plot_example(path: Path, example: FrameExample, grid: VoxelGridSpec, config:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
-
-    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     cmap = ListedColormap(["0.7", "white", "black"])
     truth = obstacle_map(example.truth, grid, config)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from stereovoxel_ros.atomic_file import save_figure_atomic
+from stereovoxel_ros.occupancy_predictor import make_predictor
 from stereovoxel_ros.offline.eval.occupancy_bench import Frames
 
 F1_DROP_TARGETS = {0.25: 0.02, 0.5: 0.05}  # issue 23: F1 0-6 m drop at ratio 0.25 / 0.5
@@ -57,7 +59,6 @@ def pruning_variants(
     dense: Any, all_in_one: str, baselines: list[tuple[str, str]], grid: Any, threshold: float | None
 ) -> list[Variant]:
     """The dense predictor, every ratio of ``all_in_one`` and every pruned ratio (> 0) of each baseline."""
-    from stereovoxel_ros.occupancy_predictor import make_predictor
 
     def load(path: str) -> Any:
         return make_predictor("stereovoxelnet", path, grid, threshold=threshold, pruning=True)
@@ -231,8 +232,6 @@ def plot_pruning(path: Path, rows: list[dict[str, Any]]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from stereovoxel_ros.atomic_file import save_figure_atomic
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for family in dict.fromkeys(r["family"] for r in rows):

@@ -19,6 +19,7 @@ from stereovoxel_ros.offline.navbench.map_sources import (
     make_map_source,
 )
 from stereovoxel_ros.offline.navbench.planner import PlannerConfig
+from stereovoxel_ros.offline.navbench.report import seed_table, summarise, summary_table, write_report
 from stereovoxel_ros.offline.navbench.world import NavWorldConfig, StaticSynthWorld, random_world
 
 STACK_BACKENDS = ("stereovoxelnet", "classic", "sgbm")
@@ -185,7 +186,6 @@ def run_benchmark(spec: BenchSpec, jobs: int = 1, progress: bool = True):
 
 
 def run(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.offline.navbench.report import seed_table, summarise, summary_table, write_report
 
     if args.worlds < 1:
         raise NavBenchError(f"--worlds must be at least 1, got {args.worlds}")

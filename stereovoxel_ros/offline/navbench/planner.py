@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from skimage.graph import MCP_Geometric
 
 from stereovoxel_ros.offline.navbench.robot import JackalModel, unicycle_step
 
@@ -165,7 +166,6 @@ def plan_path(
     costmap: Costmap, start: tuple[float, float], goal: tuple[float, float], config: PlannerConfig
 ) -> np.ndarray | None:
     """(N, 2) cell-centre path [m] from ``start`` to ``goal``, or None when the goal cannot be reached."""
-    from skimage.graph import MCP_Geometric
 
     window = costmap.window
     r, c, inside = window.cells(np.array([start, goal], float))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from stereovoxel_ros.channel_groups import (
@@ -198,7 +199,6 @@ class AllInOneFinetune(TrainingMethod):
         """Under DDP the scores are not in the wrapped module: average their gradients across ranks."""
         if self.masks is None or self.ctx.world_size == 1 or self.l1_baseline:
             return
-        import torch.distributed as dist
 
         for score in self.masks.scores.values():
             if score.grad is None:

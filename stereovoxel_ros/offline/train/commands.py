@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from stereovoxel_ros.user_errors import recorded_command
@@ -100,7 +103,6 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
 
 def parse_key_values(items: list[str]) -> dict:
     """``KEY=VALUE`` options (``--method-opt``) as a dict; values parse as JSON where they can."""
-    import json
 
     out: dict = {}
     for item in items:
@@ -239,7 +241,6 @@ def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float, 
     A method with ``ship_final`` (e.g. all_in_one: masks and calibrated statistics made in ``finalize``) ships
     ``final.pt`` with its ``finalize`` metadata instead of ``best.pt``.
     """
-    import json
 
     import torch
     from torch.torch_version import TorchVersion
@@ -290,7 +291,6 @@ def _ship(args: argparse.Namespace, task, meta: dict, result, elapsed_s: float, 
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
 
     from stereovoxel_ros.offline.data.dataset_format import DatasetError, read_manifest
     from stereovoxel_ros.offline.train.tasks import DepthTask, OccupancyTask
@@ -359,7 +359,6 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def torch_seed(seed: int) -> None:
-    import random
 
     import numpy as np
     import torch

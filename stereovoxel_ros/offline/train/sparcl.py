@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from stereovoxel_ros.atomic_file import atomic_write
+from stereovoxel_ros.octree_decoder import sparse_soft_iou_loss
 from stereovoxel_ros.offline.train.sparse_training import (
     DynamicSparseTraining,
     MeteredMethod,
@@ -69,7 +71,6 @@ class OccupancyReplay:
         return tuple(model(*inputs))
 
     def label_loss(self, model: nn.Module, inputs: tuple, targets: tuple) -> torch.Tensor:
-        from stereovoxel_ros.octree_decoder import sparse_soft_iou_loss
 
         levels = model(*inputs, list(targets))
         return torch.stack(sparse_soft_iou_loss(levels, inputs[0].shape[0])).sum(0)
@@ -224,7 +225,6 @@ class Rehearsal:
         self.items, self.seen, self.task = list(state["items"]), int(state["seen"]), int(state["task"])
 
     def save(self, path: str | Path) -> None:
-        from stereovoxel_ros.atomic_file import atomic_write
 
         with atomic_write(Path(path), "wb") as handle:
             torch.save(self.state_dict(), handle)

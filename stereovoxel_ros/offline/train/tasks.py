@@ -13,8 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from stereovoxel_ros.grid_spec import VoxelGridSpec
+from stereovoxel_ros.models.stereo_depth_net import save_depth_checkpoint
+from stereovoxel_ros.models.stereovoxelnet import depth_slab_loss, save_checkpoint
+from stereovoxel_ros.octree_decoder import (
+    balanced_bce_loss,
+    height_balanced_soft_iou_loss,
+    octree_targets,
+    sparse_soft_iou_loss,
+)
 from stereovoxel_ros.offline.data.dataset_format import read_manifest, read_sample, read_split
 from stereovoxel_ros.offline.train.trainer import TrainingError
 from stereovoxel_ros.stereo_camera import StereoCameraModel
@@ -34,7 +43,6 @@ class PreparedStereoSet:
         progress: bool = True,
         limit: int | None = None,
     ) -> None:
-        from tqdm import tqdm
 
         roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
         if not roots:
@@ -189,13 +197,6 @@ class OccupancyTask:
     def losses(self, net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Per-sample loss (B,): soft IoU (+ height-balanced) summed over levels, children where occupied
         (+ the depth-slab cross-entropy)."""
-        from stereovoxel_ros.models.stereovoxelnet import depth_slab_loss
-        from stereovoxel_ros.octree_decoder import (
-            balanced_bce_loss,
-            height_balanced_soft_iou_loss,
-            octree_targets,
-            sparse_soft_iou_loss,
-        )
 
         batch_size = batch["voxels"].shape[0]
         targets = octree_targets(batch["voxels"], self.model.num_levels)
@@ -238,7 +239,6 @@ class OccupancyTask:
             rates,
             score_frame,
         )
-        from stereovoxel_ros.stereo_camera import StereoCameraModel
 
         probs = torch.sigmoid(net(batch["left"], batch["right"], batch["camera"])[-1])
         pred, tgt = (probs > 0.5).cpu().numpy(), (batch["voxels"] > 0.5).cpu().numpy()
@@ -263,7 +263,6 @@ class OccupancyTask:
         return {**sums, "score": sums["f1_0_6m"], "count": float(len(pred))}
 
     def save(self, path: Path, meta: dict, **state: Any) -> None:
-        from stereovoxel_ros.models.stereovoxelnet import save_checkpoint
 
         save_checkpoint(path, self.model, self.variant, meta, **state)
 
@@ -301,7 +300,6 @@ class DepthTask:
         return {"epe_px": float(epe.sum()), "count": float(len(epe))}
 
     def save(self, path: Path, meta: dict, **state: Any) -> None:
-        from stereovoxel_ros.models.stereo_depth_net import save_depth_checkpoint
 
         save_depth_checkpoint(path, self.model, meta, **state)
 

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from stereovoxel_ros.atomic_file import atomic_write, save_figure_atomic, write_json_atomic
 from stereovoxel_ros.offline.data.dataset_format import read_manifest
@@ -145,7 +147,6 @@ def training_device(name: str) -> torch.device:
 
 def init_distributed(device: torch.device | None = None) -> tuple[int, int]:
     """(rank, world size); joins the torchrun process group (gloo on CPU, nccl on GPUs) under torchrun."""
-    import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -158,7 +159,6 @@ def init_distributed(device: torch.device | None = None) -> tuple[int, int]:
 def _all_reduce(values: dict[str, float], world: int) -> dict[str, float]:
     if world == 1:
         return values
-    import torch.distributed as dist
 
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
@@ -292,7 +292,6 @@ class Trainer:
         return result
 
     def fit(self) -> TrainResult:
-        from tqdm import tqdm
 
         cfg = self.config
         torch.manual_seed(cfg.seed + self.rank)
