@@ -30,6 +30,10 @@ wait "$FAST"
 # on tuning seed 2; then the occupancy threshold and the per-level octree gates calibrated on the same tuning set.
 bash scripts/train_stereovoxelnet_stream.sh "$WORK/svn_stage1_256.pt" "$WORK/svn512" "$WORK/svn512_ship.pt" 95
 "${SV[@]}" calibrate "$WORK/svn512_ship.pt" .cache/eval/val_s2 --out "$CK/stereovoxelnet_jackal_wide.pt"
+# Stage 3 (opt-in stereovoxelnet_jackal_wide_ncc.pt): the full-resolution NCC matching cost, stream seed 300,
+# from the stage-2 weights; calibrated on the same tuning set.
+bash scripts/train_stereovoxelnet_stream.sh "$CK/stereovoxelnet_jackal_wide.pt" "$WORK/svn512_pc" "$WORK/svn512_pc_ship.pt" 95 3
+"${SV[@]}" calibrate "$WORK/svn512_pc_ship.pt" .cache/eval/val_s2 --out "$CK/stereovoxelnet_jackal_wide_ncc.pt"
 "${SV[@]}" train "$WORK/data" --model stereo_depth_net --out "$WORK/depth" --epochs 12 --batch-size 4 --lr 2e-3 \
     --seed 0 --threads 1 --time-budget-min 8 --ship "$CK/stereo_depth_net.pt"
 # The shipped stereovoxelnet_jackal_wide_allinone.pt (issue 23) came from the command in its .json card (12 epochs
