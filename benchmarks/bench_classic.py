@@ -14,7 +14,7 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stereovoxel_ros.occupancy_predictor import make_predictor
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import make_predictor
     from stereovoxel_ros.offline.data.synth_config import SynthConfig
     from stereovoxel_ros.offline.data.synth_sequences import generate_frames
 

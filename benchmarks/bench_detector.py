@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stereovoxel_ros.models.anchor_free_detector import (
+from stereovoxel_ros.core.models.anchor_free_detector import (
     AnchorFreeDetector,
     DetectorConfig,
     count_parameters,
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"detector benchmark: batch 1, {args.threads} thread(s), {args.repeats} repeats, forward + decode")
     print("\n".join("  ".join(c.rjust(wd) for c, wd in zip(line, widths)) for line in lines))
     if args.json:
-        from stereovoxel_ros.atomic_file import write_json_atomic
+        from stereovoxel_ros.core.atomic_file import write_json_atomic
 
         write_json_atomic(args.json, {"threads": args.threads, "repeats": args.repeats, "rows": rows})
     return 0

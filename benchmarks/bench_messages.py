@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from stereovoxel_ros.messages.image import image_to_numpy, numpy_to_image
+from stereovoxel_ros.core.messages.image import image_to_numpy, numpy_to_image
 
 WIDTH, HEIGHT = 1280, 720
 
@@ -50,7 +50,7 @@ def main() -> int:
 
     from rclpy.serialization import serialize_message
 
-    from stereovoxel_ros.bags.typestore import get_typestore
+    from stereovoxel_ros.core.bags.typestore import get_typestore
 
     pixels = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     msg = numpy_to_image(pixels, "rgb8")

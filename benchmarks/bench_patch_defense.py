@@ -18,9 +18,9 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stereovoxel_ros.core.detection.patch_defense import PatchDefenseConfig
     from stereovoxel_ros.offline.detection.defense_evaluation import attack_video, latency_rows, render_videos
     from stereovoxel_ros.offline.detection.patch_attack import load_detector_for_cli, read_patch_png
-    from stereovoxel_ros.patch_defense import PatchDefenseConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="detector checkpoint (default: the shipped one)")

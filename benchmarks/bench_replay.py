@@ -20,15 +20,15 @@ KEEP_UP = 0.95  # processed / input rate that counts as keeping up
 
 def _checkpoint(path: str | None) -> tuple[str, str]:
     """(checkpoint path, note): the given or shipped one, else an untrained one written to .cache/bench."""
-    from stereovoxel_ros.occupancy_predictor import default_checkpoint_path
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import default_checkpoint_path
 
     if path:
         return path, "given checkpoint"
     shipped = default_checkpoint_path()
     if shipped.is_file():
         return str(shipped), "shipped checkpoint"
-    from stereovoxel_ros.grid_spec import DEFAULT_GRID
-    from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
+    from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID
+    from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
 
     untrained = Path(".cache") / "bench" / "stereovoxelnet_untrained.pt"
     if not untrained.exists():

@@ -18,11 +18,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from stereovoxel_ros.core.geometry.voxel_grid import depth_to_voxels
 from stereovoxel_ros.offline.data.synth_config import SynthConfig
 from stereovoxel_ros.offline.data.synth_materials import texture_bank
 from stereovoxel_ros.offline.data.synth_sequences import random_trajectory
 from stereovoxel_ros.offline.data.synth_world import SynthWorld, base_pose_matrix
-from stereovoxel_ros.voxel_grid import depth_to_voxels
 
 
 def sample_texture_gather(tex: np.ndarray, u: np.ndarray, v: np.ndarray, footprint: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from stereovoxel_ros.tracing import GcPauseProbe, RollingWindow, StageTracer
+from stereovoxel_ros.core.tracing import GcPauseProbe, RollingWindow, StageTracer
 
 STAGES = ("conversion", "inference", "voxelize", "publish")
 

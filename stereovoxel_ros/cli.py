@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from stereovoxel_ros.user_errors import describe_error, is_user_error
+from stereovoxel_ros.core.user_errors import describe_error, is_user_error
 
 RESEARCH = "stereovoxel_research"  # the research package's import name
 

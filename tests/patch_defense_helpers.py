@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stereovoxel_ros.models.anchor_free_detector import DetectorConfig, DetectorHeads
+from stereovoxel_ros.core.models.anchor_free_detector import DetectorConfig, DetectorHeads
 
 SIZE = (128, 96)  # (w, h) of the test frames and the crafted detector's input
 OBJECT_BOX = np.array([44.0, 20.0, 84.0, 76.0], np.float32)  # xyxy [px] of the red 'person'

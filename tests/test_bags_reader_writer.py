@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stereovoxel_ros.bags.bag_reader import BagError, BagReader
-from stereovoxel_ros.bags.bag_writer import BagWriter
-from stereovoxel_ros.bags.typestore import TypestoreError, get_typestore, make_msg
+from stereovoxel_ros.core.bags.bag_reader import BagError, BagReader
+from stereovoxel_ros.core.bags.bag_writer import BagWriter
+from stereovoxel_ros.core.bags.typestore import TypestoreError, get_typestore, make_msg
 
 IMAGE = "sensor_msgs/msg/Image"
 TF = "tf2_msgs/msg/TFMessage"

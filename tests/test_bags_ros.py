@@ -13,16 +13,16 @@ pytest.importorskip("rclpy")
 
 from rclpy.serialization import deserialize_message, serialize_message
 
-from stereovoxel_ros.bags.bag_reader import BagError, BagReader
-from stereovoxel_ros.bags.bag_writer import BagWriter
-from stereovoxel_ros.bags.typestore import get_typestore, make_msg
-from stereovoxel_ros.messages.camera_info import camera_info_from_model
-from stereovoxel_ros.messages.image import image_to_numpy, numpy_to_image
-from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
-from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
-from stereovoxel_ros.messages.stamps import header_stamp_ns, stamp_to_ns
+from stereovoxel_ros.core.bags.bag_reader import BagError, BagReader
+from stereovoxel_ros.core.bags.bag_writer import BagWriter
+from stereovoxel_ros.core.bags.typestore import get_typestore, make_msg
+from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
+from stereovoxel_ros.core.messages.camera_info import camera_info_from_model
+from stereovoxel_ros.core.messages.image import image_to_numpy, numpy_to_image
+from stereovoxel_ros.core.messages.occupancy_grid import array_to_occupancy_grid
+from stereovoxel_ros.core.messages.pointcloud2 import points_to_pointcloud2
+from stereovoxel_ros.core.messages.stamps import header_stamp_ns, stamp_to_ns
 from stereovoxel_ros.ros.cdr_bridge import rclpy_message_class, rclpy_to_rosbags, rosbags_to_rclpy
-from stereovoxel_ros.stereo_camera import ZED2_640x360
 
 pytestmark = pytest.mark.ros
 IMAGE = "sensor_msgs/msg/Image"

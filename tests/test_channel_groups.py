@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_svn_train import CAMERA, TINY_GRID
 
-from stereovoxel_ros.channel_groups import (
+from stereovoxel_ros.core.occupancy.channel_groups import (
     ChannelGroupError,
     check_levels,
     compact_copy,
@@ -15,7 +15,7 @@ from stereovoxel_ros.channel_groups import (
 
 
 def _model(variant: str = "stereovoxelnet") -> torch.nn.Module:
-    from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet
+    from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet
 
     torch.manual_seed(0)
     model = create_stereovoxelnet(variant, TINY_GRID, input_size=(64, 32), cost_volume_levels=16)

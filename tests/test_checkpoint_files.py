@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stereovoxel_ros.models.checkpoint_files import (
+from stereovoxel_ros.core.models.checkpoint_files import (
     CheckpointFileError,
     read_checkpoint_file,
     write_checkpoint_file,

@@ -6,7 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stereovoxel_ros.classic_stereo import (
+from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID
+from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
+from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError, make_predictor
+from stereovoxel_ros.core.stereo.classic_stereo import (
     SGBM_PRESET,
     ClassicStereo,
     ClassicStereoConfig,
@@ -14,9 +17,6 @@ from stereovoxel_ros.classic_stereo import (
     DisparityOracle,
     disparity_to_occupancy,
 )
-from stereovoxel_ros.grid_spec import DEFAULT_GRID
-from stereovoxel_ros.occupancy_predictor import PredictorError, make_predictor
-from stereovoxel_ros.stereo_camera import ZED2_640x360
 
 CAMERA = ZED2_640x360
 DISPARITY = 12  # px: a fronto-parallel plane at f·B / 12 = 2.62 m

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stereovoxel_ros.bags.bag_writer import BagWriter
-from stereovoxel_ros.bags.typestore import get_typestore
 from stereovoxel_ros.cli import COMMANDS, main
-from stereovoxel_ros.messages.image import numpy_to_image
+from stereovoxel_ros.core.bags.bag_writer import BagWriter
+from stereovoxel_ros.core.bags.typestore import get_typestore
+from stereovoxel_ros.core.messages.image import numpy_to_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_bag_play_command_runs(tmp_path: Path) -> None:
 def test_recorded_command_is_the_parsed_argv_not_sys_argv(monkeypatch) -> None:
     import argparse
 
-    from stereovoxel_ros.user_errors import recorded_command
+    from stereovoxel_ros.core.user_errors import recorded_command
 
     monkeypatch.setattr("sys.argv", ["pytest", "-q"])
     args = argparse.Namespace(argv=["eval", "my set", "--out", "o"])

@@ -151,7 +151,7 @@ def test_random_bytes_npz_and_check_messages_name_the_file(tmp_path: Path, capsy
 
 
 def test_written_files_follow_the_umask(tmp_path: Path) -> None:
-    from stereovoxel_ros.atomic_file import write_text_atomic
+    from stereovoxel_ros.core.atomic_file import write_text_atomic
 
     old = os.umask(0o022)
     try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stereovoxel_ros.atomic_file import atomic_write
-from stereovoxel_ros.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.atomic_file import atomic_write
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
 from stereovoxel_ros.offline.data.dataset_format import (
     DatasetError,
     DatasetWriter,
@@ -15,7 +16,6 @@ from stereovoxel_ros.offline.data.dataset_format import (
     iter_samples,
     read_sample,
 )
-from stereovoxel_ros.stereo_camera import StereoCameraModel
 
 GRID = VoxelGridSpec("tiny", (-1.0, -1.0, 0.0), 0.25, (8, 8, 8))
 CAM = StereoCameraModel(32, 24, 20.0, 20.0, 15.5, 11.5, 0.12)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stereovoxel_ros.grid_spec import DEFAULT_GRID, PAPER_GRID, GridSpecError, VoxelGridSpec, grid_preset
-from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel, ZED2_640x360
-from stereovoxel_ros.voxel_grid import (
+from stereovoxel_ros.core.geometry.grid_spec import (
+    DEFAULT_GRID,
+    PAPER_GRID,
+    GridSpecError,
+    VoxelGridSpec,
+    grid_preset,
+)
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, StereoCameraModel, ZED2_640x360
+from stereovoxel_ros.core.geometry.voxel_grid import (
     depth_to_voxels,
     obstacle_grid_2d,
     occupied_voxel_centers,

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from stereovoxel_ros.cli import main
-from stereovoxel_ros.grid_spec import GRID_PRESETS
-from stereovoxel_ros.occupancy_scoring import ScoringConfig
+from stereovoxel_ros.core.geometry.grid_spec import GRID_PRESETS
+from stereovoxel_ros.core.occupancy.occupancy_scoring import ScoringConfig
 from stereovoxel_ros.offline.eval.cost_hits import (
     HitCounts,
     count_frame_hits,

@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
 
-from stereovoxel_ros.bags.bag_writer import BagWriter
-from stereovoxel_ros.bags.typestore import get_typestore, make_msg
-from stereovoxel_ros.jackal import CAMERA_FRAME, JackalTopics
-from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
+from stereovoxel_ros.core.bags.bag_writer import BagWriter
+from stereovoxel_ros.core.bags.typestore import get_typestore, make_msg
+from stereovoxel_ros.core.geometry.jackal import CAMERA_FRAME, JackalTopics
+from stereovoxel_ros.core.geometry.voxel_grid import (
+    optical_to_base_transform,
+    points_to_voxels,
+    transform_points,
+)
+from stereovoxel_ros.core.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.offline.data.dataset_format import iter_samples
 from stereovoxel_ros.offline.data.from_bag import (
     BagExtractError,
@@ -21,7 +26,6 @@ from stereovoxel_ros.offline.data.from_bag import (
 from stereovoxel_ros.offline.data.synth_bag import frame_messages, static_tf_message, write_synthetic_bag
 from stereovoxel_ros.offline.data.synth_config import SynthConfig
 from stereovoxel_ros.offline.data.synth_sequences import generate_sequence
-from stereovoxel_ros.voxel_grid import optical_to_base_transform, points_to_voxels, transform_points
 
 CFG = SynthConfig.for_size(160, 90, num_obstacles=(5, 8))
 TOPICS = JackalTopics()

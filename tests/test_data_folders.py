@@ -6,14 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from stereovoxel_ros.grid_spec import JACKAL_WIDE_GRID
+from stereovoxel_ros.core.geometry.grid_spec import JACKAL_WIDE_GRID
+from stereovoxel_ros.core.geometry.voxel_grid import depth_to_voxels
 from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples
 from stereovoxel_ros.offline.data.folder_readers import (
     iter_drivingstereo,
     iter_kitti2015,
     write_dataset_from_folder,
 )
-from stereovoxel_ros.voxel_grid import depth_to_voxels
 
 W, H = 64, 32
 

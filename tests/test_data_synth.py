@@ -9,15 +9,15 @@ import math
 import numpy as np
 import pytest
 
-from stereovoxel_ros.grid_spec import JACKAL_WIDE_GRID
+from stereovoxel_ros.core.geometry.grid_spec import JACKAL_WIDE_GRID
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.geometry.voxel_grid import depth_to_voxels
 from stereovoxel_ros.offline.data.dataset_format import read_manifest, read_split
 from stereovoxel_ros.offline.data.synth_config import CLASS_IDS, SynthConfig
 from stereovoxel_ros.offline.data.synth_dataset import write_synthetic_dataset
 from stereovoxel_ros.offline.data.synth_meshes import make_box
 from stereovoxel_ros.offline.data.synth_sequences import generate_frames
 from stereovoxel_ros.offline.data.synth_world import SynthWorld, base_pose_matrix
-from stereovoxel_ros.stereo_camera import StereoCameraModel
-from stereovoxel_ros.voxel_grid import depth_to_voxels
 
 # fx·B = 10 px·m: a fronto-parallel face at 5 m has a disparity of exactly 2 px
 CAM = StereoCameraModel(160, 90, fx=100.0, fy=100.0, cx=79.5, cy=44.5, baseline=0.1)

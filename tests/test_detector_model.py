@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stereovoxel_ros.models.anchor_free_detector import (
+from stereovoxel_ros.core.models.anchor_free_detector import (
     AnchorFreeDetector,
     DetectorConfig,
     DetectorHeads,

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from stereovoxel_ros.models.efficientformer_v2 import (
+from stereovoxel_ros.core.models.efficientformer_v2 import (
     EFFICIENTFORMER_V2_CONFIGS,
     PUBLISHED_PARAMS_M,
     Attention4D,

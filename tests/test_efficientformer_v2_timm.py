@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS, efficientformer_v2
-from stereovoxel_ros.models.efficientformer_v2_extractor import (
+from stereovoxel_ros.core.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS, efficientformer_v2
+from stereovoxel_ros.core.models.efficientformer_v2_extractor import (
     EfficientFormerV2Extractor,
     TimmMappingError,
     from_timm_state_dict,
@@ -134,7 +134,7 @@ def test_extractor_with_attention_loads_timm_weights() -> None:
 
 
 def test_stereovoxelnet_with_the_attention_extractor_runs() -> None:
-    from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNetError, create_stereovoxelnet
+    from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNetError, create_stereovoxelnet
 
     model = create_stereovoxelnet("stereovoxelnet_effv2_attn").eval()
     assert model.config.extractor_stages == 3 and len(model.extractor.stages) == 3

@@ -1,6 +1,6 @@
 """Import rules between the package's layers (README "Layout"):
 
-- core (every module outside ros/, tools/, offline/ and cli.py): numpy/torch only, imports only the core;
+- core (stereovoxel_ros/core/): numpy/torch only, imports only the core;
 - ros/ (thin nodes): the core and ros/;
 - offline/ (data, training, evaluation, compression, research): the core, offline/ and the cli dispatcher;
   never ros/ or tools/, never rclpy;
@@ -18,6 +18,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "stereovoxel_ros"
@@ -40,11 +42,13 @@ def layer_of(module: str) -> str:
     if parts[0] == "stereovoxel_research":
         return "research"
     top = parts[1] if len(parts) > 1 else ""
-    if top in ("ros", "offline"):
+    if top in ("core", "ros", "offline"):
         return top
     if top in ("tools", "cli"):
         return "tools"
-    return "core"
+    if top == "":
+        return "package"
+    raise AssertionError(f"{module}: not in a layer's folder (core/, ros/, offline/, tools/ or cli.py)")
 
 
 ALLOWED = {
@@ -53,6 +57,7 @@ ALLOWED = {
     "offline": {"core", "offline", "tools:cli"},
     "tools": {"core", "ros", "offline", "tools"},
     "research": {"core", "offline", "tools:cli", "research"},
+    "package": set(),
 }
 
 
@@ -110,13 +115,15 @@ def test_every_import_between_layers_follows_the_rules() -> None:
 
 
 def test_layer_of_names_the_folders() -> None:
-    assert layer_of("stereovoxel_ros.occupancy_scoring") == "core"
-    assert layer_of("stereovoxel_ros.models.stereovoxelnet") == "core"
+    assert layer_of("stereovoxel_ros.core.occupancy.occupancy_scoring") == "core"
+    assert layer_of("stereovoxel_ros.core.models.stereovoxelnet") == "core"
     assert layer_of("stereovoxel_ros.ros.occupancy_node") == "ros"
     assert layer_of("stereovoxel_ros.offline.train.trainer") == "offline"
     assert layer_of("stereovoxel_ros.tools.replay") == "tools"
     assert layer_of("stereovoxel_ros.cli") == "tools"
     assert layer_of("stereovoxel_research.compress.pim_qat") == "research"
+    with pytest.raises(AssertionError, match="not in a layer"):
+        layer_of("stereovoxel_ros.local_map")
     assert _module_name(RESEARCH / "search" / "supernet.py") == "stereovoxel_research.search.supernet"
 
 
@@ -188,3 +195,9 @@ def test_importing_every_pure_module_leaves_rclpy_unloaded() -> None:
     assert not result["rclpy_loaded"], f"importing {result['rclpy_by']} loaded rclpy"
     assert not result["ros_by"], f"core/offline/research modules loaded ros/ or tools/: {result['ros_by']}"
     assert len(modules) > 20
+
+
+def test_the_package_root_holds_only_the_layers() -> None:
+    """A newcomer sees the layers as folders: the root has core/, ros/, offline/, tools/, cli.py, checkpoints."""
+    entries = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    assert entries == {"__init__.py", "cli.py", "checkpoints", "core", "ros", "offline", "tools"}, entries

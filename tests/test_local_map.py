@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stereovoxel_ros.local_map import (
+from stereovoxel_ros.core.occupancy.local_map import (
     FAST_CLEARING,
     LocalMap,
     LocalMapConfig,
@@ -223,12 +223,16 @@ def test_sample_grid_outside_is_unknown() -> None:
 
 @pytest.mark.parametrize("odom", [False, True])
 def test_the_per_frame_grid_casts_rays_only_as_far_as_the_voxel_grid_reaches(odom: bool) -> None:
-    from stereovoxel_ros.grid_spec import DEFAULT_GRID
-    from stereovoxel_ros.obstacle_grid import observable_cells, obstacle_cells
-    from stereovoxel_ros.occupancy_scoring import camera_ray_directions, raycast_visibility
+    from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID
+    from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
+    from stereovoxel_ros.core.geometry.voxel_grid import (
+        obstacle_grid_2d,
+        optical_to_base_transform,
+        transform_points,
+    )
+    from stereovoxel_ros.core.occupancy.obstacle_grid import observable_cells, obstacle_cells
+    from stereovoxel_ros.core.occupancy.occupancy_scoring import camera_ray_directions, raycast_visibility
     from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
-    from stereovoxel_ros.stereo_camera import ZED2_640x360
-    from stereovoxel_ros.voxel_grid import obstacle_grid_2d, optical_to_base_transform, transform_points
 
     geometry = ObservationGeometry(DEFAULT_GRID, grid_in_odom=odom)
     camera_to_base = optical_to_base_transform(0.4, pitch=0.1)
@@ -269,11 +273,11 @@ def _line_cells(start: tuple[float, float], end: tuple[int, int]) -> list[tuple[
 def test_rays_to_the_clearing_cloud_clear_what_the_camera_saw_free() -> None:
     """A clearing source raytraces from the camera to every clearing point: those rays cover the seen-free cells
     (so a phantom there clears) and cross no cell that is unknown (out of view, shadowed) or an obstacle."""
-    from stereovoxel_ros.grid_spec import DEFAULT_GRID
-    from stereovoxel_ros.obstacle_grid import obstacle_cells
+    from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID
+    from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
+    from stereovoxel_ros.core.geometry.voxel_grid import optical_to_base_transform
+    from stereovoxel_ros.core.occupancy.obstacle_grid import obstacle_cells
     from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
-    from stereovoxel_ros.stereo_camera import ZED2_640x360
-    from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
     geometry = ObservationGeometry(DEFAULT_GRID, grid_in_odom=False)
     camera_to_base = optical_to_base_transform(0.4)

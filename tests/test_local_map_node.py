@@ -45,7 +45,7 @@ def test_the_benchmark_uses_the_node_default_grid_geometry() -> None:
 def _odometry(stamp_ns: int, x: float) -> object:
     from nav_msgs.msg import Odometry
 
-    from stereovoxel_ros.messages.stamps import ns_to_stamp
+    from stereovoxel_ros.core.messages.stamps import ns_to_stamp
 
     msg = Odometry()
     msg.header.stamp = ns_to_stamp(stamp_ns)
@@ -62,7 +62,7 @@ def test_bad_odometry_resets_the_local_map_with_a_diagnostic_and_the_node_goes_o
     from rclpy.lifecycle import TransitionCallbackReturn
     from sensor_msgs.msg import PointCloud2
 
-    from stereovoxel_ros.messages.pointcloud2 import pointcloud2_fields
+    from stereovoxel_ros.core.messages.pointcloud2 import pointcloud2_fields
     from stereovoxel_ros.ros.qos import map_qos, reliable_qos
 
     node = _occupancy_node(graph, odom_topic=ODOM_TOPIC, **{"local_map.odometry_source": "topic"})

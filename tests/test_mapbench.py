@@ -6,7 +6,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from stereovoxel_ros.occupancy_scoring import FREE, OBSTACLE, UNKNOWN, ScoringConfig, score_grids
+from stereovoxel_ros.core.occupancy.occupancy_scoring import (
+    FREE,
+    OBSTACLE,
+    UNKNOWN,
+    ScoringConfig,
+    score_grids,
+)
 from stereovoxel_ros.offline.data.synth_dynamic import DynamicObjectState
 from stereovoxel_ros.offline.eval.local_map_bench import settled_cells
 

@@ -7,15 +7,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from stereovoxel_ros.grid_spec import GRID_PRESETS
-from stereovoxel_ros.models.matching_cost import (
+from stereovoxel_ros.core.geometry.grid_spec import GRID_PRESETS
+from stereovoxel_ros.core.models.matching_cost import (
     blend_shifts,
     block_mean,
     integer_shift_blend,
     pixel_matching_cost,
     shift_right_image,
 )
-from stereovoxel_ros.models.stereovoxelnet import (
+from stereovoxel_ros.core.models.stereovoxelnet import (
     StereoVoxelNet,
     StereoVoxelNetConfig,
     StereoVoxelNetError,

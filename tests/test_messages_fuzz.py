@@ -12,15 +12,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
-from stereovoxel_ros.messages.occupancy_grid import (
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.core.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
+from stereovoxel_ros.core.messages.occupancy_grid import (
     OccupancyGridError,
     array_to_occupancy_grid,
     occupancy_grid_to_array,
 )
-from stereovoxel_ros.messages.pointcloud2 import PointCloudError, pointcloud2_to_points, points_to_pointcloud2
-from stereovoxel_ros.messages.stamps import StampError, ns_to_stamp, stamp_to_ns
-from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.core.messages.pointcloud2 import (
+    PointCloudError,
+    pointcloud2_to_points,
+    points_to_pointcloud2,
+)
+from stereovoxel_ros.core.messages.stamps import StampError, ns_to_stamp, stamp_to_ns
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ENCODINGS = {"mono8": (np.uint8, 1), "rgb8": (np.uint8, 3), "bgra8": (np.uint8, 4), "mono16": (np.uint16, 1),

@@ -7,22 +7,22 @@ import math
 import numpy as np
 import pytest
 
-from stereovoxel_ros.bags.typestore import get_typestore, make_msg
-from stereovoxel_ros.messages.camera_info import CameraInfoError, camera_info_from_model
-from stereovoxel_ros.messages.occupancy_grid import (
+from stereovoxel_ros.core.bags.typestore import get_typestore, make_msg
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, StereoCameraModel, ZED2_640x360
+from stereovoxel_ros.core.messages.camera_info import CameraInfoError, camera_info_from_model
+from stereovoxel_ros.core.messages.occupancy_grid import (
     OccupancyGridError,
     array_to_occupancy_grid,
     occupancy_grid_origin,
     occupancy_grid_to_array,
 )
-from stereovoxel_ros.messages.pointcloud2 import (
+from stereovoxel_ros.core.messages.pointcloud2 import (
     PointCloudError,
     pointcloud2_fields,
     pointcloud2_to_points,
     points_to_pointcloud2,
 )
-from stereovoxel_ros.messages.stamps import StampError, header_stamp_ns, ns_to_stamp, stamp_to_ns
-from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel, ZED2_640x360
+from stereovoxel_ros.core.messages.stamps import StampError, header_stamp_ns, ns_to_stamp, stamp_to_ns
 
 TYPES = get_typestore().types
 FLAVOURS = {"rclpy": lambda name: None, "rosbags": lambda name: TYPES[name]}

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from stereovoxel_ros.bags.typestore import get_typestore, make_msg
-from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
+from stereovoxel_ros.core.bags.typestore import get_typestore, make_msg
+from stereovoxel_ros.core.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
 
 ENCODINGS = {
     "mono8": (np.uint8, 1),

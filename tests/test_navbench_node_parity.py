@@ -33,10 +33,10 @@ def test_offline_pipeline_grid_equals_the_live_node_grid(graph, backend: str) ->
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import Header
 
-    from stereovoxel_ros.messages.camera_info import camera_info_from_model
-    from stereovoxel_ros.messages.image import numpy_to_image
-    from stereovoxel_ros.messages.stamps import ns_to_stamp
-    from stereovoxel_ros.occupancy_predictor import make_predictor
+    from stereovoxel_ros.core.messages.camera_info import camera_info_from_model
+    from stereovoxel_ros.core.messages.image import numpy_to_image
+    from stereovoxel_ros.core.messages.stamps import ns_to_stamp
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import make_predictor
     from stereovoxel_ros.offline.navbench.map_sources import StackPipeline
     from stereovoxel_ros.offline.navbench.world import pose_matrix
     from stereovoxel_ros.ros.qos import reliable_qos
@@ -110,7 +110,7 @@ def test_offline_grid_and_local_map_defaults_are_the_node_parameter_defaults() -
         node.grid_resolution_m,
         node.grid_extent_m,
     )
-    from stereovoxel_ros.local_map import LocalMapConfig
+    from stereovoxel_ros.core.occupancy.local_map import LocalMapConfig
 
     assert node.local_map is not None and node.local_map.map == LocalMapConfig(
         resolution_m=offline.grid_resolution_m

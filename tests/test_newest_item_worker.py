@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from stereovoxel_ros.newest_item_worker import NewestItemWorker
+from stereovoxel_ros.core.stereo.newest_item_worker import NewestItemWorker
 
 
 def test_only_the_newest_item_waiting_is_processed_and_stop_joins():

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from stereovoxel_ros.grid_spec import DEFAULT_GRID
-from stereovoxel_ros.stereo_camera import ZED2_640x360
+from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID
+from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
 
 CAMERA = ZED2_640x360.scaled(160, 90)
 TOPICS = {"left": "/test/left/image_rect", "right": "/test/right/image_rect"}
@@ -64,9 +64,9 @@ def test_bad_parameter_is_named(name: str, value: object, why: str) -> None:
 
 
 def test_obstacle_cells_mark_obstacles_free_space_and_unseen() -> None:
-    from stereovoxel_ros.obstacle_grid import obstacle_cells
+    from stereovoxel_ros.core.geometry.voxel_grid import optical_to_base_transform
+    from stereovoxel_ros.core.occupancy.obstacle_grid import obstacle_cells
     from stereovoxel_ros.ros.occupancy_parameters import OccupancyNodeConfig
-    from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
     config = OccupancyNodeConfig.from_parameters(_defaults())
     camera_to_base = optical_to_base_transform(0.4)
@@ -90,9 +90,9 @@ def test_obstacle_cells_mark_obstacles_free_space_and_unseen() -> None:
 
 
 def test_obstacle_cells_behind_a_wall_are_unknown_not_free() -> None:
-    from stereovoxel_ros.obstacle_grid import obstacle_cells
+    from stereovoxel_ros.core.geometry.voxel_grid import optical_to_base_transform
+    from stereovoxel_ros.core.occupancy.obstacle_grid import obstacle_cells
     from stereovoxel_ros.ros.occupancy_parameters import OccupancyNodeConfig
-    from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
     config = OccupancyNodeConfig.from_parameters(_defaults())
     # a 2 m wide wall 3 m ahead, and a box 6 m ahead right behind it, both in the height band
@@ -119,9 +119,9 @@ def test_obstacle_cells_behind_a_wall_are_unknown_not_free() -> None:
 
 
 def test_odom_grid_window_follows_the_robot_on_whole_cells() -> None:
-    from stereovoxel_ros.obstacle_grid import grid_window
+    from stereovoxel_ros.core.geometry.transforms import rigid_transform_from_pose
+    from stereovoxel_ros.core.occupancy.obstacle_grid import grid_window
     from stereovoxel_ros.ros.occupancy_parameters import OccupancyNodeConfig
-    from stereovoxel_ros.transforms import rigid_transform_from_pose
 
     config = OccupancyNodeConfig.from_parameters(_defaults() | {"occupancy_grid_frame": "odom_frame"})
     yaw = 0.7
@@ -226,9 +226,9 @@ class _Camera:
     ) -> None:
         from std_msgs.msg import Header
 
-        from stereovoxel_ros.messages.camera_info import camera_info_from_model
-        from stereovoxel_ros.messages.image import numpy_to_image
-        from stereovoxel_ros.messages.stamps import ns_to_stamp
+        from stereovoxel_ros.core.messages.camera_info import camera_info_from_model
+        from stereovoxel_ros.core.messages.image import numpy_to_image
+        from stereovoxel_ros.core.messages.stamps import ns_to_stamp
 
         header = Header(stamp=ns_to_stamp(stamp_ns), frame_id="camera_0_left_optical_frame")
         if infos:
@@ -355,9 +355,9 @@ def test_backend_choice_checkpoint_fallback_and_probabilities(graph, tmp_path) -
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
-    from stereovoxel_ros.messages.pointcloud2 import pointcloud2_fields
-    from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
-    from stereovoxel_ros.occupancy_predictor import default_checkpoint_path
+    from stereovoxel_ros.core.messages.pointcloud2 import pointcloud2_fields
+    from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import default_checkpoint_path
 
     node = _occupancy_node(graph, backend="stereovoxelnet", checkpoint=str(tmp_path / "missing.pt"))
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE

@@ -12,12 +12,12 @@ import torch
 from test_occupancy_node import _Camera, _occupancy_node, _wait, graph  # noqa: F401 (graph: fixture)
 from test_svn_train import CAMERA, TINY_GRID, _dataset
 
-from stereovoxel_ros.grid_spec import DEFAULT_GRID
+from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID
 
 
 def _train_all_in_one(root: Path) -> Path:
     """A tiny StereoVoxelNet fine-tuned two steps with all_in_one; returns its final.pt."""
-    from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet
+    from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet
     from stereovoxel_ros.offline.train.tasks import OccupancyTask, PreparedStereoSet
     from stereovoxel_ros.offline.train.trainer import TrainConfig, Trainer, make_training_method
 
@@ -61,8 +61,8 @@ def node_checkpoints(tmp_path_factory, one_torch_thread) -> dict[str, Path]:
 
 @pytest.mark.slow
 def test_all_in_one_method_stores_nested_masks(pruned_checkpoint: Path) -> None:
-    from stereovoxel_ros.models.stereovoxelnet import load_checkpoint
-    from stereovoxel_ros.pruning_switch import NestedMasks
+    from stereovoxel_ros.core.models.stereovoxelnet import load_checkpoint
+    from stereovoxel_ros.core.occupancy.pruning_switch import NestedMasks
 
     loaded = load_checkpoint(pruned_checkpoint, TINY_GRID)
     assert loaded.meta["method"] == "all_in_one"
@@ -104,9 +104,9 @@ def _pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def _masked_reference(path: Path, ratio_index: int):
     """The checkpoint's model with the masks applied as multiplies (no compaction) and the ratio's BN stats."""
-    from stereovoxel_ros.channel_groups import check_levels
-    from stereovoxel_ros.models.stereovoxelnet import load_checkpoint
-    from stereovoxel_ros.occupancy_predictor import checkpoint_masks
+    from stereovoxel_ros.core.models.stereovoxelnet import load_checkpoint
+    from stereovoxel_ros.core.occupancy.channel_groups import check_levels
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import checkpoint_masks
     from stereovoxel_ros.offline.train.all_in_one_finetune import GroupMasks
 
     loaded = load_checkpoint(path, TINY_GRID)
@@ -126,8 +126,8 @@ def _masked_reference(path: Path, ratio_index: int):
 
 @pytest.mark.slow
 def test_predictor_switches_ratio_with_outputs_of_the_masked_model(pruned_checkpoint: Path) -> None:
-    from stereovoxel_ros.models.stereovoxelnet import load_checkpoint
-    from stereovoxel_ros.occupancy_predictor import PredictorError, StereoVoxelNetPredictor
+    from stereovoxel_ros.core.models.stereovoxelnet import load_checkpoint
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError, StereoVoxelNetPredictor
 
     predictor = StereoVoxelNetPredictor(pruned_checkpoint, TINY_GRID, pruning=True)
     assert predictor.pruning_ratios == (0.0, 0.25, 0.5) and predictor.pruning_ratio == 0.0
@@ -159,8 +159,8 @@ def test_predictor_switches_ratio_with_outputs_of_the_masked_model(pruned_checkp
 
 
 def test_predictor_refuses_pruning_without_masks(tmp_path: Path) -> None:
-    from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
-    from stereovoxel_ros.occupancy_predictor import PredictorError, StereoVoxelNetPredictor
+    from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError, StereoVoxelNetPredictor
 
     path = tmp_path / "plain.pt"
     save_checkpoint(path, create_stereovoxelnet("stereovoxelnet_fast", TINY_GRID, input_size=(64, 32)), "x")
@@ -174,7 +174,7 @@ def test_predictor_refuses_pruning_without_masks(tmp_path: Path) -> None:
 
 def _node_checkpoint(path: Path, masks: bool = True) -> Path:
     """A small untrained StereoVoxelNet in the node's default grid, with exported (uncalibrated) masks."""
-    from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
+    from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
     from stereovoxel_ros.offline.train.all_in_one_finetune import make_method
     from stereovoxel_ros.offline.train.trainer import TrainContext
 

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from stereovoxel_ros.grid_spec import VoxelGridSpec
-from stereovoxel_ros.occupancy_scoring import (
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
+from stereovoxel_ros.core.occupancy.occupancy_scoring import (
     FREE,
     LABEL_CLASS_STRIDE,
     OBJECT_CLASSES,
@@ -26,7 +27,6 @@ from stereovoxel_ros.occupancy_scoring import (
     score_frame,
     score_grids,
 )
-from stereovoxel_ros.stereo_camera import ZED2_640x360
 
 # 0.2 m cells, 40 x 40 (8 m ahead, 8 m across), camera at the middle of the near edge
 GRID = VoxelGridSpec("test", origin=(-4.0, -2.5, 0.0), voxel_size=0.2, shape=(40, 16, 40))
@@ -203,7 +203,7 @@ def test_bad_configs_and_shapes_are_named() -> None:
 
 
 def test_a_precomputed_truth_grid_scores_the_same() -> None:
-    from stereovoxel_ros.occupancy_scoring import truth_grid
+    from stereovoxel_ros.core.occupancy.occupancy_scoring import truth_grid
 
     camera = ZED2_640x360
     truth = _box_voxels(slice(14, 16), slice(19, 22))

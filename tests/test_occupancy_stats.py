@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from stereovoxel_ros.occupancy_stats import OccupancyStats
+from stereovoxel_ros.core.occupancy.occupancy_stats import OccupancyStats
 
 
 def test_counters_and_latency_quantiles_and_the_errors_since_report_reset() -> None:

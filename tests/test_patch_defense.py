@@ -23,7 +23,7 @@ from patch_defense_helpers import (
     patched_frame,
 )
 
-from stereovoxel_ros.patch_defense import (
+from stereovoxel_ros.core.detection.patch_defense import (
     PatchDefendedDetector,
     PatchDefenseConfig,
     PatchDefenseError,
@@ -144,7 +144,7 @@ def test_bad_defense_config_is_named() -> None:
 
 @pytest.mark.slow
 def test_attack_lowers_the_target_score_on_a_tiny_run() -> None:
-    from stereovoxel_ros.models.anchor_free_detector import preprocess_images
+    from stereovoxel_ros.core.models.anchor_free_detector import preprocess_images
     from stereovoxel_ros.offline.detection.patch_attack import (
         AttackConfig,
         optimize_patch,
@@ -197,7 +197,7 @@ def test_local_gradient_smoothing_suppresses_the_patch_not_smooth_areas() -> Non
 
 
 def test_eval_metrics_helpers() -> None:
-    from stereovoxel_ros.models.anchor_free_detector import Detections
+    from stereovoxel_ros.core.models.anchor_free_detector import Detections
     from stereovoxel_ros.offline.detection.defense_evaluation import region_hits, target_detected
 
     det = Detections(np.array([[10, 10, 50, 50]], np.float32), np.array([0.9], np.float32), np.array([1]))
@@ -208,7 +208,7 @@ def test_eval_metrics_helpers() -> None:
 
 def test_real_detector_architecture_runs_under_the_defense() -> None:
     """The shipped detector when it exists, else an untrained AnchorFreeDetector (architecture/API check)."""
-    from stereovoxel_ros.models.anchor_free_detector import (
+    from stereovoxel_ros.core.models.anchor_free_detector import (
         AnchorFreeDetector,
         DetectorConfig,
         default_detector_checkpoint,
@@ -236,7 +236,11 @@ def test_real_detector_architecture_runs_under_the_defense() -> None:
 
 
 def test_activation_anomaly_marks_a_dense_block_and_not_flat_or_smooth_maps() -> None:
-    from stereovoxel_ros.patch_defense import anomaly_statistics, centre_surround, importance_map
+    from stereovoxel_ros.core.detection.patch_defense import (
+        anomaly_statistics,
+        centre_surround,
+        importance_map,
+    )
 
     rng = np.random.default_rng(0)
     shallow = torch.from_numpy(rng.normal(0.0, 1.0, (1, 4, 24, 32)).astype(np.float32))
@@ -255,7 +259,7 @@ def test_activation_anomaly_marks_a_dense_block_and_not_flat_or_smooth_maps() ->
 
 
 def test_opened_anomaly_map_finds_a_block_tightly_and_ignores_edge_lines() -> None:
-    from stereovoxel_ros.patch_defense import open_anomaly_map
+    from stereovoxel_ros.core.detection.patch_defense import open_anomaly_map
 
     rng = np.random.default_rng(1)
     clean = rng.normal(2.0, 0.3, (48, 80))
@@ -321,7 +325,7 @@ def _texel_patch(side: int, texels: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def test_patch_box_fit_is_pixel_exact_and_ignores_silhouettes() -> None:
-    from stereovoxel_ros.patch_defense import fit_patch_box, texture_pixels
+    from stereovoxel_ros.core.detection.patch_defense import fit_patch_box, texture_pixels
 
     img = clean_frame(3)
     # smooth shading and the object's straight silhouette are not 2D texture; only its 4 corners step both ways
@@ -346,7 +350,7 @@ def test_patch_box_fit_is_pixel_exact_and_ignores_silhouettes() -> None:
 
 
 def test_row_fill_keeps_the_flanks_and_inpaint_fills_inside_only() -> None:
-    from stereovoxel_ros.patch_defense import neutralize_regions
+    from stereovoxel_ros.core.detection.patch_defense import neutralize_regions
 
     img = clean_frame(0)
     patched = patched_frame(0)
@@ -401,7 +405,7 @@ def test_patch_png_round_trip_and_unreadable_file(tmp_path) -> None:
 def test_stem_receptive_radius_is_measured_and_none_for_a_global_stem() -> None:
     from torch import nn
 
-    from stereovoxel_ros.patch_defense import stem_receptive_radius
+    from stereovoxel_ros.core.detection.patch_defense import stem_receptive_radius
 
     class TwoStridedConvs(nn.Module):
         def __init__(self, global_mean: bool = False) -> None:
@@ -426,7 +430,7 @@ def test_stem_receptive_radius_is_measured_and_none_for_a_global_stem() -> None:
 
 def test_filled_regions_restem_exactly_like_the_whole_stem() -> None:
     """The check pass re-runs the stem only around the filled boxes; it must equal the stem of the filled frame."""
-    from stereovoxel_ros.models.anchor_free_detector import AnchorFreeDetector, DetectorConfig
+    from stereovoxel_ros.core.models.anchor_free_detector import AnchorFreeDetector, DetectorConfig
 
     torch.manual_seed(0)
     config = DetectorConfig()
@@ -471,7 +475,7 @@ def test_printed_patch_stays_on_its_object_through_a_video() -> None:
 def test_patch_box_fit_trims_a_striped_object_rim() -> None:
     """Below a patch on a cone, the cone's stripes are 2D texture too (they step down into the next stripe and
     sideways every few px); the rim test trims them: their pixels mostly do not step along the row."""
-    from stereovoxel_ros.patch_defense import fit_patch_box
+    from stereovoxel_ros.core.detection.patch_defense import fit_patch_box
 
     img = clean_frame(3)
     img[30:47, 50:67] = _texel_patch(17)

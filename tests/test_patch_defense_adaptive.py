@@ -7,7 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from stereovoxel_ros.models.anchor_free_detector import Detections
+from stereovoxel_ros.core.detection.patch_defense import (
+    PatchDefendedDetector,
+    PatchDefenseConfig,
+    PatchDefenseError,
+)
+from stereovoxel_ros.core.detection.patch_region_model import (
+    PatchRegionModelError,
+    PatchRegionNet,
+    RegionModelConfig,
+    load_region_model,
+    region_features,
+    save_region_model,
+)
+from stereovoxel_ros.core.detection.patch_regions import texture_density
+from stereovoxel_ros.core.models.anchor_free_detector import Detections
 from stereovoxel_ros.offline.detection.adaptive_attack import optimize_adaptive_patch, soft_texture_share
 from stereovoxel_ros.offline.detection.defense_report import attacked_object_ap50
 from stereovoxel_ros.offline.detection.patch_attack import (
@@ -16,16 +30,6 @@ from stereovoxel_ros.offline.detection.patch_attack import (
     PatchAttackError,
     patch_box,
 )
-from stereovoxel_ros.patch_defense import PatchDefendedDetector, PatchDefenseConfig, PatchDefenseError
-from stereovoxel_ros.patch_region_model import (
-    PatchRegionModelError,
-    PatchRegionNet,
-    RegionModelConfig,
-    load_region_model,
-    region_features,
-    save_region_model,
-)
-from stereovoxel_ros.patch_regions import texture_density
 from tests.patch_defense_helpers import OBJECT_BOX, SIZE, CraftedPatchDetector, clean_frame, patched_frame
 
 

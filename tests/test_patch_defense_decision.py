@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from stereovoxel_ros.patch_defense import (
+from stereovoxel_ros.core.detection.patch_defense import (
     CacheState,
     CandidateRegion,
     FrameMode,
@@ -18,7 +18,7 @@ from stereovoxel_ros.patch_defense import (
     TemporalDefenseCache,
     decide_frame,
 )
-from stereovoxel_ros.patch_defense_cache import follow_due
+from stereovoxel_ros.core.detection.patch_defense_cache import follow_due
 from tests.patch_defense_helpers import CraftedPatchDetector, clean_frame, patched_frame
 
 CONFIG = PatchDefenseConfig(

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from stereovoxel_ros.patch_defense import PatchDefendedDetector, PatchDefenseConfig
-from stereovoxel_ros.patch_region_model import PatchRegionNet, RegionModelConfig
+from stereovoxel_ros.core.detection.patch_defense import PatchDefendedDetector, PatchDefenseConfig
+from stereovoxel_ros.core.detection.patch_region_model import PatchRegionNet, RegionModelConfig
 from tests.patch_defense_helpers import PATCH_BOX, CraftedPatchDetector, checkerboard, clean_frame
 
 RECORD = Path(__file__).resolve().parent / "data" / "patch_defense_video.json"

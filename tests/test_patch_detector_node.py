@@ -26,7 +26,7 @@ def _defaults() -> dict:
 
 
 def test_parameters_validate_and_mirror_the_defense_defaults() -> None:
-    from stereovoxel_ros.patch_defense import PatchDefenseConfig
+    from stereovoxel_ros.core.detection.patch_defense import PatchDefenseConfig
     from stereovoxel_ros.ros.patch_detector_node import DetectorNodeConfig, DetectorNodeConfigError
 
     config = DetectorNodeConfig.from_parameters(_defaults())
@@ -87,8 +87,8 @@ class _Probe:
     def publish(self, image: np.ndarray, encoding: str = "rgb8", truncate: bool = False) -> None:
         from std_msgs.msg import Header
 
-        from stereovoxel_ros.messages.image import numpy_to_image
-        from stereovoxel_ros.messages.stamps import ns_to_stamp
+        from stereovoxel_ros.core.messages.image import numpy_to_image
+        from stereovoxel_ros.core.messages.stamps import ns_to_stamp
 
         self.stamp += 100_000_000
         msg = numpy_to_image(image, encoding, Header(stamp=ns_to_stamp(self.stamp), frame_id="camera_0_left"))
@@ -110,7 +110,7 @@ def test_node_alerts_on_a_patch_and_survives_bad_messages(ros_context, ros_execu
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
-    from stereovoxel_ros.messages.image import image_to_numpy
+    from stereovoxel_ros.core.messages.image import image_to_numpy
     from stereovoxel_ros.ros.patch_detector_node import PatchDefendedDetectorNode
 
     params = {"image_topic": TOPIC, "diagnostics_period": 0.1, "refresh_interval": 3}
@@ -203,8 +203,8 @@ def test_detections_convert_to_vision_msgs_field_for_field(monkeypatch, layout: 
     import vision_msgs_stand_in
     from std_msgs.msg import Header
 
-    from stereovoxel_ros.models.anchor_free_detector import Detections
-    from stereovoxel_ros.patch_defense import DefendedResult
+    from stereovoxel_ros.core.detection.patch_defense import DefendedResult
+    from stereovoxel_ros.core.models.anchor_free_detector import Detections
     from stereovoxel_ros.ros.patch_detector_node import detections_to_vision_msgs, vision_msgs_available
 
     package = types.ModuleType("vision_msgs")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stereovoxel_ros.pruning_control import (
+from stereovoxel_ros.core.occupancy.pruning_control import (
     CpufreqGovernor,
     PruningControlError,
     PruningController,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stereovoxel_ros.stereo_camera import ZED2_640x360
+from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
 
 FRAMES = 8
 
@@ -113,9 +113,9 @@ def test_offline_command_scores_many_bags(small_bag: Path, tmp_path: Path, capsy
 
 
 def test_replay_command_reports_a_bag_without_stereo(tmp_path: Path, capsys) -> None:
-    from stereovoxel_ros.bags.bag_writer import BagWriter
-    from stereovoxel_ros.bags.typestore import make_msg
     from stereovoxel_ros.cli import main
+    from stereovoxel_ros.core.bags.bag_writer import BagWriter
+    from stereovoxel_ros.core.bags.typestore import make_msg
 
     bag = tmp_path / "odom_only.mcap"
     with BagWriter(bag) as writer:

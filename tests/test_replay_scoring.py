@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 
-from stereovoxel_ros.grid_spec import grid_preset
+from stereovoxel_ros.core.geometry.grid_spec import grid_preset
+from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
 from stereovoxel_ros.offline.bag_evaluation import TruthFrame
 from stereovoxel_ros.offline.replay_scoring import ReplayRecording, ReplayRun, score_recording
-from stereovoxel_ros.stereo_camera import ZED2_640x360
 
 GRID = grid_preset("jackal_wide")
 

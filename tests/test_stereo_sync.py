@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from stereovoxel_ros.messages.camera_info import camera_info_from_model
-from stereovoxel_ros.stereo_camera import StereoCameraError, ZED2_640x360
-from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer, StereoSyncError
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, ZED2_640x360
+from stereovoxel_ros.core.messages.camera_info import camera_info_from_model
+from stereovoxel_ros.core.stereo.stereo_sync import StereoInfoCache, StereoPairSynchronizer, StereoSyncError
 
 MS = 1_000_000
 
@@ -91,7 +91,7 @@ def test_info_cache_builds_model_once_per_calibration() -> None:
 
     def build(left, right):
         calls.append(1)
-        from stereovoxel_ros.stereo_camera import StereoCameraModel
+        from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
 
         return StereoCameraModel.from_camera_infos(left, right)
 

@@ -8,8 +8,8 @@ import pytest
 from test_svn_train import TINY_GRID, _dataset
 
 from stereovoxel_ros.cli import main
-from stereovoxel_ros.models.stereo_depth_net import create_stereo_depth_net, save_depth_checkpoint
-from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
+from stereovoxel_ros.core.models.stereo_depth_net import create_stereo_depth_net, save_depth_checkpoint
+from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
 
 
 @pytest.mark.slow
@@ -126,7 +126,7 @@ def test_eval_and_bench_score_every_pruning_ratio(tmp_path, capsys):
 def test_calibrate_writes_threshold_gates_and_near_low_cut_that_the_predictor_uses(tmp_path, capsys):
     import torch
 
-    from stereovoxel_ros.occupancy_predictor import make_predictor
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import make_predictor
 
     data = _dataset(tmp_path / "data")
     svn = tmp_path / "svn.pt"

@@ -7,8 +7,8 @@ import onnxruntime as ort
 import torch
 
 from stereovoxel_ros.cli import main
-from stereovoxel_ros.grid_spec import DEFAULT_GRID
-from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
+from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID
+from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
 from stereovoxel_ros.offline.eval.model_export import example_inputs
 
 

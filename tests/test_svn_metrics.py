@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from stereovoxel_ros.grid_spec import VoxelGridSpec
-from stereovoxel_ros.metrics import (
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.occupancy.metrics import (
     MetricsError,
     chamfer_distance,
     voxel_chamfer,

@@ -7,17 +7,17 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stereovoxel_ros.grid_spec import DEFAULT_GRID, JACKAL_GRID, PAPER_GRID, VoxelGridSpec
-from stereovoxel_ros.models.mobilenet_v2 import InvertedResidual, MobileNetV2Config, mobilenet_v2
-from stereovoxel_ros.models.stereovoxelnet import (
+from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID, JACKAL_GRID, PAPER_GRID, VoxelGridSpec
+from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
+from stereovoxel_ros.core.models.mobilenet_v2 import InvertedResidual, MobileNetV2Config, mobilenet_v2
+from stereovoxel_ros.core.models.stereovoxelnet import (
     StereoVoxelNetError,
     create_stereovoxelnet,
     load_checkpoint,
     sampled_cost_volume,
     save_checkpoint,
 )
-from stereovoxel_ros.octree_decoder import octree_targets, soft_iou_loss, sparse_soft_iou_loss
-from stereovoxel_ros.stereo_camera import ZED2_640x360
+from stereovoxel_ros.core.occupancy.octree_decoder import octree_targets, soft_iou_loss, sparse_soft_iou_loss
 
 torch.set_num_threads(1)
 SMALL = {"input_size": (64, 32)}
@@ -85,7 +85,7 @@ def test_model_disparities_follow_voxel_depths():
         seen["d"] = disparities
         return sampled_cost_volume(left, right, disparities, groups)
 
-    import stereovoxel_ros.models.stereovoxelnet as svn
+    import stereovoxel_ros.core.models.stereovoxelnet as svn
 
     original = svn.sampled_cost_volume
     svn.sampled_cost_volume = spy
@@ -206,7 +206,7 @@ def test_checkpoint_round_trip_and_mismatches(tmp_path):
 
 
 def test_height_balanced_loss_punishes_a_floor_only_prediction():
-    from stereovoxel_ros.octree_decoder import TrainCells, height_balanced_soft_iou_loss
+    from stereovoxel_ros.core.occupancy.octree_decoder import TrainCells, height_balanced_soft_iou_loss
 
     shape = (8, 4, 8)
     target = torch.zeros(1, *shape)
@@ -231,7 +231,7 @@ def test_height_balanced_loss_punishes_a_floor_only_prediction():
 
 
 def test_depth_slab_loss_targets_the_bracketing_slabs_and_ignores_unknown_depth():
-    from stereovoxel_ros.models.stereovoxelnet import depth_slab_loss
+    from stereovoxel_ros.core.models.stereovoxelnet import depth_slab_loss
 
     d = 12
     slab = DEFAULT_GRID.shape[2] * DEFAULT_GRID.voxel_size / d
@@ -272,7 +272,7 @@ def test_training_output_with_depth_logits_and_checkpoints_without_the_head(tmp_
 
 
 def test_balanced_bce_counts_a_missed_obstacle_cell_that_soft_iou_barely_sees():
-    from stereovoxel_ros.octree_decoder import TrainCells, balanced_bce_loss
+    from stereovoxel_ros.core.occupancy.octree_decoder import TrainCells, balanced_bce_loss
 
     n = 400
     target = torch.zeros(n)
@@ -348,7 +348,7 @@ def test_cost_volume_equals_bilinear_sampling_with_gradients():
 def test_slab_interpolation_equals_trilinear_resize_along_depth():
     import torch.nn.functional as F
 
-    from stereovoxel_ros.models.stereovoxelnet import interpolate_slabs
+    from stereovoxel_ros.core.models.stereovoxelnet import interpolate_slabs
 
     volume = torch.randn(2, 3, 12, 4, 5)
     reference = F.interpolate(volume, size=(64, 4, 5), mode="trilinear", align_corners=False)

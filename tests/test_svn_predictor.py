@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from stereovoxel_ros.classic_stereo import ClassicStereo, ClassicStereoConfig
-from stereovoxel_ros.grid_spec import DEFAULT_GRID, PAPER_GRID
-from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
-from stereovoxel_ros.occupancy_predictor import (
+from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID, PAPER_GRID
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet, save_checkpoint
+from stereovoxel_ros.core.occupancy.occupancy_predictor import (
     OccupancyResult,
     PredictorError,
     default_checkpoint_path,
     make_predictor,
 )
-from stereovoxel_ros.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.stereo.classic_stereo import ClassicStereo, ClassicStereoConfig
 
 CAMERA = StereoCameraModel(160, 96, 80.0, 80.0, 79.5, 47.5, 0.12)  # f·B = 9.6 px·m
 
@@ -150,8 +150,8 @@ def test_per_level_gates_prune_like_the_dense_gated_decoder_and_calibration_is_t
 def test_near_low_threshold_cuts_only_the_lowest_obstacle_layer_near_the_robot(tmp_path):
     """The calibrated near-low cut applies to the low band within its range and nowhere else; a malformed
     entry is named; the predictor's occupancy is the probabilities against that per-voxel cut."""
-    from stereovoxel_ros.occupancy_predictor import NearLowThreshold
-    from stereovoxel_ros.occupancy_scoring import ScoringConfig
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import NearLowThreshold
+    from stereovoxel_ros.core.occupancy.occupancy_scoring import ScoringConfig
     from stereovoxel_ros.offline.eval.gate_calibration import low_obstacle_band
 
     band = low_obstacle_band(DEFAULT_GRID, ScoringConfig(camera_height_m=0.4, obstacle_min_height_m=0.1))

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from stereovoxel_ros.cli import main
-from stereovoxel_ros.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
 from stereovoxel_ros.offline.data.dataset_format import DatasetWriter, StereoSample
-from stereovoxel_ros.stereo_camera import StereoCameraModel
 
 TINY_GRID = VoxelGridSpec("tiny", (-3.2, -1.6, 0.0), 0.4, (16, 8, 16))
 CAMERA = StereoCameraModel(64, 32, 32.0, 32.0, 31.5, 15.5, 0.12)
@@ -69,7 +69,7 @@ def test_train_resume_finetune(tmp_path, capsys):
     ship = tmp_path / "ft.pt"
     ft = ["finetune", str(out / "best.pt"), str(data), "--out", str(tmp_path / "ft"), "--epochs", "1"]
     assert main([*ft, "--no-progress", "--threads", "1", "--ship", str(ship)]) == 0
-    from stereovoxel_ros.models.stereovoxelnet import load_checkpoint
+    from stereovoxel_ros.core.models.stereovoxelnet import load_checkpoint
 
     loaded = load_checkpoint(ship, TINY_GRID)
     assert loaded.meta["finetuned_from"] == str(out / "best.pt") and loaded.meta["method"] == "dense"
@@ -82,7 +82,7 @@ def test_train_resume_finetune(tmp_path, capsys):
 
 
 def test_training_method_hooks_and_freezing(tmp_path):
-    from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet
+    from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet
     from stereovoxel_ros.offline.train.tasks import OccupancyTask, PreparedStereoSet
     from stereovoxel_ros.offline.train.trainer import TrainConfig, Trainer, TrainingMethod
 
@@ -149,8 +149,12 @@ def test_train_on_streamed_worlds_records_the_recipe_and_init_checks_shapes(tmp_
     another input size, and a checkpoint whose weights do not fit is named without a traceback."""
     import json
 
-    from stereovoxel_ros.grid_spec import DEFAULT_GRID
-    from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet, load_checkpoint, save_checkpoint
+    from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID
+    from stereovoxel_ros.core.models.stereovoxelnet import (
+        create_stereovoxelnet,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from stereovoxel_ros.offline.data.synth_config import SynthConfig
     from stereovoxel_ros.offline.data.synth_sequences import generate_frames
 

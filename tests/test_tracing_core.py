@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stereovoxel_ros.tracing import (
+from stereovoxel_ros.core.tracing import (
     ERROR,
     OK,
     STALE,
@@ -28,7 +28,7 @@ from stereovoxel_ros.tracing import (
     read_trace,
     summarize,
 )
-from stereovoxel_ros.tracing.trace_file import TraceFileError
+from stereovoxel_ros.core.tracing.trace_file import TraceFileError
 
 
 def test_frames_group_stages_and_features() -> None:

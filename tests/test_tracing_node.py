@@ -33,10 +33,10 @@ def test_tracer_recovers_rate_and_delay_and_warns_on_deadline(
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
 
-    from stereovoxel_ros.messages.stamps import ns_to_stamp
+    from stereovoxel_ros.core.messages.stamps import ns_to_stamp
+    from stereovoxel_ros.core.tracing import StageTracer, read_trace
     from stereovoxel_ros.ros.stage_timing import StageTimingPublisher
     from stereovoxel_ros.ros.tracer_node import TimingTracerNode
-    from stereovoxel_ros.tracing import StageTracer, read_trace
 
     tracer_node = TimingTracerNode(
         context=ros_context,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from stereovoxel_ros.cli import main as cli_main
+from stereovoxel_ros.core.tracing import TraceWriter, read_trace
 from stereovoxel_ros.offline.trace_report import frames_by_source, variance_sources
-from stereovoxel_ros.tracing import TraceWriter, read_trace
 
 
 def _write_synthetic_trace(folder: Path, n: int = 300) -> None:
@@ -92,13 +92,13 @@ def test_trace_report_cli_writes_markdown_and_plots(tmp_path: Path, capsys) -> N
 def test_experiment_measures_every_factor(tmp_path: Path) -> None:
     import torch
 
+    from stereovoxel_ros.core.tracing.model_profile import profile_layers
     from stereovoxel_ros.offline.trace_experiment import (
         ExperimentSpec,
         image_pair_tensors,
         run_experiment,
         write_experiment_report,
     )
-    from stereovoxel_ros.tracing.model_profile import profile_layers
 
     class TinyStereo(torch.nn.Module):
         def __init__(self) -> None:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from stereovoxel_ros.tracing import RollingWindow, summarize
-from stereovoxel_ros.tracing.window_stats import QUANTILES, WindowStatsError
+from stereovoxel_ros.core.tracing import RollingWindow, summarize
+from stereovoxel_ros.core.tracing.window_stats import QUANTILES, WindowStatsError
 
 
 def _samples(n: int, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stereovoxel_ros.transforms import (
+from stereovoxel_ros.core.geometry.transforms import (
     TransformError,
     quaternion_from_matrix,
     rigid_transform_from_pose,

@@ -11,7 +11,7 @@ from torch import nn
 
 from stereovoxel_research.compress.all_in_one import AllInOne
 from stereovoxel_research.digits_task import DigitsCNN, DigitsCNNConfig
-from stereovoxel_ros.pruning_switch import (
+from stereovoxel_ros.core.occupancy.pruning_switch import (
     NestedMasks,
     PrunedModelSwitch,
     RatioSelector,
@@ -160,7 +160,7 @@ def test_read_cpu_frequency_from_sysfs(tmp_path):
         d.mkdir(parents=True)
         (d / "scaling_cur_freq").write_text(f"{cur}\n")
         (d / "cpuinfo_max_freq").write_text("2400000\n")
-    from stereovoxel_ros.tracing.hardware import CpuFrequency, HardwareSampler
+    from stereovoxel_ros.core.tracing.hardware import CpuFrequency, HardwareSampler
 
     assert CpuFrequency(str(tmp_path))() == (1500.0, 2400.0)
     sample = HardwareSampler(str(tmp_path)).sample()

@@ -15,7 +15,7 @@ from stereovoxel_research.search.joint_search import (
     plot_search,
 )
 from stereovoxel_research.search.search_space import SearchSpace, Subnet, count_subnet_params
-from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
+from stereovoxel_ros.core.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from stereovoxel_research.search.latency_table import (
     subnet_blocks,
 )
 from stereovoxel_research.search.search_space import SearchSpace
-from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
+from stereovoxel_ros.core.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from stereovoxel_research.search.search_space import (
     space_from_dict,
     space_to_dict,
 )
-from stereovoxel_ros.models.efficientformer_v2 import (
+from stereovoxel_ros.core.models.efficientformer_v2 import (
     EFFICIENTFORMER_V2_CONFIGS,
     EfficientFormerV2,
     count_parameters,

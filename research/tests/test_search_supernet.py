@@ -10,7 +10,7 @@ import torch
 
 from stereovoxel_research.search.search_space import SearchSpace, SearchSpaceError
 from stereovoxel_research.search.supernet import Supernet, recalibrate_batchnorm, train_supernet
-from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
+from stereovoxel_ros.core.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 

@@ -1,6 +1,6 @@
 """Score occupancy on stereo bags against their depth ground truth with the Nav2 scores (reports: bag_report).
 
-Every frame is scored by :func:`stereovoxel_ros.occupancy_scoring.score_frame` (obstacle-grid F1 with a
+Every frame is scored by :func:`stereovoxel_ros.core.occupancy.occupancy_scoring.score_frame` (obstacle-grid F1 with a
 one-cell tolerance, false obstacles in seen-free space, false stops, objects found where the bag has a label
 image, voxel IoU and Chamfer); rate, latency and drops come beside it.
 
@@ -22,13 +22,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from stereovoxel_ros.bags.bag_reader import BagError, BagReader
-from stereovoxel_ros.bags.topic_discovery import TopicDiscoveryError, discover_stereo_topics
-from stereovoxel_ros.grid_spec import DEFAULT_GRID, VoxelGridSpec
-from stereovoxel_ros.messages.image import image_to_numpy
-from stereovoxel_ros.messages.stamps import header_stamp_ns
-from stereovoxel_ros.occupancy_predictor import make_predictor
-from stereovoxel_ros.occupancy_scoring import (
+from stereovoxel_ros.core.bags.bag_reader import BagError, BagReader
+from stereovoxel_ros.core.bags.topic_discovery import TopicDiscoveryError, discover_stereo_topics
+from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID, VoxelGridSpec
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.core.geometry.voxel_grid import depth_to_voxels
+from stereovoxel_ros.core.messages.image import image_to_numpy
+from stereovoxel_ros.core.messages.stamps import header_stamp_ns
+from stereovoxel_ros.core.occupancy.occupancy_predictor import make_predictor
+from stereovoxel_ros.core.occupancy.occupancy_scoring import (
     HEADLINE_CLASSES,
     FrameScore,
     OccupancyScorer,
@@ -37,11 +39,9 @@ from stereovoxel_ros.occupancy_scoring import (
     rates,
     score_frame,
 )
+from stereovoxel_ros.core.stereo.stereo_frame import StereoFrameError, stereo_frame_from_messages
+from stereovoxel_ros.core.stereo.stereo_sync import StereoInfoCache, StereoPairSynchronizer
 from stereovoxel_ros.offline.bag_report import write_report
-from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
-from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
-from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
-from stereovoxel_ros.voxel_grid import depth_to_voxels
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 INFO_TYPE = "sensor_msgs/msg/CameraInfo"
@@ -69,7 +69,7 @@ class StereoBagTopics:
         """Pick the stereo topics out of ``{topic: msgtype}``; BagEvaluationError lists what is missing.
 
         ``options``: ``namespace``, ``left``, ``right``, ``left_info``, ``right_info``, ``depth``, as in
-        :func:`stereovoxel_ros.bags.topic_discovery.discover_stereo_topics` (ZED and RealSense names).
+        :func:`stereovoxel_ros.core.bags.topic_discovery.discover_stereo_topics` (ZED and RealSense names).
         """
         try:
             found = discover_stereo_topics(topics, bag, **options)
@@ -311,7 +311,7 @@ def evaluate_bag_offline(
     """
 
     if predictor is None:
-        from stereovoxel_ros.grid_spec import DEFAULT_GRID
+        from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID
 
         predictor = make_predictor(backend, checkpoint, grid or DEFAULT_GRID)
     grid = predictor.grid

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
+from stereovoxel_ros.core.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from stereovoxel_ros.offline.bag_evaluation import RunResult
@@ -162,7 +162,7 @@ def write_report(
         summary_table(results, markdown=True),
         "",
         *(f"- {latency_note[m]}" for m in modes),
-        "- Scores (stereovoxel_ros.occupancy_scoring): the 2D obstacle grid (voxels 0.10-1.5 m above the"
+        "- Scores (stereovoxel_ros.core.occupancy.occupancy_scoring): the 2D obstacle grid (voxels 0.10-1.5 m above the"
         " floor) against the bag's ground-truth depth. F1 at 0-6 m with a one-cell tolerance; false obst. ="
         " share of predicted obstacle cells in truly seen-free space more than 2 cells from any true obstacle;"
         " false-stop frames = share of frames with a false obstacle within 3 m; objects found per range band"

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stereovoxel_ros.atomic_file import atomic_write
+from stereovoxel_ros.core.atomic_file import atomic_write
 
 
 def save_torchscript(wrapper: nn.Module, example: tuple[torch.Tensor, ...], path: str | Path) -> Any:

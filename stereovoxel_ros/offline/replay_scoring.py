@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stereovoxel_ros.bags.bag_reader import BagReader
-from stereovoxel_ros.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.bags.bag_reader import BagReader
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.voxel_grid import points_to_voxels, transform_points
+from stereovoxel_ros.core.tracing import cdr_header_stamp_ns
 from stereovoxel_ros.offline.bag_evaluation import (
     BagFrame,
     RunResult,
@@ -20,8 +22,6 @@ from stereovoxel_ros.offline.bag_evaluation import (
     image_stamp_span_s,
     score_bag_frame,
 )
-from stereovoxel_ros.tracing import cdr_header_stamp_ns
-from stereovoxel_ros.voxel_grid import points_to_voxels, transform_points
 
 
 @dataclass

@@ -56,7 +56,7 @@ def experiment_model(
     from stereovoxel_ros.offline.trace_experiment import image_pair_tensors
 
     if name == "mobilenet_v2":
-        from stereovoxel_ros.models.mobilenet_v2 import mobilenet_v2
+        from stereovoxel_ros.core.models.mobilenet_v2 import mobilenet_v2
 
         def left_only(h: int, w: int, scene: str, seed: int) -> tuple[Any, ...]:
             return image_pair_tensors(h, w, scene, seed)[:1]
@@ -88,9 +88,9 @@ def stereovoxelnet_model(
     """
     import torch
 
-    from stereovoxel_ros.models import stereovoxelnet as svn
+    from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
+    from stereovoxel_ros.core.models import stereovoxelnet as svn
     from stereovoxel_ros.offline.trace_experiment import image_pair_tensors
-    from stereovoxel_ros.stereo_camera import ZED2_640x360
 
     path = checkpoint or _shipped_checkpoint()
     if path:
@@ -123,7 +123,7 @@ def stereovoxelnet_model(
 def _shipped_checkpoint() -> str | None:
     """The occupancy predictor's default checkpoint path when that module and the file exist."""
     try:
-        from stereovoxel_ros.occupancy_predictor import default_checkpoint_path
+        from stereovoxel_ros.core.occupancy.occupancy_predictor import default_checkpoint_path
     except ImportError:
         return None
     path = default_checkpoint_path()
@@ -131,8 +131,8 @@ def _shipped_checkpoint() -> str | None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from stereovoxel_ros.core.tracing.trace_file import TraceFileError
     from stereovoxel_ros.offline.trace_report import TraceReportError, write_trace_report
-    from stereovoxel_ros.tracing.trace_file import TraceFileError
 
     try:
         out = Path(args.out) if args.out else Path(args.trace).with_name(Path(args.trace).name + "_report")
@@ -148,13 +148,13 @@ def _report(args: argparse.Namespace) -> int:
 def _experiment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from stereovoxel_ros.core.tracing.model_profile import profile_layers
     from stereovoxel_ros.offline.trace_experiment import (
         ExperimentError,
         ExperimentSpec,
         run_experiment,
         write_experiment_report,
     )
-    from stereovoxel_ros.tracing.model_profile import profile_layers
 
     try:
         model_factory, input_factory, description, default_sizes = experiment_model(

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from stereovoxel_ros.atomic_file import (
+from stereovoxel_ros.core.atomic_file import (
     save_figure_atomic,
     write_json_atomic,
     write_text_atomic,
 )
-from stereovoxel_ros.tracing import HardwareSampler, summarize
+from stereovoxel_ros.core.tracing import HardwareSampler, summarize
 
 SCENES = ("empty", "cluttered", "noise")
 RUNTIMES = ("eager", "torchscript", "onnxruntime")

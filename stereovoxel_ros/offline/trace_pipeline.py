@@ -18,9 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
-from stereovoxel_ros.grid_spec import grid_preset
-from stereovoxel_ros.occupancy_predictor import StereoVoxelNetPredictor, default_checkpoint_path
+from stereovoxel_ros.core.atomic_file import write_json_atomic, write_text_atomic
+from stereovoxel_ros.core.geometry.grid_spec import grid_preset
+from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
+from stereovoxel_ros.core.occupancy.occupancy_predictor import (
+    StereoVoxelNetPredictor,
+    default_checkpoint_path,
+)
+from stereovoxel_ros.core.tracing import summarize
 from stereovoxel_ros.offline.trace_experiment import (
     SCENES,
     ExperimentError,
@@ -28,8 +33,6 @@ from stereovoxel_ros.offline.trace_experiment import (
     background_load,
     stereo_scene_inputs,
 )
-from stereovoxel_ros.stereo_camera import ZED2_640x360
-from stereovoxel_ros.tracing import summarize
 
 PIPELINE_MODELS = ("octree", "detector", "defense")
 
@@ -94,8 +97,8 @@ def octree_model(checkpoint: str | None) -> tuple[Callable, Callable, str, str]:
 
 def detector_model(checkpoint: str | None, defense: bool) -> tuple[Callable, Callable, str, str]:
     """The detector node's call: ``process`` (defense on) or ``detect`` (detector + decode + NMS)."""
-    from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
-    from stereovoxel_ros.patch_defense import PatchDefendedDetector, PatchDefenseConfig
+    from stereovoxel_ros.core.detection.patch_defense import PatchDefendedDetector, PatchDefenseConfig
+    from stereovoxel_ros.core.models.anchor_free_detector import default_detector_checkpoint, load_detector
 
     path = Path(checkpoint) if checkpoint else default_detector_checkpoint()
     if not path.is_file():
@@ -337,7 +340,7 @@ def _runtime_insight(dense, cam, pairs, runtimes: Sequence[str], frames: int) ->
 
     import torch
 
-    from stereovoxel_ros.models.stereovoxelnet import DenseOccupancy
+    from stereovoxel_ros.core.models.stereovoxelnet import DenseOccupancy
 
     net = DenseOccupancy(dense.model).eval()
     inputs = [dense.prepare(*p, cam) for p in pairs]

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from stereovoxel_ros.atomic_file import save_figure_atomic, write_text_atomic
-from stereovoxel_ros.tracing import read_trace, summarize
-from stereovoxel_ros.tracing.stage_tracer import FEATURE_PREFIX, STAGE_PREFIX
+from stereovoxel_ros.core.atomic_file import save_figure_atomic, write_text_atomic
+from stereovoxel_ros.core.tracing import read_trace, summarize
+from stereovoxel_ros.core.tracing.stage_tracer import FEATURE_PREFIX, STAGE_PREFIX
 
 HARDWARE_FIELDS = ("cpu_freq_mhz", "cpu_percent", "load1", "temp_c", "throttle_count", "gpu_load_percent")
 

@@ -13,8 +13,8 @@ from typing import Any
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 
-from stereovoxel_ros.bags.bag_reader import BagError, BagReader
-from stereovoxel_ros.messages.stamps import ns_to_stamp
+from stereovoxel_ros.core.bags.bag_reader import BagError, BagReader
+from stereovoxel_ros.core.messages.stamps import ns_to_stamp
 from stereovoxel_ros.ros.cdr_bridge import MessageTypeError, rclpy_message_class
 from stereovoxel_ros.ros.qos import clock_qos, publisher_qos
 

@@ -13,8 +13,8 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 
-from stereovoxel_ros.bags.bag_reader import BagError
-from stereovoxel_ros.bags.bag_writer import BagWriter
+from stereovoxel_ros.core.bags.bag_reader import BagError
+from stereovoxel_ros.core.bags.bag_writer import BagWriter
 from stereovoxel_ros.ros.cdr_bridge import rclpy_message_class, ros_type_name
 from stereovoxel_ros.ros.qos import reliable_qos
 

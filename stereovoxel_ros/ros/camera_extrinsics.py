@@ -8,8 +8,8 @@ import numpy as np
 import rclpy
 from rclpy.lifecycle import LifecycleNode
 
-from stereovoxel_ros.transforms import rigid_transform_from_pose
-from stereovoxel_ros.voxel_grid import optical_to_base_transform
+from stereovoxel_ros.core.geometry.transforms import rigid_transform_from_pose
+from stereovoxel_ros.core.geometry.voxel_grid import optical_to_base_transform
 
 
 class FrameError(RuntimeError):

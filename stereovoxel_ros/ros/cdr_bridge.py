@@ -9,7 +9,7 @@ from typing import Any
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.typesys.store import Typestore
 
-from stereovoxel_ros.bags.typestore import get_typestore
+from stereovoxel_ros.core.bags.typestore import get_typestore
 
 
 class MessageTypeError(LookupError):

@@ -10,7 +10,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from stereovoxel_ros.newest_item_worker import NewestItemWorker
+from stereovoxel_ros.core.stereo.newest_item_worker import NewestItemWorker
 
 
 class StreamLifecycleNode(LifecycleNode):

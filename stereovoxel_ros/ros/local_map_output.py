@@ -1,7 +1,7 @@
 """The occupancy node's local map: parameters, odometry (topic or tf2), fusion and the two Nav2 outputs.
 
 - ``~/local_map`` nav_msgs/OccupancyGrid in ``odom`` (reliable, transient-local): the fused map
-  (``stereovoxel_ros.local_map``), cells -1/0/100 or, with ``local_map.cells: probability``, 0-100;
+  (``stereovoxel_ros.core.occupancy.local_map``), cells -1/0/100 or, with ``local_map.cells: probability``, 0-100;
 - ``~/clearing_cloud`` sensor_msgs/PointCloud2: the ends of this frame's free-space rays (``free_space_boundary``
   of the per-frame grid) at heights across the obstacle band, for a Nav2 clearing observation source.
 
@@ -21,10 +21,15 @@ from nav_msgs.msg import OccupancyGrid
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
-from stereovoxel_ros.local_map import LocalMap, LocalMapConfig, LocalMapError, clearing_endpoints
-from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
-from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
-from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
+from stereovoxel_ros.core.geometry.transforms import TransformError, rigid_transform_from_pose
+from stereovoxel_ros.core.messages.occupancy_grid import array_to_occupancy_grid
+from stereovoxel_ros.core.messages.pointcloud2 import points_to_pointcloud2
+from stereovoxel_ros.core.occupancy.local_map import (
+    LocalMap,
+    LocalMapConfig,
+    LocalMapError,
+    clearing_endpoints,
+)
 
 _DEFAULT = LocalMapConfig()
 ODOMETRY_SOURCES = ("auto", "topic", "tf")

@@ -23,16 +23,26 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from stereovoxel_ros.messages.occupancy_grid import array_to_occupancy_grid
-from stereovoxel_ros.messages.pointcloud2 import points_to_pointcloud2
-from stereovoxel_ros.messages.stamps import header_stamp_ns
-from stereovoxel_ros.obstacle_grid import obstacle_cells
-from stereovoxel_ros.occupancy_predictor import (
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360 as camera
+from stereovoxel_ros.core.geometry.transforms import TransformError, rigid_transform_from_pose
+from stereovoxel_ros.core.geometry.voxel_grid import (
+    occupied_voxel_centers,
+    transform_points,
+)
+from stereovoxel_ros.core.messages.occupancy_grid import array_to_occupancy_grid
+from stereovoxel_ros.core.messages.pointcloud2 import points_to_pointcloud2
+from stereovoxel_ros.core.messages.stamps import header_stamp_ns
+from stereovoxel_ros.core.occupancy.obstacle_grid import obstacle_cells
+from stereovoxel_ros.core.occupancy.occupancy_predictor import (
     PredictorError,
     default_checkpoint_path,
     make_predictor,
 )
-from stereovoxel_ros.occupancy_stats import STALL_WINDOW_S, OccupancyStats
+from stereovoxel_ros.core.occupancy.occupancy_stats import STALL_WINDOW_S, OccupancyStats
+from stereovoxel_ros.core.stereo.stereo_frame import StereoFrameError, stereo_frame_from_messages
+from stereovoxel_ros.core.stereo.stereo_sync import StereoInfoCache, StereoPairSynchronizer
+from stereovoxel_ros.core.tracing import StageTracer
 from stereovoxel_ros.ros.camera_extrinsics import FrameError, ParameterExtrinsics, TfExtrinsics, tf2_available
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.local_map_output import (
@@ -51,16 +61,6 @@ from stereovoxel_ros.ros.parameter_values import (
     warn_unknown_parameters,
 )
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
-from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
-from stereovoxel_ros.stereo_camera import ZED2_640x360 as camera
-from stereovoxel_ros.stereo_frame import StereoFrameError, stereo_frame_from_messages
-from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
-from stereovoxel_ros.tracing import StageTracer
-from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
-from stereovoxel_ros.voxel_grid import (
-    occupied_voxel_centers,
-    transform_points,
-)
 
 
 def voxel_markers(points: np.ndarray, header: Any, voxel_size_m: float, namespace: str) -> MarkerArray:
@@ -248,7 +248,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def _make_pruning(self, config: OccupancyNodeConfig, predictor: Any) -> Any:
         """Fixed ratio: set it. Auto: profile each ratio once and return the RatioSelector."""
-        from stereovoxel_ros.pruning_control import PruningControlError, PruningController
+        from stereovoxel_ros.core.occupancy.pruning_control import PruningControlError, PruningController
 
         if config.pruning == "fixed":
             try:
@@ -268,7 +268,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def _update_pruning(self, latency_ms: float) -> None:
         """Feed one frame's inference latency to the controller (it switches the ratio for the next frame;
-        a CPU frequency change since the frame is accounted for, see :mod:`stereovoxel_ros.pruning_control`)."""
+        a CPU frequency change since the frame is accounted for, see :mod:`stereovoxel_ros.core.occupancy.pruning_control`)."""
         if self.pruning_selector is not None and self.predictor is not None:
             self.pruning_selector.update(latency_ms)
 

@@ -6,11 +6,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from stereovoxel_ros.classic_stereo import ClassicStereoConfig, ClassicStereoError
-from stereovoxel_ros.grid_spec import GridSpecError, VoxelGridSpec, grid_preset
-from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_HEIGHT_M, ODOM_FRAME, JackalTopics
-from stereovoxel_ros.obstacle_grid import grid_window, observable_cells, obstacle_cells  # noqa: F401 (re-exported)
-from stereovoxel_ros.occupancy_predictor import BACKENDS
+from stereovoxel_ros.core.geometry.grid_spec import GridSpecError, VoxelGridSpec, grid_preset
+from stereovoxel_ros.core.geometry.jackal import BASE_FRAME, CAMERA_HEIGHT_M, ODOM_FRAME, JackalTopics
+from stereovoxel_ros.core.occupancy.obstacle_grid import grid_window, observable_cells, obstacle_cells  # noqa: F401 (re-exported)
+from stereovoxel_ros.core.occupancy.occupancy_predictor import BACKENDS
+from stereovoxel_ros.core.stereo.classic_stereo import ClassicStereoConfig, ClassicStereoError
 from stereovoxel_ros.ros.local_map_output import (
     LOCAL_MAP_PARAMETERS,
     LocalMapSettings,
@@ -65,7 +65,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "",
         "StereoVoxelNet checkpoint [.pt]; empty = the shipped one (the classic backend if none is installed)",
     ),
-    "grid": ("jackal_wide", "voxel grid preset (stereovoxel_ros.grid_spec), must match the checkpoint"),
+    "grid": (
+        "jackal_wide",
+        "voxel grid preset (stereovoxel_ros.core.geometry.grid_spec), must match the checkpoint",
+    ),
     "left_image_topic": (_JACKAL.left_image.lstrip("/"), "left rectified image (rgb8/bgr8/mono8)"),
     "right_image_topic": (_JACKAL.right_image.lstrip("/"), "right rectified image"),
     "left_info_topic": (_JACKAL.left_info.lstrip("/"), "left sensor_msgs/CameraInfo"),

@@ -27,16 +27,17 @@ from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from stereovoxel_ros.jackal import JackalTopics
-from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
-from stereovoxel_ros.messages.stamps import header_stamp_ns
-from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
-from stereovoxel_ros.patch_defense import (
+from stereovoxel_ros.core.detection.patch_defense import (
     NEUTRALIZE_MODES,
     DefendedResult,
     PatchDefendedDetector,
     PatchDefenseConfig,
 )
+from stereovoxel_ros.core.geometry.jackal import JackalTopics
+from stereovoxel_ros.core.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
+from stereovoxel_ros.core.messages.stamps import header_stamp_ns
+from stereovoxel_ros.core.models.anchor_free_detector import default_detector_checkpoint, load_detector
+from stereovoxel_ros.core.tracing import StageTracer
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.parameter_values import (
@@ -46,7 +47,6 @@ from stereovoxel_ros.ros.parameter_values import (
 )
 from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
 from stereovoxel_ros.ros.stage_timing import StageTimingError, StageTimingPublisher
-from stereovoxel_ros.tracing import StageTracer
 
 _JACKAL = JackalTopics(namespace="")
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from stereovoxel_ros.jackal import DEFAULT_NAMESPACE
+from stereovoxel_ros.core.geometry.jackal import DEFAULT_NAMESPACE
+from stereovoxel_ros.core.user_errors import describe_error, is_user_error
 from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
-from stereovoxel_ros.user_errors import describe_error, is_user_error
 
 PACKAGE = "stereovoxel_ros"
 

@@ -15,9 +15,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from stereovoxel_ros.messages.stamps import ns_to_stamp
+from stereovoxel_ros.core.messages.stamps import ns_to_stamp
+from stereovoxel_ros.core.tracing import FrameRecord, StageTracer
 from stereovoxel_ros.ros.parameter_values import declare_parameters_checked
-from stereovoxel_ros.tracing import FrameRecord, StageTracer
 
 DEFAULT_TOPIC = "/stereovoxel/stage_timings"
 STAGE_TIMING_QOS = QoSProfile(

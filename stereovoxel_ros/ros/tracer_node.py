@@ -14,19 +14,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 
-from stereovoxel_ros.ros.node_main import run_node
-from stereovoxel_ros.ros.parameter_values import (
-    ParameterValues,
-    declare_parameters_checked,
-    warn_unknown_parameters,
-)
-from stereovoxel_ros.ros.stage_timing import (
-    DEFAULT_TOPIC,
-    STAGE_TIMING_QOS,
-    StageTimingError,
-    status_to_record,
-)
-from stereovoxel_ros.tracing import (
+from stereovoxel_ros.core.tracing import (
     STALE,
     WARN,
     GcPauseProbe,
@@ -41,7 +29,19 @@ from stereovoxel_ros.tracing import (
     cdr_header_stamp_ns,
     runtime_snapshot,
 )
-from stereovoxel_ros.tracing.stage_tracer import FRAME_AGE, FRAME_TOTAL, STAGE_PREFIX
+from stereovoxel_ros.core.tracing.stage_tracer import FRAME_AGE, FRAME_TOTAL, STAGE_PREFIX
+from stereovoxel_ros.ros.node_main import run_node
+from stereovoxel_ros.ros.parameter_values import (
+    ParameterValues,
+    declare_parameters_checked,
+    warn_unknown_parameters,
+)
+from stereovoxel_ros.ros.stage_timing import (
+    DEFAULT_TOPIC,
+    STAGE_TIMING_QOS,
+    StageTimingError,
+    status_to_record,
+)
 
 NAME_PREFIX = "stereovoxel_tracer"
 

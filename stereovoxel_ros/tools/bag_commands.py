@@ -60,7 +60,7 @@ def register(subparsers: Any, name: str, help: str) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.bags.bag_reader import BagError, BagReader
+    from stereovoxel_ros.core.bags.bag_reader import BagError, BagReader
 
     try:
         with BagReader(args.bag) as bag:
@@ -93,7 +93,7 @@ def _play(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.node import Node
 
-    from stereovoxel_ros.bags.bag_reader import BagError
+    from stereovoxel_ros.core.bags.bag_reader import BagError
     from stereovoxel_ros.ros.bag_player import BagPlayer
 
     remap = _parse_remaps(args.remap)
@@ -144,7 +144,7 @@ def _record(args: argparse.Namespace) -> int:
     from rclpy.node import Node
     from rclpy.parameter import Parameter
 
-    from stereovoxel_ros.bags.bag_reader import BagError
+    from stereovoxel_ros.core.bags.bag_reader import BagError
     from stereovoxel_ros.ros.bag_recorder import BagRecorder
 
     use_fastdds_profile(lambda line: print(f"stereovoxel bag record: {line}", file=sys.stderr))

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stereovoxel_ros.occupancy_predictor import BACKENDS, default_checkpoint_path
+from stereovoxel_ros.core.occupancy.occupancy_predictor import BACKENDS, default_checkpoint_path
 from stereovoxel_ros.offline.bag_report import summary_table, write_report
 
 DEMO_BAG = Path(".cache") / "demo" / "jackal_synthetic_15hz.mcap"

@@ -27,11 +27,18 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
 
-from stereovoxel_ros.atomic_file import write_json_atomic
-from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_FRAME, ODOM_FRAME, RIGHT_CAMERA_FRAME, JackalTopics
-from stereovoxel_ros.messages.camera_info import camera_info_from_model
-from stereovoxel_ros.messages.image import numpy_to_image
-from stereovoxel_ros.messages.stamps import ns_to_stamp
+from stereovoxel_ros.core.atomic_file import write_json_atomic
+from stereovoxel_ros.core.geometry.jackal import (
+    BASE_FRAME,
+    CAMERA_FRAME,
+    ODOM_FRAME,
+    RIGHT_CAMERA_FRAME,
+    JackalTopics,
+)
+from stereovoxel_ros.core.geometry.transforms import quaternion_from_matrix
+from stereovoxel_ros.core.messages.camera_info import camera_info_from_model
+from stereovoxel_ros.core.messages.image import numpy_to_image
+from stereovoxel_ros.core.messages.stamps import ns_to_stamp
 from stereovoxel_ros.offline.data.synth_bag import static_transforms
 from stereovoxel_ros.offline.data.synth_config import SynthConfig
 from stereovoxel_ros.offline.navbench.dynamic_world import random_dynamic_world
@@ -44,7 +51,6 @@ from stereovoxel_ros.ros.parameter_values import (
     warn_unknown_parameters,
 )
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
-from stereovoxel_ros.transforms import quaternion_from_matrix
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "seed": (9301, "world seed (stereovoxel navbench --seed)"),

@@ -14,11 +14,12 @@ from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
 from sensor_msgs.msg import Image, PointCloud2
 
-from stereovoxel_ros.bags.bag_reader import BagError, BagReader
-from stereovoxel_ros.messages.occupancy_grid import occupancy_grid_to_array
-from stereovoxel_ros.messages.pointcloud2 import pointcloud2_to_points
-from stereovoxel_ros.messages.stamps import header_stamp_ns
-from stereovoxel_ros.occupancy_predictor import BACKENDS, PredictorError
+from stereovoxel_ros.core.bags.bag_reader import BagError, BagReader
+from stereovoxel_ros.core.messages.occupancy_grid import occupancy_grid_to_array
+from stereovoxel_ros.core.messages.pointcloud2 import pointcloud2_to_points
+from stereovoxel_ros.core.messages.stamps import header_stamp_ns
+from stereovoxel_ros.core.occupancy.occupancy_predictor import BACKENDS, PredictorError
+from stereovoxel_ros.core.tracing import cdr_header_stamp_ns
 from stereovoxel_ros.offline.bag_evaluation import (
     BagEvaluationError,
     RunResult,
@@ -28,7 +29,6 @@ from stereovoxel_ros.offline.bag_evaluation import (
 from stereovoxel_ros.offline.bag_report import summary_table, write_report
 from stereovoxel_ros.offline.replay_scoring import ReplayRecording, ReplayRun, left_stamps, score_recording
 from stereovoxel_ros.ros.parameter_values import unknown_parameters
-from stereovoxel_ros.tracing import cdr_header_stamp_ns
 
 
 class ReplayError(RuntimeError):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from stereovoxel_ros.pruning_switch import (
+from stereovoxel_ros.core.occupancy.pruning_switch import (
     NestedMasks,
     PrunedModelSwitch,
     PruningSwitchError,

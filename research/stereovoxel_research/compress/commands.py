@@ -157,7 +157,7 @@ def _load(path: Path) -> dict:
 def _save(path: Path, payload: dict) -> None:
     import torch
 
-    from stereovoxel_ros.atomic_file import atomic_write
+    from stereovoxel_ros.core.atomic_file import atomic_write
 
     with atomic_write(path, "wb") as f:
         torch.save(payload, f)
@@ -235,7 +235,7 @@ def _aio_train(args: argparse.Namespace) -> int:
 
 def _aio_switch(ckpt: dict, example):
     from stereovoxel_research.digits_task import DigitsCNN, DigitsCNNConfig
-    from stereovoxel_ros.pruning_switch import NestedMasks, PrunedModelSwitch
+    from stereovoxel_ros.core.occupancy.pruning_switch import NestedMasks, PrunedModelSwitch
 
     if ckpt.get("format") != "stereovoxel-all-in-one":
         raise CompressCommandError("checkpoint is not an all-in-one checkpoint (format field)")
@@ -249,7 +249,7 @@ def _aio_eval(args: argparse.Namespace) -> int:
 
     from stereovoxel_research.compress.all_in_one import storage_bytes
     from stereovoxel_research.digits_task import accuracy, load_digits_data
-    from stereovoxel_ros.atomic_file import write_text_atomic
+    from stereovoxel_ros.core.atomic_file import write_text_atomic
 
     _setup_torch(args.threads)
     rows, curves = [], {}
@@ -297,7 +297,7 @@ def _plot_aio(path: Path, curves: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import save_figure_atomic
+    from stereovoxel_ros.core.atomic_file import save_figure_atomic
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     for method, (ratios, accs, lat) in curves.items():
@@ -317,9 +317,9 @@ def _aio_dvfs(args: argparse.Namespace) -> int:
 
     from stereovoxel_research.compress.all_in_one import run_frames
     from stereovoxel_research.digits_task import load_digits_data
-    from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
+    from stereovoxel_ros.core.atomic_file import write_json_atomic, write_text_atomic
+    from stereovoxel_ros.core.occupancy.pruning_switch import RatioSelector, SelectorConfig
     from stereovoxel_ros.offline.eval.emulated_dvfs import EMULATED_LEVELS, emulated_frequency_level
-    from stereovoxel_ros.pruning_switch import RatioSelector, SelectorConfig
 
     ckpt = _load(args.checkpoint)
     data = load_digits_data(seed=ckpt.get("seed", 0))
@@ -376,7 +376,7 @@ def _plot_dvfs(path: Path, results: dict, target: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import save_figure_atomic
+    from stereovoxel_ros.core.atomic_file import save_figure_atomic
 
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for mode, per_level in results.items():
@@ -405,11 +405,11 @@ def _wrap_check(args: argparse.Namespace) -> int:
 
     from stereovoxel_research.compress.all_in_one import AllInOne
     from stereovoxel_research.compress.pim_simulator import PIMConfig, configure_pim, convert_to_pim
-    from stereovoxel_ros.atomic_file import write_text_atomic
-    from stereovoxel_ros.pruning_switch import PrunedModelSwitch
+    from stereovoxel_ros.core.atomic_file import write_text_atomic
+    from stereovoxel_ros.core.occupancy.pruning_switch import PrunedModelSwitch
 
     try:
-        from stereovoxel_ros.models.stereovoxelnet import create_stereovoxelnet
+        from stereovoxel_ros.core.models.stereovoxelnet import create_stereovoxelnet
     except ImportError as err:
         raise CompressCommandError(f"StereoVoxelNet is not available: {err}") from err
     _setup_torch(2)

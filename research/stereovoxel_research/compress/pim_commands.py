@@ -125,7 +125,7 @@ def _pim_eval(args: argparse.Namespace) -> int:
     from stereovoxel_research.compress.pim_qat import calibrate_batchnorm, deploy_on_pim
     from stereovoxel_research.compress.pim_simulator import configure_pim
     from stereovoxel_research.digits_task import accuracy, load_digits_data
-    from stereovoxel_ros.atomic_file import write_text_atomic
+    from stereovoxel_ros.core.atomic_file import write_text_atomic
 
     _setup_torch()
     ckpt = _load(args.checkpoint)
@@ -195,7 +195,7 @@ def _pim_ablate(args: argparse.Namespace) -> int:
         training_variants,
     )
     from stereovoxel_research.compress.pim_simulator import SCHEMES
-    from stereovoxel_ros.atomic_file import write_text_atomic
+    from stereovoxel_ros.core.atomic_file import write_text_atomic
 
     _setup_torch()
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
@@ -245,7 +245,7 @@ def _plot_bars(path: Path, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import save_figure_atomic
+    from stereovoxel_ros.core.atomic_file import save_figure_atomic
 
     labels = []
     for r in rows:

@@ -35,8 +35,8 @@ from stereovoxel_research.search.latency_table import (
     calibration_subnets,
     measure_model_latency_ms,
 )
-from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
-from stereovoxel_ros.models.efficientformer_v2 import EfficientFormerV2
+from stereovoxel_ros.core.atomic_file import write_json_atomic, write_text_atomic
+from stereovoxel_ros.core.models.efficientformer_v2 import EfficientFormerV2
 
 
 def lut_accuracy(table: LatencyTable, space, subnets) -> list[tuple[str, float, float, float, float, float]]:

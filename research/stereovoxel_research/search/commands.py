@@ -160,7 +160,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     )
     from stereovoxel_research.search.joint_search import SubnetEvaluator, joint_search, plot_search
     from stereovoxel_research.search.latency_table import LatencyTable, measure_model_latency_ms
-    from stereovoxel_ros.atomic_file import write_json_atomic
+    from stereovoxel_ros.core.atomic_file import write_json_atomic
 
     torch.set_num_threads(args.threads)
     supernet, _ = load_supernet(args.supernet)
@@ -234,7 +234,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     rows = compare_with_baseline(
         supernet, subnet, LatencyTable.load(args.lut), args.baseline, args.epochs, args.finetune_epochs
     )
-    from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
+    from stereovoxel_ros.core.atomic_file import write_json_atomic, write_text_atomic
 
     table = format_table(rows)
     write_json_atomic(args.out_dir / "compare.json", rows)

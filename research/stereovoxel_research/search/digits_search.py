@@ -13,8 +13,8 @@ from torch import nn
 from stereovoxel_research.search.latency_table import LatencyTable
 from stereovoxel_research.search.search_space import SearchSpace, Subnet, space_from_dict, space_to_dict
 from stereovoxel_research.search.supernet import Supernet, train_supernet
-from stereovoxel_ros.atomic_file import atomic_write
-from stereovoxel_ros.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
+from stereovoxel_ros.core.atomic_file import atomic_write
+from stereovoxel_ros.core.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
 
 
 class SearchTaskError(RuntimeError):
@@ -149,7 +149,7 @@ def train_classifier_on_task(
 
 def mobilenet_v2_baseline(name: str = "mobilenetv2_100") -> nn.Module:
     """The MobileNetV2-style baseline for the digits task (1 channel in, 10 classes)."""
-    from stereovoxel_ros.models.mobilenet_v2 import mobilenet_v2
+    from stereovoxel_ros.core.models.mobilenet_v2 import mobilenet_v2
 
     return mobilenet_v2(name, in_chans=1, num_classes=10)
 
@@ -179,7 +179,7 @@ def compare_with_baseline(
     inherited + fine-tuned, from scratch), each with params, latency [ms] measured here and test accuracy."""
     from stereovoxel_research.search.latency_table import measure_model_latency_ms
     from stereovoxel_research.search.supernet import recalibrate_batchnorm
-    from stereovoxel_ros.models.efficientformer_v2 import EfficientFormerV2, count_parameters
+    from stereovoxel_ros.core.models.efficientformer_v2 import EfficientFormerV2, count_parameters
 
     space = supernet.space
     task = load_digits_task(space.image_hw[0], seed=seed)

@@ -46,7 +46,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 
 def build_candidates(checkpoint: str | Path, grid: Any) -> dict[str, Any]:
     """Each candidate extractor inside the checkpoint's StereoVoxelNet configuration (eval mode, BN fused)."""
-    from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNet, fuse_batchnorm, load_checkpoint
+    from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNet, fuse_batchnorm, load_checkpoint
 
     base = load_checkpoint(checkpoint, grid)
     models = {}
@@ -59,7 +59,7 @@ def build_candidates(checkpoint: str | Path, grid: Any) -> dict[str, Any]:
 @torch.no_grad()
 def time_candidates(models: dict[str, Any], repeats: int, seed: int = 0) -> list[dict[str, Any]]:
     """Round-robin median latency [ms] of each extractor and of each frustum pyramid, ratios vs the first."""
-    from stereovoxel_ros.models.stereovoxelnet import image_to_input
+    from stereovoxel_ros.core.models.stereovoxelnet import image_to_input
 
     gen = torch.Generator().manual_seed(seed)
     first = next(iter(models.values()))
@@ -110,10 +110,10 @@ def register_extractors(sub: argparse._SubParsersAction) -> None:
 
 
 def run_extractors(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.atomic_file import write_json_atomic
-    from stereovoxel_ros.grid_spec import grid_preset
-    from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNetError
-    from stereovoxel_ros.occupancy_predictor import default_checkpoint_path
+    from stereovoxel_ros.core.atomic_file import write_json_atomic
+    from stereovoxel_ros.core.geometry.grid_spec import grid_preset
+    from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNetError
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import default_checkpoint_path
     from stereovoxel_ros.offline.eval.occupancy_eval import format_table
 
     checkpoint = args.checkpoint or default_checkpoint_path()

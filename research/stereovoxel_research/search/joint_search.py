@@ -183,7 +183,7 @@ def plot_search(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import save_figure_atomic
+    from stereovoxel_ros.core.atomic_file import save_figure_atomic
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(

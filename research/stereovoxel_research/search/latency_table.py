@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from stereovoxel_research.search.search_space import SearchSpace, Subnet
-from stereovoxel_ros.atomic_file import write_json_atomic
-from stereovoxel_ros.models.efficientformer_v2 import (
+from stereovoxel_ros.core.atomic_file import write_json_atomic
+from stereovoxel_ros.core.models.efficientformer_v2 import (
     AttentionBlock,
     ClassifierHead,
     Downsample,
@@ -287,7 +287,7 @@ def calibrate_latency_table(
 ) -> float:
     """Fit the table's end-to-end factor: the median of measured / summed latency over ``subnets``
     (measured right after the blocks, so both see the same machine). Stores it in ``table.meta``."""
-    from stereovoxel_ros.models.efficientformer_v2 import EfficientFormerV2
+    from stereovoxel_ros.core.models.efficientformer_v2 import EfficientFormerV2
 
     clock = table.meta.get("clock", DEFAULT_CLOCK)
     previous_threads = torch.get_num_threads()

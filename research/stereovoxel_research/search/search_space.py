@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
-from stereovoxel_ros.models.efficientformer_v2 import EfficientFormerV2Config, stage_resolutions
+from stereovoxel_ros.core.models.efficientformer_v2 import EfficientFormerV2Config, stage_resolutions
 
 
 class SearchSpaceError(ValueError):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stereovoxel_research.search.search_space import SearchSpace, Subnet
-from stereovoxel_ros.models.efficientformer_v2 import (
+from stereovoxel_ros.core.models.efficientformer_v2 import (
     Attention4D,
     Attention4DDownsample,
     ConvMlp,

@@ -83,7 +83,7 @@ def _run_table(args: argparse.Namespace) -> int:
     import torch
 
     from stereovoxel_research.sparse import continual_benchmark as cb
-    from stereovoxel_ros.atomic_file import write_json_atomic
+    from stereovoxel_ros.core.atomic_file import write_json_atomic
 
     torch.set_num_threads(max(1, args.threads))
     continual = args.benchmark == "sparcl"
@@ -188,7 +188,7 @@ def _run_occupancy(args: argparse.Namespace) -> int:
         )
     table = "\n".join(lines) + "\n"
     print(table)
-    from stereovoxel_ros.atomic_file import write_text_atomic
+    from stereovoxel_ros.core.atomic_file import write_text_atomic
 
     write_text_atomic(args.out / "occupancy_finetune.md", table)
     return 0
@@ -198,7 +198,7 @@ def _dense_finetune_flops(
     checkpoint: str, datasets: list[str], limit: int | None, epochs: int
 ) -> tuple[float, int]:
     """(counted FLOPs, samples) of dense fine-tuning: one counted step of 2 samples, per sample × samples."""
-    from stereovoxel_ros.models.stereovoxelnet import load_checkpoint
+    from stereovoxel_ros.core.models.stereovoxelnet import load_checkpoint
     from stereovoxel_ros.offline.data.dataset_format import read_split
     from stereovoxel_ros.offline.train.tasks import OccupancyTask, PreparedStereoSet
     from stereovoxel_ros.offline.train.training_flops import count_step_flops

@@ -356,7 +356,7 @@ def plot_results(path: Path, results: Sequence[RunResult], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stereovoxel_ros.atomic_file import save_figure_atomic
+    from stereovoxel_ros.core.atomic_file import save_figure_atomic
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, r in enumerate(results):

@@ -8,13 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from stereovoxel_ros.bags.topic_discovery import (
+from stereovoxel_ros.core.bags.topic_discovery import (
     CLOUD_TYPE,
     TopicDiscoveryError,
     discover_stereo_topics,
     require_topic,
 )
-from stereovoxel_ros.jackal import JackalTopics
+from stereovoxel_ros.core.geometry.jackal import JackalTopics
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -107,7 +107,7 @@ def _add_synth_arguments(p: argparse.ArgumentParser, frames: int) -> None:
 
 
 def _synth_config(args: argparse.Namespace):
-    from stereovoxel_ros.grid_spec import grid_preset
+    from stereovoxel_ros.core.geometry.grid_spec import grid_preset
     from stereovoxel_ros.offline.data.synth_config import SynthConfig, with_overrides
 
     config = SynthConfig.for_size(args.width, args.height, grid=grid_preset(args.grid))
@@ -142,7 +142,7 @@ def _prepare_out(out: Path, overwrite: bool) -> str | None:
 
 def _run_synth(args: argparse.Namespace) -> int:
 
-    from stereovoxel_ros.grid_spec import GridSpecError
+    from stereovoxel_ros.core.geometry.grid_spec import GridSpecError
     from stereovoxel_ros.offline.data.synth_config import SynthWorldError
     from stereovoxel_ros.offline.data.synth_dataset import write_synthetic_dataset
 
@@ -184,8 +184,8 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 def _run_synth_bag(args: argparse.Namespace) -> int:
 
-    from stereovoxel_ros.bags.bag_reader import BagError
-    from stereovoxel_ros.grid_spec import GridSpecError
+    from stereovoxel_ros.core.bags.bag_reader import BagError
+    from stereovoxel_ros.core.geometry.grid_spec import GridSpecError
     from stereovoxel_ros.offline.data.synth_bag import write_synthetic_bag
     from stereovoxel_ros.offline.data.synth_config import SynthWorldError
 
@@ -218,7 +218,7 @@ def _run_synth_bag(args: argparse.Namespace) -> int:
 
 def _from_bag_topics(args: argparse.Namespace):
     """The extraction topics: the options given, the rest discovered in the bag as ``replay`` does."""
-    from stereovoxel_ros.bags.bag_reader import BagReader
+    from stereovoxel_ros.core.bags.bag_reader import BagReader
     from stereovoxel_ros.offline.data.from_bag import BagExtractError, BagTopics
 
     with BagReader(args.bag) as reader:
@@ -248,8 +248,8 @@ def _from_bag_topics(args: argparse.Namespace):
 
 
 def _run_from_bag(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.bags.bag_reader import BagError
-    from stereovoxel_ros.grid_spec import GridSpecError, grid_preset
+    from stereovoxel_ros.core.bags.bag_reader import BagError
+    from stereovoxel_ros.core.geometry.grid_spec import GridSpecError, grid_preset
     from stereovoxel_ros.offline.data.from_bag import (
         BagExtractError,
         BagSampleExtractor,
@@ -292,7 +292,7 @@ def _run_from_bag(args: argparse.Namespace) -> int:
 
 
 def _run_from_folder(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.grid_spec import GridSpecError, grid_preset
+    from stereovoxel_ros.core.geometry.grid_spec import GridSpecError, grid_preset
     from stereovoxel_ros.offline.data.dataset_format import DatasetError
     from stereovoxel_ros.offline.data.folder_readers import write_dataset_from_folder
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic, write_text_atomic
-from stereovoxel_ros.grid_spec import GridSpecError, VoxelGridSpec
-from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.core.atomic_file import atomic_write, write_json_atomic, write_text_atomic
+from stereovoxel_ros.core.geometry.grid_spec import GridSpecError, VoxelGridSpec
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, StereoCameraModel
 
 FORMAT_NAME = "stereovoxel-dataset"
 FORMAT_VERSION = 1

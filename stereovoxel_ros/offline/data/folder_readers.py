@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stereovoxel_ros.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.core.geometry.voxel_grid import depth_to_voxels
 from stereovoxel_ros.offline.data.dataset_format import (
     DatasetError,
     DatasetManifest,
     DatasetWriter,
     StereoSample,
 )
-from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
-from stereovoxel_ros.voxel_grid import depth_to_voxels
 
 FOLDER_LAYOUTS = ("kitti2015", "drivingstereo")
 

@@ -14,17 +14,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from stereovoxel_ros.bags.bag_reader import BagReader
-from stereovoxel_ros.grid_spec import VoxelGridSpec
-from stereovoxel_ros.jackal import JackalTopics
-from stereovoxel_ros.messages.image import ImageEncodingError, image_to_numpy
-from stereovoxel_ros.messages.pointcloud2 import PointCloudError, pointcloud2_to_points
-from stereovoxel_ros.messages.stamps import header_stamp_ns
+from stereovoxel_ros.core.bags.bag_reader import BagReader
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.jackal import JackalTopics
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, StereoCameraModel
+from stereovoxel_ros.core.geometry.transforms import TransformError, rigid_transform_from_pose
+from stereovoxel_ros.core.geometry.voxel_grid import depth_to_voxels, points_to_voxels, transform_points
+from stereovoxel_ros.core.messages.image import ImageEncodingError, image_to_numpy
+from stereovoxel_ros.core.messages.pointcloud2 import PointCloudError, pointcloud2_to_points
+from stereovoxel_ros.core.messages.stamps import header_stamp_ns
+from stereovoxel_ros.core.stereo.stereo_sync import StereoInfoCache, StereoPairSynchronizer
 from stereovoxel_ros.offline.data.dataset_format import DatasetManifest, DatasetWriter, StereoSample
-from stereovoxel_ros.stereo_camera import StereoCameraError, StereoCameraModel
-from stereovoxel_ros.stereo_sync import StereoInfoCache, StereoPairSynchronizer
-from stereovoxel_ros.transforms import TransformError, rigid_transform_from_pose
-from stereovoxel_ros.voxel_grid import depth_to_voxels, points_to_voxels, transform_points
 
 
 class BagExtractError(ValueError):

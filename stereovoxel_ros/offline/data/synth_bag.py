@@ -10,16 +10,22 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from stereovoxel_ros.bags.bag_writer import BagWriter
-from stereovoxel_ros.bags.typestore import get_typestore, make_msg
-from stereovoxel_ros.jackal import BASE_FRAME, CAMERA_FRAME, ODOM_FRAME, RIGHT_CAMERA_FRAME, JackalTopics
-from stereovoxel_ros.messages.camera_info import camera_info_from_model
-from stereovoxel_ros.messages.image import numpy_to_image
+from stereovoxel_ros.core.bags.bag_writer import BagWriter
+from stereovoxel_ros.core.bags.typestore import get_typestore, make_msg
+from stereovoxel_ros.core.geometry.jackal import (
+    BASE_FRAME,
+    CAMERA_FRAME,
+    ODOM_FRAME,
+    RIGHT_CAMERA_FRAME,
+    JackalTopics,
+)
+from stereovoxel_ros.core.geometry.transforms import quaternion_from_matrix
+from stereovoxel_ros.core.geometry.voxel_grid import optical_to_base_transform
+from stereovoxel_ros.core.messages.camera_info import camera_info_from_model
+from stereovoxel_ros.core.messages.image import numpy_to_image
 from stereovoxel_ros.offline.data.synth_config import SynthConfig
 from stereovoxel_ros.offline.data.synth_sequences import generate_sequence
 from stereovoxel_ros.offline.data.synth_world import SynthFrame
-from stereovoxel_ros.transforms import quaternion_from_matrix
-from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from stereovoxel_ros.grid_spec import DEFAULT_GRID, VoxelGridSpec
-from stereovoxel_ros.jackal import CAMERA_HEIGHT_M
-from stereovoxel_ros.occupancy_scoring import OBJECT_CLASSES
-from stereovoxel_ros.stereo_camera import StereoCameraModel, ZED2_640x360
+from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID, VoxelGridSpec
+from stereovoxel_ros.core.geometry.jackal import CAMERA_HEIGHT_M
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel, ZED2_640x360
+from stereovoxel_ros.core.occupancy.occupancy_scoring import OBJECT_CLASSES
 
 # Detection labels carried in ``StereoSample.extras["classes"]`` (index = class id); other objects are unlabelled.
 DETECTION_CLASSES: tuple[str, ...] = ("person", "cone", "box")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import write_json_atomic
-from stereovoxel_ros.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.atomic_file import write_json_atomic
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
 from stereovoxel_ros.offline.data.dataset_format import (
     DatasetError,
     DatasetManifest,
@@ -140,7 +140,7 @@ def write_synthetic_dataset(
                 "pose": "(4, 4) float64 odom <- base_link",
                 "twist": "(6,) float64 [vx, vy, vz, wx, wy, wz] in base_link [m/s, rad/s]",
                 "labels": "(H, W) uint16 left-view object labels: (class + 1) * 1000 + object index, "
-                "0 = ground or sky; classes in stereovoxel_ros.occupancy_scoring.OBJECT_CLASSES",
+                "0 = ground or sky; classes in stereovoxel_ros.core.occupancy.occupancy_scoring.OBJECT_CLASSES",
             },
         },
     )

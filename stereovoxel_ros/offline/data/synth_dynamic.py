@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from stereovoxel_ros.occupancy_scoring import LABEL_CLASS_STRIDE, OBJECT_CLASSES
+from stereovoxel_ros.core.occupancy.occupancy_scoring import LABEL_CLASS_STRIDE, OBJECT_CLASSES
 from stereovoxel_ros.offline.data.synth_config import (
     BASE_STAMP_NS,
     SEQUENCE_STRIDE_NS,

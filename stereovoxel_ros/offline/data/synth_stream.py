@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from stereovoxel_ros.grid_spec import DEFAULT_GRID, VoxelGridSpec
+from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID, VoxelGridSpec
 from stereovoxel_ros.offline.data.domain_randomization import DomainRandomization, randomized_sequence
 from stereovoxel_ros.offline.data.synth_config import SynthConfig
 from stereovoxel_ros.offline.train.tasks import prepare_sample, training_batch

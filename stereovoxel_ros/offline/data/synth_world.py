@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stereovoxel_ros.occupancy_scoring import LABEL_CLASS_STRIDE, OBJECT_CLASSES
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.geometry.voxel_grid import optical_to_base_transform
+from stereovoxel_ros.core.occupancy.occupancy_scoring import LABEL_CLASS_STRIDE, OBJECT_CLASSES
 from stereovoxel_ros.offline.data.dataset_format import StereoSample
 from stereovoxel_ros.offline.data.synth_config import SynthConfig, SynthWorldError
 from stereovoxel_ros.offline.data.synth_layout import ground_plane, random_obstacles
 from stereovoxel_ros.offline.data.synth_materials import TEXTURE_NAMES, Lighting, sample_texture
 from stereovoxel_ros.offline.data.synth_meshes import SceneObject
-from stereovoxel_ros.stereo_camera import StereoCameraModel
-from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
 
 @dataclass

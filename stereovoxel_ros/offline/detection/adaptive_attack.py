@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from stereovoxel_ros.core.detection.patch_neutralization import neutralize_regions
+from stereovoxel_ros.core.detection.patch_region_model import region_inputs
+from stereovoxel_ros.core.detection.patch_regions import anomaly_statistics
 from stereovoxel_ros.offline.detection.patch_attack import (
     AttackConfig,
     PatchAttackError,
     _attack_loss,
     _place,
 )
-from stereovoxel_ros.patch_neutralization import neutralize_regions
-from stereovoxel_ros.patch_region_model import region_inputs
-from stereovoxel_ros.patch_regions import anomaly_statistics
 
 SOFT_TEXTURE_WIDTH = 4.0  # [DN] width of the sigmoid that stands in for the texture threshold
 

@@ -12,7 +12,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from stereovoxel_ros.models.anchor_free_detector import Detections
+from stereovoxel_ros.core.models.anchor_free_detector import Detections
 
 
 class EvaluationError(ValueError):

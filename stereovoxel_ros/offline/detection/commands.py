@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from stereovoxel_ros.user_errors import recorded_command
+from stereovoxel_ros.core.user_errors import recorded_command
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -185,7 +185,7 @@ def _load_frames(args: argparse.Namespace, split: str, val: bool = False) -> tup
 
 def run_train(args: argparse.Namespace) -> int:
 
-    from stereovoxel_ros.models.anchor_free_detector import (
+    from stereovoxel_ros.core.models.anchor_free_detector import (
         AnchorFreeDetector,
         DetectorConfig,
         count_parameters,
@@ -239,7 +239,7 @@ def run_train(args: argparse.Namespace) -> int:
         + f"; best checkpoint {result.best_path}"
     )
     if args.ship:
-        from stereovoxel_ros.atomic_file import write_json_atomic
+        from stereovoxel_ros.core.atomic_file import write_json_atomic
 
         ship = Path(args.ship)
         best_model, _, best_meta = load_detector(result.best_path)
@@ -274,7 +274,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
+    from stereovoxel_ros.core.models.anchor_free_detector import default_detector_checkpoint, load_detector
     from stereovoxel_ros.offline.detection.coco_evaluation import format_map_table
     from stereovoxel_ros.offline.detection.detector_training import evaluate_detector, set_threads
 
@@ -289,14 +289,14 @@ def run_eval(args: argparse.Namespace) -> int:
         rows.append((Path(path).name, evaluate_detector(model, frames, args.score_threshold)))
     print(format_map_table(rows, models[0][2].class_names))
     if args.json:
-        from stereovoxel_ros.atomic_file import write_json_atomic
+        from stereovoxel_ros.core.atomic_file import write_json_atomic
 
         write_json_atomic(args.json, {"data": info, "results": {name: r.to_dict() for name, r in rows}})
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.models.anchor_free_detector import default_detector_checkpoint, load_detector
+    from stereovoxel_ros.core.models.anchor_free_detector import default_detector_checkpoint, load_detector
     from stereovoxel_ros.offline.detection.detector_export import (
         check_onnx,
         check_torchscript,

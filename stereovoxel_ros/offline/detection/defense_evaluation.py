@@ -3,7 +3,7 @@ recall, and per-frame latency of detection alone vs the defense with and without
 
 One run: renders validation and test frames (synthetic world), optimises an EOT patch on the validation
 targets (or loads ``--patch``), pastes it on the test targets, and scores the undefended detector, the
-Themis-style defense (``stereovoxel_ros.patch_defense``) and the Local Gradient Smoothing baseline. Latency
+Themis-style defense (``stereovoxel_ros.core.detection.patch_defense``) and the Local Gradient Smoothing baseline. Latency
 is measured on a rendered video (moving robot) and on a static-camera video (parked robot), detection-only
 timed in the same run. ``--tune`` grid-searches the defense thresholds on the validation frames first.
 Writes ``defense_eval.json``, ``defense_eval.csv``, ``latency.csv`` and ``defense_eval.png``.
@@ -26,8 +26,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
-from stereovoxel_ros.models.anchor_free_detector import PatchDetectorError, box_iou_matrix, preprocess_images
+from stereovoxel_ros.core.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
+from stereovoxel_ros.core.detection.patch_defense import (
+    NEUTRALIZE_MODES,
+    PatchDefendedDetector,
+    PatchDefenseConfig,
+)
+from stereovoxel_ros.core.models.anchor_free_detector import (
+    PatchDetectorError,
+    box_iou_matrix,
+    preprocess_images,
+)
 from stereovoxel_ros.offline.detection.coco_evaluation import evaluate_map
 from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
 from stereovoxel_ros.offline.detection.gradient_smoothing import local_gradient_smoothing
@@ -45,7 +54,6 @@ from stereovoxel_ros.offline.detection.patch_attack import (
     read_patch_png,
     write_patch_png,
 )
-from stereovoxel_ros.patch_defense import NEUTRALIZE_MODES, PatchDefendedDetector, PatchDefenseConfig
 
 # Patch coverage of a region counts as a detection of the patch from this share of the patch area on.
 REGION_HIT_COVERAGE = 0.5

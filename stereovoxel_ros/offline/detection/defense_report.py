@@ -34,8 +34,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic
-from stereovoxel_ros.models.anchor_free_detector import (
+from stereovoxel_ros.core.atomic_file import save_figure_atomic, write_json_atomic
+from stereovoxel_ros.core.detection.patch_defense import (
+    PatchDefendedDetector,
+    PatchDefenseConfig,
+    PatchDefenseError,
+)
+from stereovoxel_ros.core.models.anchor_free_detector import (
     Detections,
     PatchDetectorError,
     box_iou_matrix,
@@ -60,7 +65,6 @@ from stereovoxel_ros.offline.detection.patch_attack import (
     load_detector_for_cli,
     optimize_patch,
 )
-from stereovoxel_ros.patch_defense import PatchDefendedDetector, PatchDefenseConfig, PatchDefenseError
 
 METHODS = ("none", "lgs", "themis", "themis_learned")
 THEMIS = ("themis", "themis_learned")

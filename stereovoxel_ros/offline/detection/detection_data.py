@@ -17,8 +17,8 @@ import torch
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import write_json_atomic
-from stereovoxel_ros.models.anchor_free_detector import DETECTOR_CLASS_NAMES, DetectorConfig
+from stereovoxel_ros.core.atomic_file import write_json_atomic
+from stereovoxel_ros.core.models.anchor_free_detector import DETECTOR_CLASS_NAMES, DetectorConfig
 from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples
 
 

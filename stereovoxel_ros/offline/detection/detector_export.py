@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stereovoxel_ros.models.anchor_free_detector import AnchorFreeDetector, DetectorExportWrapper
+from stereovoxel_ros.core.models.anchor_free_detector import AnchorFreeDetector, DetectorExportWrapper
 from stereovoxel_ros.offline.export_files import save_onnx, save_torchscript
 
 ONNX_OPSET = 17

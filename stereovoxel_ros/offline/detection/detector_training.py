@@ -19,8 +19,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import atomic_write, save_figure_atomic, write_json_atomic, write_text_atomic
-from stereovoxel_ros.models.anchor_free_detector import (
+from stereovoxel_ros.core.atomic_file import (
+    atomic_write,
+    save_figure_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from stereovoxel_ros.core.models.anchor_free_detector import (
     AnchorFreeDetector,
     Detections,
     DetectorHeads,
@@ -356,7 +361,7 @@ def train_detector(
             print(f"time budget of {config.time_budget_s / 60:.1f} min spent after {step} steps")
             break
     if best_val is None and best_path.is_file():
-        from stereovoxel_ros.models.anchor_free_detector import load_detector
+        from stereovoxel_ros.core.models.anchor_free_detector import load_detector
 
         saved = load_detector(best_path)[2].get("val")
         best_val = MapResult(**saved) if saved else None

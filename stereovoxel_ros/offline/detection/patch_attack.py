@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic
-from stereovoxel_ros.models.anchor_free_detector import (
+from stereovoxel_ros.core.atomic_file import atomic_write, write_json_atomic
+from stereovoxel_ros.core.models.anchor_free_detector import (
     PatchDetectorError,
     box_iou_matrix,
     default_detector_checkpoint,

@@ -24,8 +24,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import write_json_atomic
-from stereovoxel_ros.models.anchor_free_detector import PatchDetectorError, preprocess_images
+from stereovoxel_ros.core.atomic_file import write_json_atomic
+from stereovoxel_ros.core.detection.patch_defense_config import STEM_STRIDE
+from stereovoxel_ros.core.detection.patch_region_model import (
+    PatchRegionNet,
+    RegionModelConfig,
+    default_region_model_checkpoint,
+    region_features,
+    save_region_model,
+)
+from stereovoxel_ros.core.detection.patch_regions import anomaly_statistics
+from stereovoxel_ros.core.models.anchor_free_detector import PatchDetectorError, preprocess_images
 from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
 from stereovoxel_ros.offline.detection.patch_attack import (
     PLACEMENTS,
@@ -34,15 +43,6 @@ from stereovoxel_ros.offline.detection.patch_attack import (
     paste_patch,
     patch_box,
 )
-from stereovoxel_ros.patch_defense_config import STEM_STRIDE
-from stereovoxel_ros.patch_region_model import (
-    PatchRegionNet,
-    RegionModelConfig,
-    default_region_model_checkpoint,
-    region_features,
-    save_region_model,
-)
-from stereovoxel_ros.patch_regions import anomaly_statistics
 
 SWEEP_TEXELS = (4, 8, 16, 32)
 

@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from stereovoxel_ros.atomic_file import write_json_atomic
-from stereovoxel_ros.occupancy_predictor import PredictorError
+from stereovoxel_ros.core.atomic_file import write_json_atomic
+from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError
 from stereovoxel_ros.offline.eval.commands import _clean, _named_checkpoints, build_predictors, scoring_config
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from stereovoxel_ros.atomic_file import write_json_atomic, write_text_atomic
+from stereovoxel_ros.core.atomic_file import write_json_atomic, write_text_atomic
+from stereovoxel_ros.core.user_errors import recorded_command
 from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples, read_manifest
 from stereovoxel_ros.offline.eval.commands import parse_options, scoring_arguments, scoring_config
-from stereovoxel_ros.user_errors import recorded_command
 
 SEARCH_SPACE: dict[str, list[Any]] = {
     "matcher": ["bm", "sgbm"],
@@ -48,7 +48,7 @@ class ClassicSweep:
     """Scores classic-stereo configurations on preloaded samples, caching disparities per matcher setting."""
 
     def __init__(self, samples: list, grid: Any, scoring: Any) -> None:
-        from stereovoxel_ros.occupancy_scoring import truth_grid
+        from stereovoxel_ros.core.occupancy.occupancy_scoring import truth_grid
 
         self.samples, self.grid, self.scoring = samples, grid, scoring
         self._truth = [
@@ -58,8 +58,8 @@ class ClassicSweep:
         self.tried: dict[tuple, dict] = {}
 
     def evaluate(self, config: Any) -> dict:
-        from stereovoxel_ros.classic_stereo import ClassicStereo, disparity_to_occupancy
-        from stereovoxel_ros.occupancy_scoring import OccupancyScorer, score_frame
+        from stereovoxel_ros.core.occupancy.occupancy_scoring import OccupancyScorer, score_frame
+        from stereovoxel_ros.core.stereo.classic_stereo import ClassicStereo, disparity_to_occupancy
 
         key = tuple(sorted(dataclasses.asdict(config).items()))
         if key in self.tried:
@@ -100,7 +100,7 @@ def coordinate_descent(
     options keep their starting value)."""
     from tqdm import tqdm
 
-    from stereovoxel_ros.classic_stereo import ClassicStereoConfig, ClassicStereoError
+    from stereovoxel_ros.core.stereo.classic_stereo import ClassicStereoConfig, ClassicStereoError
 
     best = sweep.evaluate(start)
     space = {k: v for k, v in SEARCH_SPACE.items() if k not in fixed}
@@ -119,7 +119,7 @@ def coordinate_descent(
 def run(args: argparse.Namespace) -> int:
     import cv2
 
-    from stereovoxel_ros.classic_stereo import ClassicStereoConfig, ClassicStereoError
+    from stereovoxel_ros.core.stereo.classic_stereo import ClassicStereoConfig, ClassicStereoError
     from stereovoxel_ros.offline.eval.occupancy_eval import format_table
 
     cv2.setNumThreads(max(1, args.threads))

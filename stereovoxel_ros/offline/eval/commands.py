@@ -8,11 +8,12 @@ import math
 import sys
 from pathlib import Path
 
-from stereovoxel_ros.atomic_file import write_json_atomic
-from stereovoxel_ros.jackal import CAMERA_HEIGHT_M, OBSTACLE_MIN_HEIGHT_M
-from stereovoxel_ros.user_errors import recorded_command
+from stereovoxel_ros.core.atomic_file import write_json_atomic
+from stereovoxel_ros.core.geometry.jackal import CAMERA_HEIGHT_M, OBSTACLE_MIN_HEIGHT_M
+from stereovoxel_ros.core.models.checkpoint_files import SHIPPED_CHECKPOINT_DIR
+from stereovoxel_ros.core.user_errors import recorded_command
 
-CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
+CHECKPOINT_DIR = SHIPPED_CHECKPOINT_DIR
 FAST_CHECKPOINT = CHECKPOINT_DIR / "stereovoxelnet_fast_jackal_wide.pt"
 ALL_IN_ONE_CHECKPOINT = CHECKPOINT_DIR / "stereovoxelnet_jackal_wide_allinone.pt"
 DEPTH_CHECKPOINT = CHECKPOINT_DIR / "stereo_depth_net.pt"
@@ -166,7 +167,7 @@ def parse_options(items: list[str], what: str) -> dict:
 
 
 def scoring_config(args: argparse.Namespace):
-    from stereovoxel_ros.occupancy_scoring import ScoringConfig
+    from stereovoxel_ros.core.occupancy.occupancy_scoring import ScoringConfig
 
     return ScoringConfig(
         camera_height_m=args.camera_height,
@@ -181,7 +182,7 @@ def _named_checkpoints(items: list[str], option: str) -> list[tuple[str, str]]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name.isidentifier() or not path:
-            from stereovoxel_ros.occupancy_predictor import PredictorError
+            from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError
 
             raise PredictorError(f"{option}: expected NAME=CHECKPOINT with NAME a plain word, got {item!r}")
         out.append((name, path))
@@ -190,7 +191,7 @@ def _named_checkpoints(items: list[str], option: str) -> list[tuple[str, str]]:
 
 def build_predictors(args: argparse.Namespace, grid, extra: dict | None = None) -> dict:
     """Name → predictor for every method that is available (``classic`` is the baseline of every table)."""
-    from stereovoxel_ros.occupancy_predictor import make_predictor
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import make_predictor
     from stereovoxel_ros.offline.eval.occupancy_eval import DepthNetPredictor
 
     methods: dict = {
@@ -217,7 +218,7 @@ def build_predictors(args: argparse.Namespace, grid, extra: dict | None = None) 
     try:
         classic = parse_options(args.classic, "--classic")
     except ValueError as err:
-        from stereovoxel_ros.occupancy_predictor import PredictorError
+        from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError
 
         raise PredictorError(str(err)) from err
     methods["classic"] = make_predictor("classic", None, grid, **classic)
@@ -231,9 +232,9 @@ def build_predictors(args: argparse.Namespace, grid, extra: dict | None = None) 
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.classic_stereo import ClassicStereoError, DisparityOracle
-    from stereovoxel_ros.occupancy_predictor import PredictorError
-    from stereovoxel_ros.occupancy_scoring import ScoringError
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError
+    from stereovoxel_ros.core.occupancy.occupancy_scoring import ScoringError
+    from stereovoxel_ros.core.stereo.classic_stereo import ClassicStereoError, DisparityOracle
     from stereovoxel_ros.offline.data.dataset_format import DatasetError, read_manifest
 
     try:
@@ -261,7 +262,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args, manifests, grid, methods, config) -> int:
-    from stereovoxel_ros.occupancy_scoring import depth_error_table
+    from stereovoxel_ros.core.occupancy.occupancy_scoring import depth_error_table
     from stereovoxel_ros.offline.eval.occupancy_eval import (
         HEADLINE_COLUMNS,
         band_rows,
@@ -413,8 +414,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNetError, load_checkpoint
-    from stereovoxel_ros.occupancy_predictor import default_checkpoint_path
+    from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNetError, load_checkpoint
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import default_checkpoint_path
     from stereovoxel_ros.offline.eval.model_export import (
         ExportError,
         check_onnx,

@@ -3,7 +3,7 @@
 For every obstacle pixel of a dataset (true depth inside the grid, the surface point in the scoring's obstacle
 height band), at the model's feature resolution, it takes the slab with the highest score from
 - the learned feature correlation (mean over groups), what the paper's cost volume holds,
-- the full-resolution block NCC (:func:`~stereovoxel_ros.models.matching_cost.pixel_matching_cost`),
+- the full-resolution block NCC (:func:`~stereovoxel_ros.core.models.matching_cost.pixel_matching_cost`),
   whether or not the model uses it,
 - the model's depth head (what the frustum the decoder reads has made of both),
 
@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stereovoxel_ros.grid_spec import VoxelGridSpec
-from stereovoxel_ros.models.matching_cost import pixel_matching_cost
-from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNet, image_to_input, sampled_cost_volume
-from stereovoxel_ros.occupancy_predictor import PredictorError, StereoVoxelNetPredictor
-from stereovoxel_ros.occupancy_scoring import ScoringConfig
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.models.matching_cost import pixel_matching_cost
+from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNet, image_to_input, sampled_cost_volume
+from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError, StereoVoxelNetPredictor
+from stereovoxel_ros.core.occupancy.occupancy_scoring import ScoringConfig
 from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples, read_manifest
 from stereovoxel_ros.offline.eval.commands import scoring_arguments, scoring_config
 

@@ -1,12 +1,12 @@
 """``stereovoxel dvfs``: the node's StereoVoxelNet latency across CPU frequencies, fixed vs All-in-One switching.
 
 Where the kernel lets us set the CPU frequency (cpufreq ``userspace`` governor, see
-:class:`~stereovoxel_ros.pruning_control.CpufreqGovernor`) every level is a real frequency. Otherwise the
+:class:`~stereovoxel_ros.core.occupancy.pruning_control.CpufreqGovernor`) every level is a real frequency. Otherwise the
 levels are EMULATED: one pinned core shared with 0..3 busy-loop processes (compute share 1, 1/2, 1/3, 1/4,
 :data:`~stereovoxel_ros.offline.eval.emulated_dvfs.EMULATED_LEVELS`), and every table says so.
 
 Per level the unpruned network runs ``--frames`` frames ("fixed"), then the same frames run under the node's
-:class:`~stereovoxel_ros.pruning_control.PruningController` ("switching"; one controller across the levels,
+:class:`~stereovoxel_ros.core.occupancy.pruning_control.PruningController` ("switching"; one controller across the levels,
 as on the robot, with the target derived from the latencies measured at the top level unless ``--target-ms``).
 The spread is the standard deviation of the per-level mean latencies; the issue's target is that switching
 cuts it by >= 4x.
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic
+from stereovoxel_ros.core.atomic_file import save_figure_atomic, write_json_atomic
 from stereovoxel_ros.offline.eval.commands import ALL_IN_ONE_CHECKPOINT
 
 SPREAD_TARGET = 4.0  # issue 23: switching cuts the spread of latency across frequencies by >= 4x
@@ -44,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
 
 def frequency_levels(kind: str) -> list[tuple[str, Callable[[], contextlib.AbstractContextManager]]]:
     """(name, context manager factory) per level: real cpufreq frequencies, else the emulation."""
+    from stereovoxel_ros.core.occupancy.pruning_control import CpufreqGovernor, PruningControlError
     from stereovoxel_ros.offline.eval.emulated_dvfs import EMULATED_LEVELS, emulated_frequency_level
-    from stereovoxel_ros.pruning_control import CpufreqGovernor, PruningControlError
 
     governor = CpufreqGovernor.find() if kind in ("auto", "cpufreq") else None
     if governor is not None:
@@ -76,7 +76,7 @@ def measure(predictor: Any, frames: Any, levels: list, count: int, target_ms: fl
     """Latency per level, fixed at ratio 0 and switching (see the module docstring)."""
     from tqdm import tqdm
 
-    from stereovoxel_ros.pruning_control import PruningController
+    from stereovoxel_ros.core.occupancy.pruning_control import PruningController
 
     with levels[0][1]():
         predictor.set_pruning_ratio(predictor.pruning_ratios[0])
@@ -175,10 +175,10 @@ def _one_thread() -> Iterator[None]:
 
 
 def run_dvfs(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.occupancy_predictor import PredictorError, make_predictor
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError, make_predictor
+    from stereovoxel_ros.core.occupancy.pruning_control import PruningControlError
     from stereovoxel_ros.offline.data.dataset_format import DatasetError
     from stereovoxel_ros.offline.eval.occupancy_bench import load_frames
-    from stereovoxel_ros.pruning_control import PruningControlError
 
     try:
         if args.frames < 1 or args.target_ms < 0:

@@ -10,7 +10,7 @@ for candidate gates and thresholds, by coordinate ascent on
                 − ``false_stop_weight`` × false-stop frames
 
 as means over the tuning set's worlds. A stricter cut for the lowest obstacle layer
-near the robot (:class:`~stereovoxel_ros.occupancy_predictor.NearLowThreshold`: the floor bleeds into it) is
+near the robot (:class:`~stereovoxel_ros.core.occupancy.occupancy_predictor.NearLowThreshold`: the floor bleeds into it) is
 searched too (first in each round), over a threshold and a range. The result goes into the checkpoint's metadata (``calibration``), which
 ``StereoVoxelNetPredictor`` uses by default. Tune on a tuning seed only, never on the sets you report.
 """
@@ -29,16 +29,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import atomic_write, write_json_atomic
-from stereovoxel_ros.occupancy_predictor import NearLowThreshold, PredictorError, make_predictor
-from stereovoxel_ros.occupancy_scoring import (
+from stereovoxel_ros.core.atomic_file import atomic_write, write_json_atomic
+from stereovoxel_ros.core.occupancy.occupancy_predictor import (
+    NearLowThreshold,
+    PredictorError,
+    make_predictor,
+)
+from stereovoxel_ros.core.occupancy.occupancy_scoring import (
     OccupancyScorer,
     ScoringConfig,
     obstacle_band_rows,
     score_frame,
     truth_grid,
 )
-from stereovoxel_ros.octree_decoder import probability_logit
+from stereovoxel_ros.core.occupancy.octree_decoder import probability_logit
 from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples, read_manifest
 from stereovoxel_ros.offline.eval.commands import scoring_arguments, scoring_config
 
@@ -115,7 +119,7 @@ def _collect(predictor, roots: list[str], config: ScoringConfig, limit: int | No
 
 def low_obstacle_band(grid, config: ScoringConfig) -> tuple[float, float]:
     """Camera-frame y extent [m] (y down) of the lowest voxel row the scoring counts as obstacle
-    (:func:`~stereovoxel_ros.occupancy_scoring.obstacle_band_rows`)."""
+    (:func:`~stereovoxel_ros.core.occupancy.occupancy_scoring.obstacle_band_rows`)."""
     rows = np.flatnonzero(obstacle_band_rows(grid, config))
     if not len(rows):
         raise CalibrationError(f"no voxel row of grid {grid.name!r} lies in the obstacle height band")

@@ -40,10 +40,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from stereovoxel_ros.grid_spec import VoxelGridSpec
-from stereovoxel_ros.local_map import LocalMap, LocalMapConfig, sample_grid
-from stereovoxel_ros.obstacle_grid import obstacle_cells
-from stereovoxel_ros.occupancy_scoring import (
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.voxel_grid import (
+    occupied_voxel_centers,
+    optical_to_base_transform,
+    transform_points,
+)
+from stereovoxel_ros.core.occupancy.local_map import LocalMap, LocalMapConfig, sample_grid
+from stereovoxel_ros.core.occupancy.obstacle_grid import obstacle_cells
+from stereovoxel_ros.core.occupancy.occupancy_scoring import (
     FREE,
     HEADLINE_RANGE_M,
     OBSTACLE,
@@ -59,7 +64,6 @@ from stereovoxel_ros.occupancy_scoring import (
     truth_grid,
 )
 from stereovoxel_ros.offline.data.synth_dynamic import DynamicFrame
-from stereovoxel_ros.voxel_grid import occupied_voxel_centers, optical_to_base_transform, transform_points
 
 CLEARED_SHARE = 0.1  # a removed box is cleared when at most this share of its seen footprint is still marked
 MIN_VISIBLE_CELLS = 3  # cells of an object (or a footprint) that must be seen for an event to count

@@ -9,9 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
+from stereovoxel_ros.core.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
+from stereovoxel_ros.core.user_errors import recorded_command
 from stereovoxel_ros.offline.eval.commands import parse_options
-from stereovoxel_ros.user_errors import recorded_command
 
 METHODS = ("classic", "stereovoxelnet", "oracle_1px", "ground_truth")
 # The tuning sweep (run it on the tuning seed only), around the best of a first, wider one (miss 0.4/0.3/0.2,
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
 
 
 def _map_configs(args: argparse.Namespace, resolution_m: float) -> dict[str, Any]:
-    from stereovoxel_ros.local_map import LocalMapConfig
+    from stereovoxel_ros.core.occupancy.local_map import LocalMapConfig
 
     options = parse_options(args.map, "--map")
     known = set(LocalMapConfig.__dataclass_fields__)
@@ -84,8 +84,8 @@ def _map_configs(args: argparse.Namespace, resolution_m: float) -> dict[str, Any
 
 
 def _methods(names: list[str], checkpoint: str | None, grid) -> dict[str, Any]:
-    from stereovoxel_ros.classic_stereo import DisparityOracle
-    from stereovoxel_ros.occupancy_predictor import make_predictor
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import make_predictor
+    from stereovoxel_ros.core.stereo.classic_stereo import DisparityOracle
 
     out: dict[str, Any] = {}
     for name in names:
@@ -101,8 +101,8 @@ def _methods(names: list[str], checkpoint: str | None, grid) -> dict[str, Any]:
 
 
 def run_mapbench(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.local_map import LocalMapError
-    from stereovoxel_ros.occupancy_predictor import PredictorError
+    from stereovoxel_ros.core.occupancy.local_map import LocalMapError
+    from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError
     from stereovoxel_ros.offline.data.synth_config import SynthWorldError
 
     try:
@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from stereovoxel_ros.occupancy_scoring import ScoringConfig
+    from stereovoxel_ros.core.occupancy.occupancy_scoring import ScoringConfig
     from stereovoxel_ros.offline.data.synth_config import SynthConfig
     from stereovoxel_ros.offline.data.synth_dynamic import DynamicScenario, generate_dynamic_sequence
     from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry, evaluate_sequence, summarize

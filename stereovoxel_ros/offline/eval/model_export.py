@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stereovoxel_ros.models.stereovoxelnet import DenseOccupancy, StereoVoxelNet
+from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
+from stereovoxel_ros.core.models.stereovoxelnet import DenseOccupancy, StereoVoxelNet
 from stereovoxel_ros.offline.export_files import save_onnx, save_torchscript
-from stereovoxel_ros.stereo_camera import ZED2_640x360
 
 ONNX_OPSET = 20  # GridSample on 5D inputs (the frustum lookup) needs opset 20
 INPUT_NAMES = ("left", "right", "camera")

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stereovoxel_ros.grid_spec import VoxelGridSpec
-from stereovoxel_ros.metrics import voxel_iou
-from stereovoxel_ros.occupancy_predictor import StereoVoxelNetPredictor
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.occupancy.metrics import voxel_iou
+from stereovoxel_ros.core.occupancy.occupancy_predictor import StereoVoxelNetPredictor
 from stereovoxel_ros.offline.data.dataset_format import StereoSample
 
 

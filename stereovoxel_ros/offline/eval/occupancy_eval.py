@@ -1,8 +1,8 @@
-"""Score occupancy backends side by side on datasets with the Nav2 scoring (``stereovoxel_ros.occupancy_scoring``).
+"""Score occupancy backends side by side on datasets with the Nav2 scoring (``stereovoxel_ros.core.occupancy.occupancy_scoring``).
 
 Methods are predictors (``predict(left, right, camera)``) or oracles (``occupancy_from_depth(depth, camera)``:
 true disparity plus noise through the classic voxelization). Every frame of every method goes through
-:func:`~stereovoxel_ros.occupancy_scoring.score_frame`; worlds are the datasets' sequences.
+:func:`~stereovoxel_ros.core.occupancy.occupancy_scoring.score_frame`; worlds are the datasets' sequences.
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import save_figure_atomic
-from stereovoxel_ros.grid_spec import VoxelGridSpec
-from stereovoxel_ros.occupancy_predictor import OccupancyResult, PredictorError, check_stereo_images
-from stereovoxel_ros.occupancy_scoring import (
+from stereovoxel_ros.core.atomic_file import save_figure_atomic
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.geometry.voxel_grid import depth_to_voxels
+from stereovoxel_ros.core.occupancy.occupancy_predictor import (
+    OccupancyResult,
+    PredictorError,
+    check_stereo_images,
+)
+from stereovoxel_ros.core.occupancy.occupancy_scoring import (
     HEADLINE_CLASSES,
     OccupancyScorer,
     ScoringConfig,
@@ -32,8 +38,6 @@ from stereovoxel_ros.occupancy_scoring import (
     truth_grid,
 )
 from stereovoxel_ros.offline.data.dataset_format import StereoSample, iter_samples, read_manifest
-from stereovoxel_ros.stereo_camera import StereoCameraModel
-from stereovoxel_ros.voxel_grid import depth_to_voxels
 
 
 class DepthNetPredictor:
@@ -42,8 +46,8 @@ class DepthNetPredictor:
     def __init__(self, checkpoint: str | os.PathLike, grid: VoxelGridSpec, min_points: int = 1) -> None:
         import torch
 
-        from stereovoxel_ros.models.stereo_depth_net import StereoDepthNetError, load_depth_checkpoint
-        from stereovoxel_ros.models.stereovoxelnet import fuse_batchnorm
+        from stereovoxel_ros.core.models.stereo_depth_net import StereoDepthNetError, load_depth_checkpoint
+        from stereovoxel_ros.core.models.stereovoxelnet import fuse_batchnorm
 
         try:
             model, self.meta = load_depth_checkpoint(checkpoint)

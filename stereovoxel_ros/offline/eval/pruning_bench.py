@@ -2,7 +2,7 @@
 
 Latency is the node's ``predict`` (resize, network, octree decoding) timed round-robin: each repeat runs one
 frame through every variant in turn, so load from other processes falls on all of them alike. Held-out
-scores are the Nav2 figures of :mod:`stereovoxel_ros.occupancy_scoring` (F1 of the 2D obstacle grid at
+scores are the Nav2 figures of :mod:`stereovoxel_ros.core.occupancy.occupancy_scoring` (F1 of the 2D obstacle grid at
 0-6 m with a one-cell tolerance, false obstacles, false stops) per held-out dataset; the table gives their
 mean ± spread over the datasets and the F1 drop against the dense model, paired per dataset.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from stereovoxel_ros.atomic_file import save_figure_atomic
-from stereovoxel_ros.occupancy_predictor import make_predictor
+from stereovoxel_ros.core.atomic_file import save_figure_atomic
+from stereovoxel_ros.core.occupancy.occupancy_predictor import make_predictor
 from stereovoxel_ros.offline.eval.occupancy_bench import Frames
 
 F1_DROP_TARGETS = {0.25: 0.02, 0.5: 0.05}  # issue 23: F1 0-6 m drop at ratio 0.25 / 0.5
@@ -73,7 +73,7 @@ def pruning_variants(
     labels = [v.label for v in out]
     clash = sorted({x for x in labels if labels.count(x) > 1})
     if clash:
-        from stereovoxel_ros.occupancy_predictor import PredictorError
+        from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError
 
         raise PredictorError(f"--pruned-baseline: two rows would be called {clash[0]!r}; name them apart")
     return out

@@ -85,7 +85,7 @@ _PIPELINES: dict[str, StackPipeline] = {}
 def _pipeline(backend: str, checkpoint: str | None, spec: BenchSpec) -> StackPipeline:
     """One predictor per backend and process, built on first use (the node's options: one torch thread)."""
     if backend not in _PIPELINES:
-        from stereovoxel_ros.occupancy_predictor import make_predictor
+        from stereovoxel_ros.core.occupancy.occupancy_predictor import make_predictor
 
         opts: dict[str, Any] = {"num_threads": 1} if backend == "stereovoxelnet" else {}
         predictor = make_predictor(

@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.geometry.voxel_grid import optical_to_base_transform
 from stereovoxel_ros.offline.data.synth_dynamic import _clear_of, _Track
 from stereovoxel_ros.offline.data.synth_layout import random_object
 from stereovoxel_ros.offline.data.synth_meshes import SceneObject
@@ -40,8 +42,6 @@ from stereovoxel_ros.offline.navbench.world import (
     route_and_world,
     static_footprints,
 )
-from stereovoxel_ros.stereo_camera import StereoCameraModel
-from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
 _HIDDEN_Z = -50.0  # [m] an absent object waits under the ground plane, out of every ray
 

@@ -5,7 +5,7 @@ base_link -> the per-frame obstacle grid in odom (``obstacle_grid.obstacle_cells
 geometry and ``occupancy_grid_frame: odom_frame``, ``local_map_bench.ObservationGeometry``), the same functions the node
 calls (tests/test_navbench_node_parity.py compares the two on a pair over loopback DDS).
 
-Map sources: ``per_frame`` (the latest per-frame grid only), ``fused`` (``stereovoxel_ros.local_map.LocalMap``,
+Map sources: ``per_frame`` (the latest per-frame grid only), ``fused`` (``stereovoxel_ros.core.occupancy.local_map.LocalMap``,
 issue 19, with the node's ``local_map.*`` parameter defaults: what ``~/local_map`` publishes), ``fused_octomap``
 (octomap's sensor model, ``OCTOMAP_MODEL``, which the node's defaults now are), ``fused_fast`` (the faster-clearing
 model the node used before, ``local_map.FAST_CLEARING``) and ``ground_truth`` (the true obstacle footprints: the ceiling; only this source
@@ -20,13 +20,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stereovoxel_ros.local_map import FAST_CLEARING, LocalMap, LocalMapConfig
-from stereovoxel_ros.obstacle_grid import obstacle_cells
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.geometry.voxel_grid import occupied_voxel_centers, transform_points
+from stereovoxel_ros.core.occupancy.local_map import FAST_CLEARING, LocalMap, LocalMapConfig
+from stereovoxel_ros.core.occupancy.obstacle_grid import obstacle_cells
 from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
 from stereovoxel_ros.offline.navbench.planner import MapGrid, PlanWindow
 from stereovoxel_ros.offline.navbench.world import NavWorld
-from stereovoxel_ros.stereo_camera import StereoCameraModel
-from stereovoxel_ros.voxel_grid import occupied_voxel_centers, transform_points
 
 MAP_SOURCES = ("per_frame", "fused", "fused_octomap", "fused_fast", "ground_truth")
 # octomap's sensor model (hit 0.7, miss 0.4, clamp 0.12 / 0.97), the node's other local_map defaults: slower to
@@ -103,7 +103,7 @@ class PerFrameMap:
 
 
 class FusedMap:
-    """Per-frame grids fused by :class:`~stereovoxel_ros.local_map.LocalMap` (the node's ``~/local_map``)."""
+    """Per-frame grids fused by :class:`~stereovoxel_ros.core.occupancy.local_map.LocalMap` (the node's ``~/local_map``)."""
 
     needs_camera = True
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from stereovoxel_ros.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
+from stereovoxel_ros.core.atomic_file import save_figure_atomic, write_json_atomic, write_text_atomic
 from stereovoxel_ros.offline.navbench.episode import EpisodeResult
 from stereovoxel_ros.offline.navbench.world import NavWorld
 

@@ -16,12 +16,12 @@ from typing import Protocol
 
 import numpy as np
 
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.geometry.voxel_grid import optical_to_base_transform
 from stereovoxel_ros.offline.data.synth_config import SynthConfig
 from stereovoxel_ros.offline.data.synth_meshes import SceneObject
 from stereovoxel_ros.offline.data.synth_sequences import densify_path, random_trajectory
 from stereovoxel_ros.offline.data.synth_world import SynthWorld, base_pose_matrix
-from stereovoxel_ros.stereo_camera import StereoCameraModel
-from stereovoxel_ros.voxel_grid import optical_to_base_transform
 
 
 class NavWorldError(ValueError):

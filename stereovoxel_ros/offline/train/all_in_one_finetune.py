@@ -2,11 +2,11 @@
 
 Every step sums the task loss over all pruning ratios (one backward trains the shared weights and the channel
 scores jointly); ``finalize`` re-calibrates BatchNorm statistics per ratio on the training set and records the
-exported :class:`~stereovoxel_ros.pruning_switch.NestedMasks` (levels per channel group) in the checkpoint
-metadata under :data:`MASKS_META_KEY`, where :class:`~stereovoxel_ros.occupancy_predictor.StereoVoxelNetPredictor`
+exported :class:`~stereovoxel_ros.core.occupancy.pruning_switch.NestedMasks` (levels per channel group) in the checkpoint
+metadata under :data:`MASKS_META_KEY`, where :class:`~stereovoxel_ros.core.occupancy.occupancy_predictor.StereoVoxelNetPredictor`
 builds one compact, BN-fused copy per ratio.
 
-Pruned: the channel groups of :mod:`stereovoxel_ros.channel_groups` under ``parts`` — every InvertedResidual's
+Pruned: the channel groups of :mod:`stereovoxel_ros.core.occupancy.channel_groups` under ``parts`` — every InvertedResidual's
 expansion channels, the extractor's stem and stage widths, the matching features (equally in every correlation
 group: this thins the cost volume's correlations), the encoder's three widths and the decoder MLPs' hidden
 channels. A group's mask multiplies the outputs of all of its producers and depthwise convs, so a pruned
@@ -26,18 +26,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from stereovoxel_ros.channel_groups import (
+from stereovoxel_ros.core.occupancy.channel_groups import (
     PARTS,
     ChannelGroup,
     ChannelGroupError,
     stereovoxelnet_groups,
 )
-from stereovoxel_ros.offline.train.trainer import TrainContext, TrainingError, TrainingMethod
-from stereovoxel_ros.pruning_switch import (
+from stereovoxel_ros.core.occupancy.pruning_switch import (
     NestedMasks,
     levels_from_scores,
     straight_through_topk_mask,
 )
+from stereovoxel_ros.offline.train.trainer import TrainContext, TrainingError, TrainingMethod
 
 MASKS_META_KEY = "pruning_masks"  # checkpoint meta entry holding NestedMasks.state()
 DEFAULT_PARTS = PARTS

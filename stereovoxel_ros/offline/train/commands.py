@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from stereovoxel_ros.user_errors import recorded_command
+from stereovoxel_ros.core.user_errors import recorded_command
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -304,7 +304,7 @@ def run_train(args: argparse.Namespace) -> int:
     overrides.update(parse_key_values(args.config_overrides))
     torch_seed(args.seed)
     if args.model == "stereovoxelnet":
-        from stereovoxel_ros.models.stereovoxelnet import STEREOVOXELNET_CONFIGS, StereoVoxelNet
+        from stereovoxel_ros.core.models.stereovoxelnet import STEREOVOXELNET_CONFIGS, StereoVoxelNet
 
         variant = args.variant or "stereovoxelnet"
         if variant not in STEREOVOXELNET_CONFIGS:
@@ -312,7 +312,7 @@ def run_train(args: argparse.Namespace) -> int:
             return 2
         model = StereoVoxelNet(replace(STEREOVOXELNET_CONFIGS[variant], **overrides), grid)
         if args.init:
-            from stereovoxel_ros.models.stereovoxelnet import (
+            from stereovoxel_ros.core.models.stereovoxelnet import (
                 StereoVoxelNetError,
                 init_from_parent,
                 load_checkpoint,
@@ -326,14 +326,14 @@ def run_train(args: argparse.Namespace) -> int:
                 return 1
         task = OccupancyTask(model, variant, args.loss)
     else:
-        from stereovoxel_ros.models.stereo_depth_net import create_stereo_depth_net
+        from stereovoxel_ros.core.models.stereo_depth_net import create_stereo_depth_net
 
         task = DepthTask(create_stereo_depth_net(args.variant or "stereo_depth_net", **overrides))
     return _train(args, task, None, run_meta(args))
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from stereovoxel_ros.models.stereovoxelnet import StereoVoxelNetError, load_checkpoint
+    from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNetError, load_checkpoint
     from stereovoxel_ros.offline.train.tasks import OccupancyTask
     from stereovoxel_ros.offline.train.trainer import TrainingError, make_training_method
 

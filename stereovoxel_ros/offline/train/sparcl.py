@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from stereovoxel_ros.atomic_file import atomic_write
-from stereovoxel_ros.octree_decoder import sparse_soft_iou_loss
+from stereovoxel_ros.core.atomic_file import atomic_write
+from stereovoxel_ros.core.occupancy.octree_decoder import sparse_soft_iou_loss
 from stereovoxel_ros.offline.train.sparse_training import (
     DynamicSparseTraining,
     MeteredMethod,

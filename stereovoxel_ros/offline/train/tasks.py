@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stereovoxel_ros.grid_spec import VoxelGridSpec
-from stereovoxel_ros.models.stereo_depth_net import save_depth_checkpoint
-from stereovoxel_ros.models.stereovoxelnet import depth_slab_loss, save_checkpoint
-from stereovoxel_ros.octree_decoder import (
+from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.models.stereo_depth_net import save_depth_checkpoint
+from stereovoxel_ros.core.models.stereovoxelnet import depth_slab_loss, save_checkpoint
+from stereovoxel_ros.core.occupancy.octree_decoder import (
     balanced_bce_loss,
     height_balanced_soft_iou_loss,
     octree_targets,
@@ -26,7 +27,6 @@ from stereovoxel_ros.octree_decoder import (
 )
 from stereovoxel_ros.offline.data.dataset_format import read_manifest, read_sample, read_split
 from stereovoxel_ros.offline.train.trainer import TrainingError
-from stereovoxel_ros.stereo_camera import StereoCameraModel
 
 # ---- data --------------------------------------------------------------------------------------------------------
 
@@ -170,10 +170,10 @@ class OccupancyTask:
     """StereoVoxelNet: soft-IoU loss summed over the octree levels; validation IoU at the finest level.
 
     ``loss`` names its terms joined by "+": "soft_iou" (the published loss) and optionally "height" (the
-    height-balanced soft IoU of :func:`~stereovoxel_ros.octree_decoder.height_balanced_soft_iou_loss` at every
+    height-balanced soft IoU of :func:`~stereovoxel_ros.core.occupancy.octree_decoder.height_balanced_soft_iou_loss` at every
     level, false positives at the coarse levels weighed by ``COARSE_FP_WEIGHT``: recall first where empty
     cells are pruned) and "depth" (cross-entropy of the frustum's depth-slab logits against ground-truth depth,
-    :func:`~stereovoxel_ros.models.stereovoxelnet.depth_slab_loss`, weighed by ``DEPTH_WEIGHT``; it makes the
+    :func:`~stereovoxel_ros.core.models.stereovoxelnet.depth_slab_loss`, weighed by ``DEPTH_WEIGHT``; it makes the
     extractor learn to match, without it the network settles on a floor prior and misses obstacles).
     """
 
@@ -232,8 +232,8 @@ class OccupancyTask:
         F1 at 0–6 m with a one-cell tolerance; 1 for a frame with nothing true and nothing predicted there, 0
         for predictions only), ``false_free_0_6m``, voxel ``iou`` and ``obstacle_iou``, ``score`` (= f1_0_6m,
         the selection metric) and ``count``."""
-        from stereovoxel_ros.metrics import voxel_iou
-        from stereovoxel_ros.occupancy_scoring import (
+        from stereovoxel_ros.core.occupancy.metrics import voxel_iou
+        from stereovoxel_ros.core.occupancy.occupancy_scoring import (
             ScoringConfig,
             obstacle_band_rows,
             rates,

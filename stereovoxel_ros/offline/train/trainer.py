@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from stereovoxel_ros.atomic_file import atomic_write, save_figure_atomic, write_json_atomic
+from stereovoxel_ros.core.atomic_file import atomic_write, save_figure_atomic, write_json_atomic
 from stereovoxel_ros.offline.data.dataset_format import read_manifest
 from stereovoxel_ros.offline.train.lr_schedule import warmup_cosine_lr
 

@@ -1,0 +1,1 @@
+"""The patch defense: candidate regions, region evidence, neutralisation, the reuse cache and the defended detector."""

@@ -1,0 +1,1 @@
+"""Geometry: transforms, the Jackal platform, the stereo camera model, grid and voxel geometry."""
