@@ -202,3 +202,90 @@ def test_dynamic_world_true_map_succeeds_and_a_blind_robot_hits_the_appearing_bo
     assert blind.outcome == "collision"
     # it ran into the box put down across the route, not into the box taken away before it got there
     assert blind.collision_xy[0] > 5.0 and world.appearing_present and not world.removed_present
+
+
+def test_planner_tolerance_plans_to_the_nearest_free_cell_when_the_goal_is_blocked() -> None:
+    """NavFn's ``tolerance`` (Nav2's default 0.5 m): a goal inside an obstacle still gets a path, to the
+    reachable cell nearest it; 0 gives none, and so does a blocked area wider than the tolerance."""
+    from dataclasses import replace
+
+    from stereovoxel_ros.offline.navbench.map_sources import truth_grid
+    from stereovoxel_ros.offline.navbench.planner import (
+        PlannerConfig,
+        PlanWindow,
+        build_costmap,
+        path_exists,
+        plan_path,
+    )
+    from stereovoxel_ros.offline.navbench.robot import JackalModel
+
+    config = PlannerConfig()
+    assert config.planner_tolerance == 0.5
+    window = PlanWindow.around(np.array([[0.0, 0.0], [6.0, 0.0]]), 2.0, config.resolution_m)
+    goal = (6.0, 0.0)
+
+    def costmap(half: float):
+        blob = np.array([[6.0 - half, -half], [6.0 + half, -half], [6.0 + half, half], [6.0 - half, half]])
+        return build_costmap(truth_grid([blob], window), window, JackalModel(), config, (0.0, 0.0, 0.0))
+
+    small = costmap(0.05)  # one cell on the goal: the goal and its inflation are blocked
+    assert plan_path(small, (0.0, 0.0), goal, replace(config, planner_tolerance=0.0)) is None
+    path = plan_path(small, (0.0, 0.0), goal, config)
+    assert path is not None
+    end = path[-1]
+    assert np.linalg.norm(end - goal) <= 0.5 and small.cost[window.cells(end[None])[:2]][0] < 253
+    assert np.linalg.norm(end - goal) > 0.25  # beyond the inscribed radius: the goal cell itself is blocked
+    assert np.linalg.norm(path[0] - (0.0, 0.0)) < 0.1  # from the robot
+    assert not path_exists(small, (0.0, 0.0), goal, config)  # a false stop still asks for the goal itself
+    assert plan_path(costmap(1.0), (0.0, 0.0), goal, config) is None  # blocked wider than the tolerance
+    free = build_costmap(None, window, JackalModel(), config)  # the goal free: as without a tolerance
+    a = plan_path(free, (0.0, 0.0), goal, config)
+    b = plan_path(free, (0.0, 0.0), goal, replace(config, planner_tolerance=0.0))
+    assert np.array_equal(a, b) and tuple(a[-1]) == goal
+
+
+class _Tracked:
+    """A world that remembers where the robot is (what a view-dependent phantom needs)."""
+
+    def __init__(self, world) -> None:
+        self._world, self.pose = world, world.start
+
+    def __getattr__(self, name):
+        return getattr(self._world, name)
+
+    def reset(self) -> None:
+        self._world.reset()
+        self.pose = self._world.start
+
+    def advance(self, pose, t) -> None:
+        self.pose = pose
+        self._world.advance(pose, t)
+
+
+def test_a_phantom_on_the_goal_seen_from_afar_is_a_false_stop_without_the_planner_tolerance() -> None:
+    """The dev-seed StereoVoxelNet false stops (docs/navbench.md): a phantom on the goal that only shows from
+    3 m and further stops a planner without NavFn's tolerance 3 m short; with it the robot drives on, and from
+    nearer the phantom is gone."""
+    from dataclasses import replace
+
+    from stereovoxel_ros.offline.navbench.episode import EpisodeConfig, plan_window, run_episode
+    from stereovoxel_ros.offline.navbench.map_sources import truth_grid
+    from stereovoxel_ros.offline.navbench.planner import PlannerConfig
+
+    world = _Tracked(_wall_world((20.0, 21.0)))  # nothing on the way
+    window = plan_window(world, PlannerConfig())
+    blob = np.array([[5.8, -0.2], [6.2, -0.2], [6.2, 0.2], [5.8, 0.2]])
+    phantom = truth_grid([blob], window)
+
+    class _FarPhantom(_EmptyMap):
+        def grid(self):
+            far = np.hypot(world.pose[0] - 6.0, world.pose[1]) > 3.0
+            return phantom if far else None
+
+    config = EpisodeConfig(stuck_window_s=2.0, time_limit_s=12.0)
+    strict = replace(PlannerConfig(), planner_tolerance=0.0)
+    stopped = run_episode(world, _FarPhantom(), None, "phantom", seed=0, planner=strict, config=config)
+    assert stopped.outcome == "stuck" and stopped.false_stop
+    assert stopped.path_length_m < 0.2
+    result = run_episode(world, _FarPhantom(), None, "phantom", seed=0, config=config)
+    assert result.outcome == "success", result

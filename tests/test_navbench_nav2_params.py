@@ -38,6 +38,8 @@ def test_nav2_navbench_params_are_the_benchmark_planner_parameters() -> None:
         ("max_allowed_time_to_collision_up_to_carrot", planner.collision_horizon_s),
     ):
         assert rpp[nav2] == pytest.approx(ours), nav2
+    navfn = data["planner_server"]["ros__parameters"]["GridBased"]
+    assert navfn["tolerance"] == planner.planner_tolerance
     for name in ("local_costmap", "global_costmap"):
         costmap = data[name][name]["ros__parameters"]
         assert costmap["resolution"] == planner.resolution_m and costmap["global_frame"] == "odom"

@@ -21,7 +21,7 @@ follower, replanned every control step on the map the stack publishes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from skimage.graph import MCP_Geometric
@@ -42,6 +42,9 @@ class PlannerConfig:
     cost_scaling_factor: float = 3.0  # Nav2 inflation_layer default (Jackal's too)
     cost_weight: float = 3.0  # path cost per cell = 1 + cost_weight * cost / 252
     goal_tolerance: float = 0.25  # [m] Nav2 xy_goal_tolerance default
+    # [m] NavFn's ``tolerance`` (Nav2's default 0.5): when the goal cannot be reached, plan to the reachable cell
+    # nearest the goal within this distance of it instead of failing; 0 = the goal or nothing
+    planner_tolerance: float = 0.5
     lookahead_time: float = 1.5  # [s] RPP lookahead_time
     min_lookahead: float = 0.4  # [m]
     max_lookahead: float = 0.9  # [m]
@@ -169,29 +172,66 @@ def plan_path(
 
     window = costmap.window
     r, c, inside = window.cells(np.array([start, goal], float))
-    if not inside.all():
+    if not inside[0]:
         return None
     costs = 1.0 + config.cost_weight * costmap.cost.astype(np.float64) / 252.0
     costs[costmap.cost >= INSCRIBED] = np.inf
     start_rc, goal_rc = (int(r[0]), int(c[0])), (int(r[1]), int(c[1]))
-    if not np.isfinite(costs[goal_rc]):
-        return None
     # the robot may stand in inflation (a new obstacle appeared beside it): let the path leave its cell
     costs[start_rc] = min(costs[start_rc], 1.0 + config.cost_weight)
-    mcp = MCP_Geometric(costs, fully_connected=True)
-    cumulative, _ = mcp.find_costs([goal_rc], [start_rc])
-    if not np.isfinite(cumulative[start_rc]):
+    if inside[1] and np.isfinite(costs[goal_rc]):
+        mcp = MCP_Geometric(costs, fully_connected=True)
+        cumulative, _ = mcp.find_costs([goal_rc], [start_rc])
+        if np.isfinite(cumulative[start_rc]):
+            cells = np.asarray(mcp.traceback(start_rc))[::-1]  # start -> goal
+            path = window.centres(cells[:, 0], cells[:, 1])
+            path[-1] = goal
+            return path
+    return _plan_near_goal(costs, window, start_rc, goal, config.planner_tolerance)
+
+
+def _plan_near_goal(
+    costs: np.ndarray,
+    window: PlanWindow,
+    start_rc: tuple[int, int],
+    goal: tuple[float, float],
+    tolerance: float,
+) -> np.ndarray | None:
+    """NavFn's ``tolerance``: the path to the reachable cell nearest ``goal`` within ``tolerance`` [m] of it
+    (ties: the cheaper one), or None when there is none (``tolerance`` 0: always None)."""
+    if tolerance <= 0:
         return None
-    cells = np.asarray(mcp.traceback(start_rc))[::-1]  # start -> goal
-    path = window.centres(cells[:, 0], cells[:, 1])
-    path[-1] = goal
-    return path
+    span = math.ceil(tolerance / window.resolution) + 1
+    gc = math.floor((goal[0] - window.origin[0]) / window.resolution)
+    gr = math.floor((goal[1] - window.origin[1]) / window.resolution)
+    rows = np.arange(max(gr - span, 0), min(gr + span + 1, window.rows))
+    cols = np.arange(max(gc - span, 0), min(gc + span + 1, window.cols))
+    if not len(rows) or not len(cols):
+        return None
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    rr, cc = rr.ravel(), cc.ravel()
+    dist = np.linalg.norm(window.centres(rr, cc) - np.asarray(goal, float), axis=1)
+    near = (dist <= tolerance) & np.isfinite(costs[rr, cc])
+    if not near.any():
+        return None
+    mcp = MCP_Geometric(costs, fully_connected=True)
+    cumulative, _ = mcp.find_costs([start_rc])
+    reach = near & np.isfinite(cumulative[rr, cc])
+    if not reach.any():
+        return None
+    best = np.lexsort((cumulative[rr, cc][reach], dist[reach]))[0]
+    end = (int(rr[reach][best]), int(cc[reach][best]))
+    if end == start_rc:  # already as near as it gets: nothing to drive
+        return None
+    cells = np.asarray(mcp.traceback(end))  # start -> end
+    return window.centres(cells[:, 0], cells[:, 1])
 
 
 def path_exists(
     costmap: Costmap, start: tuple[float, float], goal: tuple[float, float], config: PlannerConfig
 ) -> bool:
-    return plan_path(costmap, start, goal, config) is not None
+    """Whether a path reaches ``goal`` itself (``planner_tolerance`` does not count)."""
+    return plan_path(costmap, start, goal, replace(config, planner_tolerance=0.0)) is not None
 
 
 def _carrot(path: np.ndarray, xy: np.ndarray, lookahead: float) -> np.ndarray:
