@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     _data_args(p, train=True)
     _model_args(p)
-    p.add_argument("--out", required=True, help="run folder: best.pt, last.pt, metrics.csv, loss.png")
+    p.add_argument(
+        "--out", required=True, help="run folder: best.pt, last.pt, metrics.csv, training_curves.png"
+    )
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=4e-3)
