@@ -198,7 +198,7 @@ def test_local_gradient_smoothing_suppresses_the_patch_not_smooth_areas() -> Non
 
 def test_eval_metrics_helpers() -> None:
     from stereovoxel_ros.core.models.anchor_free_detector import Detections
-    from stereovoxel_ros.offline.detection.defense_evaluation import region_hits, target_detected
+    from stereovoxel_ros.offline.detection.defense_scoring import region_hits, target_detected
 
     det = Detections(np.array([[10, 10, 50, 50]], np.float32), np.array([0.9], np.float32), np.array([1]))
     assert target_detected(det, np.array([12, 10, 50, 52], np.float32), 1)
