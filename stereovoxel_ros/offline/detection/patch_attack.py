@@ -238,6 +238,21 @@ def _attack_loss(
     return -(cls * inside).flatten(1).amax(1).mean()
 
 
+def start_patch(
+    model: torch.nn.Module, config: AttackConfig
+) -> tuple[torch.Generator, torch.Tensor, torch.optim.Optimizer]:
+    """The start of a patch optimisation: the seeded generator, the random raw patch (3, p, p) being optimised,
+    its Adam optimiser; ``model`` is frozen in eval mode."""
+    gen = torch.Generator().manual_seed(config.seed)
+    p = config.patch_pixels
+    raw = torch.rand(3, p, p, generator=gen).requires_grad_(True)
+    opt = torch.optim.Adam([raw], lr=config.lr)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return gen, raw, opt
+
+
 def optimize_patch(
     model: Any,
     images: torch.Tensor,
@@ -252,13 +267,7 @@ def optimize_patch(
         raise PatchAttackError(
             f"need N images (N, 3, h, w) and N boxes, got {tuple(images.shape)} and {len(boxes)}"
         )
-    gen = torch.Generator().manual_seed(config.seed)
-    p = config.patch_pixels
-    raw = torch.rand(3, p, p, generator=gen).requires_grad_(True)
-    opt = torch.optim.Adam([raw], lr=config.lr)
-    model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
+    gen, raw, opt = start_patch(model, config)
     input_size = (images.shape[3], images.shape[2])
     losses = []
     for _ in tqdm(range(config.steps), desc=f"attack ({config.mode})", unit="step", disable=not progress):
