@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
     # part B's subcommands, once their modules exist
     for module_name, register_name in (
-        ("patch_attack", "register_attack"),
+        ("attack_command", "register_attack"),
         ("defense_evaluation", "register_eval_defense"),
         ("region_training", "register_train_regions"),
         ("defense_report", "register_defense_report"),
