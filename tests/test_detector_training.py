@@ -118,7 +118,15 @@ def test_tiny_training_run_lowers_loss(tmp_path) -> None:
     result = train_detector(model, frames, frames[:2], tmp_path / "run", config, meta={"test": True})
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < 0.7 * losses[0]
-    assert (tmp_path / "run" / "metrics.csv").is_file() and (tmp_path / "run" / "loss.png").is_file()
+    assert (tmp_path / "run" / "metrics.csv").is_file() and (
+        tmp_path / "run" / "training_curves.png"
+    ).is_file()
+    last = torch.load(result.last_path, weights_only=False)  # the detector's own resumable format
+    assert set(last) == {"config", "state_dict", "meta", "optimizer", "epoch", "step", "elapsed_s"} | {
+        "history",
+        "best_map",
+    }
+    assert (last["epoch"], last["step"], result.steps) == (4, 8, 8)  # 12 frames in batches of 6
     _, cfg, meta = load_detector(result.best_path)
     assert cfg == SMALL and meta["test"] is True and "val" in meta
     # resume continues after the last epoch and trains the remaining ones

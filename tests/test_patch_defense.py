@@ -27,8 +27,8 @@ from stereovoxel_ros.core.detection.patch_defense import (
     PatchDefendedDetector,
     PatchDefenseConfig,
     PatchDefenseError,
-    find_candidate_regions,
 )
+from stereovoxel_ros.core.detection.patch_regions import find_candidate_regions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see the root conftest.py
 
@@ -198,7 +198,7 @@ def test_local_gradient_smoothing_suppresses_the_patch_not_smooth_areas() -> Non
 
 def test_eval_metrics_helpers() -> None:
     from stereovoxel_ros.core.models.anchor_free_detector import Detections
-    from stereovoxel_ros.offline.detection.defense_evaluation import region_hits, target_detected
+    from stereovoxel_ros.offline.detection.defense_scoring import region_hits, target_detected
 
     det = Detections(np.array([[10, 10, 50, 50]], np.float32), np.array([0.9], np.float32), np.array([1]))
     assert target_detected(det, np.array([12, 10, 50, 52], np.float32), 1)
@@ -236,7 +236,7 @@ def test_real_detector_architecture_runs_under_the_defense() -> None:
 
 
 def test_activation_anomaly_marks_a_dense_block_and_not_flat_or_smooth_maps() -> None:
-    from stereovoxel_ros.core.detection.patch_defense import (
+    from stereovoxel_ros.core.detection.patch_regions import (
         anomaly_statistics,
         centre_surround,
         importance_map,
@@ -259,7 +259,7 @@ def test_activation_anomaly_marks_a_dense_block_and_not_flat_or_smooth_maps() ->
 
 
 def test_opened_anomaly_map_finds_a_block_tightly_and_ignores_edge_lines() -> None:
-    from stereovoxel_ros.core.detection.patch_defense import open_anomaly_map
+    from stereovoxel_ros.core.detection.patch_regions import open_anomaly_map
 
     rng = np.random.default_rng(1)
     clean = rng.normal(2.0, 0.3, (48, 80))
@@ -325,7 +325,7 @@ def _texel_patch(side: int, texels: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def test_patch_box_fit_is_pixel_exact_and_ignores_silhouettes() -> None:
-    from stereovoxel_ros.core.detection.patch_defense import fit_patch_box, texture_pixels
+    from stereovoxel_ros.core.detection.patch_regions import fit_patch_box, texture_pixels
 
     img = clean_frame(3)
     # smooth shading and the object's straight silhouette are not 2D texture; only its 4 corners step both ways
@@ -350,7 +350,7 @@ def test_patch_box_fit_is_pixel_exact_and_ignores_silhouettes() -> None:
 
 
 def test_row_fill_keeps_the_flanks_and_inpaint_fills_inside_only() -> None:
-    from stereovoxel_ros.core.detection.patch_defense import neutralize_regions
+    from stereovoxel_ros.core.detection.patch_neutralization import neutralize_regions
 
     img = clean_frame(0)
     patched = patched_frame(0)
@@ -405,7 +405,7 @@ def test_patch_png_round_trip_and_unreadable_file(tmp_path) -> None:
 def test_stem_receptive_radius_is_measured_and_none_for_a_global_stem() -> None:
     from torch import nn
 
-    from stereovoxel_ros.core.detection.patch_defense import stem_receptive_radius
+    from stereovoxel_ros.core.detection.patch_neutralization import stem_receptive_radius
 
     class TwoStridedConvs(nn.Module):
         def __init__(self, global_mean: bool = False) -> None:
@@ -435,7 +435,7 @@ def test_filled_regions_restem_exactly_like_the_whole_stem() -> None:
     torch.manual_seed(0)
     config = DetectorConfig()
     defended = PatchDefendedDetector(AnchorFreeDetector(config).eval(), config)
-    assert defended.stem_radius is not None and 0 < defended.stem_radius < 32
+    assert defended.analyzer.stem_radius is not None and 0 < defended.analyzer.stem_radius < 32
     rng = np.random.default_rng(3)
     w, h = 400, 250  # not the network input size: boxes are mapped through the resize
     frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -445,10 +445,10 @@ def test_filled_regions_restem_exactly_like_the_whole_stem() -> None:
         [(100.0, 50.0, 140.0, 90.0), (130.0, 80.0, 170.0, 120.0), (300.0, 20.0, 306.0, 40.0)],  # overlap
     ]
     with torch.no_grad():
-        shallow = defended._neutralized_stem(frame, [], None)
+        shallow = defended.analyzer.neutralized_stem(frame, [], None)
         for boxes in box_sets:
-            fast = defended._neutralized_stem(frame, boxes, shallow)
-            whole = defended._neutralized_stem(frame, boxes, None)
+            fast = defended.analyzer.neutralized_stem(frame, boxes, shallow)
+            whole = defended.analyzer.neutralized_stem(frame, boxes, None)
             assert not torch.equal(whole, shallow)  # the fill changed the features
             torch.testing.assert_close(fast, whole, atol=1e-4, rtol=1e-4)
 
@@ -475,7 +475,7 @@ def test_printed_patch_stays_on_its_object_through_a_video() -> None:
 def test_patch_box_fit_trims_a_striped_object_rim() -> None:
     """Below a patch on a cone, the cone's stripes are 2D texture too (they step down into the next stripe and
     sideways every few px); the rim test trims them: their pixels mostly do not step along the row."""
-    from stereovoxel_ros.core.detection.patch_defense import fit_patch_box
+    from stereovoxel_ros.core.detection.patch_regions import fit_patch_box
 
     img = clean_frame(3)
     img[30:47, 50:67] = _texel_patch(17)

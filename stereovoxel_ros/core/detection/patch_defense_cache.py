@@ -40,28 +40,40 @@ def follow_due(state: CacheState, config: PatchDefenseConfig) -> bool:
     return state.frame - state.oldest_decision < min(config.recheck_interval, config.refresh_interval)
 
 
+@dataclass(frozen=True)
+class FrameDecision:
+    """What the defense does with a frame, and why (``reason``: one line, for logs and reports)."""
+
+    mode: FrameMode
+    reason: str
+
+
 def decide_frame(
     state: CacheState, config: PatchDefenseConfig, changed: np.ndarray | None = None
-) -> FrameMode:
-    """The frame's mode. FOLLOW while ``follow_due`` and not ``follow_lost`` (``changed`` not needed); else from
-    the change test's ``changed`` blocks: FULL when a confirmed decision expired or more than
+) -> FrameDecision:
+    """The frame's decision. FOLLOW while ``follow_due`` and not ``follow_lost`` (``changed`` not needed); else
+    from the change test's ``changed`` blocks: FULL when a confirmed decision expired or more than
     ``max_partial_fraction`` of the blocks changed -- DEFER instead when, with reuse and nothing confirmed, the
     last search is under ``check_interval`` frames old --; REUSE when no block changed; PARTIAL otherwise."""
     due = follow_due(state, config)
     if due and not state.follow_lost:
-        return FrameMode.FOLLOW
+        return FrameDecision(FrameMode.FOLLOW, "confirmed regions followed: their decision is still young")
     if changed is None:
         raise PatchDefenseError(
             "decide_frame: the change test's blocks are needed unless regions are followed"
         )
     if state.regions and not due:
-        return FrameMode.FULL  # a confirmed region's decision expired: checked afresh on the whole frame
+        return FrameDecision(FrameMode.FULL, "a confirmed region's decision expired: checked afresh")
     if changed.all() or changed.mean() > config.max_partial_fraction:
         waiting = state.frame - state.check_frame < config.check_interval
         if config.temporal_reuse and not state.regions and waiting:
-            return FrameMode.DEFER
-        return FrameMode.FULL
-    return FrameMode.PARTIAL if changed.any() else FrameMode.REUSE
+            return FrameDecision(FrameMode.DEFER, "too many blocks changed and no search is due yet")
+        return FrameDecision(
+            FrameMode.FULL, "too many blocks changed (first frame, refresh or moving camera)"
+        )
+    if changed.any():
+        return FrameDecision(FrameMode.PARTIAL, "some blocks changed: analysed there")
+    return FrameDecision(FrameMode.REUSE, "no block changed since the last analysis")
 
 
 # --------------------------------------------------------------------------------------- temporal cache

@@ -130,9 +130,7 @@ class FrameMode(Enum):
     FOLLOW = "follow"  # confirmed regions re-fitted and filled before the one detection pass; nothing else
     REUSE = "reuse"  # no block changed since the last analysis (which confirmed nothing): plain detection
     PARTIAL = "partial"  # some blocks changed: importance updated on them, then search and check
-    FULL = (
-        "full"  # everything recomputed (first frame, refresh, moving camera, expired decision), search, check
-    )
+    FULL = "full"  # everything recomputed (first frame, refresh, moving camera, expired decision), searched
     DEFER = "defer"  # the whole frame changed but no search is due (moving camera, nothing confirmed)
 
 
@@ -149,6 +147,7 @@ class DefendedResult:
     blocks_recomputed: int = 0
     blocks_total: int = 0
     mode: FrameMode = FrameMode.FULL  # what was done with the frame
+    reason: str = ""  # why (``FrameDecision.reason``)
 
 
 # -------------------------------------------------------------------------------------------- validation

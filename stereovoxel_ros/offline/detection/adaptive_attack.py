@@ -31,6 +31,7 @@ from stereovoxel_ros.offline.detection.patch_attack import (
     PatchAttackError,
     _attack_loss,
     _place,
+    start_patch,
 )
 
 SOFT_TEXTURE_WIDTH = 4.0  # [DN] width of the sigmoid that stands in for the texture threshold
@@ -112,13 +113,7 @@ def optimize_adaptive_patch(
 
     if images.ndim != 4 or len(images) != len(boxes) or len(images) == 0 or not defenses:
         raise PatchAttackError("the adaptive attack needs N images, N boxes and at least one defense")
-    gen = torch.Generator().manual_seed(config.seed)
-    p = config.patch_pixels
-    raw = torch.rand(3, p, p, generator=gen).requires_grad_(True)
-    opt = torch.optim.Adam([raw], lr=config.lr)
-    model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
+    gen, raw, opt = start_patch(model, config)
     first = defenses[0]
     region_model = next((d.region_model for d in defenses if d.region_model is not None), None)
     input_size = (images.shape[3], images.shape[2])

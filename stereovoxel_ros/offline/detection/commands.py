@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     _data_args(p, train=True)
     _model_args(p)
-    p.add_argument("--out", required=True, help="run folder: best.pt, last.pt, metrics.csv, loss.png")
+    p.add_argument(
+        "--out", required=True, help="run folder: best.pt, last.pt, metrics.csv, training_curves.png"
+    )
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=4e-3)
@@ -69,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
     # part B's subcommands, once their modules exist
     for module_name, register_name in (
-        ("patch_attack", "register_attack"),
+        ("attack_command", "register_attack"),
         ("defense_evaluation", "register_eval_defense"),
         ("region_training", "register_train_regions"),
         ("defense_report", "register_defense_report"),

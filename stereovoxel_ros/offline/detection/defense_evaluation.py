@@ -34,12 +34,14 @@ from stereovoxel_ros.core.detection.patch_defense import (
 )
 from stereovoxel_ros.core.models.anchor_free_detector import (
     PatchDetectorError,
-    box_iou_matrix,
     preprocess_images,
 )
-from stereovoxel_ros.offline.detection.coco_evaluation import evaluate_map
+from stereovoxel_ros.offline.detection.defense_scoring import (
+    EvaluationFrames,
+    score_methods,
+    tune_defense,
+)
 from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
-from stereovoxel_ros.offline.detection.gradient_smoothing import local_gradient_smoothing
 from stereovoxel_ros.offline.detection.patch_attack import (
     AttackConfig,
     PatchAttackError,
@@ -55,8 +57,6 @@ from stereovoxel_ros.offline.detection.patch_attack import (
     write_patch_png,
 )
 
-# Patch coverage of a region counts as a detection of the patch from this share of the patch area on.
-REGION_HIT_COVERAGE = 0.5
 TARGETS = {"defended_over_clean_map50": 0.8, "clean_map_drop_points": 2.0, "amortized_overhead_pct": 20.0}
 
 
@@ -93,158 +93,7 @@ def register_eval_defense(detector_subparsers: argparse._SubParsersAction) -> No
     p.set_defaults(func=run_eval_defense)
 
 
-# ------------------------------------------------------------------------------------------------ metrics
-def target_detected(det: Any, box: np.ndarray, label: int, iou: float = 0.5) -> bool:
-    """Whether ``det`` has a box of class ``label`` with IoU >= ``iou`` with ``box``."""
-
-    sel = np.asarray(det.labels) == label
-    if not sel.any():
-        return False
-    return bool((box_iou_matrix(np.asarray(det.boxes)[sel], box[None]) >= iou).any())
-
-
-def region_coverage(regions: Sequence[Sequence[float]], patches: np.ndarray) -> np.ndarray:
-    """(regions, patches) share of each patch box area covered by each region."""
-    patches = np.asarray(patches, np.float64).reshape(-1, 4)
-    out = np.zeros((len(regions), len(patches)))
-    for i, (x0, y0, x1, y1) in enumerate(regions):
-        for j, (px0, py0, px1, py1) in enumerate(patches):
-            inter = max(0.0, min(x1, px1) - max(x0, px0)) * max(0.0, min(y1, py1) - max(y0, py0))
-            out[i, j] = inter / max((px1 - px0) * (py1 - py0), 1e-6)
-    return out
-
-
-def region_hits(regions: Sequence[Sequence[float]], patches: np.ndarray) -> list[bool]:
-    """Per region: does it cover at least REGION_HIT_COVERAGE of some patch box?"""
-    cov = region_coverage(regions, patches)
-    return [bool(row.max(initial=0.0) >= REGION_HIT_COVERAGE) for row in cov]
-
-
-def patches_found(regions: Sequence[Sequence[float]], patches: np.ndarray) -> int:
-    """How many patch boxes some region covers at least REGION_HIT_COVERAGE of."""
-    cov = region_coverage(regions, patches)
-    return int((cov >= REGION_HIT_COVERAGE).any(axis=0).sum()) if len(regions) else 0
-
-
 # ------------------------------------------------------------------------------------------------ pieces
-def score_methods(
-    model: Any,
-    defense_config: Any,
-    clean: Sequence[np.ndarray],
-    attacked: Sequence[np.ndarray],
-    gts: Sequence[tuple[np.ndarray, np.ndarray]],
-    targets: Sequence[Sequence[Any]],
-    patch_boxes: Sequence[np.ndarray],
-    class_names: Sequence[str],
-    methods: Sequence[str] = ("none", "themis", "lgs"),
-    progress: bool = True,
-) -> dict[str, Any]:
-    """mAP, target recall, attack success and (Themis) region P/R for every method on clean and attacked.
-
-    ``targets[i]`` are the attacked objects of image i and ``patch_boxes[i]`` (k, 4) their patches."""
-
-    defended = PatchDefendedDetector(model, None, replace(defense_config, temporal_reuse=False))
-    results: dict[str, Any] = {}
-    detected: dict[tuple[str, str], list[bool]] = {}
-    for method in methods:
-        for condition, images in (("clean", clean), ("attacked", attacked)):
-            preds, regions, alerts = [], [], []
-            for img in tqdm(images, desc=f"{method:>6} {condition}", unit="frame", disable=not progress):
-                if method == "themis":
-                    defended.reset()
-                    r = defended.process(img)
-                    preds.append(r.detections)
-                    regions.append(r.regions)
-                    alerts.append(r.alert)
-                elif method == "lgs":
-                    preds.append(defended.detect(local_gradient_smoothing(img)))
-                else:
-                    preds.append(defended.detect(img))
-            m = evaluate_map(preds, gts, class_names)
-            hit = [target_detected(p, t.box, t.label) for p, ts in zip(preds, targets) for t in ts]
-            detected[(method, condition)] = hit
-            entry: dict[str, Any] = {
-                "map": m.map,
-                "map50": m.map50,
-                "target_recall": float(np.mean(hit)) if hit else math.nan,
-            }
-            if method == "themis":
-                entry["alert_rate"] = float(np.mean(alerts)) if alerts else math.nan
-                entry["regions"] = sum(len(r) for r in regions)
-                if condition == "attacked":
-                    entry["region_true"] = sum(sum(region_hits(r, pb)) for r, pb in zip(regions, patch_boxes))
-                    entry["patches_found"] = sum(patches_found(r, pb) for r, pb in zip(regions, patch_boxes))
-                    entry["patches"] = sum(len(pb) for pb in patch_boxes)
-                else:
-                    entry["region_true"] = 0
-            results[f"{method}/{condition}"] = entry
-    base = detected.get(("none", "clean"), [])
-    for method in methods:
-        att = detected.get((method, "attacked"), [])
-        n = sum(base)
-        results[f"{method}/attacked"]["attack_success_rate"] = (
-            sum(b and not a for b, a in zip(base, att)) / n if n else math.nan
-        )
-    if "themis" in methods:
-        c, a = results["themis/clean"], results["themis/attacked"]
-        total_regions = c["regions"] + a["regions"]
-        results["themis/region_precision"] = a["region_true"] / total_regions if total_regions else math.nan
-        results["themis/region_recall"] = a["patches_found"] / max(a["patches"], 1)
-    return results
-
-
-def tune_defense(
-    model: Any,
-    base: Any,
-    clean: Sequence[np.ndarray],
-    attacked: Sequence[np.ndarray],
-    gts: Sequence[tuple[np.ndarray, np.ndarray]],
-    class_names: Sequence[str],
-    concentration: Sequence[float] = (0.0, 0.5, 1.0),
-    recovery: Sequence[float] = (0.15, 0.25, 0.4),
-    max_clean_drop: float = 0.01,
-    map_tie: float = 0.005,
-) -> tuple[Any, list[dict[str, float]]]:
-    """Grid search on validation frames: the (concentration, recovery) thresholds with the best attacked
-    mAP50 among those whose clean mAP50 drops by at most ``max_clean_drop`` (within ``map_tie``: the fewest
-    alerts on clean frames, then the fewest candidates -- the highest concentration threshold); returns
-    (config, grid rows)."""
-
-    plain = PatchDefendedDetector(model, None, base)
-    clean_map50 = evaluate_map([plain.detect(im) for im in clean], gts, class_names).map50
-    rows = []
-    grid = [(c, r) for c in concentration for r in recovery]
-    for c, r in tqdm(grid, desc="tune", unit="setting"):
-        cfg = replace(base, concentration_threshold=c, recovery_threshold=r, temporal_reuse=False)
-        det = PatchDefendedDetector(model, None, cfg)
-        scores, alerts = {}, {}
-        for name, images in (("clean", clean), ("attacked", attacked)):
-            preds, alarms = [], []
-            for im in images:
-                det.reset()
-                result = det.process(im)
-                preds.append(result.detections)
-                alarms.append(result.alert)
-            scores[name] = evaluate_map(preds, gts, class_names).map50
-            alerts[name] = float(np.mean(alarms)) if alarms else 0.0
-        rows.append({"concentration_threshold": c, "recovery_threshold": r, "clean_map50": scores["clean"],
-                     "attacked_map50": scores["attacked"], "undefended_clean_map50": clean_map50,
-                     "clean_alert_rate": alerts["clean"], "attacked_alert_rate": alerts["attacked"]})  # fmt: skip
-    ok = [row for row in rows if clean_map50 - row["clean_map50"] <= max_clean_drop] or rows
-    # the best attacked mAP50; settings within map_tie of it count as equal, and among those the one with
-    # the fewest alerts on clean frames wins (false alarms are what a robot's operator sees), then the one that
-    # examines the fewest candidates (the cheapest)
-    top = max(row["attacked_map50"] for row in ok)
-    near = [row for row in ok if row["attacked_map50"] >= top - map_tie]
-    best = min(near, key=lambda row: (row["clean_alert_rate"], -row["concentration_threshold"]))
-    chosen = replace(
-        base,
-        concentration_threshold=best["concentration_threshold"],
-        recovery_threshold=best["recovery_threshold"],
-    )
-    return chosen, rows
-
-
 def latency_rows(
     model: Any,
     defense_config: Any,
@@ -474,7 +323,8 @@ def run_eval_defense(args: argparse.Namespace) -> int:
         val_idx, val_att, _ = attack_frames(val, val_targets, patch, args.size_share)
         val_clean = [val[i].image for i in val_idx]
         val_gts = [(val[i].boxes, val[i].labels) for i in val_idx]
-        defense, tuning_rows = tune_defense(model, defense, val_clean, val_att, val_gts, names)
+        val_frames = EvaluationFrames(val_clean, val_att, val_gts, names)
+        defense, tuning_rows = tune_defense(model, defense, val_frames)
         _write_csv(out / "tuning.csv", tuning_rows)
         print(f"tuned: concentration_threshold={defense.concentration_threshold}, "
               f"recovery_threshold={defense.recovery_threshold}")  # fmt: skip
@@ -482,7 +332,8 @@ def run_eval_defense(args: argparse.Namespace) -> int:
     clean = [test[i].image for i in test_idx]
     gts = [(test[i].boxes, test[i].labels) for i in test_idx]
     per_frame = [[t for t in test_targets if t.frame_index == i] for i in test_idx]
-    results = score_methods(model, defense, clean, attacked, gts, per_frame, patch_boxes, names)
+    test_frames = EvaluationFrames(clean, attacked, gts, names)
+    results = score_methods(model, defense, test_frames, per_frame, patch_boxes)
     videos = render_videos(args.seed + 3000, args.video_frames, size)
     latency = latency_rows(
         model, defense, {name: attack_video(v, patch, args.size_share) for name, v in videos.items()}
@@ -526,13 +377,7 @@ __all__ = [
     "check_targets",
     "format_table",
     "latency_rows",
-    "patches_found",
-    "region_coverage",
-    "region_hits",
     "register_eval_defense",
     "render_videos",
     "run_eval_defense",
-    "score_methods",
-    "target_detected",
-    "tune_defense",
 ]

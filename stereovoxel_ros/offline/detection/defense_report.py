@@ -53,8 +53,8 @@ from stereovoxel_ros.offline.detection.defense_evaluation import (
     attack_video,
     latency_rows,
     render_videos,
-    target_detected,
 )
+from stereovoxel_ros.offline.detection.defense_scoring import target_detected
 from stereovoxel_ros.offline.detection.detection_data import render_synthetic_frames
 from stereovoxel_ros.offline.detection.gradient_smoothing import local_gradient_smoothing
 from stereovoxel_ros.offline.detection.patch_attack import (

@@ -1,11 +1,9 @@
-"""Training of the anchor-free detector: focal loss on the centre heatmap, GIoU + log-L1 on ltrb distances,
-cosine LR over epochs or a wall-clock budget, resumable checkpoints, CSV metrics and a loss plot."""
+"""Training of the anchor-free detector as a task of the one training loop (``offline/train/trainer.Trainer``):
+focal loss on the centre heatmap, GIoU + log-L1 on ltrb distances, COCO mAP validation, the detector's own
+checkpoints; cosine LR over epochs or a wall-clock budget, resumable, CSV metrics and training curves."""
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import platform
 import time
 from collections.abc import Sequence
@@ -17,19 +15,15 @@ import numpy
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from torch import nn
 
-from stereovoxel_ros.core.atomic_file import (
-    atomic_write,
-    save_figure_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
+from stereovoxel_ros.core.atomic_file import atomic_write, write_json_atomic
 from stereovoxel_ros.core.models.anchor_free_detector import (
     AnchorFreeDetector,
     Detections,
     DetectorHeads,
     decode_detections,
+    load_detector,
     preprocess_images,
     save_detector,
 )
@@ -40,7 +34,7 @@ from stereovoxel_ros.offline.detection.detection_data import (
     DetectionFrame,
     collate_detection,
 )
-from stereovoxel_ros.offline.train.lr_schedule import warmup_cosine_lr
+from stereovoxel_ros.offline.train.trainer import TrainConfig, Trainer, TrainingSet, TrainingTask
 
 
 class DetectorTrainingError(RuntimeError):
@@ -48,23 +42,18 @@ class DetectorTrainingError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class DetectorTrainConfig:
-    """Optimisation settings."""
+class DetectorTrainConfig(TrainConfig):
+    """The loop's settings (``trainer.TrainConfig``, the detector's defaults) and the detector's own."""
 
     epochs: int = 40
     batch_size: int = 16
     lr: float = 4e-3
-    weight_decay: float = 1e-4
     warmup_steps: int = 60
     grad_clip: float = 10.0
-    time_budget_s: float | None = None  # stop (and end the LR schedule) after this much wall time
-    seed: int = 0
-    augment: bool = True
     min_box_size: float = 0.0  # drop ground-truth boxes thinner than this [input px]
     eval_score_threshold: float = 0.05
     giou_weight: float = 2.0
     l1_weight: float = 0.5
-    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -182,44 +171,93 @@ def evaluate_detector(
 
 
 # ------------------------------------------------------------------------------------------------ training
-def _write_metrics(out_dir: Path, history: list[dict[str, float]]) -> None:
-    if not history:
-        return
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(out_dir / "metrics.csv", buf.getvalue())
-    try:
-        import matplotlib
+class DetectionTrainingSet:
+    """The detector's frames as a set of the one training loop (``trainer.TrainingSet``): augmentation is the
+    dataset's own, seeded per epoch and frame (``augment`` and ``rng`` of ``batch`` are not used)."""
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # plotting is optional
-        return
-    epochs = [row["epoch"] for row in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in ("train_loss", "train_heatmap", "train_giou", "train_l1"):
-        if key in history[0]:
-            ax.plot(epochs, [row[key] for row in history], label=key)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    if "val_map50" in history[0]:
-        ax2 = ax.twinx()
-        ax2.plot(epochs, [row["val_map50"] for row in history], "k--", label="val mAP50")
-        ax2.plot(epochs, [row["val_map"] for row in history], "k:", label="val mAP")
-        ax2.set_ylabel("val mAP")
-        ax2.set_ylim(0, 1)
-        ax2.legend(loc="upper right", fontsize=8)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("detector training")
-    fig.tight_layout()
-    save_figure_atomic(fig, out_dir / "loss.png", dpi=100)
+    def __init__(self, dataset: DetectionDataset) -> None:
+        self.dataset = dataset
+
+    @property
+    def frames(self) -> list[DetectionFrame]:
+        return self.dataset.frames
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(
+        self, indices: np.ndarray, augment: bool = False, rng: np.random.Generator | None = None
+    ) -> dict:
+        return collate_detection([self.dataset[int(i)] for i in indices])
+
+    def begin_epoch(self, epoch: int, rank: int = 0, world: int = 1) -> None:
+        self.dataset.set_epoch(epoch)
 
 
-def run_info() -> dict[str, Any]:
+class DetectorTask(TrainingTask):
+    """The anchor-free detector as a task of ``trainer.Trainer``: ``detector_losses``, COCO mAP on the whole
+    validation set, and the detector's own checkpoints (``best.pt``: ``save_detector``; ``last.pt``: its
+    weights, optimizer, epoch, step, history and best mAP)."""
+
+    kind = "anchor_free_detector"
+    metric_keys = ("map", "map50")
+    selection_metric = "val_map"
+    lr_floor = 0.02
+    min_batch_size = 2
+
+    def __init__(self, model: AnchorFreeDetector, config: DetectorTrainConfig) -> None:
+        self.model, self.config = model, config
+        self.val: MapResult | None = None  # of the last validation
+
+    def epoch_order(self, epoch: int, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
+        return np.asarray(indices)[torch.randperm(len(indices), generator=generator).numpy()]
+
+    def losses(self, net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        return detector_losses(net(batch["image"]), batch, self.config)
+
+    def evaluate_set(self, model: nn.Module, val_set: TrainingSet) -> dict[str, float] | None:
+        assert isinstance(val_set, DetectionTrainingSet) and isinstance(model, AnchorFreeDetector)
+        self.val = evaluate_detector(model, val_set.frames, self.config.eval_score_threshold)
+        return {"map": self.val.map, "map50": self.val.map50}
+
+    def save(self, path: Path, meta: dict, **state: Any) -> None:
+        history = meta.get("history", [])
+        steps = int(sum(row["steps"] for row in history))
+        info = {k: v for k, v in meta.items() if k != "history"}
+        info.update(train_config=asdict(self.config), step=steps)
+        if not state:
+            val = self.val.to_dict() if self.val is not None else None
+            save_detector(path, self.model, {**info, "val": val})
+            return
+        payload = {
+            "config": asdict(self.model.config),
+            "state_dict": self.model.state_dict(),
+            "meta": info,
+            "optimizer": state["optimizer"],
+            "epoch": state["epoch"] + 1,
+            "step": steps,
+            "elapsed_s": float(sum(row["epoch_s"] for row in history)),
+            "history": state["history"],
+            "best_map": state["best"],
+        }
+        with atomic_write(path, "wb") as handle:
+            torch.save(payload, handle)
+
+    def training_state(self, payload: dict) -> dict:
+        if payload.get("config") != asdict(self.model.config):
+            raise DetectorTrainingError(
+                f"the run to resume was trained with another detector config: {payload.get('config')}"
+            )
+        return {
+            "optimizer": payload["optimizer"],
+            "history": payload["history"],
+            "epoch": payload["epoch"] - 1,
+            "best": payload["best_map"],
+        }
+
+
+def run_info() -> dict[str, str]:
     """Versions recorded next to checkpoints."""
 
     return {
@@ -238,138 +276,51 @@ def train_detector(
     meta: dict[str, Any] | None = None,
     resume: bool = False,
 ) -> DetectorTrainResult:
-    """Train ``model`` on ``train_frames``; evaluate on ``val_frames`` (COCO mAP) after every epoch.
+    """Train ``model`` on ``train_frames`` with ``trainer.Trainer`` and a :class:`DetectorTask`; evaluate on
+    ``val_frames`` (COCO mAP) after every epoch.
 
     Writes ``out_dir/last.pt`` (with optimizer state, for ``resume``), ``best.pt`` (best val mAP, a plain
-    detector checkpoint), ``metrics.csv`` and ``loss.png``. With ``time_budget_s`` the cosine schedule
-    follows elapsed time and training stops when the budget is spent.
+    detector checkpoint), ``final.pt``, ``metrics.csv``, ``training_curves.png`` and ``summary.json``. With
+    ``time_budget_s`` the cosine schedule follows elapsed time and training stops when the budget is spent.
     """
     config = config or DetectorTrainConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(train_frames) == 0:
         raise DetectorTrainingError("no training frames")
-    torch.manual_seed(config.seed)
-    dataset = DetectionDataset(
-        train_frames,
-        model.config,
-        AugmentConfig() if config.augment else None,
-        config.seed,
-        config.min_box_size,
+    augment = AugmentConfig() if config.augment else None
+    train_set = DetectionTrainingSet(
+        DetectionDataset(train_frames, model.config, augment, config.seed, config.min_box_size)
     )
-    val_set = [f for f in DetectionDataset(val_frames, model.config, None, 0, config.min_box_size).frames]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    val_set = None
+    if len(val_frames):
+        val_set = DetectionTrainingSet(
+            DetectionDataset(val_frames, model.config, None, 0, config.min_box_size)
+        )
+    task = DetectorTask(model, config)
+    run_meta = {**(meta or {}), **run_info()}
+    trainer = Trainer(task, train_set, val_set, out_dir, config, meta=run_meta)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    history: list[dict[str, float]] = []
-    epoch0, step, elapsed0, best_map = 0, 0, 0.0, -1.0
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
-        if state.get("config") != asdict(model.config):
-            raise DetectorTrainingError(
-                f"{last_path} was trained with another detector config: {state.get('config')}"
-            )
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch0, step, elapsed0 = state["epoch"], state["step"], state["elapsed_s"]
-        history, best_map = state["history"], state["best_map"]
-        print(f"resumed {last_path}: epoch {epoch0}, step {step}, {elapsed0 / 60:.1f} min trained")
+        trainer.resume(last_path)
+        print(f"resumed {last_path}: epoch {trainer.start_epoch}", flush=True)
     elif resume:
         print(f"nothing to resume in {out_dir}; starting fresh")
-    meta = {**(meta or {}), **run_info(), "train_config": asdict(config)}
-
-    start = time.monotonic() - elapsed0
-    best_val: MapResult | None = None
-    out_of_time = False
-    g = torch.Generator().manual_seed(config.seed)
-    for epoch in range(epoch0, config.epochs):
-        model.train()
-        dataset.set_epoch(epoch)
-        g.manual_seed(config.seed * 1000 + epoch)
-        order = torch.randperm(len(dataset), generator=g).tolist()
-        sums: dict[str, float] = {}
-        n_batches = 0
-        bar = tqdm(
-            range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
-            unit="batch", disable=not config.progress, leave=False,
-        )  # fmt: skip
-        for b in bar:
-            idx = order[b : b + config.batch_size]
-            if len(idx) < 2:  # BatchNorm needs more than one image
-                continue
-            batch = collate_detection([dataset[i] for i in idx])
-            elapsed = time.monotonic() - start
-            progress = step / total_steps
-            if config.time_budget_s:
-                progress = max(progress, elapsed / config.time_budget_s)
-            lr = warmup_cosine_lr(progress, step, config.lr, config.warmup_steps, floor=0.02)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            heads = model(batch["image"])
-            loss, parts = detector_losses(heads, batch, config)
-            if not torch.isfinite(loss):
-                raise DetectorTrainingError(f"loss became {float(loss)} at step {step}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            step += 1
-            n_batches += 1
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{lr:.1e}")
-            if config.time_budget_s and time.monotonic() - start >= config.time_budget_s:
-                out_of_time = True
-                break
-        bar.close()
-        row: dict[str, float] = {"epoch": epoch + 1, "step": step, "lr": lr if n_batches else 0.0}
-        row.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
-        val = evaluate_detector(model, val_set, config.eval_score_threshold) if val_set else None
-        if val is not None:
-            row.update(val_map=val.map, val_map50=val.map50)
-        row["elapsed_s"] = time.monotonic() - start
-        history.append(row)
-        score = val.map if val is not None else -row.get("train_loss", 0.0)
-        if score > best_map or not best_path.is_file():
-            best_map = score
-            best_val = val
-            save_detector(
-                best_path,
-                model,
-                {**meta, "epoch": epoch + 1, "step": step, "val": val.to_dict() if val else None},
-            )
-        state = {
-            "config": asdict(model.config),
-            "state_dict": model.state_dict(),
-            "meta": {**meta, "epoch": epoch + 1, "step": step},
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1,
-            "step": step,
-            "elapsed_s": row["elapsed_s"],
-            "history": history,
-            "best_map": best_map,
-        }
-        with atomic_write(last_path, "wb") as handle:
-            torch.save(state, handle)
-        _write_metrics(out_dir, history)
-        msg = f"epoch {epoch + 1}: loss {row.get('train_loss', float('nan')):.3f}"
-        if val is not None:
-            msg += f"  val mAP {val.map:.3f}  mAP50 {val.map50:.3f}"
-        print(msg + f"  ({row['elapsed_s'] / 60:.1f} min)", flush=True)
-        if out_of_time:
-            print(f"time budget of {config.time_budget_s / 60:.1f} min spent after {step} steps")
-            break
-    if best_val is None and best_path.is_file():
-        from stereovoxel_ros.core.models.anchor_free_detector import load_detector
-
-        saved = load_detector(best_path)[2].get("val")
-        best_val = MapResult(**saved) if saved else None
+    start = time.monotonic()
+    result = trainer.fit()
+    if result.stopped_early:
+        print(f"time budget of {config.time_budget_s} s spent", flush=True)
+    saved = load_detector(best_path)[2].get("val") if best_path.is_file() else None
+    best_val = MapResult(**saved) if saved else None
+    steps = int(sum(row["steps"] for row in result.history))
+    summary_meta = {**run_meta, "train_config": asdict(config)}
     write_json_atomic(
         out_dir / "summary.json",
-        {"best_val": best_val.to_dict() if best_val else None, "steps": step, "history": history, **meta},
+        {"best_val": saved, "steps": steps, "history": result.history, **summary_meta},
     )
-    return DetectorTrainResult(best_path, last_path, best_val, history, time.monotonic() - start, step)
+    return DetectorTrainResult(
+        best_path, last_path, best_val, result.history, time.monotonic() - start, steps
+    )
 
 
 def set_threads(threads: int) -> None:
@@ -384,6 +335,8 @@ def seed_everything(seed: int) -> None:
 
 
 __all__ = [
+    "DetectionTrainingSet",
+    "DetectorTask",
     "DetectorTrainConfig",
     "DetectorTrainResult",
     "DetectorTrainingError",

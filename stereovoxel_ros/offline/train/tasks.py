@@ -26,7 +26,7 @@ from stereovoxel_ros.core.occupancy.octree_decoder import (
     sparse_soft_iou_loss,
 )
 from stereovoxel_ros.offline.data.dataset_format import read_manifest, read_sample, read_split
-from stereovoxel_ros.offline.train.trainer import TrainingError
+from stereovoxel_ros.offline.train.trainer import TrainingError, TrainingTask
 
 # ---- data --------------------------------------------------------------------------------------------------------
 
@@ -166,7 +166,7 @@ def training_batch(
 # ---- tasks -------------------------------------------------------------------------------------------------------
 
 
-class OccupancyTask:
+class OccupancyTask(TrainingTask):
     """StereoVoxelNet: soft-IoU loss summed over the octree levels; validation IoU at the finest level.
 
     ``loss`` names its terms joined by "+": "soft_iou" (the published loss) and optionally "height" (the
@@ -267,7 +267,7 @@ class OccupancyTask:
         save_checkpoint(path, self.model, self.variant, meta, **state)
 
 
-class DepthTask:
+class DepthTask(TrainingTask):
     """Depth baseline: smooth-L1 disparity loss on pixels with ground-truth depth in range."""
 
     kind = "stereo_depth_net"

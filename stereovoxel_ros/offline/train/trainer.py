@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,9 +23,6 @@ from tqdm import tqdm
 from stereovoxel_ros.core.atomic_file import atomic_write, save_figure_atomic, write_json_atomic
 from stereovoxel_ros.offline.data.dataset_format import read_manifest
 from stereovoxel_ros.offline.train.lr_schedule import warmup_cosine_lr
-
-if TYPE_CHECKING:
-    from stereovoxel_ros.offline.train.tasks import DepthTask, OccupancyTask, PreparedStereoSet
 
 
 class TrainingError(RuntimeError):
@@ -80,7 +77,9 @@ class TrainingMethod:
     def select_samples(self, epoch: int, indices: np.ndarray) -> np.ndarray:
         return indices
 
-    def compute_losses(self, task: Any, net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_losses(
+        self, task: TrainingTask, net: nn.Module, batch: dict
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Per-sample training loss (B,) and logs of one batch (a joint loss over sub-networks goes here)."""
         return task.losses(net, batch)
 
@@ -166,10 +165,65 @@ def _all_reduce(values: dict[str, float], world: int) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+# ---- what a task plugs in ---------------------------------------------------------------------------------------
+
+
+class TrainingSet(Protocol):
+    """A training or validation set (``tasks.PreparedStereoSet``, ``synth_stream``, the detector's frames)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(
+        self, indices: np.ndarray, augment: bool = False, rng: np.random.Generator | None = None
+    ) -> dict: ...
+
+    def begin_epoch(self, epoch: int, rank: int = 0, world: int = 1) -> None: ...
+
+
+class TrainingTask:
+    """What :class:`Trainer` trains: the model, its losses and validation, its checkpoint format. Subclasses
+    (``tasks.OccupancyTask``, ``tasks.DepthTask``, ``offline/detection/detector_training.DetectorTask``) set
+    ``model``, ``kind``, ``metric_keys`` (the sums ``evaluate`` returns, ``count`` among them) and
+    ``selection_metric`` (the row key that picks ``best.pt``, higher is better), and override what differs."""
+
+    model: nn.Module
+    kind = "task"
+    needs_depth = False  # the sets must hold ground-truth depth
+    metric_keys: tuple[str, ...] = ("count",)
+    selection_metric = ""  # empty: the lowest training loss
+    lr_floor = 0.05  # the cosine schedule ends at this share of the base LR
+    min_batch_size = 1  # smaller batches (an epoch's last) are skipped: BatchNorm needs more than one item
+
+    def epoch_order(self, epoch: int, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The epoch's training samples in the order they are trained on (before sharding over ranks)."""
+        return rng.permutation(np.asarray(indices))
+
+    def losses(self, net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-sample (B,) or batch-mean () loss of one batch and its logs."""
+        raise NotImplementedError
+
+    def evaluate(self, net: nn.Module, batch: dict) -> dict[str, float]:
+        """Sums of ``metric_keys`` over one validation batch (the trainer divides by ``count``)."""
+        raise NotImplementedError
+
+    def evaluate_set(self, model: nn.Module, val_set: TrainingSet) -> dict[str, float] | None:
+        """Metrics over the whole validation set at once (for metrics that are no sums, e.g. mAP), or None:
+        the trainer averages ``evaluate`` over batches."""
+        return None
+
+    def save(self, path: Path, meta: dict, **state: Any) -> None:
+        """Write a checkpoint; ``state`` (optimizer, method, history, epoch, best) only for ``last.pt``."""
+        raise NotImplementedError
+
+    def training_state(self, payload: dict) -> dict:
+        """The ``state`` that ``save`` wrote into a ``last.pt`` payload (as the trainer passed it)."""
+        return payload.get("training_state") or {}
+
+
 # ---- the loop ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings recorded with every checkpoint."""
 
@@ -209,9 +263,9 @@ class Trainer:
 
     def __init__(
         self,
-        task: OccupancyTask | DepthTask,
-        train_set: PreparedStereoSet,
-        val_set: PreparedStereoSet | None,
+        task: TrainingTask,
+        train_set: TrainingSet,
+        val_set: TrainingSet | None,
         out_dir: str | os.PathLike,
         config: TrainConfig,
         method: TrainingMethod | None = None,
@@ -242,6 +296,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         per_rank = math.ceil(len(train_set) / self.world)
         self.steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
+        # step numbers count trained batches: an epoch's last batch under the task's min_batch_size is skipped
+        short = per_rank % config.batch_size
+        self.trained_per_epoch = self.steps_per_epoch - int(0 < short < task.min_batch_size)
         self.history: list[dict] = []
         self.start_epoch = 0
         self.best = -math.inf
@@ -260,7 +317,7 @@ class Trainer:
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a ``last.pt`` written by this trainer (weights, optimizer, method, history)."""
         payload = torch.load(path, map_location="cpu", weights_only=False)
-        state = payload.get("training_state") or {}
+        state = self.task.training_state(payload)
         if "optimizer" not in state:
             raise TrainingError(f"{path} has no optimizer state; it cannot be resumed (use finetune instead)")
         self.model.load_state_dict(payload["state_dict"])
@@ -274,6 +331,10 @@ class Trainer:
         if self.val_set is None or len(self.val_set) == 0:
             return {}
         self.model.eval()
+        whole = self.task.evaluate_set(self.model, self.val_set)
+        if whole is not None:
+            self.model.train()
+            return {f"val_{k}": v for k, v in whole.items()}
         idx = np.arange(len(self.val_set))[self.rank :: self.world]
         sums: dict[str, float] = dict.fromkeys(self.task.metric_keys, 0.0)  # same keys on every rank
         for start in range(0, len(idx), self.config.batch_size):
@@ -305,7 +366,7 @@ class Trainer:
             rng = np.random.default_rng(cfg.seed * 1000 + epoch)
             self.train_set.begin_epoch(epoch, self.rank, self.world)
             indices = self.method.select_samples(epoch, np.arange(len(self.train_set)))
-            order = rng.permutation(np.asarray(indices))[self.rank :: self.world]
+            order = self.task.epoch_order(epoch, indices, rng)[self.rank :: self.world]
             sums: dict[str, float] = {}
             bar = tqdm(
                 range(0, len(order), cfg.batch_size),
@@ -315,7 +376,10 @@ class Trainer:
             )
             steps_done = 0
             for i, start in enumerate(bar):
-                step = epoch * self.steps_per_epoch + i
+                batch_idx = order[start : start + cfg.batch_size]
+                if len(batch_idx) < self.task.min_batch_size:
+                    continue
+                step = epoch * self.trained_per_epoch + i
                 elapsed = time.monotonic() - t_start
                 progress = step / max(1, total_steps)
                 if budget is not None:
@@ -329,8 +393,9 @@ class Trainer:
                         break
                     progress = max(progress, elapsed / budget)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = warmup_cosine_lr(progress, step, cfg.lr, cfg.warmup_steps)
-                batch_idx = order[start : start + cfg.batch_size]
+                    group["lr"] = warmup_cosine_lr(
+                        progress, step, cfg.lr, cfg.warmup_steps, self.task.lr_floor
+                    )
                 batch = to_device(self.train_set.batch(batch_idx, augment=cfg.augment, rng=rng), self.device)
                 per_sample, logs = self.method.compute_losses(self.task, self.net, batch)
                 loss = per_sample.mean()
