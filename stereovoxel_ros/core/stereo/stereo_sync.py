@@ -6,11 +6,12 @@ import bisect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.messages.ros_message import RosMessage
 
 T = TypeVar("T")
 SIDES = ("left", "right")
@@ -157,14 +158,17 @@ class StereoInfoCache:
     latest per side is used with each synchronized image pair.
     """
 
-    def __init__(self, build: Callable[[Any, Any], StereoCameraModel] = StereoCameraModel.from_camera_infos):
+    def __init__(
+        self,
+        build: Callable[[RosMessage, RosMessage], StereoCameraModel] = StereoCameraModel.from_camera_infos,
+    ):
         self._build = build
-        self._infos: dict[str, Any] = {}
+        self._infos: dict[str, RosMessage] = {}
         self._keys: dict[str, tuple] = {}
         self._model: StereoCameraModel | None = None
         self._lock = threading.Lock()
 
-    def update(self, side: str, info: Any) -> None:
+    def update(self, side: str, info: RosMessage) -> None:
         """Remember ``info`` (a ``sensor_msgs/CameraInfo``, rclpy or rosbags) for ``side``."""
         if side not in SIDES:
             raise StereoSyncError(f"side must be 'left' or 'right', got {side!r}")
