@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from stereovoxel_ros.offline.train.trainer import TrainContext, TrainingError, TrainingMethod
-from stereovoxel_ros.offline.train.training_flops import WEIGHT_LAYERS, TrainingFlopMeter
+from stereovoxel_ros.offline.train.training_flops import WEIGHT_LAYERS, StepFlops, TrainingFlopMeter
 
 
 class SparseTrainingError(TrainingError):
@@ -68,6 +69,18 @@ def split_options(cls: type, options: dict[str, Any]) -> tuple[dict[str, Any], d
     return {k: v for k, v in options.items() if k in names}, {
         k: v for k, v in options.items() if k not in names
     }
+
+
+def options_by_config(configs: Sequence[type], options: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    """``options`` split into the fields of each dataclass in ``configs``, in order (a name goes to the first
+    that has it); SparseTrainingError names the options none has."""
+    split, rest = [], options
+    for cls in configs:
+        known, rest = split_options(cls, rest)
+        split.append(known)
+    if rest:
+        raise SparseTrainingError(f"unknown {method} options {sorted(rest)}")
+    return split
 
 
 def erk_densities(shapes: dict[str, tuple[int, ...]], density: float) -> dict[str, float]:
@@ -240,7 +253,7 @@ class MeteredMethod(TrainingMethod):
         super().setup(model, optimizer, ctx)
         if getattr(self, "model", None) is not model:
             self.meter = TrainingFlopMeter(model) if ctx.rank == 0 else None
-            self._flop_cache: dict[tuple, Any] = {}
+            self._flop_cache: dict[tuple, StepFlops] = {}  # key -> FLOPs of one sample
             self.steps_done = 0
             self.samples_seen = 0
         self.model, self.optimizer = model, optimizer
@@ -457,9 +470,7 @@ class DynamicSparseTraining(MeteredMethod):
 
 def make_method(**options: Any) -> DynamicSparseTraining:
     """Plain dynamic sparse training from ``--method-opt`` style options (fields of SparseConfig)."""
-    known, unknown = split_options(SparseConfig, options)
-    if unknown:
-        raise SparseTrainingError(f"unknown sparse-training options {sorted(unknown)}")
-    method = DynamicSparseTraining(SparseConfig(**known))
+    (sparse,) = options_by_config((SparseConfig,), options, "sparse-training")
+    method = DynamicSparseTraining(SparseConfig(**sparse))
     method.explicit_options = frozenset(options)
     return method

@@ -9,12 +9,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from stereovoxel_ros.offline.train.sparse_training import (
     DynamicSparseTraining,
     SparseConfig,
     SparseTrainingError,
-    split_options,
+    options_by_config,
 )
 from stereovoxel_ros.offline.train.trainer import TrainContext
 
@@ -125,7 +126,7 @@ class SpFDE(DynamicSparseTraining):
         super().__init__(sparse)
         self.spfde = config or SpFDEConfig()
         self.frozen_units: list[str] = []
-        self._hooks: list[Any] = []
+        self._hooks: list[RemovableHandle] = []
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: TrainContext) -> None:
         super().setup(model, optimizer, ctx)
@@ -235,12 +236,7 @@ class SpFDE(DynamicSparseTraining):
 
 def make_method(**options: Any) -> SpFDE:
     """SpFDE from ``--method-opt`` options: fields of SparseConfig and SpFDEConfig."""
-    sparse, rest = split_options(SparseConfig, options)
-    spfde, unknown = split_options(SpFDEConfig, rest)
-    if unknown:
-        raise SparseTrainingError(f"unknown spfde options {sorted(unknown)}")
-    if "freeze_schedule" in spfde:
-        spfde["freeze_schedule"] = tuple(tuple(entry) for entry in spfde["freeze_schedule"])
+    sparse, spfde = options_by_config((SparseConfig, SpFDEConfig), options, "spfde")
     method = SpFDE(SparseConfig(**sparse), SpFDEConfig(**spfde))
     method.explicit_options = frozenset(options)
     return method
