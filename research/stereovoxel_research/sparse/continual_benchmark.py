@@ -161,6 +161,39 @@ def _final(method: TrainingMethod, model: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, dict))}
 
 
+def _seeded_run(
+    method_name: str, options: dict[str, Any], seed: int
+) -> tuple[DigitsData, DigitsCNN, TrainingMethod]:
+    """The digits data, a fresh DigitsCNN and the method of one benchmark run, all from ``seed``."""
+    torch.manual_seed(seed)
+    data = load_digits_data(seed=seed)
+    return data, DigitsCNN(), make_digits_method(method_name, **options)
+
+
+def _run_result(
+    method_name: str,
+    command: str,
+    info: dict[str, Any],
+    accuracy: float,
+    started: float,
+    forgetting: float = math.nan,
+    accuracy_matrix: list[list[float]] | None = None,
+) -> RunResult:
+    """The row of a run begun at ``started`` (``time.monotonic``) whose method finalized to ``info``."""
+    return RunResult(
+        method=method_name,
+        command=command,
+        accuracy=accuracy,
+        train_flops=float(info.get("train_flops", math.nan)),
+        train_flops_executed=float(info.get("train_flops_executed", math.nan)),
+        seconds=time.monotonic() - started,
+        forgetting=forgetting,
+        weight_density=float(info.get("weight_density", 1.0)),
+        accuracy_matrix=accuracy_matrix or [],
+        details=info,
+    )
+
+
 def run_digits_standard(
     method_name: str,
     options: dict[str, Any],
@@ -171,10 +204,7 @@ def run_digits_standard(
     progress: bool = False,
 ) -> RunResult:
     """Train DigitsCNN on all ten digits with a method; test accuracy and counted training FLOPs."""
-    torch.manual_seed(seed)
-    data = load_digits_data(seed=seed)
-    model = DigitsCNN()
-    method = make_digits_method(method_name, **options)
+    data, model, method = _seeded_run(method_name, options, seed)
     t0 = time.monotonic()
     train_with_method(
         model,
@@ -187,16 +217,7 @@ def run_digits_standard(
         progress=method_name if progress else None,
     )
     info = _final(method, model)
-    return RunResult(
-        method=method_name,
-        command=command,
-        accuracy=accuracy_on(model, data.test_x, data.test_y),
-        train_flops=float(info.get("train_flops", math.nan)),
-        train_flops_executed=float(info.get("train_flops_executed", math.nan)),
-        seconds=time.monotonic() - t0,
-        weight_density=float(info.get("weight_density", 1.0)),
-        details=info,
-    )
+    return _run_result(method_name, command, info, accuracy_on(model, data.test_x, data.test_y), t0)
 
 
 def class_incremental_tasks(data: DigitsData, classes_per_task: int = 2) -> list[tuple[int, ...]]:
@@ -226,11 +247,8 @@ def run_digits_continual(
     progress: bool = False,
 ) -> RunResult:
     """Class-incremental digits: one method instance over all tasks (``setup`` per task)."""
-    torch.manual_seed(seed)
-    data = load_digits_data(seed=seed)
+    data, model, method = _seeded_run(method_name, options, seed)
     tasks = class_incremental_tasks(data, classes_per_task)
-    model = DigitsCNN()
-    method = make_digits_method(method_name, **options)
     matrix: list[list[float]] = []
     t0 = time.monotonic()
     for t, classes in enumerate(tasks):
@@ -253,18 +271,8 @@ def run_digits_continual(
         matrix.append(row)
     info = _final(method, model)
     seen = torch.isin(data.test_y, torch.tensor([c for cls in tasks for c in cls]))
-    return RunResult(
-        method=method_name,
-        command=command,
-        accuracy=accuracy_on(model, data.test_x[seen], data.test_y[seen]),
-        train_flops=float(info.get("train_flops", math.nan)),
-        train_flops_executed=float(info.get("train_flops_executed", math.nan)),
-        seconds=time.monotonic() - t0,
-        forgetting=forgetting(matrix),
-        weight_density=float(info.get("weight_density", 1.0)),
-        accuracy_matrix=matrix,
-        details=info,
-    )
+    accuracy = accuracy_on(model, data.test_x[seen], data.test_y[seen])
+    return _run_result(method_name, command, info, accuracy, t0, forgetting(matrix), matrix)
 
 
 # Rows of the two tables: (method, options). Each row is also one `stereovoxel sparse digits` command.
