@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from torch import nn
 from stereovoxel_research.digits_task import DigitsCNN, DigitsData, load_digits_data
 from stereovoxel_ros.offline.train.lr_schedule import warmup_cosine_lr
 from stereovoxel_ros.offline.train.trainer import TrainContext, TrainingError, TrainingMethod
+
+if TYPE_CHECKING:
+    from stereovoxel_ros.offline.train.sparse_training import MethodOptions
 
 
 class BenchmarkError(ValueError):
@@ -162,7 +165,7 @@ def _final(method: TrainingMethod, model: nn.Module) -> dict[str, Any]:
 
 
 def _seeded_run(
-    method_name: str, options: dict[str, Any], seed: int
+    method_name: str, options: MethodOptions, seed: int
 ) -> tuple[DigitsData, DigitsCNN, TrainingMethod]:
     """The digits data, a fresh DigitsCNN and the method of one benchmark run, all from ``seed``."""
     torch.manual_seed(seed)
@@ -196,7 +199,7 @@ def _run_result(
 
 def run_digits_standard(
     method_name: str,
-    options: dict[str, Any],
+    options: MethodOptions,
     epochs: int = 30,
     seed: int = 0,
     command: str = "",
@@ -238,7 +241,7 @@ def forgetting(matrix: Sequence[Sequence[float]]) -> float:
 
 def run_digits_continual(
     method_name: str,
-    options: dict[str, Any],
+    options: MethodOptions,
     epochs_per_task: int = 8,
     classes_per_task: int = 2,
     seed: int = 0,
@@ -276,7 +279,7 @@ def run_digits_continual(
 
 
 # Rows of the two tables: (method, options). Each row is also one `stereovoxel sparse digits` command.
-SPFDE_ROWS: list[tuple[str, dict[str, Any]]] = [
+SPFDE_ROWS: list[tuple[str, MethodOptions]] = [
     ("dense", {}),
     ("sparse", {"sparsity": 0.8}),
     ("sparse", {"sparsity": 0.8, "regrow": "random"}),
@@ -284,7 +287,7 @@ SPFDE_ROWS: list[tuple[str, dict[str, Any]]] = [
     ("spfde", {"sparsity": 0.8, "sieve_keep": 1.0}),
     ("spfde", {"sparsity": 0.8, "freeze_schedule": []}),
 ]
-SPARCL_ROWS: list[tuple[str, dict[str, Any]]] = [
+SPARCL_ROWS: list[tuple[str, MethodOptions]] = [
     ("dense", {}),
     ("derpp", {}),
     ("sparcl", {"sparsity": 0.5, "min_weights": 1000}),
@@ -293,7 +296,7 @@ SPARCL_ROWS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def row_command(benchmark: str, method: str, options: dict[str, Any], epochs: int, seed: int) -> str:
+def row_command(benchmark: str, method: str, options: MethodOptions, epochs: int, seed: int) -> str:
     import json
     import shlex
 
@@ -307,7 +310,7 @@ def row_command(benchmark: str, method: str, options: dict[str, Any], epochs: in
 
 def run_table(
     benchmark: str,
-    rows: Sequence[tuple[str, dict[str, Any]]] | None = None,
+    rows: Sequence[tuple[str, MethodOptions]] | None = None,
     epochs: int | None = None,
     seed: int = 0,
     out_dir: Path | None = None,

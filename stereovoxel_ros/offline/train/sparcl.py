@@ -19,6 +19,7 @@ from stereovoxel_ros.core.occupancy.octree_decoder import sparse_soft_iou_loss
 from stereovoxel_ros.offline.train.sparse_training import (
     DynamicSparseTraining,
     MeteredMethod,
+    MethodOptions,
     SparseConfig,
     SparseTrainingError,
     options_by_config,
@@ -330,7 +331,7 @@ class SparCL(DynamicSparseTraining):
     name = "sparcl"
     # chosen on occupancy fine-tuning (bag seed 7, docs/research.md): best of the configurations tried, still
     # 0.08 F1 below dense at 1.5x its FLOPs (the defaults: 0.46 F1 below at 2.6x)
-    finetune_defaults: ClassVar[dict[str, Any]] = {
+    finetune_defaults: ClassVar[MethodOptions] = {
         "sparsity": 0.5,
         "beta": 0.0,
         "ddr_schedule": ((0.25, 0.3), (0.5, 0.3)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ from torch import nn
 
 from stereovoxel_ros.offline.train.trainer import TrainContext, TrainingError, TrainingMethod
 from stereovoxel_ros.offline.train.training_flops import WEIGHT_LAYERS, StepFlops, TrainingFlopMeter
+
+MethodOptions: TypeAlias = dict[str, Any]
+"""A training method's ``--method-opt`` options: config field name -> JSON value."""
 
 
 class SparseTrainingError(TrainingError):
@@ -63,7 +66,7 @@ def ramp_sparsity(final: float, progress: float, ramp: float) -> float:
     return final * (1.0 - (1.0 - max(0.0, progress) / ramp) ** 3)
 
 
-def split_options(cls: type, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_options(cls: type, options: MethodOptions) -> tuple[MethodOptions, MethodOptions]:
     """(options that are fields of dataclass ``cls``, the rest)."""
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in options.items() if k in names}, {
@@ -71,7 +74,7 @@ def split_options(cls: type, options: dict[str, Any]) -> tuple[dict[str, Any], d
     }
 
 
-def options_by_config(configs: Sequence[type], options: dict[str, Any], method: str) -> list[dict[str, Any]]:
+def options_by_config(configs: Sequence[type], options: MethodOptions, method: str) -> list[MethodOptions]:
     """``options`` split into the fields of each dataclass in ``configs``, in order (a name goes to the first
     that has it); SparseTrainingError names the options none has."""
     split, rest = [], options
@@ -229,7 +232,7 @@ class MeteredMethod(TrainingMethod):
     # ramp sparsity up from dense when SparseConfig.ramp is None)
     from_pretrained = False
     # option -> value used instead of the dataclass default when fine-tuning (unless the option was given)
-    finetune_defaults: ClassVar[dict[str, Any]] = {}
+    finetune_defaults: ClassVar[MethodOptions] = {}
     explicit_options: frozenset[str] = frozenset()
 
     def _apply_finetune_defaults(self) -> None:

@@ -13,6 +13,7 @@ from torch.utils.hooks import RemovableHandle
 
 from stereovoxel_ros.offline.train.sparse_training import (
     DynamicSparseTraining,
+    MethodOptions,
     SparseConfig,
     SparseTrainingError,
     options_by_config,
@@ -116,7 +117,7 @@ class SpFDE(DynamicSparseTraining):
     name = "spfde"
     # chosen on occupancy fine-tuning (bag seed 7, docs/research.md): the 0.8 sparsity and late freezing of
     # training from scratch lost 0.18 F1; these kept it (+0.012) at 0.23x the dense FLOPs
-    finetune_defaults: ClassVar[dict[str, Any]] = {
+    finetune_defaults: ClassVar[MethodOptions] = {
         "sparsity": 0.5,
         "freeze_schedule": ((0.0, 0.5),),
         "sieve_keep": 0.7,
