@@ -14,7 +14,9 @@ from stereovoxel_ros.offline.train.sparse_training import (
     SparseMasks,
     SparseTrainingError,
     erk_densities,
+    options_by_config,
 )
+from stereovoxel_ros.offline.train.spfde import SpFDEConfig, make_method
 from stereovoxel_ros.offline.train.training_flops import TrainingFlopMeter, count_step_flops
 
 
@@ -104,3 +106,13 @@ def test_masks_prune_regrow_keep_density_and_zero_new_weights():
     assert int(grown.sum()) == moved and bool((w[grown] == 0).all()) and bool((w[~after] == 0).all())
     with pytest.raises(SparseTrainingError, match="sparsity"):
         SparseConfig(sparsity=1.5)
+
+
+def test_method_options_split_over_the_configs_and_unknown_ones_are_named():
+    sparse, spfde = options_by_config(
+        (SparseConfig, SpFDEConfig), {"sparsity": 0.5, "freeze_schedule": [[0.2, 0.4]]}, "spfde"
+    )
+    assert sparse == {"sparsity": 0.5} and spfde == {"freeze_schedule": [[0.2, 0.4]]}
+    assert make_method(freeze_schedule=[[0.2, 0.4]]).spfde.freeze_schedule == ((0.2, 0.4),)
+    with pytest.raises(SparseTrainingError, match=r"unknown spfde options \['bogus'\]"):
+        options_by_config((SparseConfig, SpFDEConfig), {"sparsity": 0.5, "bogus": 1}, "spfde")

@@ -8,9 +8,28 @@ import pytest
 
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, ZED2_640x360
 from stereovoxel_ros.core.messages.camera_info import camera_info_from_model
-from stereovoxel_ros.core.stereo.stereo_sync import StereoInfoCache, StereoPairSynchronizer, StereoSyncError
+from stereovoxel_ros.core.stereo.stereo_sync import (
+    StereoInfoCache,
+    StereoPairSynchronizer,
+    StereoSyncError,
+    closest_stamp,
+    insert_by_stamp,
+)
 
 MS = 1_000_000
+
+
+def test_stamp_ordered_lists_insert_in_order_and_find_the_closest_within_tolerance() -> None:
+    stamps: list[int] = []
+    items: list[str] = []
+    for stamp, item in ((30, "c"), (10, "a"), (20, "b"), (20, "b2")):
+        insert_by_stamp(stamps, items, stamp, item)
+    assert stamps == [10, 20, 20, 30] and items == ["a", "b", "b2", "c"]  # equal stamps keep arrival order
+    assert closest_stamp(stamps, 24, tolerance_ns=5) == 2
+    assert closest_stamp(stamps, 25, tolerance_ns=5) == 2  # a tie goes to the earlier stamp
+    assert closest_stamp(stamps, 26, tolerance_ns=5) == 3
+    assert closest_stamp(stamps, 36, tolerance_ns=5) is None
+    assert closest_stamp([], 10, tolerance_ns=5) is None
 
 
 def test_pairs_jittered_streams_and_counts_drops() -> None:

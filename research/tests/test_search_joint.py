@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 
 import pytest
 
@@ -15,13 +14,6 @@ from stereovoxel_research.search.joint_search import (
     plot_search,
 )
 from stereovoxel_research.search.search_space import SearchSpace, Subnet, count_subnet_params
-from stereovoxel_ros.core.models.efficientformer_v2 import EFFICIENTFORMER_V2_CONFIGS
-
-
-@pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    base = replace(EFFICIENTFORMER_V2_CONFIGS["efficientformerv2_s0"], in_chans=1, num_classes=10)
-    return SearchSpace(base, image_hw=(32, 32))
 
 
 def _latency(subnet: Subnet) -> float:

@@ -25,6 +25,7 @@ from stereovoxel_ros.core.models.efficientformer_v2 import EFFICIENTFORMER_V2_CO
 
 @pytest.fixture(scope="module")
 def space() -> SearchSpace:
+    """A tiny space (overrides the conftest one): every block is timed to build its table."""
     base = replace(
         EFFICIENTFORMER_V2_CONFIGS["efficientformerv2_s0"],
         widths=(16, 24, 32, 48),

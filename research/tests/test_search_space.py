@@ -24,12 +24,6 @@ from stereovoxel_ros.core.models.efficientformer_v2 import (
 )
 
 
-@pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    base = replace(EFFICIENTFORMER_V2_CONFIGS["efficientformerv2_s0"], in_chans=1, num_classes=10)
-    return SearchSpace(base, image_hw=(32, 32))
-
-
 def _built_params(cfg) -> int:
     with torch.device("meta"):
         return count_parameters(EfficientFormerV2(cfg))

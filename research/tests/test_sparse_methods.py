@@ -12,6 +12,8 @@ from torch import nn
 from stereovoxel_research.sparse.continual_benchmark import (
     forgetting,
     make_digits_method,
+    run_digits_continual,
+    run_digits_standard,
     train_with_method,
 )
 from stereovoxel_ros.offline.train import spfde
@@ -240,3 +242,15 @@ def test_dynamic_sparse_training_moves_masks_and_keeps_sparsity():
     a, b = cached.finalize(model), exact.finalize(model)
     assert a["train_flops"] == pytest.approx(b["train_flops"], rel=1e-6)
     assert a["train_flops_executed"] == b["train_flops_executed"]
+
+
+def test_digits_runs_report_accuracy_flops_and_the_continual_matrix():
+    standard = run_digits_standard("dense", {}, epochs=1, command="cmd")
+    assert (standard.method, standard.command, standard.accuracy_matrix) == ("dense", "cmd", [])
+    assert 0.3 < standard.accuracy <= 1.0 and standard.train_flops > 0 and standard.seconds > 0
+    assert np.isnan(standard.forgetting) and standard.weight_density == 1.0
+    continual = run_digits_continual("sparse", {"sparsity": 0.5}, epochs_per_task=1)
+    assert len(continual.accuracy_matrix) == 5 and all(len(row) == 5 for row in continual.accuracy_matrix)
+    assert continual.forgetting == pytest.approx(forgetting(continual.accuracy_matrix))
+    assert continual.weight_density == pytest.approx(0.5, abs=0.01)
+    assert continual.train_flops < standard.train_flops  # half the weights, the same samples once

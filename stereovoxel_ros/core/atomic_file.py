@@ -8,7 +8,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def current_umask() -> int:
@@ -60,7 +63,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
-def save_figure_atomic(fig: Any, path: str | os.PathLike, dpi: int = 100) -> None:
+def save_figure_atomic(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> None:
     """Write a matplotlib figure as PNG atomically, then close it."""
     import matplotlib.pyplot as plt
 

@@ -28,8 +28,9 @@ from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID, VoxelGridSpec
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, StereoCameraModel
 from stereovoxel_ros.core.geometry.voxel_grid import depth_to_voxels
 from stereovoxel_ros.core.messages.image import image_to_numpy
+from stereovoxel_ros.core.messages.ros_message import RosMessage
 from stereovoxel_ros.core.messages.stamps import header_stamp_ns
-from stereovoxel_ros.core.occupancy.occupancy_predictor import make_predictor
+from stereovoxel_ros.core.occupancy.occupancy_predictor import OccupancyPredictor, make_predictor
 from stereovoxel_ros.core.occupancy.occupancy_scoring import (
     HEADLINE_CLASSES,
     FrameScore,
@@ -196,7 +197,7 @@ def score_bag_frame(
     return score_frame(predicted, truth.voxels, grid, truth.camera, scoring, truth.labels, truth.depth)
 
 
-def _depth_metres(msg: Any) -> np.ndarray:
+def _depth_metres(msg: RosMessage) -> np.ndarray:
     depth = image_to_numpy(msg).astype(np.float32)
     if depth.ndim == 3:
         depth = depth[:, :, 0]
@@ -264,14 +265,14 @@ def ground_truth_voxels(
 
 def stereo_pairs(
     bag: str | os.PathLike, topics: StereoBagTopics | None = None, slop_s: float = 0.005
-) -> Iterator[tuple[Any, Any, StereoCameraModel | None]]:
+) -> Iterator[tuple[RosMessage, RosMessage, StereoCameraModel | None]]:
     """(left image, right image, camera) in bag order, paired as the node pairs them.
 
     The camera comes from the latest camera infos; None before both arrived or when they are invalid.
     """
     with BagReader(bag) as reader:
         topics = topics or StereoBagTopics.find(reader.topics, bag)
-        sync: StereoPairSynchronizer[Any] = StereoPairSynchronizer(slop_ns=round(slop_s * 1e9))
+        sync: StereoPairSynchronizer[RosMessage] = StereoPairSynchronizer(slop_ns=round(slop_s * 1e9))
         infos = StereoInfoCache()
         sides = {topics.left_image: "left", topics.right_image: "right"}
         info_sides = {topics.left_info: "left", topics.right_info: "right"}
@@ -299,7 +300,7 @@ def evaluate_bag_offline(
     backend: str,
     checkpoint: str | None = None,
     grid: VoxelGridSpec | None = None,
-    predictor: Any = None,
+    predictor: OccupancyPredictor | None = None,
     progress: bool = True,
     topic_options: dict[str, str | None] | None = None,
 ) -> RunResult:
@@ -311,8 +312,6 @@ def evaluate_bag_offline(
     """
 
     if predictor is None:
-        from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID
-
         predictor = make_predictor(backend, checkpoint, grid or DEFAULT_GRID)
     grid = predictor.grid
     with BagReader(bag) as reader:

@@ -13,7 +13,9 @@ from torch import nn
 from stereovoxel_ros.core.atomic_file import atomic_write
 
 
-def save_torchscript(wrapper: nn.Module, example: tuple[torch.Tensor, ...], path: str | Path) -> Any:
+def save_torchscript(
+    wrapper: nn.Module, example: tuple[torch.Tensor, ...], path: str | Path
+) -> torch.jit.ScriptModule:
     """Trace ``wrapper`` on ``example`` (fixed input size) and write it to ``path``; returns the traced module."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # shape checks become constants in a fixed-size trace

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 
@@ -22,14 +22,32 @@ from stereovoxel_ros.core.atomic_file import (
     write_text_atomic,
 )
 from stereovoxel_ros.core.tracing import HardwareSampler, summarize
+from stereovoxel_ros.core.tracing.model_profile import LayerTime
+
+if TYPE_CHECKING:
+    import torch
 
 SCENES = ("empty", "cluttered", "noise")
 RUNTIMES = ("eager", "torchscript", "onnxruntime")
 
-# model_factory(height_px, width_px) -> a module in eval mode built for that input size (most ignore the size)
-ModelFactory = Callable[[int, int], Any]
-# input_factory(height_px, width_px, scene, seed) -> the model's positional inputs (torch tensors)
-InputFactory = Callable[[int, int, str, int], tuple[Any, ...]]
+# the positional inputs of a timed model: torch tensors for a module; images and a camera for a node's call
+ModelInputs: TypeAlias = tuple[Any, ...]
+
+
+class TimedModel(Protocol):
+    """What an experiment times: a torch module, or a node's per-frame call (``trace_pipeline.NodeCall``)."""
+
+    def eval(self) -> TimedModel: ...
+
+    def __call__(self, *inputs: Any) -> object: ...
+
+
+# model_factory(height_px, width_px) -> a model built for that input size (most ignore the size)
+ModelFactory: TypeAlias = Callable[[int, int], TimedModel]
+# input_factory(height_px, width_px, scene, seed) -> the model's positional inputs
+InputFactory: TypeAlias = Callable[[int, int, str, int], ModelInputs]
+# one runtime built around the model: called with the inputs; only its time counts
+ModelCall: TypeAlias = Callable[[ModelInputs], object]
 
 
 class ExperimentError(RuntimeError):
@@ -107,7 +125,7 @@ def stereo_scene_inputs(height: int, width: int, scene: str, seed: int) -> tuple
     return left, right
 
 
-def image_pair_tensors(height: int, width: int, scene: str, seed: int) -> tuple[Any, Any]:
+def image_pair_tensors(height: int, width: int, scene: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``stereo_scene_inputs`` as two (1, 3, H, W) float tensors in [0, 1]."""
     import torch
 
@@ -133,11 +151,11 @@ def background_load(processes: int, max_seconds: float = 300.0) -> Iterator[None
 class _Runner:
     """Builds a callable for one runtime around the model; reused across conditions with equal input shapes."""
 
-    def __init__(self, model: Any, workdir: Path) -> None:
+    def __init__(self, model: TimedModel, workdir: Path) -> None:
         self.model = model
         self.workdir = workdir
 
-    def build(self, runtime: str, inputs: tuple[Any, ...], threads: int) -> Callable[[tuple[Any, ...]], Any]:
+    def build(self, runtime: str, inputs: ModelInputs, threads: int) -> ModelCall:
         import torch
 
         if runtime == "eager":
@@ -164,7 +182,7 @@ class _Runner:
         return lambda x: session.run(None, {n: t.numpy() for n, t in zip(names, x)})
 
 
-def _time_calls(call: Callable[[tuple[Any, ...]], Any], inputs: tuple[Any, ...], n: int) -> list[float]:
+def _time_calls(call: ModelCall, inputs: ModelInputs, n: int) -> list[float]:
     out = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
@@ -244,7 +262,7 @@ def cpu_count() -> int:
 
 
 def write_experiment_report(
-    conditions: Sequence[Condition], out_dir: Path, title: str, layer_rows: Sequence[Any] = ()
+    conditions: Sequence[Condition], out_dir: Path, title: str, layer_rows: Sequence[LayerTime] = ()
 ) -> Path:
     """Markdown table + one box plot per factor (``experiment.md``, ``experiment.png``, ``experiment.json``)."""
     import matplotlib

@@ -14,14 +14,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
 from stereovoxel_ros.core.atomic_file import write_json_atomic, write_text_atomic
 from stereovoxel_ros.core.geometry.grid_spec import grid_preset
-from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
+from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel, ZED2_640x360
 from stereovoxel_ros.core.occupancy.occupancy_predictor import (
+    OccupancyResult,
     StereoVoxelNetPredictor,
     default_checkpoint_path,
 )
@@ -29,39 +30,48 @@ from stereovoxel_ros.core.tracing import summarize
 from stereovoxel_ros.offline.trace_experiment import (
     SCENES,
     ExperimentError,
+    InputFactory,
+    ModelFactory,
     _Runner,
     background_load,
     stereo_scene_inputs,
 )
 
+if TYPE_CHECKING:
+    from stereovoxel_ros.core.detection.patch_defense_config import DefendedResult
+    from stereovoxel_ros.core.models.anchor_free_detector import Detections
+
 PIPELINE_MODELS = ("octree", "detector", "defense")
 
+T = TypeVar("T")
 
-class NodeCall:
+
+class NodeCall(Generic[T]):
     """A node's per-frame call as a model-like object for :func:`run_experiment` (``eval()`` returns itself).
 
     ``costs`` collects the work measure each call reports (octree cells evaluated, detections), if any.
     """
 
-    def __init__(self, call: Callable[..., Any], cost: Callable[[Any], float] | None = None) -> None:
+    def __init__(self, call: Callable[..., T], cost: Callable[[T], float] | None = None) -> None:
         self.call, self.cost, self.costs = call, cost, []
 
-    def eval(self) -> NodeCall:
+    def eval(self) -> NodeCall[T]:
         return self
 
-    def __call__(self, *inputs: Any) -> Any:
+    def __call__(self, *inputs: Any) -> T:
         out = self.call(*inputs)
         if self.cost is not None:
             self.costs.append(float(self.cost(out)))
         return out
 
 
-def _camera(height: int, width: int):
-
+def _camera(height: int, width: int) -> StereoCameraModel:
     return ZED2_640x360.scaled(width, height)
 
 
-def octree_predictor(checkpoint: str | None = None, dense: bool = False, threads: int | None = None):
+def octree_predictor(
+    checkpoint: str | None = None, dense: bool = False, threads: int | None = None
+) -> StereoVoxelNetPredictor:
     """The occupancy node's predictor (``dense=True``: every cell evaluated, the same output at dense cost)."""
 
     path = checkpoint or str(default_checkpoint_path())
@@ -70,22 +80,22 @@ def octree_predictor(checkpoint: str | None = None, dense: bool = False, threads
     return StereoVoxelNetPredictor(path, grid_preset("jackal_wide"), dense=dense, num_threads=threads)
 
 
-def _cells(result: Any) -> float:
+def _cells(result: OccupancyResult) -> float:
     cells = result.stats.get("cells_evaluated", 0)
     return float(sum(cells) if isinstance(cells, (list, tuple)) else cells)
 
 
-def octree_model(checkpoint: str | None) -> tuple[Callable, Callable, str, str]:
+def octree_model(checkpoint: str | None) -> tuple[ModelFactory, InputFactory, str, str]:
     """(model factory, input factory, description, default sizes) for ``trace experiment --model octree``.
 
     Sizes are camera image sizes: the predictor resizes them to the network's input (part of what it runs).
     """
     predictor = octree_predictor(checkpoint, threads=None)
 
-    def build(h: int, w: int) -> NodeCall:
+    def build(h: int, w: int) -> NodeCall[OccupancyResult]:
         return NodeCall(predictor.predict, _cells)
 
-    def inputs(h: int, w: int, scene: str, seed: int) -> tuple[Any, ...]:
+    def inputs(h: int, w: int, scene: str, seed: int) -> tuple[np.ndarray, np.ndarray, StereoCameraModel]:
         return (*stereo_scene_inputs(h, w, scene, seed), _camera(h, w))
 
     w0, h0 = predictor.model.config.input_size
@@ -95,7 +105,7 @@ def octree_model(checkpoint: str | None) -> tuple[Callable, Callable, str, str]:
     return build, inputs, description, "360x640,720x1280"
 
 
-def detector_model(checkpoint: str | None, defense: bool) -> tuple[Callable, Callable, str, str]:
+def detector_model(checkpoint: str | None, defense: bool) -> tuple[ModelFactory, InputFactory, str, str]:
     """The detector node's call: ``process`` (defense on) or ``detect`` (detector + decode + NMS)."""
     from stereovoxel_ros.core.detection.patch_defense import PatchDefendedDetector, PatchDefenseConfig
     from stereovoxel_ros.core.models.anchor_free_detector import default_detector_checkpoint, load_detector
@@ -107,12 +117,12 @@ def detector_model(checkpoint: str | None, defense: bool) -> tuple[Callable, Cal
     # temporal reuse off: every timed frame runs the full defense (reuse would make repeated frames cheap)
     detector = PatchDefendedDetector(model, config, PatchDefenseConfig(temporal_reuse=False))
 
-    def build(h: int, w: int) -> NodeCall:
+    def build(h: int, w: int) -> NodeCall[DefendedResult] | NodeCall[Detections]:
         if defense:
             return NodeCall(detector.process, lambda r: len(r.detections.scores))
         return NodeCall(detector.detect, lambda r: len(r.scores))
 
-    def inputs(h: int, w: int, scene: str, seed: int) -> tuple[Any, ...]:
+    def inputs(h: int, w: int, scene: str, seed: int) -> tuple[np.ndarray]:
         return (stereo_scene_inputs(h, w, scene, seed)[0],)
 
     what = (
@@ -142,7 +152,7 @@ class Insight:
         return f"**{self.source}** — {self.claim} — {verdict}: {self.measured} (rule: {self.rule})"
 
 
-def _time(call: Callable[[], Any]) -> tuple[float, Any]:
+def _time(call: Callable[[], T]) -> tuple[float, T]:
     t0 = time.perf_counter_ns()
     out = call()
     return (time.perf_counter_ns() - t0) / 1e6, out
@@ -153,7 +163,7 @@ def _p(values: Sequence[float]) -> dict[str, float]:
     return {"n": s.count, "p50": s.p50, "p99": s.p99, "cv": s.cv, "max": s.max}
 
 
-def round_robin(calls: dict[str, Callable[[int], Any]], frames: int) -> dict[str, list[float]]:
+def round_robin(calls: dict[str, Callable[[int], object]], frames: int) -> dict[str, list[float]]:
     """Time each call on frames 0..frames-1, alternating between calls frame by frame; one untimed warm-up each."""
     for call in calls.values():
         call(0)
@@ -189,8 +199,8 @@ def measure_insights(
     # 1. data: the octree's work follows the scene; the dense decode is the control
     say("data: scene content")
 
-    def octree_on(scene: str) -> Callable[[int], Any]:
-        def call(i: int) -> Any:
+    def octree_on(scene: str) -> Callable[[int], OccupancyResult]:
+        def call(i: int) -> OccupancyResult:
             out = octree.predict(*pairs[scene][i], cam)
             cells[scene].append(_cells(out))
             return out
@@ -336,18 +346,23 @@ def measure_insights(
     return insights
 
 
-def _runtime_insight(dense, cam, pairs, runtimes: Sequence[str], frames: int) -> Insight:
-
+def _runtime_insight(
+    dense: StereoVoxelNetPredictor,
+    cam: StereoCameraModel,
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    runtimes: Sequence[str],
+    frames: int,
+) -> Insight:
     import torch
 
     from stereovoxel_ros.core.models.stereovoxelnet import DenseOccupancy
 
     net = DenseOccupancy(dense.model).eval()
     inputs = [dense.prepare(*p, cam) for p in pairs]
-    out: dict[str, Any] = {}
+    out: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="stereovoxel_insights_") as tmp, torch.inference_mode():
         runner = _Runner(net, Path(tmp))
-        built: dict[str, Callable[[int], Any]] = {}
+        built: dict[str, Callable[[int], object]] = {}
         for rt in runtimes:
             try:
                 call = runner.build(rt, inputs[0], 1)

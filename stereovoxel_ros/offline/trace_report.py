@@ -7,13 +7,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from stereovoxel_ros.core.atomic_file import save_figure_atomic, write_text_atomic
-from stereovoxel_ros.core.tracing import read_trace, summarize
+from stereovoxel_ros.core.tracing import TraceRecord, read_trace, summarize
 from stereovoxel_ros.core.tracing.stage_tracer import FEATURE_PREFIX, STAGE_PREFIX
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 HARDWARE_FIELDS = ("cpu_freq_mhz", "cpu_percent", "load1", "temp_c", "throttle_count", "gpu_load_percent")
 
@@ -44,7 +47,7 @@ class VarianceSource:
     share: float  # covariance share (stages, GC, I/O) or r^2 (features, hardware)
 
 
-def _column(records: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+def _column(records: Sequence[TraceRecord], key: str) -> np.ndarray:
     out = np.full(len(records), np.nan)
     for i, r in enumerate(records):
         v = r.get(key)
@@ -53,10 +56,10 @@ def _column(records: Sequence[dict[str, Any]], key: str) -> np.ndarray:
     return out
 
 
-def frames_by_source(records: Sequence[dict[str, Any]]) -> dict[str, SourceFrames]:
+def frames_by_source(records: Sequence[TraceRecord]) -> dict[str, SourceFrames]:
     """Group ``frame`` records per source into columns."""
     t0 = min((r["wall_ns"] for r in records if isinstance(r.get("wall_ns"), int)), default=0)
-    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    grouped: dict[str, list[TraceRecord]] = defaultdict(list)
     for r in records:
         if r.get("kind") == "frame":
             grouped[str(r.get("source", "?"))].append(r)
@@ -134,9 +137,7 @@ def variance_sources(
     return sorted((r for r in rows if math.isfinite(r.share)), key=lambda r: r.share, reverse=True)
 
 
-def _hardware_series(
-    records: Sequence[dict[str, Any]], t0_ns: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _hardware_series(records: Sequence[TraceRecord], t0_ns: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     hw = [r for r in records if r.get("kind") == "hardware" and isinstance(r.get("wall_ns"), int)]
     out = {}
     for name in HARDWARE_FIELDS:
@@ -147,7 +148,7 @@ def _hardware_series(
     return out
 
 
-def _save(fig: Any, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
 
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=100)
@@ -231,8 +232,8 @@ def _stats_table(f: SourceFrames, deadlines: dict[str, float]) -> list[str]:
     return lines
 
 
-def _topic_lines(records: Sequence[dict[str, Any]]) -> list[str]:
-    by_topic: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def _topic_lines(records: Sequence[TraceRecord]) -> list[str]:
+    by_topic: dict[str, list[TraceRecord]] = defaultdict(list)
     for r in records:
         if r.get("kind") == "topic":
             by_topic[str(r.get("topic"))].append(r)

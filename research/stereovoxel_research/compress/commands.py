@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
-from typing import Any
 
 DEFAULT_RESULTS = "outputs/compress"
 
@@ -14,7 +13,7 @@ class CompressCommandError(RuntimeError):
     """A compress command cannot run (bad checkpoint, option); the message names it."""
 
 
-def register(subparsers: Any, name: str, help: str) -> None:
+def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
     """Add ``compress`` and its sub-subcommands."""
     p = subparsers.add_parser(
         name,
@@ -134,8 +133,8 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(words)
 
 
-def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
-    def fmt(v: Any) -> str:
+def _markdown(headers: list[str], rows: list[list[object]]) -> str:
+    def fmt(v: object) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

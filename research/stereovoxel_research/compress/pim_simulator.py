@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -248,6 +248,26 @@ class PIMLayerMixin:
         shape = (-1,) + (1,) * (w.dim() - 1)
         return round_ste(torch.clamp(w / scale.view(shape), -q, q)), scale
 
+    def _quantized_forward(
+        self,
+        x: torch.Tensor,
+        digital: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        on_macro: Callable[[torch.Tensor, torch.Tensor, bool, torch.Size], torch.Tensor],
+        channel_shape: tuple[int, ...],
+    ) -> torch.Tensor:
+        """The ``digital`` and ``pim`` modes: ``digital(a_int, w_int)`` is the exact integer op; in ``pim`` mode
+        ``on_macro(a_int, w_int, signed, out_shape)`` (the simulated macro, no gradient) is combined with it.
+        Scales and bias apply per output channel, viewed as ``channel_shape``."""
+        a_int, a_scale, signed = self.quantize_activation(x)
+        w_int, w_scale = self.quantize_weight()
+        scale = (a_scale * w_scale).view(channel_shape)
+        y = digital(a_int, w_int) * scale
+        if self.mode == "pim":
+            with torch.no_grad():
+                y_pim = on_macro(a_int.detach(), w_int.detach(), signed, y.shape)
+            y = self._combine(y, y_pim * scale)
+        return y if self.bias is None else y + self.bias.view(channel_shape)
+
     def _combine(self, y_digital: torch.Tensor, y_pim: torch.Tensor) -> torch.Tensor:
         """Forward: the PIM output (× η with forward rescaling); backward: straight through to the digital path.
 
@@ -289,19 +309,11 @@ class PIMConv2d(PIMLayerMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "float":
             return super().forward(x)
-        a_int, a_scale, signed = self.quantize_activation(x)
-        w_int, w_scale = self.quantize_weight()
-        shape = (1, -1, 1, 1)
-        y_dig = F.conv2d(a_int, w_int, None, self.stride, self.padding, self.dilation, self.groups)
-        y_dig = y_dig * (a_scale * w_scale).view(shape)
-        if self.mode == "pim":
-            with torch.no_grad():
-                y_pim = self._pim_conv(a_int.detach(), w_int.detach(), signed, y_dig.shape)
-            y_pim = y_pim * (a_scale * w_scale).view(shape)
-            y = self._combine(y_dig, y_pim)
-        else:
-            y = y_dig
-        return y if self.bias is None else y + self.bias.view(shape)
+
+        def digital(a_int: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(a_int, w_int, None, self.stride, self.padding, self.dilation, self.groups)
+
+        return self._quantized_forward(x, digital, self._pim_conv, (1, -1, 1, 1))
 
     def _pim_conv(
         self, a_int: torch.Tensor, w_int: torch.Tensor, signed: bool, out_shape: torch.Size
@@ -330,18 +342,13 @@ class PIMLinear(PIMLayerMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "float":
             return super().forward(x)
-        a_int, a_scale, signed = self.quantize_activation(x)
-        w_int, w_scale = self.quantize_weight()
-        y_dig = F.linear(a_int, w_int) * (a_scale * w_scale)
-        if self.mode == "pim":
-            with torch.no_grad():
-                flat = a_int.detach().reshape(-1, self.in_features)
-                y_pim = pim_matmul(flat, w_int.detach(), self.pim_config, signed, self.generator)
-            y_pim = y_pim.reshape(y_dig.shape) * (a_scale * w_scale)
-            y = self._combine(y_dig, y_pim)
-        else:
-            y = y_dig
-        return y if self.bias is None else y + self.bias
+        return self._quantized_forward(x, F.linear, self._pim_linear, (-1,))
+
+    def _pim_linear(
+        self, a_int: torch.Tensor, w_int: torch.Tensor, signed: bool, out_shape: torch.Size
+    ) -> torch.Tensor:
+        flat = a_int.reshape(-1, self.in_features)
+        return pim_matmul(flat, w_int, self.pim_config, signed, self.generator).reshape(out_shape)
 
 
 def convert_to_pim(

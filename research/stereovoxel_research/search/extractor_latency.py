@@ -15,13 +15,17 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
+    from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNet
+
 # name → StereoVoxelNetConfig overrides; the first is the baseline (the shipped MobileNetV2 extractor)
-CANDIDATES: dict[str, dict[str, Any]] = {
+CANDIDATES: dict[str, dict[str, str | int]] = {
     "mobilenetv2 x0.5 (shipped)": {},
     "effv2_s0, 2 stages (conv)": {
         "extractor": "efficientformerv2",
@@ -44,7 +48,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def build_candidates(checkpoint: str | Path, grid: Any) -> dict[str, Any]:
+def build_candidates(checkpoint: str | Path, grid: VoxelGridSpec) -> dict[str, StereoVoxelNet]:
     """Each candidate extractor inside the checkpoint's StereoVoxelNet configuration (eval mode, BN fused)."""
     from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNet, fuse_batchnorm, load_checkpoint
 
@@ -57,7 +61,7 @@ def build_candidates(checkpoint: str | Path, grid: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def time_candidates(models: dict[str, Any], repeats: int, seed: int = 0) -> list[dict[str, Any]]:
+def time_candidates(models: dict[str, StereoVoxelNet], repeats: int, seed: int = 0) -> list[dict[str, Any]]:
     """Round-robin median latency [ms] of each extractor and of each frustum pyramid, ratios vs the first."""
     from stereovoxel_ros.core.models.stereovoxelnet import image_to_input
 

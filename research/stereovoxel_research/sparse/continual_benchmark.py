@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from torch import nn
 from stereovoxel_research.digits_task import DigitsCNN, DigitsData, load_digits_data
 from stereovoxel_ros.offline.train.lr_schedule import warmup_cosine_lr
 from stereovoxel_ros.offline.train.trainer import TrainContext, TrainingError, TrainingMethod
+
+if TYPE_CHECKING:
+    from stereovoxel_ros.offline.train.sparse_training import MethodOptions
 
 
 class BenchmarkError(ValueError):
@@ -161,9 +164,42 @@ def _final(method: TrainingMethod, model: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, dict))}
 
 
+def _seeded_run(
+    method_name: str, options: MethodOptions, seed: int
+) -> tuple[DigitsData, DigitsCNN, TrainingMethod]:
+    """The digits data, a fresh DigitsCNN and the method of one benchmark run, all from ``seed``."""
+    torch.manual_seed(seed)
+    data = load_digits_data(seed=seed)
+    return data, DigitsCNN(), make_digits_method(method_name, **options)
+
+
+def _run_result(
+    method_name: str,
+    command: str,
+    info: dict[str, Any],
+    accuracy: float,
+    started: float,
+    forgetting: float = math.nan,
+    accuracy_matrix: list[list[float]] | None = None,
+) -> RunResult:
+    """The row of a run begun at ``started`` (``time.monotonic``) whose method finalized to ``info``."""
+    return RunResult(
+        method=method_name,
+        command=command,
+        accuracy=accuracy,
+        train_flops=float(info.get("train_flops", math.nan)),
+        train_flops_executed=float(info.get("train_flops_executed", math.nan)),
+        seconds=time.monotonic() - started,
+        forgetting=forgetting,
+        weight_density=float(info.get("weight_density", 1.0)),
+        accuracy_matrix=accuracy_matrix or [],
+        details=info,
+    )
+
+
 def run_digits_standard(
     method_name: str,
-    options: dict[str, Any],
+    options: MethodOptions,
     epochs: int = 30,
     seed: int = 0,
     command: str = "",
@@ -171,10 +207,7 @@ def run_digits_standard(
     progress: bool = False,
 ) -> RunResult:
     """Train DigitsCNN on all ten digits with a method; test accuracy and counted training FLOPs."""
-    torch.manual_seed(seed)
-    data = load_digits_data(seed=seed)
-    model = DigitsCNN()
-    method = make_digits_method(method_name, **options)
+    data, model, method = _seeded_run(method_name, options, seed)
     t0 = time.monotonic()
     train_with_method(
         model,
@@ -187,16 +220,7 @@ def run_digits_standard(
         progress=method_name if progress else None,
     )
     info = _final(method, model)
-    return RunResult(
-        method=method_name,
-        command=command,
-        accuracy=accuracy_on(model, data.test_x, data.test_y),
-        train_flops=float(info.get("train_flops", math.nan)),
-        train_flops_executed=float(info.get("train_flops_executed", math.nan)),
-        seconds=time.monotonic() - t0,
-        weight_density=float(info.get("weight_density", 1.0)),
-        details=info,
-    )
+    return _run_result(method_name, command, info, accuracy_on(model, data.test_x, data.test_y), t0)
 
 
 def class_incremental_tasks(data: DigitsData, classes_per_task: int = 2) -> list[tuple[int, ...]]:
@@ -217,7 +241,7 @@ def forgetting(matrix: Sequence[Sequence[float]]) -> float:
 
 def run_digits_continual(
     method_name: str,
-    options: dict[str, Any],
+    options: MethodOptions,
     epochs_per_task: int = 8,
     classes_per_task: int = 2,
     seed: int = 0,
@@ -226,11 +250,8 @@ def run_digits_continual(
     progress: bool = False,
 ) -> RunResult:
     """Class-incremental digits: one method instance over all tasks (``setup`` per task)."""
-    torch.manual_seed(seed)
-    data = load_digits_data(seed=seed)
+    data, model, method = _seeded_run(method_name, options, seed)
     tasks = class_incremental_tasks(data, classes_per_task)
-    model = DigitsCNN()
-    method = make_digits_method(method_name, **options)
     matrix: list[list[float]] = []
     t0 = time.monotonic()
     for t, classes in enumerate(tasks):
@@ -253,22 +274,12 @@ def run_digits_continual(
         matrix.append(row)
     info = _final(method, model)
     seen = torch.isin(data.test_y, torch.tensor([c for cls in tasks for c in cls]))
-    return RunResult(
-        method=method_name,
-        command=command,
-        accuracy=accuracy_on(model, data.test_x[seen], data.test_y[seen]),
-        train_flops=float(info.get("train_flops", math.nan)),
-        train_flops_executed=float(info.get("train_flops_executed", math.nan)),
-        seconds=time.monotonic() - t0,
-        forgetting=forgetting(matrix),
-        weight_density=float(info.get("weight_density", 1.0)),
-        accuracy_matrix=matrix,
-        details=info,
-    )
+    accuracy = accuracy_on(model, data.test_x[seen], data.test_y[seen])
+    return _run_result(method_name, command, info, accuracy, t0, forgetting(matrix), matrix)
 
 
 # Rows of the two tables: (method, options). Each row is also one `stereovoxel sparse digits` command.
-SPFDE_ROWS: list[tuple[str, dict[str, Any]]] = [
+SPFDE_ROWS: list[tuple[str, MethodOptions]] = [
     ("dense", {}),
     ("sparse", {"sparsity": 0.8}),
     ("sparse", {"sparsity": 0.8, "regrow": "random"}),
@@ -276,7 +287,7 @@ SPFDE_ROWS: list[tuple[str, dict[str, Any]]] = [
     ("spfde", {"sparsity": 0.8, "sieve_keep": 1.0}),
     ("spfde", {"sparsity": 0.8, "freeze_schedule": []}),
 ]
-SPARCL_ROWS: list[tuple[str, dict[str, Any]]] = [
+SPARCL_ROWS: list[tuple[str, MethodOptions]] = [
     ("dense", {}),
     ("derpp", {}),
     ("sparcl", {"sparsity": 0.5, "min_weights": 1000}),
@@ -285,7 +296,7 @@ SPARCL_ROWS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def row_command(benchmark: str, method: str, options: dict[str, Any], epochs: int, seed: int) -> str:
+def row_command(benchmark: str, method: str, options: MethodOptions, epochs: int, seed: int) -> str:
     import json
     import shlex
 
@@ -299,7 +310,7 @@ def row_command(benchmark: str, method: str, options: dict[str, Any], epochs: in
 
 def run_table(
     benchmark: str,
-    rows: Sequence[tuple[str, dict[str, Any]]] | None = None,
+    rows: Sequence[tuple[str, MethodOptions]] | None = None,
     epochs: int | None = None,
     seed: int = 0,
     out_dir: Path | None = None,

@@ -6,13 +6,13 @@ import os
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 from rosbags.typesys.store import Typestore
 
 from stereovoxel_ros.core.bags.typestore import get_typestore
+from stereovoxel_ros.core.messages.ros_message import RosMessage
 
 _STORAGE_SUFFIXES = (".mcap", ".db3")
 
@@ -153,7 +153,7 @@ class BagReader:
                 ) from err
             yield connection.topic, int(timestamp), connection.msgtype, raw
 
-    def messages(self, topics: Collection[str] | None = None) -> Iterator[tuple[str, int, Any]]:
+    def messages(self, topics: Collection[str] | None = None) -> Iterator[tuple[str, int, RosMessage]]:
         """Yield ``(topic, timestamp_ns, msg)`` with ``msg`` a deserialized rosbags dataclass, in time order."""
         store = self.typestore
         for topic, timestamp, msgtype, raw in self.raw_messages(topics):

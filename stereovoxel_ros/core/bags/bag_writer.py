@@ -8,7 +8,6 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -16,6 +15,7 @@ from rosbags.typesys.store import Typestore
 
 from stereovoxel_ros.core.bags.bag_reader import BagError
 from stereovoxel_ros.core.bags.typestore import get_typestore
+from stereovoxel_ros.core.messages.ros_message import RosMessage
 
 STORAGES: dict[str, StoragePlugin] = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 
@@ -101,7 +101,7 @@ class BagWriter:
         self._writer.write(self._connections[topic], int(timestamp_ns), data)
         self.message_count += 1
 
-    def write(self, topic: str, msgtype: str, msg: Any, timestamp_ns: int) -> None:
+    def write(self, topic: str, msgtype: str, msg: RosMessage, timestamp_ns: int) -> None:
         """Serialize a rosbags message (see :func:`~stereovoxel_ros.core.bags.typestore.make_msg`) and write it."""
         try:
             data = self.typestore.serialize_cdr(msg, msgtype)

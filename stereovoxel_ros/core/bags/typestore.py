@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rosbags.interfaces import Nodetype
 from rosbags.typesys import Stores
 from rosbags.typesys import get_typestore as _rosbags_typestore
 from rosbags.typesys.store import Typestore
+
+from stereovoxel_ros.core.messages.ros_message import RosMessage
+
+if TYPE_CHECKING:
+    from rosbags.interfaces.typing import FieldDesc
 
 # Newest ROS 2 store first; Kilted matches the PyPI rclpy wheels, Jazzy the robot (same message layouts).
 _PREFERRED_STORES = ("ROS2_KILTED", "ROS2_JAZZY")
@@ -45,7 +50,7 @@ def get_typestore() -> Typestore:
     raise TypestoreError(f"rosbags provides none of the typestores {_PREFERRED_STORES}")
 
 
-def _default_value(node: tuple[Any, Any], typestore: Typestore) -> Any:
+def _default_value(node: FieldDesc, typestore: Typestore) -> Any:
     kind, spec = node
     if kind == Nodetype.BASE:
         base = spec[0]
@@ -64,12 +69,12 @@ def _default_value(node: tuple[Any, Any], typestore: Typestore) -> Any:
     return []
 
 
-def _time_from_ns(ns: int, typestore: Typestore) -> Any:
+def _time_from_ns(ns: int, typestore: Typestore) -> RosMessage:
     sec, nanosec = divmod(int(ns), 1_000_000_000)
     return typestore.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
 
 
-def _coerce(value: Any, node: tuple[Any, Any], typestore: Typestore) -> Any:
+def _coerce(value: Any, node: FieldDesc, typestore: Typestore) -> Any:
     kind, spec = node
     if kind == Nodetype.NAME:
         if spec == "builtin_interfaces/msg/Time" and isinstance(value, (int, np.integer)):
@@ -92,7 +97,7 @@ def _coerce(value: Any, node: tuple[Any, Any], typestore: Typestore) -> Any:
     return value
 
 
-def make_msg(msgtype: str, typestore: Typestore | None = None, **fields: Any) -> Any:
+def make_msg(msgtype: str, typestore: Typestore | None = None, **fields: Any) -> RosMessage:
     """Build a rosbags message of ``msgtype`` (e.g. ``"sensor_msgs/msg/Image"``); unset fields get defaults.
 
     Conveniences: ``stamp_ns=`` / ``frame_id=`` fill ``header``; a ``builtin_interfaces/Time`` field accepts

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from stereovoxel_ros.core.messages.ros_message import RosMessage
 
 
 class StereoCameraError(ValueError):
@@ -99,7 +101,7 @@ class StereoCameraModel:
         return {k: getattr(self, k) for k in ("width", "height", "fx", "fy", "cx", "cy", "baseline")}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StereoCameraModel:
+    def from_dict(cls, data: Mapping[str, float | str]) -> StereoCameraModel:
         try:
             return cls(
                 int(data["width"]),
@@ -110,7 +112,7 @@ class StereoCameraModel:
             raise StereoCameraError(f"camera description is missing field {err}") from err
 
     @classmethod
-    def from_camera_infos(cls, left: Any, right: Any) -> StereoCameraModel:
+    def from_camera_infos(cls, left: RosMessage, right: RosMessage) -> StereoCameraModel:
         """Build from a left/right ``sensor_msgs/CameraInfo`` pair (rclpy or rosbags messages).
 
         The baseline comes from the right camera's projection matrix: P[0,3] = -fx·B.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
 from stereovoxel_ros.core.messages.message_types import new_message
+from stereovoxel_ros.core.messages.ros_message import RosMessage, RosMessageClass
 
 SIDES = ("left", "right")
 
@@ -17,8 +16,11 @@ class CameraInfoError(ValueError):
 
 
 def camera_info_from_model(
-    model: StereoCameraModel, side: str, header: Any = None, msg_type: Any = None
-) -> Any:
+    model: StereoCameraModel,
+    side: str,
+    header: RosMessage | None = None,
+    msg_type: RosMessageClass | None = None,
+) -> RosMessage:
     """The rectified CameraInfo of one side: no distortion, identity R, right P[0,3] = -fx·B.
 
     ``StereoCameraModel.from_camera_infos(left, right)`` is the inverse (and validates incoming pairs).

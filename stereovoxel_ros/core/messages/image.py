@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from stereovoxel_ros.core.messages.message_types import is_rosbags_type, new_message, resolve_type
+from stereovoxel_ros.core.messages.ros_message import RosMessage, RosMessageClass
 
 # encoding -> (numpy dtype, channels); see sensor_msgs/image_encodings.hpp
 _NAMED_ENCODINGS: dict[str, tuple[str, int]] = {
@@ -48,8 +49,8 @@ def encoding_format(encoding: str) -> tuple[np.dtype, int]:
     return np.dtype(f"<{_CV_KIND[kind]}{int(bits) // 8}"), int(channels)
 
 
-def _buffer(data: Any) -> np.ndarray:
-    """``msg.data`` as a flat uint8 array without copying (array.array, bytes, numpy) when possible."""
+def _buffer(data: np.ndarray | bytes | Sequence[int]) -> np.ndarray:
+    """``msg.data`` (numpy, array.array, bytes, a list of ints) as a flat uint8 array; no copy if possible."""
     if isinstance(data, np.ndarray):
         return data.reshape(-1).view(np.uint8) if data.dtype.itemsize == 1 else data.view(np.uint8)
     try:
@@ -58,7 +59,7 @@ def _buffer(data: Any) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8)
 
 
-def image_to_numpy(msg: Any) -> np.ndarray:
+def image_to_numpy(msg: RosMessage) -> np.ndarray:
     """(H, W) or (H, W, C) array of an Image message, in native byte order.
 
     Zero-copy: the result is a view of ``msg.data`` (row padding is sliced away by strides) unless the data
@@ -88,7 +89,12 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     return pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
 
 
-def numpy_to_image(array: np.ndarray, encoding: str, header: Any = None, msg_type: Any = None) -> Any:
+def numpy_to_image(
+    array: np.ndarray,
+    encoding: str,
+    header: RosMessage | None = None,
+    msg_type: RosMessageClass | None = None,
+) -> RosMessage:
     """An Image message (rosidl ``sensor_msgs.msg.Image`` by default, or ``msg_type`` e.g. a rosbags class).
 
     ``array`` is (H, W) or (H, W, 1) for one-channel encodings, (H, W, C) otherwise, with the encoding's

@@ -9,15 +9,16 @@ from typing import Any
 
 import numpy as np
 
+from stereovoxel_ros.core.messages.ros_message import RosMessage, RosMessageClass
 from stereovoxel_ros.core.messages.stamps import ns_to_stamp, stamp_to_ns
 
 
-def is_rosbags_type(msg_type: Any) -> bool:
+def is_rosbags_type(msg_type: RosMessageClass) -> bool:
     """True for rosbags message dataclasses (their byte/number sequences are numpy arrays)."""
     return dataclasses.is_dataclass(msg_type) and hasattr(msg_type, "__msgtype__")
 
 
-def resolve_type(msg_type: Any, ros_name: str) -> Any:
+def resolve_type(msg_type: RosMessageClass | None, ros_name: str) -> RosMessageClass:
     """``msg_type`` or, if None, the rosidl class for ``ros_name`` (``"sensor_msgs/msg/Image"``)."""
     if msg_type is not None:
         return msg_type
@@ -25,7 +26,9 @@ def resolve_type(msg_type: Any, ros_name: str) -> Any:
     return getattr(importlib.import_module(f"{package}.msg"), name)
 
 
-def new_message(msg_type: Any, ros_name: str, header: Any = None, **fields: Any) -> Any:
+def new_message(
+    msg_type: RosMessageClass | None, ros_name: str, header: RosMessage | None = None, **fields: Any
+) -> RosMessage:
     """A ``msg_type`` (default: the rosidl class of ``ros_name``) with ``fields`` set and ``header`` copied in.
 
     Byte/number sequences should be given as numpy arrays; they are handed over as ``array.array`` for rosidl
@@ -62,5 +65,5 @@ def _to_rosidl(current: Any, value: Any) -> Any:
     return value
 
 
-def _rosbags_header(header: Any) -> dict[str, Any]:
+def _rosbags_header(header: RosMessage) -> dict[str, str | int]:
     return {"frame_id": str(header.frame_id), "stamp": stamp_to_ns(header.stamp)}

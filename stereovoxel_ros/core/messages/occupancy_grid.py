@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
 from stereovoxel_ros.core.geometry.transforms import yaw_from_quaternion
 from stereovoxel_ros.core.messages.message_types import is_rosbags_type, new_message, resolve_type
+from stereovoxel_ros.core.messages.ros_message import RosMessage, RosMessageClass
 
 UNKNOWN, FREE, OCCUPIED = -1, 0, 100
 
@@ -41,9 +41,9 @@ def array_to_occupancy_grid(
     grid: np.ndarray,
     resolution: float,
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
-    header: Any = None,
-    msg_type: Any = None,
-) -> Any:
+    header: RosMessage | None = None,
+    msg_type: RosMessageClass | None = None,
+) -> RosMessage:
     """An OccupancyGrid of a (rows=y, cols=x) array: cell ``grid[iy, ix]`` covers
     ``origin + (ix, iy) · resolution`` [m] in ``header.frame_id``; ``origin`` is (x [m], y [m], yaw [rad])
     of cell (0, 0)'s outer corner. Values: see :func:`occupancy_values`."""
@@ -71,7 +71,7 @@ def array_to_occupancy_grid(
     return new_message(cls, "nav_msgs/msg/OccupancyGrid", header=header, info=info, data=values.reshape(-1))
 
 
-def occupancy_grid_to_array(msg: Any) -> np.ndarray:
+def occupancy_grid_to_array(msg: RosMessage) -> np.ndarray:
     """(height, width) int8 array of an OccupancyGrid's cells, indexed ``[iy, ix]``."""
     width, height = int(msg.info.width), int(msg.info.height)
     data = msg.data if isinstance(msg.data, np.ndarray) else np.frombuffer(msg.data, dtype=np.int8)
@@ -83,7 +83,7 @@ def occupancy_grid_to_array(msg: Any) -> np.ndarray:
     return data.reshape(height, width)
 
 
-def occupancy_grid_origin(msg: Any) -> tuple[float, float, float]:
+def occupancy_grid_origin(msg: RosMessage) -> tuple[float, float, float]:
     """(x [m], y [m], yaw [rad]) of an OccupancyGrid's origin (rotation about z only)."""
     pose = msg.info.origin
     q = pose.orientation

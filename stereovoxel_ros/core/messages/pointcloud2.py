@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from stereovoxel_ros.core.messages.message_types import is_rosbags_type, new_message, resolve_type
+from stereovoxel_ros.core.messages.ros_message import RosMessage, RosMessageClass
 
 # sensor_msgs/PointField datatypes -> numpy kind/size
 _POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
@@ -18,8 +17,11 @@ class PointCloudError(ValueError):
 
 
 def points_to_pointcloud2(
-    points: np.ndarray, header: Any = None, intensity: np.ndarray | None = None, msg_type: Any = None
-) -> Any:
+    points: np.ndarray,
+    header: RosMessage | None = None,
+    intensity: np.ndarray | None = None,
+    msg_type: RosMessageClass | None = None,
+) -> RosMessage:
     """An unorganised (height 1) PointCloud2 of (N, 3) points [m] with an optional (N,) intensity field."""
     pts = np.asarray(points)
     if pts.ndim != 2 or pts.shape[1] != 3:
@@ -52,20 +54,20 @@ def points_to_pointcloud2(
     )
 
 
-def _field_type(cloud_cls: Any) -> Any:
+def _field_type(cloud_cls: RosMessageClass) -> RosMessageClass | None:
 
     if is_rosbags_type(cloud_cls):
         return None  # make_msg builds rosbags PointFields from dicts
     return resolve_type(None, "sensor_msgs/msg/PointField")
 
 
-def _point_field(field_cls: Any, name: str, offset: int) -> Any:
+def _point_field(field_cls: RosMessageClass | None, name: str, offset: int) -> RosMessage | dict[str, object]:
     if field_cls is None:
         return {"name": name, "offset": offset, "datatype": FLOAT32, "count": 1}
     return field_cls(name=name, offset=offset, datatype=FLOAT32, count=1)
 
 
-def pointcloud2_fields(msg: Any, names: tuple[str, ...]) -> np.ndarray:
+def pointcloud2_fields(msg: RosMessage, names: tuple[str, ...]) -> np.ndarray:
     """(N, len(names)) float32 array of the named scalar fields of every point (row padding skipped)."""
     fields = {f.name: f for f in msg.fields}
     missing = [n for n in names if n not in fields]
@@ -110,7 +112,7 @@ def pointcloud2_fields(msg: Any, names: tuple[str, ...]) -> np.ndarray:
     return np.stack([structured[n].astype(np.float32) for n in names], axis=1)
 
 
-def pointcloud2_to_points(msg: Any, skip_nans: bool = False) -> np.ndarray:
+def pointcloud2_to_points(msg: RosMessage, skip_nans: bool = False) -> np.ndarray:
     """(N, 3) float32 x, y, z [m] of a PointCloud2; ``skip_nans`` drops non-finite points."""
     pts = pointcloud2_fields(msg, ("x", "y", "z"))
     return pts[np.isfinite(pts).all(axis=1)] if skip_nans else pts

@@ -6,11 +6,29 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TypedDict
 
 from stereovoxel_ros.core.tracing import RollingWindow
 
 STALL_WINDOW_S = 3.0  # pairs within this window [s] but no output for as long: "no occupancy published"
+
+
+class OccupancyReport(TypedDict):
+    """One /diagnostics snapshot of :class:`OccupancyStats` (latencies [ms], rate [Hz], times [s])."""
+
+    rate_hz: float
+    seconds_since_output: float
+    processing_ms_median: float
+    processing_ms_p99: float
+    latency_ms_median: float
+    latency_ms_p99: float
+    pairs: int
+    pairs_recent: int
+    processed: int
+    dropped_newest: int
+    input_errors: int
+    errors_since_report: int
+    last_input_error: str
 
 
 class OccupancyStats:
@@ -48,7 +66,7 @@ class OccupancyStats:
             self.stamp_latency_ms.add(stamp_latency_ms)
             self.published_at.append(time.monotonic())
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> OccupancyReport:
         """A snapshot for diagnostics; resets the errors-since-last-report counter."""
         with self._lock:
             now = time.monotonic()
@@ -60,7 +78,7 @@ class OccupancyStats:
             )
             proc = self.processing_ms.quantiles((0.5, 0.99))
             stamp = self.stamp_latency_ms.quantiles((0.5, 0.99))
-            snapshot = {
+            snapshot: OccupancyReport = {
                 "rate_hz": rate,
                 "seconds_since_output": now - self.published_at[-1] if self.published_at else math.inf,
                 "processing_ms_median": proc[0],

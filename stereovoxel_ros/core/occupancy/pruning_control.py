@@ -17,10 +17,10 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from stereovoxel_ros.core.occupancy.pruning_switch import RatioSelector, SelectorConfig
 from stereovoxel_ros.core.tracing.hardware import CpuFrequency
@@ -49,16 +49,30 @@ def monotone_relative(latency_per_ratio_ms: Sequence[float]) -> list[float]:
     return relative
 
 
+class PrunablePredictor(Protocol):
+    """What the controller uses of a predictor: a pruning-enabled ``StereoVoxelNetPredictor``'s ratio switch."""
+
+    @property
+    def pruning_ratios(self) -> tuple[float, ...]: ...
+
+    @property
+    def pruning_ratio(self) -> float: ...
+
+    def set_pruning_ratio(self, ratio: float) -> None: ...
+
+    def profile_pruning(self, repeats: int = 5) -> list[float]: ...
+
+
 class PruningController:
     """Chooses the predictor's pruning ratio frame by frame (see the module docstring)."""
 
     def __init__(
         self,
-        predictor: Any,
+        predictor: PrunablePredictor,
         latency_per_ratio_ms: Sequence[float],
         target_ms: float | None = None,
         margin: float = DEFAULT_TARGET_MARGIN,
-        frequency: Any = None,
+        frequency: Callable[[], tuple[float, float] | None] | None = None,
     ) -> None:
         if target_ms is not None and not target_ms > 0:
             raise PruningControlError(f"latency target must be > 0 ms, got {target_ms}")
@@ -79,7 +93,7 @@ class PruningController:
     @classmethod
     def profiled(
         cls,
-        predictor: Any,
+        predictor: PrunablePredictor,
         target_ms: float | None = None,
         margin: float = DEFAULT_TARGET_MARGIN,
         repeats: int = 5,

@@ -162,7 +162,9 @@ class _MaskHook:
     def __init__(self, mask: torch.Tensor | None) -> None:
         self.mask = mask
 
-    def __call__(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+    def __call__(
+        self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> torch.Tensor | None:
         if self.mask is None:
             return None
         shape = (1, -1) + (1,) * (output.dim() - 2)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
 from stereovoxel_ros.core.messages.image import ImageEncodingError, image_to_numpy
+from stereovoxel_ros.core.messages.ros_message import RosMessage
 from stereovoxel_ros.core.messages.stamps import header_stamp_ns
 
 # Encodings a colour predictor can take, and how to get RGB out of them.
@@ -36,7 +36,7 @@ class StereoFrame:
     stamp_ns: int  # left image capture time [ns]
 
 
-def image_to_rgb(msg: Any, what: str = "image") -> np.ndarray:
+def image_to_rgb(msg: RosMessage, what: str = "image") -> np.ndarray:
     """(H, W, 3) uint8 RGB from an 8-bit colour or mono ``sensor_msgs/Image`` (rclpy or rosbags)."""
     encoding = str(msg.encoding).lower()
     if encoding not in _CHANNEL_ORDER:
@@ -55,7 +55,7 @@ def image_to_rgb(msg: Any, what: str = "image") -> np.ndarray:
 
 
 def stereo_frame_from_messages(
-    left_image: Any, right_image: Any, camera: StereoCameraModel | None
+    left_image: RosMessage, right_image: RosMessage, camera: StereoCameraModel | None
 ) -> StereoFrame:
     """Check and convert a left/right image pair taken by ``camera``; StereoFrameError names the problem.
 

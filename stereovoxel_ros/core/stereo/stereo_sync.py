@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
+from stereovoxel_ros.core.messages.ros_message import RosMessage
 
 T = TypeVar("T")
 SIDES = ("left", "right")
@@ -18,6 +19,25 @@ SIDES = ("left", "right")
 
 class StereoSyncError(ValueError):
     """Invalid synchronizer settings or an unknown side."""
+
+
+def insert_by_stamp(stamps: list[int], items: list[T], stamp_ns: int, item: T) -> None:
+    """Insert ``item`` stamped ``stamp_ns`` into the stamp-ordered parallel lists (after equal stamps)."""
+    at = bisect.bisect_right(stamps, stamp_ns)
+    stamps.insert(at, stamp_ns)
+    items.insert(at, item)
+
+
+def closest_stamp(stamps: Sequence[int], stamp_ns: int, tolerance_ns: int) -> int | None:
+    """Index of the ascending ``stamps`` entry closest to ``stamp_ns`` (the earlier on a tie) if it is within
+    ``tolerance_ns`` [ns], else None."""
+    at = bisect.bisect_left(stamps, stamp_ns)
+    best = min(
+        (i for i in (at - 1, at) if 0 <= i < len(stamps)),
+        key=lambda i: abs(stamps[i] - stamp_ns),
+        default=None,
+    )
+    return best if best is not None and abs(stamps[best] - stamp_ns) <= tolerance_ns else None
 
 
 @dataclass(frozen=True)
@@ -100,27 +120,16 @@ class StereoPairSynchronizer(Generic[T]):
             if stamp_ns <= self._last_matched[side]:
                 self.counts.late += 1
                 return None
-            match = self._closest(other, stamp_ns)
+            match = closest_stamp(self._stamps[other], stamp_ns, self.slop_ns)
             if match is not None:
                 return self._emit(side, stamp_ns, item, other, match)
             stamps, items = self._stamps[side], self._items[side]
-            at = bisect.bisect_right(stamps, stamp_ns)
-            stamps.insert(at, stamp_ns)
-            items.insert(at, item)
+            insert_by_stamp(stamps, items, stamp_ns, item)
             if len(stamps) > self.queue_size:
                 del stamps[0], items[0]
                 self.counts.overflow += 1
             self._drop_unmatchable(other, newest=stamp_ns)
             return None
-
-    def _closest(self, side: str, stamp_ns: int) -> int | None:
-        stamps = self._stamps[side]
-        if not stamps:
-            return None
-        at = bisect.bisect_left(stamps, stamp_ns)
-        candidates = [i for i in (at - 1, at) if 0 <= i < len(stamps)]
-        best = min(candidates, key=lambda i: abs(stamps[i] - stamp_ns))
-        return best if abs(stamps[best] - stamp_ns) <= self.slop_ns else None
 
     def _emit(self, side: str, stamp_ns: int, item: T, other: str, index: int) -> StereoPair[T]:
         other_stamp = self._stamps[other][index]
@@ -157,14 +166,17 @@ class StereoInfoCache:
     latest per side is used with each synchronized image pair.
     """
 
-    def __init__(self, build: Callable[[Any, Any], StereoCameraModel] = StereoCameraModel.from_camera_infos):
+    def __init__(
+        self,
+        build: Callable[[RosMessage, RosMessage], StereoCameraModel] = StereoCameraModel.from_camera_infos,
+    ):
         self._build = build
-        self._infos: dict[str, Any] = {}
+        self._infos: dict[str, RosMessage] = {}
         self._keys: dict[str, tuple] = {}
         self._model: StereoCameraModel | None = None
         self._lock = threading.Lock()
 
-    def update(self, side: str, info: Any) -> None:
+    def update(self, side: str, info: RosMessage) -> None:
         """Remember ``info`` (a ``sensor_msgs/CameraInfo``, rclpy or rosbags) for ``side``."""
         if side not in SIDES:
             raise StereoSyncError(f"side must be 'left' or 'right', got {side!r}")

@@ -5,7 +5,7 @@ from .health import ERROR, OK, STALE, WARN, HealthThresholds, assess
 from .runtime_probes import GcPauseProbe, TimerLagProbe, runtime_snapshot
 from .stage_tracer import FrameRecord, StageTracer, StageTracerError
 from .topic_monitor import TopicMonitor, cdr_header_stamp_ns
-from .trace_file import TraceWriter, iter_trace, read_trace
+from .trace_file import TraceRecord, TraceWriter, iter_trace, read_trace
 from .window_stats import RollingWindow, WindowSummary, summarize
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "StageTracerError",
     "TimerLagProbe",
     "TopicMonitor",
+    "TraceRecord",
     "TraceWriter",
     "WindowSummary",
     "assess",

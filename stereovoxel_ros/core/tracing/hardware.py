@@ -6,7 +6,7 @@ import glob
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 
 class CpuFrequency:
@@ -64,7 +64,7 @@ class HardwareSampler:
         try:
             import psutil
 
-            self._psutil: Any = psutil
+            self._psutil: ModuleType | None = psutil
             psutil.cpu_percent(interval=None)  # primes the counter; the next call measures since now
         except ImportError:
             self._psutil = None

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch.autograd.profiler import record_function
 
 
 class ModelProfileError(RuntimeError):
@@ -22,7 +26,10 @@ class LayerTime:
 
 
 def profile_layers(
-    model: Any, make_inputs: Callable[[], Sequence[Any]], iterations: int = 3, warmup: int = 1
+    model: torch.nn.Module,
+    make_inputs: Callable[[], Sequence[torch.Tensor]],
+    iterations: int = 3,
+    warmup: int = 1,
 ) -> list[LayerTime]:
     """Run ``model(*make_inputs())`` under torch.profiler and return leaf-module times, slowest first."""
     import torch
@@ -32,18 +39,18 @@ def profile_layers(
     leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
     if not leaves:
         raise ModelProfileError(f"{type(model).__name__} has no named leaf modules to profile")
-    open_ranges: dict[int, list[Any]] = {}
+    open_ranges: dict[int, list[record_function]] = {}
     tag = "layer::"
 
     def pre_hook(name: str) -> Callable[..., None]:
-        def hook(module: Any, args: Any) -> None:
+        def hook(module: torch.nn.Module, args: tuple[object, ...]) -> None:
             rng = record_function(tag + name)
             rng.__enter__()
             open_ranges.setdefault(id(module), []).append(rng)
 
         return hook
 
-    def post_hook(module: Any, args: Any, output: Any) -> None:
+    def post_hook(module: torch.nn.Module, args: tuple[object, ...], output: object) -> None:
         stack = open_ranges.get(id(module))
         if stack:
             stack.pop().__exit__(None, None, None)

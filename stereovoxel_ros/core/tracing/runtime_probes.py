@@ -7,7 +7,6 @@ import os
 import sys
 import threading
 import time
-from typing import Any
 
 from .window_stats import RollingWindow
 
@@ -26,7 +25,7 @@ class GcPauseProbe:
         self._started_ns: int | None = None
         self._installed = False
 
-    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started_ns = time.perf_counter_ns()
         elif self._started_ns is not None:
@@ -78,9 +77,12 @@ class TimerLagProbe:
         return late_ms
 
 
-def runtime_snapshot() -> dict[str, Any]:
+def runtime_snapshot() -> dict[str, int | list[int]]:
     """Threads (Python, process, torch intra/inter-op when torch is loaded), GC counters, CPU affinity."""
-    snap: dict[str, Any] = {"python_threads": threading.active_count(), "gc_counts": list(gc.get_count())}
+    snap: dict[str, int | list[int]] = {
+        "python_threads": threading.active_count(),
+        "gc_counts": list(gc.get_count()),
+    }
     try:
         import psutil
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from .runtime_probes import GcPauseProbe
+from .trace_file import TraceRecord
 from .window_stats import RollingWindow, WindowSummary
 
 FRAME_TOTAL = "frame.total"  # window key: time inside ``tracer.frame`` [ms]
@@ -40,7 +40,7 @@ class FrameRecord:
         self.source = source
         self.seq = -1
         self.stamp_ns: int | None = None
-        self.features: dict[str, Any] = {}
+        self.features: dict[str, float | int | str] = {}
         self.stages_ms: dict[str, float] = {}
         self.gc_ms = gc_ms  # GC pause total at the start; turned into the frame's GC time [ms] at the end
         self.total_ms = 0.0
@@ -55,9 +55,9 @@ class FrameRecord:
             return None
         return (self.end_wall_ns - self.stamp_ns) / 1e6
 
-    def as_record(self) -> dict[str, Any]:
+    def as_record(self) -> TraceRecord:
         """A flat dict (one trace line): kind, source, seq, stamps [ns], totals [ms], stages and features."""
-        rec: dict[str, Any] = {
+        rec: TraceRecord = {
             "kind": "frame",
             "source": self.source,
             "seq": self.seq,

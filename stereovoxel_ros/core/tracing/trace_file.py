@@ -15,7 +15,10 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeAlias
+
+TraceRecord: TypeAlias = dict[str, Any]
+"""One trace line: a flat JSON object with a ``kind`` and its fields (JSON scalars)."""
 
 SEGMENT_RE = re.compile(r"^trace-(\d{6,})\.jsonl(\.part)?$")
 
@@ -53,7 +56,7 @@ class TraceWriter:
             if p.suffix == ".part":
                 os.replace(p, self._segment_path(index, part=False))
         self._index = max((i for i, _ in existing), default=-1) + 1
-        self._handle: Any = None
+        self._handle: IO[str] | None = None
         self._bytes = 0
         self.records_written = 0
         self.segments_deleted = 0
@@ -96,7 +99,7 @@ class TraceWriter:
             used -= sizes[path]
             self.segments_deleted += 1
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: TraceRecord) -> None:
         """Append one record (a flat dict of JSON scalars); rotates and trims as needed."""
         if self._handle is None:
             raise TraceFileError(f"trace writer for {self.folder} is closed")
@@ -109,7 +112,7 @@ class TraceWriter:
             self._enforce_budget()
             self._open_segment()
 
-    def write_many(self, records: Iterable[dict[str, Any]]) -> None:
+    def write_many(self, records: Iterable[TraceRecord]) -> None:
         for record in records:
             self.write(record)
 
@@ -142,7 +145,7 @@ def trace_segments(path: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def iter_trace(path: str | os.PathLike, kinds: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+def iter_trace(path: str | os.PathLike, kinds: Iterable[str] | None = None) -> Iterator[TraceRecord]:
     """Records of a trace (folder or file) in write order; a torn last line of a segment is skipped."""
     wanted = None if kinds is None else set(kinds)
     for seg in trace_segments(path):
@@ -159,6 +162,6 @@ def iter_trace(path: str | os.PathLike, kinds: Iterable[str] | None = None) -> I
                 yield rec
 
 
-def read_trace(path: str | os.PathLike, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
+def read_trace(path: str | os.PathLike, kinds: Iterable[str] | None = None) -> list[TraceRecord]:
     """All records of a trace (see ``iter_trace``)."""
     return list(iter_trace(path, kinds))

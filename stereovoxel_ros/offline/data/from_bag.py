@@ -9,7 +9,6 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -22,8 +21,15 @@ from stereovoxel_ros.core.geometry.transforms import TransformError, rigid_trans
 from stereovoxel_ros.core.geometry.voxel_grid import depth_to_voxels, points_to_voxels, transform_points
 from stereovoxel_ros.core.messages.image import ImageEncodingError, image_to_numpy
 from stereovoxel_ros.core.messages.pointcloud2 import PointCloudError, pointcloud2_to_points
+from stereovoxel_ros.core.messages.ros_message import RosMessage
 from stereovoxel_ros.core.messages.stamps import header_stamp_ns
-from stereovoxel_ros.core.stereo.stereo_sync import StereoInfoCache, StereoPairSynchronizer
+from stereovoxel_ros.core.stereo.stereo_frame import image_to_rgb
+from stereovoxel_ros.core.stereo.stereo_sync import (
+    StereoInfoCache,
+    StereoPairSynchronizer,
+    closest_stamp,
+    insert_by_stamp,
+)
 from stereovoxel_ros.offline.data.dataset_format import DatasetManifest, DatasetWriter, StereoSample
 
 
@@ -114,24 +120,7 @@ def parse_extrinsics(text: str | None) -> np.ndarray:
     raise BagExtractError(f"extrinsics need 16 or 6 numbers, got {len(values)}: {text!r}")
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an rgb8/bgr8/rgba8/bgra8/mono8 Image message."""
-
-    pixels = image_to_numpy(msg)
-    encoding = str(msg.encoding)
-    if encoding == "rgb8":
-        return np.ascontiguousarray(pixels)
-    if encoding == "bgr8":
-        return np.ascontiguousarray(pixels[:, :, ::-1])
-    if encoding in ("rgba8", "bgra8"):
-        rgb = pixels[:, :, :3]
-        return np.ascontiguousarray(rgb if encoding == "rgba8" else rgb[:, :, ::-1])
-    if encoding == "mono8":
-        return np.repeat(pixels[:, :, None], 3, axis=2)
-    raise ImageEncodingError(f"stereo images must be rgb8, bgr8, rgba8, bgra8 or mono8, got {encoding}")
-
-
-def depth_image_to_metres(msg: Any) -> np.ndarray:
+def depth_image_to_metres(msg: RosMessage) -> np.ndarray:
     """(H, W) float32 depth [m] (0 = unknown) of a 32FC1 [m] or 16UC1 [mm] Image message."""
 
     pixels = image_to_numpy(msg)
@@ -163,7 +152,7 @@ _MAX_PENDING = 100  # stereo pairs waiting for their truth message
 _MAX_TRUTH = 200  # truth messages kept for matching
 
 
-def transform_to_matrix(transform: Any, what: str = "transform") -> np.ndarray:
+def transform_to_matrix(transform: RosMessage, what: str = "transform") -> np.ndarray:
     """4x4 of a ``geometry_msgs/Transform``; BagExtractError naming ``what`` if it is not a rigid transform."""
     q, t = transform.rotation, transform.translation
     try:
@@ -172,7 +161,7 @@ def transform_to_matrix(transform: Any, what: str = "transform") -> np.ndarray:
         raise BagExtractError(f"{what}: {err}") from err
 
 
-def static_transform_tree(bag: Any) -> dict[str, tuple[str, np.ndarray]]:
+def static_transform_tree(bag: BagReader) -> dict[str, tuple[str, np.ndarray]]:
     """child frame -> (parent frame, 4x4 parent <- child) from every ``*tf_static`` topic of an open bag."""
     topics = [
         tp for tp, ty in bag.topics.items() if tp.endswith("tf_static") and ty == "tf2_msgs/msg/TFMessage"
@@ -214,8 +203,8 @@ def lookup_static_transform(
 @dataclass
 class _Pending:
     stamp_ns: int
-    left: Any
-    right: Any
+    left: RosMessage
+    right: RosMessage
 
 
 class _InfoHistory:
@@ -224,25 +213,23 @@ class _InfoHistory:
 
     def __init__(self, keep: int = _MAX_TRUTH) -> None:
         self._stamps: dict[str, list[int]] = {"left": [], "right": []}
-        self._infos: dict[str, list[Any]] = {"left": [], "right": []}
+        self._infos: dict[str, list[RosMessage]] = {"left": [], "right": []}
         self._keep = keep
 
-    def add(self, side: str, stamp_ns: int, info: Any) -> None:
+    def add(self, side: str, stamp_ns: int, info: RosMessage) -> None:
         stamps, infos = self._stamps[side], self._infos[side]
-        at = bisect.bisect_right(stamps, stamp_ns)
-        stamps.insert(at, stamp_ns)
-        infos.insert(at, info)
+        insert_by_stamp(stamps, infos, stamp_ns, info)
         if len(stamps) > self._keep:
             del stamps[0], infos[0]
 
-    def at(self, side: str, stamp_ns: int, tolerance_ns: int) -> Any:
+    def at(self, side: str, stamp_ns: int, tolerance_ns: int) -> RosMessage | None:
         """The info stamped closest to ``stamp_ns`` within the tolerance, else the newest older one, else None."""
         stamps = self._stamps[side]
-        at = bisect.bisect_left(stamps, stamp_ns)
-        near = [i for i in (at - 1, at) if 0 <= i < len(stamps) and abs(stamps[i] - stamp_ns) <= tolerance_ns]
-        if near:
-            return self._infos[side][min(near, key=lambda i: abs(stamps[i] - stamp_ns))]
-        return self._infos[side][at - 1] if at > 0 else None
+        near = closest_stamp(stamps, stamp_ns, tolerance_ns)
+        if near is not None:
+            return self._infos[side][near]
+        older = bisect.bisect_left(stamps, stamp_ns)
+        return self._infos[side][older - 1] if older > 0 else None
 
 
 class BagSampleExtractor:
@@ -286,11 +273,11 @@ class BagSampleExtractor:
         history = _InfoHistory()
         truth_topic = t.depth or t.cloud
         wanted = [t.left_image, t.right_image, t.left_info, t.right_info, truth_topic]
-        sync: StereoPairSynchronizer[Any] = StereoPairSynchronizer(self.tolerance_ns, queue_size=30)
+        sync: StereoPairSynchronizer[RosMessage] = StereoPairSynchronizer(self.tolerance_ns, queue_size=30)
         infos = StereoInfoCache()
         pending: deque[_Pending] = deque()
         truth_stamps: list[int] = []
-        truth_msgs: list[Any] = []
+        truth_msgs: list[RosMessage] = []
         latest_truth = last_pair = -(2**62)
         with BagReader(bag_path) as bag:
             try:
@@ -315,9 +302,7 @@ class BagSampleExtractor:
                         pending.append(_Pending(pair.stamp_ns, pair.left, pair.right))
                 else:
                     stamp = header_stamp_ns(msg)
-                    at = bisect.bisect_right(truth_stamps, stamp)
-                    truth_stamps.insert(at, stamp)
-                    truth_msgs.insert(at, msg)
+                    insert_by_stamp(truth_stamps, truth_msgs, stamp, msg)
                     latest_truth = max(latest_truth, stamp)
                 # a pending pair is decided once truth newer than its stamp + tolerance has been seen
                 # (or when too many wait, e.g. the truth topic stopped)
@@ -365,14 +350,17 @@ class BagSampleExtractor:
             self.report.errors.append(message)
 
     def _resolve(
-        self, pair: _Pending, stamps: list[int], msgs: list[Any], history: _InfoHistory, infos: Any
+        self,
+        pair: _Pending,
+        stamps: list[int],
+        msgs: list[RosMessage],
+        history: _InfoHistory,
+        infos: StereoInfoCache,
     ) -> StereoSample | None:
         """The sample of ``pair``: its truth message by stamp and the camera infos of its own stamp."""
 
-        at = bisect.bisect_left(stamps, pair.stamp_ns)
-        candidates = [i for i in (at - 1, at) if 0 <= i < len(stamps)]
-        best = min(candidates, key=lambda i: abs(stamps[i] - pair.stamp_ns), default=None)
-        if best is None or abs(stamps[best] - pair.stamp_ns) > self.tolerance_ns:
+        best = closest_stamp(stamps, pair.stamp_ns, self.tolerance_ns)
+        if best is None:
             self.report.no_depth += 1
             return None
         left_info = history.at("left", pair.stamp_ns, self.tolerance_ns)
@@ -400,7 +388,7 @@ class BagSampleExtractor:
         if self.topics.cloud is not None:  # a missing calibration is fatal, not a per-frame skip
             to_optical = self._cloud_to_optical(str(truth.header.frame_id), str(pair.left.header.frame_id))
         try:
-            left, right = image_to_rgb(pair.left), image_to_rgb(pair.right)
+            left, right = image_to_rgb(pair.left, "left image"), image_to_rgb(pair.right, "right image")
             for side, img in (("left", left), ("right", right)):
                 if img.shape[:2] != (camera.height, camera.width):
                     raise ImageEncodingError(

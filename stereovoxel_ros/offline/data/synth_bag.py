@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
 from stereovoxel_ros.core.bags.bag_writer import BagWriter
@@ -23,6 +23,7 @@ from stereovoxel_ros.core.geometry.transforms import quaternion_from_matrix
 from stereovoxel_ros.core.geometry.voxel_grid import optical_to_base_transform
 from stereovoxel_ros.core.messages.camera_info import camera_info_from_model
 from stereovoxel_ros.core.messages.image import numpy_to_image
+from stereovoxel_ros.core.messages.ros_message import RosMessage
 from stereovoxel_ros.offline.data.synth_config import SynthConfig
 from stereovoxel_ros.offline.data.synth_sequences import generate_sequence
 from stereovoxel_ros.offline.data.synth_world import SynthFrame
@@ -46,7 +47,7 @@ class SyntheticBagSummary:
     end_ns: int
 
 
-def _transform_fields(matrix: np.ndarray) -> dict[str, Any]:
+def _transform_fields(matrix: np.ndarray) -> dict[str, dict[str, float]]:
     x, y, z, w = quaternion_from_matrix(matrix[:3, :3])
     t = matrix[:3, 3]
     return {
@@ -55,7 +56,7 @@ def _transform_fields(matrix: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _transform_stamped(make_msg, parent: str, child: str, matrix: np.ndarray, stamp_ns: int):
+def _transform_stamped(parent: str, child: str, matrix: np.ndarray, stamp_ns: int) -> RosMessage:
     return make_msg(
         "geometry_msgs/msg/TransformStamped",
         header={"stamp": int(stamp_ns), "frame_id": parent},
@@ -72,17 +73,19 @@ def static_transforms(config: SynthConfig) -> dict[str, np.ndarray]:
     return {CAMERA_FRAME: left, RIGHT_CAMERA_FRAME: left @ right_in_left}
 
 
-def static_tf_message(config: SynthConfig, stamp_ns: int, typestore=None):
+def static_tf_message(config: SynthConfig, stamp_ns: int, typestore: Typestore | None = None) -> RosMessage:
     """The ``tf_static`` TFMessage: base_link -> left and right optical frames of the rig."""
 
     transforms = [
-        _transform_stamped(make_msg, BASE_FRAME, child, matrix, stamp_ns)
+        _transform_stamped(BASE_FRAME, child, matrix, stamp_ns)
         for child, matrix in static_transforms(config).items()
     ]
     return make_msg(TF, typestore=typestore, transforms=transforms)
 
 
-def frame_messages(frame: SynthFrame, topics: JackalTopics, typestore=None) -> list[tuple[str, str, Any]]:
+def frame_messages(
+    frame: SynthFrame, topics: JackalTopics, typestore: Typestore | None = None
+) -> list[tuple[str, str, RosMessage]]:
     """The (topic, msgtype, rosbags message) of one frame, in the order they are written."""
 
     store = typestore or get_typestore()
@@ -111,7 +114,7 @@ def frame_messages(frame: SynthFrame, topics: JackalTopics, typestore=None) -> l
             "covariance": np.diag([1e-3, 1e-3, 1e-6, 1e-6, 1e-6, 1e-3]).reshape(-1),
         },
     )
-    tf = make_msg(TF, transforms=[_transform_stamped(make_msg, ODOM_FRAME, BASE_FRAME, frame.pose, stamp)])
+    tf = make_msg(TF, transforms=[_transform_stamped(ODOM_FRAME, BASE_FRAME, frame.pose, stamp)])
     return [
         (topics.tf, TF, tf),
         (topics.odom, ODOMETRY, odom),

@@ -24,7 +24,7 @@ from stereovoxel_ros.offline.data.synth_config import (
 )
 from stereovoxel_ros.offline.data.synth_layout import obb_distance, random_object
 from stereovoxel_ros.offline.data.synth_meshes import SceneObject
-from stereovoxel_ros.offline.data.synth_sequences import densify_path, random_trajectory
+from stereovoxel_ros.offline.data.synth_sequences import sequence_world
 from stereovoxel_ros.offline.data.synth_world import SynthFrame, SynthWorld, base_pose_matrix
 
 DYNAMIC_NAMES = ("removed_box", "appearing_box", "person")
@@ -150,12 +150,7 @@ def generate_dynamic_sequence(
     num_frames = config.sequence_length if num_frames is None else num_frames
     if num_frames < 4:
         raise SynthWorldError(f"a dynamic sequence needs at least 4 frames, got {num_frames}")
-    rng = np.random.default_rng([seed, sequence_index])
-    poses, twists = random_trajectory(config, rng, num_frames)
-    last = poses[-1]
-    beyond = last[:2] + np.outer(np.linspace(0.1, 1.5, 8), [math.cos(last[2]), math.sin(last[2])])
-    dense = np.concatenate([densify_path(poses[:, :2]), beyond])
-    base = SynthWorld.random(config, (seed, sequence_index, 1), path_xy=dense)
+    poses, twists, base = sequence_world(config, seed, sequence_index, num_frames)
     tracks = _tracks(config, scenario, poses, np.random.default_rng([seed, sequence_index, 3]))
     ground, static = (base.objects[0], base.objects[1:]) if config.ground else (None, base.objects)
     static = _clear_of(static, tracks, scenario.keep_clear_m)

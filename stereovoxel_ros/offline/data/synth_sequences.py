@@ -46,6 +46,18 @@ def densify_path(xy: np.ndarray, step: float = 0.1) -> np.ndarray:
     return np.stack([np.interp(q, s, xy[:, 0]), np.interp(q, s, xy[:, 1])], 1)
 
 
+def sequence_world(
+    config: SynthConfig, seed: int, sequence_index: int, num_frames: int
+) -> tuple[np.ndarray, np.ndarray, SynthWorld]:
+    """(poses (N, 3) x/y/yaw, twists (N, 2), world) of one sequence; the world keeps the drive's corridor
+    clear, a little beyond the last pose too (the robot would not drive into a wall)."""
+    poses, twists = random_trajectory(config, np.random.default_rng([seed, sequence_index]), num_frames)
+    last = poses[-1]
+    beyond = last[:2] + np.outer(np.linspace(0.1, 1.5, 8), [math.cos(last[2]), math.sin(last[2])])
+    dense = np.concatenate([densify_path(poses[:, :2]), beyond])
+    return poses, twists, SynthWorld.random(config, (seed, sequence_index, 1), path_xy=dense)
+
+
 def generate_sequence(
     config: SynthConfig, seed: int, sequence_index: int = 0, num_frames: int | None = None, first: int = 0
 ) -> Iterator[SynthFrame]:
@@ -54,13 +66,7 @@ def generate_sequence(
     Frames before ``first`` are not rendered (resuming): the others come out identical.
     """
     num_frames = config.sequence_length if num_frames is None else num_frames
-    rng = np.random.default_rng([seed, sequence_index])
-    poses, twists = random_trajectory(config, rng, num_frames)
-    # keep the corridor clear a little beyond the last pose too (the robot would not drive into a wall)
-    last = poses[-1]
-    beyond = last[:2] + np.outer(np.linspace(0.1, 1.5, 8), [math.cos(last[2]), math.sin(last[2])])
-    dense = np.concatenate([densify_path(poses[:, :2]), beyond])
-    world = SynthWorld.random(config, (seed, sequence_index, 1), path_xy=dense)
+    poses, twists, world = sequence_world(config, seed, sequence_index, num_frames)
     start = BASE_STAMP_NS + sequence_index * SEQUENCE_STRIDE_NS
     dt_ns = round(1e9 / config.frame_rate)
     for i in range(first, num_frames):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias, TypedDict, TypeVar
 
 import numpy as np
 import torch
@@ -18,18 +19,34 @@ from stereovoxel_ros.core.occupancy.octree_decoder import sparse_soft_iou_loss
 from stereovoxel_ros.offline.train.sparse_training import (
     DynamicSparseTraining,
     MeteredMethod,
+    MethodOptions,
     SparseConfig,
     SparseTrainingError,
-    split_options,
+    options_by_config,
 )
 from stereovoxel_ros.offline.train.trainer import TrainContext
 
+Tensors: TypeAlias = torch.Tensor | Sequence[torch.Tensor]
+"""One tensor or a list/tuple of them: a model's output, a batch's targets."""
 
-def _as_tuple(x: Any) -> tuple[torch.Tensor, ...]:
+T = TypeVar("T")
+
+
+class BufferItem(TypedDict):
+    """One rehearsal-buffer sample: its inputs, the logits it had when stored, its targets (if known), task."""
+
+    inputs: tuple[torch.Tensor, ...]
+    logits: tuple[torch.Tensor, ...]
+    targets: tuple[torch.Tensor, ...] | None
+    task: int
+
+
+def _as_tuple(x: Tensors) -> tuple[torch.Tensor, ...]:
     return tuple(x) if isinstance(x, (list, tuple)) else (x,)
 
 
-def _detach(x: Any) -> Any:
+def _detach(x: T) -> T:
+    """``x`` (a tensor or a nest of them) with every tensor detached."""
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, x)
 
 
@@ -39,7 +56,7 @@ class ClassifierReplay:
     def split(self, args: tuple, observed: tuple | None) -> tuple[tuple, tuple | None]:
         return (args[0],), observed
 
-    def stored_logits(self, model: nn.Module, inputs: tuple, output: Any, rows: list[int]) -> tuple:
+    def stored_logits(self, model: nn.Module, inputs: tuple, output: torch.Tensor, rows: list[int]) -> tuple:
         return (output[rows],)
 
     def logits(self, model: nn.Module, inputs: tuple) -> tuple:
@@ -59,7 +76,7 @@ class OccupancyReplay:
         return tuple(args[:3]), targets
 
     @torch.no_grad()
-    def stored_logits(self, model: nn.Module, inputs: tuple, output: Any, rows: list[int]) -> tuple:
+    def stored_logits(self, model: nn.Module, inputs: tuple, output: Tensors, rows: list[int]) -> tuple:
         was_training = model.training
         model.eval()
         try:
@@ -108,7 +125,7 @@ class Rehearsal:
     def __init__(self, config: RehearsalConfig, adapter: ReplayAdapter) -> None:
         self.config = config
         self.adapter = adapter
-        self.items: list[dict[str, Any]] = []
+        self.items: list[BufferItem] = []
         self.seen = 0
         self.task = -1
         self._rng = np.random.default_rng(config.seed)
@@ -124,11 +141,11 @@ class Rehearsal:
         if self._hook is None:
             self._hook = model.register_forward_hook(self._capture)
 
-    def _capture(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def _capture(self, module: nn.Module, args: tuple, output: Tensors) -> None:
         if module.training and torch.is_grad_enabled() and not self._replaying:
             self._pending = (module, _detach(args), _detach(output))
 
-    def observe_targets(self, targets: Any) -> None:
+    def observe_targets(self, targets: Tensors) -> None:
         """Targets of the batch about to be (or just) forwarded; stored with it in the buffer."""
         self._targets = tuple(t.detach() for t in _as_tuple(targets))
 
@@ -163,7 +180,7 @@ class Rehearsal:
         finally:
             self._replaying = False
         for j, row in enumerate(rows):
-            item = {
+            item: BufferItem = {
                 "inputs": tuple(self._compact(x[row]) for x in inputs),
                 "logits": tuple(self._compact(x[j]) for x in logits),
                 "targets": None if targets is None else tuple(self._compact(t[row]) for t in targets),
@@ -175,7 +192,7 @@ class Rehearsal:
                 self.items.append(item)
         return rows
 
-    def _sample(self, need_targets: bool) -> list[dict[str, Any]]:
+    def _sample(self, need_targets: bool) -> list[BufferItem]:
         pool = [it for it in self.items if it["targets"] is not None] if need_targets else self.items
         if not pool:
             return []
@@ -184,7 +201,7 @@ class Rehearsal:
         return [pool[i] for i in idx]
 
     @staticmethod
-    def _stack(items: list[dict[str, Any]], key: str) -> tuple:
+    def _stack(items: list[BufferItem], key: str) -> tuple[torch.Tensor, ...]:
         n = len(items[0][key])
         out = []
         for j in range(n):
@@ -250,7 +267,7 @@ class DERPlusPlus(MeteredMethod):
         self.rehearsal.attach(model)
         self.rehearsal.task += 1
 
-    def observe_targets(self, targets: Any) -> None:
+    def observe_targets(self, targets: Tensors) -> None:
         self.rehearsal.observe_targets(targets)
 
     def record_sample_losses(self, epoch: int, indices: np.ndarray, losses: torch.Tensor) -> None:
@@ -314,7 +331,7 @@ class SparCL(DynamicSparseTraining):
     name = "sparcl"
     # chosen on occupancy fine-tuning (bag seed 7, docs/research.md): best of the configurations tried, still
     # 0.08 F1 below dense at 1.5x its FLOPs (the defaults: 0.46 F1 below at 2.6x)
-    finetune_defaults: ClassVar[dict[str, Any]] = {
+    finetune_defaults: ClassVar[MethodOptions] = {
         "sparsity": 0.5,
         "beta": 0.0,
         "ddr_schedule": ((0.25, 0.3), (0.5, 0.3)),
@@ -347,7 +364,7 @@ class SparCL(DynamicSparseTraining):
         self.removed = np.zeros(n, dtype=bool)
         self._ddr_done = 0
 
-    def observe_targets(self, targets: Any) -> None:
+    def observe_targets(self, targets: Tensors) -> None:
         self.rehearsal.observe_targets(targets)
 
     def observe_correct(self, correct: torch.Tensor) -> None:
@@ -484,13 +501,9 @@ class SparCL(DynamicSparseTraining):
 def make_method(**options: Any) -> SparCL:
     """SparCL for ``stereovoxel finetune`` (StereoVoxelNet replay) from ``--method-opt`` options: fields of
     SparseConfig, SparCLConfig and RehearsalConfig."""
-    sparse, rest = split_options(SparseConfig, options)
-    sparcl, rest = split_options(SparCLConfig, rest)
-    rehearsal, unknown = split_options(RehearsalConfig, rest)
-    if unknown:
-        raise SparseTrainingError(f"unknown sparcl options {sorted(unknown)}")
-    if "ddr_schedule" in sparcl:
-        sparcl["ddr_schedule"] = tuple(tuple(entry) for entry in sparcl["ddr_schedule"])
+    sparse, sparcl, rehearsal = options_by_config(
+        (SparseConfig, SparCLConfig, RehearsalConfig), options, "sparcl"
+    )
     method = SparCL(
         SparseConfig(**sparse), SparCLConfig(**sparcl), RehearsalConfig(**rehearsal), OccupancyReplay()
     )

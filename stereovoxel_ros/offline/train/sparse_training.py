@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 import torch
 from torch import nn
 
 from stereovoxel_ros.offline.train.trainer import TrainContext, TrainingError, TrainingMethod
-from stereovoxel_ros.offline.train.training_flops import WEIGHT_LAYERS, TrainingFlopMeter
+from stereovoxel_ros.offline.train.training_flops import WEIGHT_LAYERS, StepFlops, TrainingFlopMeter
+
+MethodOptions: TypeAlias = dict[str, Any]
+"""A training method's ``--method-opt`` options: config field name -> JSON value."""
 
 
 class SparseTrainingError(TrainingError):
@@ -62,12 +66,24 @@ def ramp_sparsity(final: float, progress: float, ramp: float) -> float:
     return final * (1.0 - (1.0 - max(0.0, progress) / ramp) ** 3)
 
 
-def split_options(cls: type, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_options(cls: type, options: MethodOptions) -> tuple[MethodOptions, MethodOptions]:
     """(options that are fields of dataclass ``cls``, the rest)."""
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in options.items() if k in names}, {
         k: v for k, v in options.items() if k not in names
     }
+
+
+def options_by_config(configs: Sequence[type], options: MethodOptions, method: str) -> list[MethodOptions]:
+    """``options`` split into the fields of each dataclass in ``configs``, in order (a name goes to the first
+    that has it); SparseTrainingError names the options none has."""
+    split, rest = [], options
+    for cls in configs:
+        known, rest = split_options(cls, rest)
+        split.append(known)
+    if rest:
+        raise SparseTrainingError(f"unknown {method} options {sorted(rest)}")
+    return split
 
 
 def erk_densities(shapes: dict[str, tuple[int, ...]], density: float) -> dict[str, float]:
@@ -216,7 +232,7 @@ class MeteredMethod(TrainingMethod):
     # ramp sparsity up from dense when SparseConfig.ramp is None)
     from_pretrained = False
     # option -> value used instead of the dataclass default when fine-tuning (unless the option was given)
-    finetune_defaults: ClassVar[dict[str, Any]] = {}
+    finetune_defaults: ClassVar[MethodOptions] = {}
     explicit_options: frozenset[str] = frozenset()
 
     def _apply_finetune_defaults(self) -> None:
@@ -240,7 +256,7 @@ class MeteredMethod(TrainingMethod):
         super().setup(model, optimizer, ctx)
         if getattr(self, "model", None) is not model:
             self.meter = TrainingFlopMeter(model) if ctx.rank == 0 else None
-            self._flop_cache: dict[tuple, Any] = {}
+            self._flop_cache: dict[tuple, StepFlops] = {}  # key -> FLOPs of one sample
             self.steps_done = 0
             self.samples_seen = 0
         self.model, self.optimizer = model, optimizer
@@ -457,9 +473,7 @@ class DynamicSparseTraining(MeteredMethod):
 
 def make_method(**options: Any) -> DynamicSparseTraining:
     """Plain dynamic sparse training from ``--method-opt`` style options (fields of SparseConfig)."""
-    known, unknown = split_options(SparseConfig, options)
-    if unknown:
-        raise SparseTrainingError(f"unknown sparse-training options {sorted(unknown)}")
-    method = DynamicSparseTraining(SparseConfig(**known))
+    (sparse,) = options_by_config((SparseConfig,), options, "sparse-training")
+    method = DynamicSparseTraining(SparseConfig(**sparse))
     method.explicit_options = frozenset(options)
     return method

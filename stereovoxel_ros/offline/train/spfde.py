@@ -9,12 +9,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from stereovoxel_ros.offline.train.sparse_training import (
     DynamicSparseTraining,
+    MethodOptions,
     SparseConfig,
     SparseTrainingError,
-    split_options,
+    options_by_config,
 )
 from stereovoxel_ros.offline.train.trainer import TrainContext
 
@@ -115,7 +117,7 @@ class SpFDE(DynamicSparseTraining):
     name = "spfde"
     # chosen on occupancy fine-tuning (bag seed 7, docs/research.md): the 0.8 sparsity and late freezing of
     # training from scratch lost 0.18 F1; these kept it (+0.012) at 0.23x the dense FLOPs
-    finetune_defaults: ClassVar[dict[str, Any]] = {
+    finetune_defaults: ClassVar[MethodOptions] = {
         "sparsity": 0.5,
         "freeze_schedule": ((0.0, 0.5),),
         "sieve_keep": 0.7,
@@ -125,7 +127,7 @@ class SpFDE(DynamicSparseTraining):
         super().__init__(sparse)
         self.spfde = config or SpFDEConfig()
         self.frozen_units: list[str] = []
-        self._hooks: list[Any] = []
+        self._hooks: list[RemovableHandle] = []
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: TrainContext) -> None:
         super().setup(model, optimizer, ctx)
@@ -235,12 +237,7 @@ class SpFDE(DynamicSparseTraining):
 
 def make_method(**options: Any) -> SpFDE:
     """SpFDE from ``--method-opt`` options: fields of SparseConfig and SpFDEConfig."""
-    sparse, rest = split_options(SparseConfig, options)
-    spfde, unknown = split_options(SpFDEConfig, rest)
-    if unknown:
-        raise SparseTrainingError(f"unknown spfde options {sorted(unknown)}")
-    if "freeze_schedule" in spfde:
-        spfde["freeze_schedule"] = tuple(tuple(entry) for entry in spfde["freeze_schedule"])
+    sparse, spfde = options_by_config((SparseConfig, SpFDEConfig), options, "spfde")
     method = SpFDE(SparseConfig(**sparse), SpFDEConfig(**spfde))
     method.explicit_options = frozenset(options)
     return method
