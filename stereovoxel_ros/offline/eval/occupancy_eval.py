@@ -31,12 +31,12 @@ from stereovoxel_ros.core.occupancy.occupancy_scoring import (
     HEADLINE_CLASSES,
     OccupancyScorer,
     ScoringConfig,
-    camera_visibility,
     objects_found_text,
     obstacle_map,
     score_frame,
     truth_grid,
 )
+from stereovoxel_ros.core.occupancy.visibility import camera_visibility
 from stereovoxel_ros.offline.data.dataset_format import StereoSample, iter_samples, read_manifest
 
 
