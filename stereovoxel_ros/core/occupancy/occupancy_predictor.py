@@ -166,11 +166,8 @@ class StereoVoxelNetPredictor:
     ) -> None:
         import torch
 
-        from stereovoxel_ros.core.models.stereovoxelnet import (
-            StereoVoxelNetError,
-            fuse_batchnorm,
-            load_checkpoint,
-        )
+        from stereovoxel_ros.core.models.stereo_layers import fuse_batchnorm
+        from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNetError, load_checkpoint
 
         try:
             loaded = load_checkpoint(checkpoint, grid)

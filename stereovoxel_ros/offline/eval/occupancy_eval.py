@@ -47,7 +47,7 @@ class DepthNetPredictor:
         import torch
 
         from stereovoxel_ros.core.models.stereo_depth_net import StereoDepthNetError, load_depth_checkpoint
-        from stereovoxel_ros.core.models.stereovoxelnet import fuse_batchnorm
+        from stereovoxel_ros.core.models.stereo_layers import fuse_batchnorm
 
         try:
             model, self.meta = load_depth_checkpoint(checkpoint)
