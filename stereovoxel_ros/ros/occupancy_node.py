@@ -53,6 +53,7 @@ from stereovoxel_ros.ros.occupancy_parameters import (
 )
 from stereovoxel_ros.ros.parameter_values import (
     declare_parameters_checked,
+    declared_values,
     warn_unknown_parameters,
 )
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
@@ -106,18 +107,13 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            config = OccupancyNodeConfig.from_parameters({n: self.get_parameter(n).value for n in PARAMETERS})
+            config = OccupancyNodeConfig.from_parameters(declared_values(self, PARAMETERS))
             predictor, backend, pruning = occupancy_backend(config, self.get_logger())
             extrinsics = self._make_extrinsics(config)
         except Exception as err:  # anything here leaves the node unconfigured with the reason logged
             return self._configure_failed(err)
-        self.config, self.predictor, self.backend_in_use, self.extrinsics = (
-            config,
-            predictor,
-            backend,
-            extrinsics,
-        )
-        self.pruning_selector = pruning
+        self.config, self.extrinsics = config, extrinsics
+        self.predictor, self.backend_in_use, self.pruning_selector = predictor, backend, pruning
         self._sync = StereoPairSynchronizer(slop_ns=round(config.sync_slop_s * 1e9))
         self._outputs = {
             "cloud": self.create_lifecycle_publisher(PointCloud2, "~/cloud", reliable_qos(depth=2)),

@@ -38,7 +38,11 @@ from stereovoxel_ros.ros.detection_messages import (
 from stereovoxel_ros.ros.detector_parameters import PARAMETERS, DetectorNodeConfig, DetectorNodeConfigError
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
-from stereovoxel_ros.ros.parameter_values import declare_parameters_checked, warn_unknown_parameters
+from stereovoxel_ros.ros.parameter_values import (
+    declare_parameters_checked,
+    declared_values,
+    warn_unknown_parameters,
+)
 from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
 from stereovoxel_ros.ros.stage_timing import StageTimingError, StageTimingPublisher
 
@@ -110,16 +114,12 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            config = DetectorNodeConfig.from_parameters({n: self.get_parameter(n).value for n in PARAMETERS})
+            config = DetectorNodeConfig.from_parameters(declared_values(self, PARAMETERS))
             detector, names, checkpoint = self._make_detector(config)
         except Exception as err:  # anything here leaves the node unconfigured with the reason logged
             return self._configure_failed(err)
-        self.config, self.detector, self.class_names, self.checkpoint_in_use = (
-            config,
-            detector,
-            names,
-            checkpoint,
-        )
+        self.config, self.detector = config, detector
+        self.class_names, self.checkpoint_in_use = names, checkpoint
         use_vision = vision_msgs_available()
         self._outputs = {
             "annotated": self.create_lifecycle_publisher(Image, "~/annotated", reliable_qos(depth=2))
