@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from nav_msgs.msg import OccupancyGrid, Odometry
@@ -59,7 +60,7 @@ from stereovoxel_ros.ros.parameter_values import (
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
 
 
-def voxel_markers(points: np.ndarray, header: Any, voxel_size_m: float, namespace: str) -> MarkerArray:
+def voxel_markers(points: np.ndarray, header: Header, voxel_size_m: float, namespace: str) -> MarkerArray:
     """One RViz CUBE_LIST marker of voxel-sized cubes at ``points`` [m]."""
     marker = Marker()
     marker.header = header
@@ -77,7 +78,9 @@ def voxel_markers(points: np.ndarray, header: Any, voxel_size_m: float, namespac
 class StereoOccupancyNode(StreamLifecycleNode):
     """Rectified stereo in; occupied voxels (PointCloud2), an obstacle OccupancyGrid, markers and diagnostics out."""
 
-    def __init__(self, node_name: str = "stereo_occupancy", *, tracer: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, node_name: str = "stereo_occupancy", *, tracer: StageTracer | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(node_name, **kwargs)
         declare_parameters_checked(self, PARAMETERS, OccupancyConfigError)
         # Stage timing seam: conversion / inference / publish inside one frame per stereo pair.
@@ -325,7 +328,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self.stats.add_published((time.monotonic() - paired_at) * 1e3, (now_ns - stamp_ns) / 1e6)
 
     def _fuse(self, config: OccupancyNodeConfig, camera: StereoCameraModel, camera_to_base: np.ndarray,
-              points: np.ndarray, stamp_ns: int, stamp: Any, grid: tuple[np.ndarray, tuple[float, float]]) -> None:  # fmt: skip
+              points: np.ndarray, stamp_ns: int, stamp: Time, grid: tuple[np.ndarray, tuple[float, float]]) -> None:  # fmt: skip
         """Fuse this frame's odom grid into the local map: the published grid when it is in odom, else one ray
         cast in odom for the map (stage ``odom_grid``); the update and the map message are stage ``fusion``."""
         local_map = self.local_map

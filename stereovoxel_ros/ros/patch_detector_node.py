@@ -26,7 +26,11 @@ from std_msgs.msg import String
 from stereovoxel_ros.core.detection.patch_defense import DefendedResult, PatchDefendedDetector
 from stereovoxel_ros.core.messages.image import numpy_to_image
 from stereovoxel_ros.core.messages.stamps import header_stamp_ns
-from stereovoxel_ros.core.models.anchor_free_detector import default_detector_checkpoint, load_detector
+from stereovoxel_ros.core.models.anchor_free_detector import (
+    AnchorFreeDetector,
+    default_detector_checkpoint,
+    load_detector,
+)
 from stereovoxel_ros.core.tracing import StageTracer
 from stereovoxel_ros.ros.detection_messages import (
     detections_to_json,
@@ -91,8 +95,8 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         self,
         node_name: str = "patch_defended_detector",
         *,
-        tracer: Any = None,
-        model: Any = None,
+        tracer: StageTracer | None = None,
+        model: AnchorFreeDetector | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(node_name, **kwargs)
@@ -101,7 +105,7 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         self.timing = StageTimingPublisher(self, self.tracer)
         self._injected_model = model  # tests / embedding: a ready AnchorFreeDetector instead of a checkpoint
         self.config: DetectorNodeConfig | None = None
-        self.detector: Any = None
+        self.detector: PatchDefendedDetector | None = None
         self.class_names: tuple[str, ...] = ()
         self.checkpoint_in_use = ""
         self.output_path = ""
@@ -151,7 +155,9 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
     def _forget_configuration(self) -> None:
         self.config = self.detector = None
 
-    def _make_detector(self, config: DetectorNodeConfig) -> tuple[Any, tuple[str, ...], str]:
+    def _make_detector(
+        self, config: DetectorNodeConfig
+    ) -> tuple[PatchDefendedDetector, tuple[str, ...], str]:
 
         if self._injected_model is not None and not config.checkpoint:
             model, source = self._injected_model, "(model given to the node)"
