@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -87,6 +87,20 @@ class StreamLifecycleNode(LifecycleNode):
 
     def diagnostic_status(self) -> DiagnosticStatus:
         raise NotImplementedError
+
+    def _status(
+        self, level: bytes, message: str, what: str, hardware_id: str, values: dict[str, str]
+    ) -> DiagnosticStatus:
+        """The node's DiagnosticStatus, named ``<node>: <what>``; after a failed configure it is ERROR, saying why."""
+        if self.configure_error:
+            level, message = DiagnosticStatus.ERROR, f"configure failed: {self.configure_error}"
+        return DiagnosticStatus(
+            level=level,
+            name=f"{self.get_fully_qualified_name()}: {what}",
+            message=message,
+            hardware_id=hardware_id,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
 
     def publish_diagnostics(self) -> None:
         """Publish :meth:`diagnostic_status` on /diagnostics, stamped now."""

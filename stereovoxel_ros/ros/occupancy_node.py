@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import Point
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.msg import SetParametersResult
@@ -384,9 +384,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
             self._sync.counts.dropped if self._sync is not None else 0
         )
         level, message = DiagnosticStatus.OK, f"{self._state}, {report['rate_hz']:.1f} Hz"
-        if self.configure_error:
-            level, message = DiagnosticStatus.ERROR, f"configure failed: {self.configure_error}"
-        elif report["errors_since_report"]:
+        if report["errors_since_report"]:
             level, message = DiagnosticStatus.WARN, f"input errors: {report['last_input_error']}"
         elif (
             self._state == "active"
@@ -413,13 +411,8 @@ class StereoOccupancyNode(StreamLifecycleNode):
             **self.pruning_status(),
             **(self.local_map.status() if self.local_map is not None else {}),
         }
-        return DiagnosticStatus(
-            level=level,
-            name=f"{self.get_fully_qualified_name()}: stereo occupancy",
-            message=message,
-            hardware_id=self.config.left_image_topic if self.config else "",
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
-        )
+        topic = self.config.left_image_topic if self.config else ""
+        return self._status(level, message, "stereo occupancy", topic, values)
 
 
 def main(args: Sequence[str] | None = None) -> int:

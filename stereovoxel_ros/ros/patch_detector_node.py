@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -265,20 +265,13 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
             values.update({f"reuse_{k}": f"{v:.3f}" if isinstance(v, float) else str(v)
                            for k, v in self.detector.cache.stats().items()})  # fmt: skip
         level, message = DiagnosticStatus.OK, f"{self._state}, no adversarial patch"
-        if self.configure_error:
-            level, message = DiagnosticStatus.ERROR, f"configure failed: {self.configure_error}"
-        elif alert:
+        if alert:
             level, message = (
                 DiagnosticStatus.WARN,
                 f"adversarial patch neutralized at {_fmt_regions(regions)}",
             )
-        return DiagnosticStatus(
-            level=level,
-            name=f"{self.get_fully_qualified_name()}: patch-defended detector",
-            message=message,
-            hardware_id=self.config.image_topic if self.config else "",
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
-        )
+        topic = self.config.image_topic if self.config else ""
+        return self._status(level, message, "patch-defended detector", topic, values)
 
 
 def _fmt_regions(regions: Sequence[Sequence[float]]) -> str:
