@@ -232,3 +232,12 @@ def test_detections_convert_to_vision_msgs_field_for_field(monkeypatch, layout: 
     # a label outside the class list keeps its number
     second_hyp = second.results[0].hypothesis if layout == "modern" else second.results[0]
     assert (second_hyp.class_id if layout == "modern" else second_hyp.id) == "7"
+
+
+def test_class_names_fall_back_to_the_label_or_the_given_text() -> None:
+    from stereovoxel_ros.ros.detection_messages import class_name
+
+    names = ("person", "cone")
+    assert class_name(names, 1) == "cone"
+    assert class_name(names, 2) == "2" and class_name(names, -1) == "-1"
+    assert class_name(names, 5, unknown="") == ""
