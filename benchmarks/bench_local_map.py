@@ -10,28 +10,19 @@ the default window (16 m at 0.2 m cells).
 
 from __future__ import annotations
 
-import argparse
 import os
+
+from benchmarks.demo_bag_replay import demo_bag_arguments, pinned_demo_bag
 
 FUSION_TARGET_MS = 3.0
 PIPELINE_STAGES = ("conversion", "inference", "publish")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=90, help="frames of the demo bag (15 Hz)")
-    parser.add_argument(
-        "--cores", type=int, default=2, help="pin the process to this many CPUs (0: no pinning)"
-    )
-    parser.add_argument("--checkpoint", default=None, help="StereoVoxelNet checkpoint (default: shipped)")
-    args = parser.parse_args()
-    if args.cores:
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
-    from stereovoxel_ros.tools.demo import DEMO_BAG, ensure_demo_bag
+    args = demo_bag_arguments(__doc__.splitlines()[0]).parse_args()
+    bag = pinned_demo_bag(args.frames, args.cores)
     from stereovoxel_ros.tools.replay import replay_bag
 
-    bag = DEMO_BAG if args.frames == 90 else DEMO_BAG.with_name(f"jackal_synthetic_15hz_{args.frames}.mcap")
-    ensure_demo_bag(bag, frames=args.frames)
     rows = []
     for backend in ("classic", "stereovoxelnet"):
         run = replay_bag(

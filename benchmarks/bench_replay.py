@@ -10,10 +10,11 @@ octree prunes differently) and says so.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from pathlib import Path
+
+from benchmarks.demo_bag_replay import demo_bag_arguments, pinned_demo_bag
 
 KEEP_UP = 0.95  # processed / input rate that counts as keeping up
 
@@ -37,24 +38,14 @@ def _checkpoint(path: str | None) -> tuple[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=90, help="frames of the demo bag (15 Hz)")
-    parser.add_argument(
-        "--cores", type=int, default=2, help="pin the process to this many CPUs (0: no pinning)"
-    )
-    parser.add_argument("--checkpoint", default=None, help="StereoVoxelNet checkpoint (default: shipped)")
+    parser = demo_bag_arguments(__doc__.splitlines()[0])
     parser.add_argument(
         "--rate", type=float, default=1.0, help="playback rate (1.0 = the camera's real time)"
     )
     args = parser.parse_args()
-
-    if args.cores:
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
-    from stereovoxel_ros.tools.demo import DEMO_BAG, ensure_demo_bag
+    bag = pinned_demo_bag(args.frames, args.cores)
     from stereovoxel_ros.tools.replay import replay_bag
 
-    bag = DEMO_BAG if args.frames == 90 else DEMO_BAG.with_name(f"jackal_synthetic_15hz_{args.frames}.mcap")
-    ensure_demo_bag(bag, frames=args.frames)
     checkpoint, note = _checkpoint(args.checkpoint)
     runs = [replay_bag(bag, "classic", rate=args.rate, progress=False)]
     runs.append(replay_bag(bag, "stereovoxelnet", checkpoint, rate=args.rate, progress=False))

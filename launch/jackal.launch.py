@@ -8,10 +8,12 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from stereovoxel_ros.ros.dds_profile import fastdds_profile_actions
 
 # (executable, node name): the sections of config/jackal.yaml, keyed "/**/<node name>".
 NODES = [
@@ -19,21 +21,6 @@ NODES = [
     ("timing_tracer", "timing_tracer"),
     ("patch_defended_detector", "patch_defended_detector"),
 ]
-
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-
-
-def fastdds_profile_actions(share):
-    """Use config/fastdds_profile.xml (large shared-memory segments for full-size images) for every process
-    of this launch, camera drivers included, unless a Fast DDS profile is already set."""
-    chosen = next((os.environ[v] for v in PROFILE_VARIABLES if os.environ.get(v)), None)
-    if chosen:
-        return [LogInfo(msg=f"Fast DDS profile from the environment: {chosen}")]
-    profile = os.path.join(share, "config", "fastdds_profile.xml")
-    return [
-        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
-        LogInfo(msg=f"Fast DDS profile {profile} (set FASTDDS_DEFAULT_PROFILES_FILE to use another)"),
-    ]
 
 
 def generate_launch_description():

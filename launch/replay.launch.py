@@ -10,32 +10,13 @@ import sys
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import (
-    DeclareLaunchArgument,
-    ExecuteProcess,
-    IncludeLaunchDescription,
-    LogInfo,
-    SetEnvironmentVariable,
-)
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 
+from stereovoxel_ros.ros.dds_profile import fastdds_profile_actions
+
 INCLUDES = ["jackal.launch.py"]
-
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-
-
-def fastdds_profile_actions(share):
-    """Use config/fastdds_profile.xml (large shared-memory segments for full-size images) for every process
-    of this launch, camera drivers included, unless a Fast DDS profile is already set."""
-    chosen = next((os.environ[v] for v in PROFILE_VARIABLES if os.environ.get(v)), None)
-    if chosen:
-        return [LogInfo(msg=f"Fast DDS profile from the environment: {chosen}")]
-    profile = os.path.join(share, "config", "fastdds_profile.xml")
-    return [
-        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
-        LogInfo(msg=f"Fast DDS profile {profile} (set FASTDDS_DEFAULT_PROFILES_FILE to use another)"),
-    ]
 
 
 def generate_launch_description():

@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 from rosbags_stereo import write_stereo_bag, zed_topics
 
-from stereovoxel_ros.ros.dds_profile import PROFILE_VARIABLES, fastdds_profile_path, use_fastdds_profile
+from stereovoxel_ros.ros.dds_profile import (
+    PROFILE_VARIABLES,
+    fastdds_profile_path,
+    launch_profile_choice,
+    use_fastdds_profile,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 20
@@ -36,6 +41,13 @@ def test_profile_is_used_unless_one_is_set(tmp_path: Path) -> None:
     assert use_fastdds_profile(lines.append, {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) is None
     text = fastdds_profile_path().read_text()
     assert "<type>SHM</type>" in text and "<segment_size>33554432</segment_size>" in text
+
+
+def test_launch_sets_the_share_profile_unless_one_is_set() -> None:
+    profile, line = launch_profile_choice("/opt/share/stereovoxel_ros", {})
+    assert profile == "/opt/share/stereovoxel_ros/config/fastdds_profile.xml" and profile in line
+    profile, line = launch_profile_choice("/opt/share", {"FASTRTPS_DEFAULT_PROFILES_FILE": "/x/mine.xml"})
+    assert profile is None and line == "Fast DDS profile from the environment: /x/mine.xml"
 
 
 @pytest.mark.ros

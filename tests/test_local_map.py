@@ -231,7 +231,7 @@ def test_the_per_frame_grid_casts_rays_only_as_far_as_the_voxel_grid_reaches(odo
         transform_points,
     )
     from stereovoxel_ros.core.occupancy.obstacle_grid import observable_cells, obstacle_cells
-    from stereovoxel_ros.core.occupancy.occupancy_scoring import camera_ray_directions, raycast_visibility
+    from stereovoxel_ros.core.occupancy.visibility import camera_ray_directions, raycast_visibility
     from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
 
     geometry = ObservationGeometry(DEFAULT_GRID, grid_in_odom=odom)

@@ -7,12 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from stereovoxel_ros.core.occupancy.occupancy_scoring import (
-    FREE,
-    OBSTACLE,
-    UNKNOWN,
     ScoringConfig,
     score_grids,
 )
+from stereovoxel_ros.core.occupancy.visibility import FREE, OBSTACLE, UNKNOWN
 from stereovoxel_ros.offline.data.synth_dynamic import DynamicObjectState
 from stereovoxel_ros.offline.eval.local_map_bench import settled_cells
 

@@ -10,22 +10,24 @@ import pytest
 from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
 from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
 from stereovoxel_ros.core.occupancy.occupancy_scoring import (
-    FREE,
     LABEL_CLASS_STRIDE,
     OBJECT_CLASSES,
-    OBSTACLE,
-    UNKNOWN,
     OccupancyScorer,
     ScoringConfig,
-    ScoringError,
-    camera_visibility,
     cell_ranges,
     depth_error_table,
     obstacle_band_rows,
     obstacle_map,
-    raycast_visibility,
     score_frame,
     score_grids,
+)
+from stereovoxel_ros.core.occupancy.visibility import (
+    FREE,
+    OBSTACLE,
+    UNKNOWN,
+    ScoringError,
+    camera_visibility,
+    raycast_visibility,
 )
 
 # 0.2 m cells, 40 x 40 (8 m ahead, 8 m across), camera at the middle of the near edge

@@ -20,14 +20,14 @@ NODE = "/patch_defended_detector"
 
 
 def _defaults() -> dict:
-    from stereovoxel_ros.ros.patch_detector_node import PARAMETERS
+    from stereovoxel_ros.ros.detector_parameters import PARAMETERS
 
     return {name: default for name, (default, _) in PARAMETERS.items()}
 
 
 def test_parameters_validate_and_mirror_the_defense_defaults() -> None:
     from stereovoxel_ros.core.detection.patch_defense import PatchDefenseConfig
-    from stereovoxel_ros.ros.patch_detector_node import DetectorNodeConfig, DetectorNodeConfigError
+    from stereovoxel_ros.ros.detector_parameters import DetectorNodeConfig, DetectorNodeConfigError
 
     config = DetectorNodeConfig.from_parameters(_defaults())
     defaults = PatchDefenseConfig()
@@ -205,7 +205,7 @@ def test_detections_convert_to_vision_msgs_field_for_field(monkeypatch, layout: 
 
     from stereovoxel_ros.core.detection.patch_defense import DefendedResult
     from stereovoxel_ros.core.models.anchor_free_detector import Detections
-    from stereovoxel_ros.ros.patch_detector_node import detections_to_vision_msgs, vision_msgs_available
+    from stereovoxel_ros.ros.detection_messages import detections_to_vision_msgs, vision_msgs_available
 
     package = types.ModuleType("vision_msgs")
     package.msg = getattr(vision_msgs_stand_in, layout)()
@@ -232,3 +232,12 @@ def test_detections_convert_to_vision_msgs_field_for_field(monkeypatch, layout: 
     # a label outside the class list keeps its number
     second_hyp = second.results[0].hypothesis if layout == "modern" else second.results[0]
     assert (second_hyp.class_id if layout == "modern" else second_hyp.id) == "7"
+
+
+def test_class_names_fall_back_to_the_label_or_the_given_text() -> None:
+    from stereovoxel_ros.ros.detection_messages import class_name
+
+    names = ("person", "cone")
+    assert class_name(names, 1) == "cone"
+    assert class_name(names, 2) == "2" and class_name(names, -1) == "-1"
+    assert class_name(names, 5, unknown="") == ""

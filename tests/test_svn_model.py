@@ -10,11 +10,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID, JACKAL_GRID, PAPER_GRID, VoxelGridSpec
 from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360
 from stereovoxel_ros.core.models.mobilenet_v2 import InvertedResidual, MobileNetV2Config, mobilenet_v2
+from stereovoxel_ros.core.models.stereo_layers import sampled_cost_volume
 from stereovoxel_ros.core.models.stereovoxelnet import (
     StereoVoxelNetError,
     create_stereovoxelnet,
     load_checkpoint,
-    sampled_cost_volume,
     save_checkpoint,
 )
 from stereovoxel_ros.core.occupancy.octree_decoder import octree_targets, soft_iou_loss, sparse_soft_iou_loss

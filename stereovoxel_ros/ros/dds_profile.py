@@ -1,14 +1,19 @@
 """The Fast DDS profile of ``config/fastdds_profile.xml``: large shared-memory segments for camera images.
 
 Entry points call :func:`use_fastdds_profile` before ``rclpy.init``; it sets ``FASTDDS_DEFAULT_PROFILES_FILE``
-for this process (and the processes it starts) unless the user already chose a profile or another RMW.
+for this process (and the processes it starts) unless the user already chose a profile or another RMW. Launch
+files add :func:`fastdds_profile_actions`, the same for every process of the launch.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from launch import Action
 
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 PROFILE_RELATIVE = "config/fastdds_profile.xml"
@@ -61,3 +66,24 @@ def use_fastdds_profile(
             "FASTDDS_DEFAULT_PROFILES_FILE to use another)"
         )
     return path
+
+
+def launch_profile_choice(share: str, environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:
+    """For a launch: the profile of the package share to set (None when the environment already names one) and
+    the line to log."""
+    env = os.environ if environ is None else environ
+    chosen = next((env[v] for v in PROFILE_VARIABLES if env.get(v)), None)
+    if chosen:
+        return None, f"Fast DDS profile from the environment: {chosen}"
+    profile = os.path.join(share, PROFILE_RELATIVE)
+    return profile, f"Fast DDS profile {profile} (set FASTDDS_DEFAULT_PROFILES_FILE to use another)"
+
+
+def fastdds_profile_actions(share: str) -> list[Action]:
+    """Launch actions that use ``config/fastdds_profile.xml`` of ``share`` (large shared-memory segments for
+    full-size images) for every process of the launch, camera drivers included, unless a profile is set."""
+    from launch.actions import LogInfo, SetEnvironmentVariable
+
+    profile, line = launch_profile_choice(share)
+    use = [] if profile is None else [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile)]
+    return [*use, LogInfo(msg=line)]

@@ -8,15 +8,14 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import Point
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -24,7 +23,6 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraError, StereoCameraModel
-from stereovoxel_ros.core.geometry.stereo_camera import ZED2_640x360 as camera
 from stereovoxel_ros.core.geometry.transforms import TransformError, rigid_transform_from_pose
 from stereovoxel_ros.core.geometry.voxel_grid import (
     occupied_voxel_centers,
@@ -34,12 +32,9 @@ from stereovoxel_ros.core.messages.occupancy_grid import array_to_occupancy_grid
 from stereovoxel_ros.core.messages.pointcloud2 import points_to_pointcloud2
 from stereovoxel_ros.core.messages.stamps import header_stamp_ns
 from stereovoxel_ros.core.occupancy.obstacle_grid import obstacle_cells
-from stereovoxel_ros.core.occupancy.occupancy_predictor import (
-    PredictorError,
-    default_checkpoint_path,
-    make_predictor,
-)
+from stereovoxel_ros.core.occupancy.occupancy_predictor import OccupancyPredictor
 from stereovoxel_ros.core.occupancy.occupancy_stats import STALL_WINDOW_S, OccupancyStats
+from stereovoxel_ros.core.occupancy.pruning_control import PruningController
 from stereovoxel_ros.core.stereo.stereo_frame import StereoFrameError, stereo_frame_from_messages
 from stereovoxel_ros.core.stereo.stereo_sync import StereoInfoCache, StereoPairSynchronizer
 from stereovoxel_ros.core.tracing import StageTracer
@@ -50,6 +45,7 @@ from stereovoxel_ros.ros.local_map_output import (
     TfOdometry,
 )
 from stereovoxel_ros.ros.node_main import run_node
+from stereovoxel_ros.ros.occupancy_backend import occupancy_backend, pruning_status
 from stereovoxel_ros.ros.occupancy_parameters import (
     EXTRINSIC_PARAMETERS,
     PARAMETERS,
@@ -58,12 +54,13 @@ from stereovoxel_ros.ros.occupancy_parameters import (
 )
 from stereovoxel_ros.ros.parameter_values import (
     declare_parameters_checked,
+    declared_values,
     warn_unknown_parameters,
 )
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
 
 
-def voxel_markers(points: np.ndarray, header: Any, voxel_size_m: float, namespace: str) -> MarkerArray:
+def voxel_markers(points: np.ndarray, header: Header, voxel_size_m: float, namespace: str) -> MarkerArray:
     """One RViz CUBE_LIST marker of voxel-sized cubes at ``points`` [m]."""
     marker = Marker()
     marker.header = header
@@ -81,14 +78,16 @@ def voxel_markers(points: np.ndarray, header: Any, voxel_size_m: float, namespac
 class StereoOccupancyNode(StreamLifecycleNode):
     """Rectified stereo in; occupied voxels (PointCloud2), an obstacle OccupancyGrid, markers and diagnostics out."""
 
-    def __init__(self, node_name: str = "stereo_occupancy", *, tracer: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, node_name: str = "stereo_occupancy", *, tracer: StageTracer | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(node_name, **kwargs)
         declare_parameters_checked(self, PARAMETERS, OccupancyConfigError)
         # Stage timing seam: conversion / inference / publish inside one frame per stereo pair.
         self.tracer = tracer if tracer is not None else StageTracer(node_name)
         self.config: OccupancyNodeConfig | None = None
-        self.predictor: Any = None
-        self.pruning_selector: Any = None  # PruningController when pruning is "auto"
+        self.predictor: OccupancyPredictor | None = None
+        self.pruning_selector: PruningController | None = None  # when pruning is "auto"
         self.backend_in_use = ""
         self.extrinsics: ParameterExtrinsics | TfExtrinsics | None = None
         self.last_camera: StereoCameraModel | None = None  # geometry of the last published frame
@@ -103,10 +102,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self._odometry_tf: TfOdometry | None = None
         self._sync: StereoPairSynchronizer | None = None
         # the newest (left, right, monotonic time paired), processed on the inference thread
-        self._init_stream(self._on_pair)
-        self._diagnostics_timer: Any = None
-        period = self.get_parameter("diagnostics_period").value
-        self._start_diagnostics(period if isinstance(period, float) and 0.05 <= period <= 60.0 else 1.0)
+        self._init_stream(self._on_pair)  # also starts /diagnostics at the diagnostics_period parameter
         self.add_on_set_parameters_callback(self._on_set_parameters)
         warn_unknown_parameters(self)
 
@@ -114,19 +110,13 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            config = OccupancyNodeConfig.from_parameters({n: self.get_parameter(n).value for n in PARAMETERS})
-            predictor, backend = self._make_predictor(config)
+            config = OccupancyNodeConfig.from_parameters(declared_values(self, PARAMETERS))
+            predictor, backend, pruning = occupancy_backend(config, self.get_logger())
             extrinsics = self._make_extrinsics(config)
         except Exception as err:  # anything here leaves the node unconfigured with the reason logged
-            self.pruning_selector = None
             return self._configure_failed(err)
-        self.config, self.predictor, self.backend_in_use, self.extrinsics = (
-            config,
-            predictor,
-            backend,
-            extrinsics,
-        )
-        self.configure_error = ""
+        self.config, self.extrinsics = config, extrinsics
+        self.predictor, self.backend_in_use, self.pruning_selector = predictor, backend, pruning
         self._sync = StereoPairSynchronizer(slop_ns=round(config.sync_slop_s * 1e9))
         self._outputs = {
             "cloud": self.create_lifecycle_publisher(PointCloud2, "~/cloud", reliable_qos(depth=2)),
@@ -135,43 +125,28 @@ class StereoOccupancyNode(StreamLifecycleNode):
         }
         self._make_local_map(config)
         self._start_diagnostics(config.diagnostics_period_s)
-        self.get_logger().info(
-            f"configured: backend {backend}, grid {config.grid.name} {config.grid.shape} x {config.grid.voxel_size} m, "
+        return self._configured(
+            state,
+            f"backend {backend}, grid {config.grid.name} {config.grid.shape} x {config.grid.voxel_size} m, "
             f"camera->base extrinsics from {extrinsics.describe()}, obstacle grid in "
-            f"{config.odom_frame if config.grid_in_odom else config.base_frame}"
+            f"{config.odom_frame if config.grid_in_odom else config.base_frame}",
         )
-        self._state = "inactive"
-        return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         config = self.config
         assert config is not None
-        self._worker.start()
-        streams = (
-            (Image, config.left_image_topic, lambda m: self._on_image("left", m)),
-            (Image, config.right_image_topic, lambda m: self._on_image("right", m)),
-            (CameraInfo, config.left_info_topic, lambda m: self._infos.update("left", m)),
-            (CameraInfo, config.right_info_topic, lambda m: self._infos.update("right", m)),
-        )
-        self._inputs = [
-            self.create_subscription(kind, topic, callback, sensor_qos(), callback_group=self._input_group)
-            for kind, topic, callback in streams
+        streams = [
+            (Image, config.left_image_topic, lambda m: self._on_image("left", m), sensor_qos()),
+            (Image, config.right_image_topic, lambda m: self._on_image("right", m), sensor_qos()),
+            (CameraInfo, config.left_info_topic, lambda m: self._infos.update("left", m), sensor_qos()),
+            (CameraInfo, config.right_info_topic, lambda m: self._infos.update("right", m), sensor_qos()),
         ]
         if self._needs_odometry_topic(config):
-            self._inputs.append(
-                self.create_subscription(
-                    Odometry,
-                    config.odom_topic,
-                    self._on_odom,
-                    sensor_qos(20),
-                    callback_group=self._input_group,
-                )
-            )
-        self._state = "active"
-        self.get_logger().info(
-            f"active: listening on {config.left_image_topic} and {config.right_image_topic}"
+            streams.append((Odometry, config.odom_topic, self._on_odom, sensor_qos(20)))
+        self._subscribe_inputs(streams)
+        return self._activated(
+            state, f"listening on {config.left_image_topic} and {config.right_image_topic}"
         )
-        return super().on_activate(state)
 
     def _make_local_map(self, config: OccupancyNodeConfig) -> None:
         """The local map, its publishers (released with the others) and its odometry source."""
@@ -203,69 +178,6 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self.pruning_selector = None
         self.backend_in_use = ""
 
-    def _make_predictor(self, config: OccupancyNodeConfig) -> tuple[Any, str]:
-
-        backend, checkpoint = config.backend, config.checkpoint
-        if backend == "stereovoxelnet" and not checkpoint:
-            shipped = default_checkpoint_path()
-            if not shipped.is_file():
-                self.get_logger().warning(
-                    f"no shipped StereoVoxelNet checkpoint ({shipped}); falling back to the classic backend"
-                )
-                backend = "classic"
-            else:
-                checkpoint = str(shipped)
-        elif checkpoint and not Path(checkpoint).is_file():
-            raise OccupancyConfigError(f"parameter 'checkpoint' = {checkpoint!r}: no such file")
-        pruning = config.pruning if config.pruning != "fixed" else f"{config.pruning_ratio:g}"
-        if config.pruning != "off" and backend != "stereovoxelnet":
-            raise OccupancyConfigError(
-                f"parameter 'pruning' = {pruning!r}: no StereoVoxelNet checkpoint to prune (backend {backend})"
-            )
-        # torch threads are process-wide: the entry point sets them once (node_main.set_torch_threads)
-        opts: dict[str, Any] = {"pruning": True} if config.pruning != "off" else {}
-        if backend == "classic":
-            opts.update(config.classic)  # backend sgbm is the tuned SGBM preset (classic_stereo.SGBM_PRESET)
-        try:
-            predictor = make_predictor(
-                backend, checkpoint if backend == "stereovoxelnet" else None, config.grid, **opts
-            )
-        except PredictorError as err:
-            if config.pruning == "off":
-                raise
-            raise OccupancyConfigError(f"parameter 'pruning' = {pruning!r}: {err}") from err
-        self._warm_up(predictor, backend)
-        self.pruning_selector = self._make_pruning(config, predictor) if config.pruning != "off" else None
-        return predictor, backend
-
-    def _warm_up(self, predictor: Any, backend: str) -> None:
-        """Run one synthetic pair so the first camera frame does not pay for lazy initialisation (~1 s)."""
-
-        left = np.random.default_rng(0).integers(0, 256, (camera.height, camera.width, 3), dtype=np.uint8)
-        start = time.perf_counter()
-        predictor.predict(left, np.roll(left, -8, axis=1), camera)
-        self.get_logger().info(f"{backend} warmed up in {(time.perf_counter() - start) * 1e3:.0f} ms")
-
-    def _make_pruning(self, config: OccupancyNodeConfig, predictor: Any) -> Any:
-        """Fixed ratio: set it. Auto: profile each ratio once and return the RatioSelector."""
-        from stereovoxel_ros.core.occupancy.pruning_control import PruningControlError, PruningController
-
-        if config.pruning == "fixed":
-            try:
-                predictor.set_pruning_ratio(config.pruning_ratio)
-            except PredictorError as err:
-                raise OccupancyConfigError(
-                    f"parameter 'pruning' = '{config.pruning_ratio:g}': {err}"
-                ) from err
-            return None
-        target = config.pruning_latency_target_ms or None
-        try:
-            controller = PruningController.profiled(predictor, target)
-        except PruningControlError as err:
-            raise OccupancyConfigError(f"parameter 'pruning' = 'auto': {err}") from err
-        self.get_logger().info(f"pruning auto: {controller.describe()}")
-        return controller
-
     def _update_pruning(self, latency_ms: float) -> None:
         """Feed one frame's inference latency to the controller (it switches the ratio for the next frame;
         a CPU frequency change since the frame is accounted for, see :mod:`stereovoxel_ros.core.occupancy.pruning_control`)."""
@@ -274,20 +186,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
 
     def pruning_status(self) -> dict[str, str]:
         """/diagnostics key/values of run-time pruning."""
-        config, predictor = self.config, self.predictor
-        mode = config.pruning if config is not None else "off"
-        values = {"pruning": mode}
-        if mode == "off" or predictor is None:
-            return values
-        values["pruning_ratios"] = ",".join(f"{r:g}" for r in predictor.pruning_ratios)
-        if self.pruning_selector is not None:
-            values.update(self.pruning_selector.status())
-        else:
-            values["pruning_ratio"] = f"{predictor.pruning_ratio:.2f}"
-        mhz = self.pruning_selector.cpu_mhz if self.pruning_selector is not None else None
-        if mhz is not None:
-            values["cpu_mhz"] = f"{mhz[0]:.0f}/{mhz[1]:.0f}"
-        return values
+        return pruning_status(self.config, self.predictor, self.pruning_selector)
 
     def _make_extrinsics(self, config: OccupancyNodeConfig) -> ParameterExtrinsics | TfExtrinsics:
         if config.extrinsics_source == "tf" or (config.extrinsics_source == "auto" and tf2_available()):
@@ -429,7 +328,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self.stats.add_published((time.monotonic() - paired_at) * 1e3, (now_ns - stamp_ns) / 1e6)
 
     def _fuse(self, config: OccupancyNodeConfig, camera: StereoCameraModel, camera_to_base: np.ndarray,
-              points: np.ndarray, stamp_ns: int, stamp: Any, grid: tuple[np.ndarray, tuple[float, float]]) -> None:  # fmt: skip
+              points: np.ndarray, stamp_ns: int, stamp: Time, grid: tuple[np.ndarray, tuple[float, float]]) -> None:  # fmt: skip
         """Fuse this frame's odom grid into the local map: the published grid when it is in odom, else one ray
         cast in odom for the map (stage ``odom_grid``); the update and the map message are stage ``fusion``."""
         local_map = self.local_map
@@ -478,18 +377,6 @@ class StereoOccupancyNode(StreamLifecycleNode):
         self.stats.add_error(message)
         self.get_logger().warning(message, throttle_duration_sec=1.0)
 
-    def _start_diagnostics(self, period_s: float) -> None:
-        if self._diagnostics_timer is not None:
-            if abs(self._diagnostics_timer.timer_period_ns - period_s * 1e9) < 1:
-                return
-            self.destroy_timer(self._diagnostics_timer)
-        self._diagnostics_timer = self.create_timer(
-            period_s,
-            self.publish_diagnostics,
-            callback_group=self._diagnostics_group,
-            clock=Clock(clock_type=ClockType.STEADY_TIME),
-        )
-
     def diagnostic_status(self) -> DiagnosticStatus:
         """The node's health: state, backend, rate, latency, drops and the last input error."""
         report = self.stats.report()
@@ -497,9 +384,7 @@ class StereoOccupancyNode(StreamLifecycleNode):
             self._sync.counts.dropped if self._sync is not None else 0
         )
         level, message = DiagnosticStatus.OK, f"{self._state}, {report['rate_hz']:.1f} Hz"
-        if self.configure_error:
-            level, message = DiagnosticStatus.ERROR, f"configure failed: {self.configure_error}"
-        elif report["errors_since_report"]:
+        if report["errors_since_report"]:
             level, message = DiagnosticStatus.WARN, f"input errors: {report['last_input_error']}"
         elif (
             self._state == "active"
@@ -526,13 +411,8 @@ class StereoOccupancyNode(StreamLifecycleNode):
             **self.pruning_status(),
             **(self.local_map.status() if self.local_map is not None else {}),
         }
-        return DiagnosticStatus(
-            level=level,
-            name=f"{self.get_fully_qualified_name()}: stereo occupancy",
-            message=message,
-            hardware_id=self.config.left_image_topic if self.config else "",
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
-        )
+        topic = self.config.left_image_topic if self.config else ""
+        return self._status(level, message, "stereo occupancy", topic, values)
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
 
 
 class ParameterValues:
@@ -111,6 +112,11 @@ def declare_parameters_checked(
         node.declare_parameter(
             name, value, ParameterDescriptor(description=description), ignore_override=True
         )
+
+
+def declared_values(node: Node, names: Iterable[str]) -> dict[str, Any]:
+    """Name -> the node's current value of each declared parameter in ``names``."""
+    return {name: node.get_parameter(name).value for name in names}
 
 
 def unknown_parameters(given: Any, known: Any) -> list[str]:

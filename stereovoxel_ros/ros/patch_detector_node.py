@@ -10,238 +10,45 @@ the timing tracer (``StageTracer`` + ``StageTimingPublisher``).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from rclpy.clock import Clock, ClockType
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from stereovoxel_ros.core.detection.patch_defense import (
-    NEUTRALIZE_MODES,
-    DefendedResult,
-    PatchDefendedDetector,
-    PatchDefenseConfig,
-)
-from stereovoxel_ros.core.geometry.jackal import JackalTopics
-from stereovoxel_ros.core.messages.image import ImageEncodingError, image_to_numpy, numpy_to_image
+from stereovoxel_ros.core.detection.patch_defense import DefendedResult, PatchDefendedDetector
+from stereovoxel_ros.core.messages.image import numpy_to_image
 from stereovoxel_ros.core.messages.stamps import header_stamp_ns
-from stereovoxel_ros.core.models.anchor_free_detector import default_detector_checkpoint, load_detector
+from stereovoxel_ros.core.models.anchor_free_detector import (
+    AnchorFreeDetector,
+    default_detector_checkpoint,
+    load_detector,
+)
 from stereovoxel_ros.core.tracing import StageTracer
+from stereovoxel_ros.ros.detection_messages import (
+    detections_to_json,
+    detections_to_vision_msgs,
+    draw_annotations,
+    image_message_to_rgb,
+    vision_msgs_available,
+)
+from stereovoxel_ros.ros.detector_parameters import PARAMETERS, DetectorNodeConfig, DetectorNodeConfigError
 from stereovoxel_ros.ros.lifecycle_transitions import StreamLifecycleNode
 from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.parameter_values import (
-    ParameterValues,
     declare_parameters_checked,
+    declared_values,
     warn_unknown_parameters,
 )
 from stereovoxel_ros.ros.qos import reliable_qos, sensor_qos
 from stereovoxel_ros.ros.stage_timing import StageTimingError, StageTimingPublisher
-
-_JACKAL = JackalTopics(namespace="")
-
-
-class DetectorNodeConfigError(ValueError):
-    """A node parameter is invalid; the message names the parameter."""
-
-
-_DEFAULTS = PatchDefenseConfig()
-
-# name -> (default, description); defense defaults are PatchDefenseConfig's (checked in the tests)
-PARAMETERS: dict[str, tuple[Any, str]] = {
-    "image_topic": (_JACKAL.left_image.lstrip("/"), "camera image (rgb8, bgr8 or mono8)"),
-    "checkpoint": ("", "detector checkpoint [.pt]; empty = stereovoxel_ros/checkpoints/patch_detector.pt"),
-    "defense": (True, "run the Themis-style patch defense (false: plain detection)"),
-    "neutralize": (
-        _DEFAULTS.neutralize,
-        f"how a candidate patch is neutralized: {' or '.join(NEUTRALIZE_MODES)}",
-    ),
-    "temporal_reuse": (True, "reuse importance maps and region decisions on unchanged image blocks"),
-    "refresh_interval": (
-        _DEFAULTS.refresh_interval,
-        "recompute the whole importance map at least every N frames",
-    ),
-    "change_threshold": (
-        _DEFAULTS.change_threshold,
-        "mean |frame difference| [DN] that marks a block as changed",
-    ),
-    "concentration_threshold": (
-        _DEFAULTS.concentration_threshold,
-        "importance (shallow-feature anomaly x 2D-texture share) of a window above its ring for a candidate patch",
-    ),
-    "recovery_threshold": (
-        _DEFAULTS.recovery_threshold,
-        "score rise of a detection re-emerging when a candidate is neutralized that confirms a patch",
-    ),
-    "min_evidence": (
-        _DEFAULTS.min_evidence,
-        "concentration x score rise a re-emerged detection needs to confirm a patch (fewer clean-frame alerts)",
-    ),
-    "score_threshold": (_DEFAULTS.score_threshold, "lowest detection score published"),
-    "torch_threads": (2, "CPU threads for inference"),
-    "publish_annotated": (True, "publish ~/annotated (only drawn while someone subscribes)"),
-    "diagnostics_period": (1.0, "period of /diagnostics messages [s] (steady clock)"),
-    "autostart": (True, "configure and activate on start; false when a lifecycle manager manages the node"),
-}
-
-
-@dataclass(frozen=True)
-class DetectorNodeConfig:
-    """The node's validated parameters."""
-
-    image_topic: str
-    checkpoint: str
-    defense: bool
-    neutralize: str
-    temporal_reuse: bool
-    refresh_interval: int
-    change_threshold: float
-    concentration_threshold: float
-    recovery_threshold: float
-    min_evidence: float
-    score_threshold: float
-    torch_threads: int
-    publish_annotated: bool
-    diagnostics_period_s: float
-
-    @classmethod
-    def from_parameters(cls, values: dict[str, Any]) -> DetectorNodeConfig:
-        """Check every value; DetectorNodeConfigError names the first bad parameter and why."""
-
-        params = ParameterValues(values, DetectorNodeConfigError)
-        bad, number, integer, flag, text = params.bad, params.number, params.integer, params.flag, params.text
-
-        topic = values["image_topic"]
-        if not isinstance(topic, str) or not topic.strip() or " " in topic.strip():
-            raise bad("image_topic", "must be a non-empty topic name")
-        checkpoint = values["checkpoint"]
-        if not isinstance(checkpoint, str):
-            raise bad("checkpoint", "must be a path string (empty for the shipped checkpoint)")
-        return cls(
-            image_topic=topic.strip(),
-            checkpoint=checkpoint.strip(),
-            defense=flag("defense"),
-            neutralize=text("neutralize", NEUTRALIZE_MODES),
-            temporal_reuse=flag("temporal_reuse"),
-            refresh_interval=integer("refresh_interval", 1, 100000),
-            change_threshold=number("change_threshold", 0.0, 255.0),
-            concentration_threshold=number("concentration_threshold", 0.0, 1e6),
-            recovery_threshold=number("recovery_threshold", 0.0, 1.0),
-            min_evidence=number("min_evidence", 0.0, 100.0),
-            score_threshold=number("score_threshold", 0.0, 1.0),
-            torch_threads=integer("torch_threads", 1, 64),
-            publish_annotated=flag("publish_annotated"),
-            diagnostics_period_s=number("diagnostics_period", 0.05, 60.0),
-        )
-
-    def defense_config(self) -> PatchDefenseConfig:
-        """The ``PatchDefenseConfig`` these parameters describe."""
-        return replace(
-            _DEFAULTS,
-            neutralize=self.neutralize,
-            temporal_reuse=self.temporal_reuse,
-            refresh_interval=self.refresh_interval,
-            change_threshold=self.change_threshold,
-            concentration_threshold=self.concentration_threshold,
-            recovery_threshold=self.recovery_threshold,
-            min_evidence=self.min_evidence,
-            score_threshold=self.score_threshold,
-        )
-
-
-def image_message_to_rgb(msg: Image) -> np.ndarray:
-    """An Image message as (H, W, 3) uint8 RGB; ImageEncodingError for other encodings or bad sizes."""
-    encoding = str(msg.encoding)
-    if encoding not in ("rgb8", "bgr8", "mono8"):
-        raise ImageEncodingError(f"image encoding {encoding!r} is not supported (rgb8, bgr8 or mono8)")
-    pixels = image_to_numpy(msg)
-    if encoding == "bgr8":
-        return np.ascontiguousarray(pixels[:, :, ::-1])
-    if encoding == "mono8":
-        return np.repeat(pixels[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(pixels)
-
-
-def draw_annotations(image: np.ndarray, result: Any, class_names: Sequence[str]) -> np.ndarray:
-    """A copy of ``image`` with detections (green) and neutralized regions (red) drawn."""
-    import cv2
-
-    out = np.ascontiguousarray(image.copy())
-    for box, score, label in zip(result.detections.boxes, result.detections.scores, result.detections.labels):
-        x0, y0, x1, y1 = (round(float(v)) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), (0, 255, 0), 1)
-        name = class_names[int(label)] if 0 <= int(label) < len(class_names) else str(int(label))
-        cv2.putText(
-            out, f"{name} {score:.2f}", (x0, max(8, y0 - 2)), cv2.FONT_HERSHEY_PLAIN, 0.7, (0, 255, 0), 1
-        )
-    for x0, y0, x1, y1 in result.regions:
-        cv2.rectangle(out, (int(x0), int(y0)), (math.ceil(x1), math.ceil(y1)), (255, 0, 0), 2)
-    return out
-
-
-def detections_to_json(result: Any, class_names: Sequence[str], stamp_ns: int, frame_id: str) -> str:
-    """The std_msgs/String fallback payload."""
-    dets = result.detections
-    return json.dumps(
-        {
-            "stamp_ns": int(stamp_ns),
-            "frame_id": frame_id,
-            "detections": [
-                {
-                    "box_xyxy": [round(float(v), 2) for v in b],
-                    "score": round(float(s), 4),
-                    "label": int(lab),
-                    "class": class_names[int(lab)] if 0 <= int(lab) < len(class_names) else "",
-                }
-                for b, s, lab in zip(dets.boxes, dets.scores, dets.labels)
-            ],
-            "patch_alert": bool(result.alert),
-            "patch_regions_xyxy": [[round(float(v), 2) for v in r] for r in result.regions],
-        }
-    )
-
-
-def vision_msgs_available() -> bool:
-    try:
-        import vision_msgs.msg  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def detections_to_vision_msgs(result: Any, class_names: Sequence[str], header: Any) -> Any:
-    """vision_msgs/Detection2DArray (centre + size boxes, one hypothesis per detection)."""
-    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
-
-    msg = Detection2DArray(header=header)
-    for box, score, label in zip(result.detections.boxes, result.detections.scores, result.detections.labels):
-        det = Detection2D(header=header)
-        x0, y0, x1, y1 = (float(v) for v in box)
-        center = det.bbox.center
-        if hasattr(center, "position"):  # Humble and newer: Pose2D with position
-            center.position.x, center.position.y = (x0 + x1) / 2, (y0 + y1) / 2
-        else:
-            center.x, center.y = (x0 + x1) / 2, (y0 + y1) / 2
-        det.bbox.size_x, det.bbox.size_y = x1 - x0, y1 - y0
-        hyp = ObjectHypothesisWithPose()
-        name = class_names[int(label)] if 0 <= int(label) < len(class_names) else str(int(label))
-        if hasattr(hyp, "hypothesis"):
-            hyp.hypothesis.class_id, hyp.hypothesis.score = name, float(score)
-        else:
-            hyp.id, hyp.score = name, float(score)
-        det.results.append(hyp)
-        msg.detections.append(det)
-    return msg
 
 
 class DetectorStats:
@@ -288,8 +95,8 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         self,
         node_name: str = "patch_defended_detector",
         *,
-        tracer: Any = None,
-        model: Any = None,
+        tracer: StageTracer | None = None,
+        model: AnchorFreeDetector | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(node_name, **kwargs)
@@ -298,37 +105,25 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
         self.timing = StageTimingPublisher(self, self.tracer)
         self._injected_model = model  # tests / embedding: a ready AnchorFreeDetector instead of a checkpoint
         self.config: DetectorNodeConfig | None = None
-        self.detector: Any = None
+        self.detector: PatchDefendedDetector | None = None
         self.class_names: tuple[str, ...] = ()
         self.checkpoint_in_use = ""
         self.output_path = ""
         self.stats = DetectorStats()
         self._state = "unconfigured"
         # the newest (image, monotonic time received), processed on the inference thread
-        self._init_stream(self._on_frame)
-        period = self.get_parameter("diagnostics_period").value
-        self._diagnostics_timer = self.create_timer(
-            period if isinstance(period, float) and 0.05 <= period <= 60.0 else 1.0,
-            self.publish_diagnostics,
-            callback_group=self._diagnostics_group,
-            clock=Clock(clock_type=ClockType.STEADY_TIME),
-        )
+        self._init_stream(self._on_frame)  # also starts /diagnostics at the diagnostics_period parameter
         warn_unknown_parameters(self)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            config = DetectorNodeConfig.from_parameters({n: self.get_parameter(n).value for n in PARAMETERS})
+            config = DetectorNodeConfig.from_parameters(declared_values(self, PARAMETERS))
             detector, names, checkpoint = self._make_detector(config)
         except Exception as err:  # anything here leaves the node unconfigured with the reason logged
             return self._configure_failed(err)
-        self.config, self.detector, self.class_names, self.checkpoint_in_use = (
-            config,
-            detector,
-            names,
-            checkpoint,
-        )
-        self.configure_error = ""
+        self.config, self.detector = config, detector
+        self.class_names, self.checkpoint_in_use = names, checkpoint
         use_vision = vision_msgs_available()
         self._outputs = {
             "annotated": self.create_lifecycle_publisher(Image, "~/annotated", reliable_qos(depth=2))
@@ -345,34 +140,24 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
                 String, "~/detections_json", reliable_qos()
             )
             self.output_path = "std_msgs/String JSON on ~/detections_json (vision_msgs is not installed)"
-        self.get_logger().info(
-            f"configured: detector {checkpoint}, defense {'on' if config.defense else 'off'} "
-            f"({config.neutralize}, temporal reuse {config.temporal_reuse}); detections as {self.output_path}"
+        return self._configured(
+            state,
+            f"detector {checkpoint}, defense {'on' if config.defense else 'off'} "
+            f"({config.neutralize}, temporal reuse {config.temporal_reuse}); detections as {self.output_path}",
         )
-        self._state = "inactive"
-        return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         config = self.config
         assert config is not None
-        self._worker.start()
-        self._inputs = [
-            self.create_subscription(
-                Image,
-                config.image_topic,
-                self._on_image,
-                sensor_qos(depth=1),
-                callback_group=self._input_group,
-            )
-        ]
-        self._state = "active"
-        self.get_logger().info(f"active: listening on {config.image_topic}")
-        return super().on_activate(state)
+        self._subscribe_inputs([(Image, config.image_topic, self._on_image, sensor_qos(depth=1))])
+        return self._activated(state, f"listening on {config.image_topic}")
 
     def _forget_configuration(self) -> None:
         self.config = self.detector = None
 
-    def _make_detector(self, config: DetectorNodeConfig) -> tuple[Any, tuple[str, ...], str]:
+    def _make_detector(
+        self, config: DetectorNodeConfig
+    ) -> tuple[PatchDefendedDetector, tuple[str, ...], str]:
 
         if self._injected_model is not None and not config.checkpoint:
             model, source = self._injected_model, "(model given to the node)"
@@ -480,20 +265,13 @@ class PatchDefendedDetectorNode(StreamLifecycleNode):
             values.update({f"reuse_{k}": f"{v:.3f}" if isinstance(v, float) else str(v)
                            for k, v in self.detector.cache.stats().items()})  # fmt: skip
         level, message = DiagnosticStatus.OK, f"{self._state}, no adversarial patch"
-        if self.configure_error:
-            level, message = DiagnosticStatus.ERROR, f"configure failed: {self.configure_error}"
-        elif alert:
+        if alert:
             level, message = (
                 DiagnosticStatus.WARN,
                 f"adversarial patch neutralized at {_fmt_regions(regions)}",
             )
-        return DiagnosticStatus(
-            level=level,
-            name=f"{self.get_fully_qualified_name()}: patch-defended detector",
-            message=message,
-            hardware_id=self.config.image_topic if self.config else "",
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
-        )
+        topic = self.config.image_topic if self.config else ""
+        return self._status(level, message, "patch-defended detector", topic, values)
 
 
 def _fmt_regions(regions: Sequence[Sequence[float]]) -> str:

@@ -34,6 +34,7 @@ from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.parameter_values import (
     ParameterValues,
     declare_parameters_checked,
+    declared_values,
     warn_unknown_parameters,
 )
 from stereovoxel_ros.ros.stage_timing import (
@@ -219,8 +220,7 @@ class TimingTracerNode(Node):
         self._writer: TraceWriter | None = None
         declare_parameters_checked(self, PARAMETERS, TracerConfigError)
         warn_unknown_parameters(self)
-        values = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self.config = TracerNodeConfig.from_parameters(values)
+        self.config = TracerNodeConfig.from_parameters(declared_values(self, PARAMETERS))
         cfg = self.config
         self.monitors: dict[str, TopicMonitor] = {}
         self.sources: dict[str, _SourceWindows] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from stereovoxel_ros.ros.dds_profile import use_fastdds_profile
 
@@ -17,7 +16,7 @@ rosbag2 tools that need no ROS install beyond the PyPI wheels (sqlite3 and mcap 
 """
 
 
-def register(subparsers: Any, name: str, help: str) -> None:
+def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
     p = subparsers.add_parser(
         name, help=help, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 from stereovoxel_ros.core.occupancy.occupancy_predictor import BACKENDS, default_checkpoint_path
 from stereovoxel_ros.offline.bag_report import summary_table, write_report
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any, name: str, help: str) -> None:
+def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
     p = subparsers.add_parser(
         name,
         help=help,

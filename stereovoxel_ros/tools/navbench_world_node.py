@@ -48,6 +48,7 @@ from stereovoxel_ros.ros.node_main import run_node
 from stereovoxel_ros.ros.parameter_values import (
     ParameterValues,
     declare_parameters_checked,
+    declared_values,
     warn_unknown_parameters,
 )
 from stereovoxel_ros.ros.qos import map_qos, reliable_qos, sensor_qos
@@ -78,9 +79,7 @@ class NavbenchWorldNode(Node):
         super().__init__("navbench_world", **kwargs)
         declare_parameters_checked(self, PARAMETERS, NavbenchWorldConfigError)
         warn_unknown_parameters(self)
-        p = ParameterValues(
-            {name: self.get_parameter(name).value for name in PARAMETERS}, NavbenchWorldConfigError
-        )
+        p = ParameterValues(declared_values(self, PARAMETERS), NavbenchWorldConfigError)
         seed, index = p.integer("seed", 0, 2**31 - 1), p.integer("world_index", 0, 10**6)
         synth = SynthConfig.for_size(p.integer("image_width", 32, 4096), p.integer("image_height", 18, 4096))
         config = NavWorldConfig(synth=synth)

@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any, name: str, help: str) -> None:
+def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
     p = subparsers.add_parser(
         name,
         help=help,

@@ -50,7 +50,8 @@ CANDIDATES: dict[str, dict[str, str | int]] = {
 
 def build_candidates(checkpoint: str | Path, grid: VoxelGridSpec) -> dict[str, StereoVoxelNet]:
     """Each candidate extractor inside the checkpoint's StereoVoxelNet configuration (eval mode, BN fused)."""
-    from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNet, fuse_batchnorm, load_checkpoint
+    from stereovoxel_ros.core.models.stereo_layers import fuse_batchnorm
+    from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNet, load_checkpoint
 
     base = load_checkpoint(checkpoint, grid)
     models = {}
@@ -63,7 +64,7 @@ def build_candidates(checkpoint: str | Path, grid: VoxelGridSpec) -> dict[str, S
 @torch.no_grad()
 def time_candidates(models: dict[str, StereoVoxelNet], repeats: int, seed: int = 0) -> list[dict[str, Any]]:
     """Round-robin median latency [ms] of each extractor and of each frustum pyramid, ratios vs the first."""
-    from stereovoxel_ros.core.models.stereovoxelnet import image_to_input
+    from stereovoxel_ros.core.models.stereo_layers import image_to_input
 
     gen = torch.Generator().manual_seed(seed)
     first = next(iter(models.values()))

@@ -17,7 +17,7 @@ from stereovoxel_ros.core.models.checkpoint_files import (
     write_checkpoint_file,
 )
 from stereovoxel_ros.core.models.mobilenet_v2 import ConvBnAct
-from stereovoxel_ros.core.models.stereovoxelnet import (
+from stereovoxel_ros.core.models.stereo_layers import (
     MobileNetV2Extractor,
     image_to_input,
     sampled_cost_volume,

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID, GridSpecError, VoxelGridSpec
 from stereovoxel_ros.core.models.checkpoint_files import (
@@ -27,19 +26,17 @@ from stereovoxel_ros.core.models.checkpoint_files import (
     read_checkpoint_file,
     write_checkpoint_file,
 )
-from stereovoxel_ros.core.models.matching_cost import blend_shifts, integer_shift_blend, pixel_matching_cost
-from stereovoxel_ros.core.models.mobilenet_v2 import (
-    MOBILENET_V2_STAGES,
-    ConvBnAct,
-    InvertedResidual,
-    MobileNetV2,
-    MobileNetV2Config,
+from stereovoxel_ros.core.models.matching_cost import pixel_matching_cost
+from stereovoxel_ros.core.models.mobilenet_v2 import ConvBnAct, InvertedResidual
+from stereovoxel_ros.core.models.stereo_layers import (
+    MobileNetV2Extractor,
+    image_to_input,
+    sampled_cost_volume,
 )
 from stereovoxel_ros.core.occupancy.octree_decoder import OctreeDecoder, OctreeOutput
 
 CHECKPOINT_FORMAT = "stereovoxelnet-checkpoint"
 CHECKPOINT_VERSION = 1
-IMAGE_MEAN, IMAGE_STD = 0.45, 0.225
 STRIDE_OF_FEATURES = 4  # input pixels per feature pixel of the extractor
 # The pixel NCC volume (std ≈ 0.4) and block texture (std of gray levels, ≈ 0.03) scaled to the learned
 # correlation's spread (std ≈ 1.6) so that neither starts out negligible in the encoder's first layer.
@@ -130,55 +127,6 @@ STEREOVOXELNET_CONFIGS: dict[str, StereoVoxelNetConfig] = {
     "stereovoxelnet_effv2": StereoVoxelNetConfig(extractor="efficientformerv2"),
     "stereovoxelnet_effv2_attn": StereoVoxelNetConfig(extractor="efficientformerv2", extractor_stages=3),
 }
-
-
-def image_to_input(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] RGB → normalised network input."""
-    return (x - IMAGE_MEAN) / IMAGE_STD
-
-
-class MobileNetV2Extractor(nn.Module):
-    """Stride-4 features from MobileNetV2 stages up to stride 8 (the stride-8 map upsampled and added)."""
-
-    def __init__(self, width_mult: float, out_channels: int) -> None:
-        super().__init__()
-        self.backbone = MobileNetV2(
-            MobileNetV2Config(width_mult=width_mult, stages=MOBILENET_V2_STAGES[:3], out_stages=(1, 2))
-        )
-        c4, c8 = (info["channels"] for info in self.backbone.feature_info)
-        self.lateral4 = ConvBnAct(c4, out_channels, kernel=1)
-        self.lateral8 = ConvBnAct(c8, out_channels, kernel=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f4, f8 = self.backbone.forward_features(x)
-        return self.lateral4(f4) + F.interpolate(self.lateral8(f8), size=f4.shape[-2:], mode="nearest")
-
-
-def sampled_cost_volume(
-    left: torch.Tensor, right: torch.Tensor, disparities: torch.Tensor, groups: int
-) -> torch.Tensor:
-    """Group-wise correlation (B, G, D, h, w) of left features with right features shifted by ``disparities``.
-
-    ``disparities`` (B, D) are in feature pixels and need not be integers: the right features are sampled
-    linearly along x (zero outside the image), as ``grid_sample`` would. Linear sampling commutes with the dot
-    product, so each slab is the blend of the correlations at the two integer shifts around its disparity;
-    far slabs share a handful of small shifts, so only the distinct shifts are correlated.
-    """
-    b, c, h, w = left.shape
-    left_g = left.view(b, groups, c // groups, h, w)
-    right_g = right.view(b, groups, c // groups, h, w)
-    volumes = []
-    for i in range(b):
-        blend = integer_shift_blend(disparities[i])
-        corr = []
-        for s in blend.shifts.tolist():
-            if s >= w:
-                corr.append(left.new_zeros(groups, h, w))
-                continue
-            valid = (left_g[i, :, :, :, s:] * right_g[i, :, :, :, : w - s]).mean(1)
-            corr.append(F.pad(valid, (s, 0)))
-        volumes.append(blend_shifts(torch.stack(corr, dim=1), blend))  # (G, S, h, w) → (G, D, h, w)
-    return torch.stack(volumes)
 
 
 def slab_interpolation_matrix(source: int, target: int) -> torch.Tensor:
@@ -529,21 +477,3 @@ def load_checkpoint(path: str | Path, grid: VoxelGridSpec | None = None) -> Chec
     return Checkpoint(
         model, str(payload.get("variant", "")), dict(payload.get("meta", {})), payload["training_state"]
     )
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def model_megabytes(model: nn.Module) -> float:
-    return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-
-
-def fuse_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every ``ConvBnAct`` BatchNorm into its convolution (eval-mode inference only), in place."""
-
-    for module in model.modules():
-        if isinstance(module, ConvBnAct) and isinstance(module[1], nn.BatchNorm2d):
-            module[0] = fuse_conv_bn_eval(module[0].eval(), module[1].eval())
-            module[1] = nn.Identity()
-    return model

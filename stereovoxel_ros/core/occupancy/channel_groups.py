@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from stereovoxel_ros.core.models.mobilenet_v2 import ConvBnAct, InvertedResidual
-from stereovoxel_ros.core.models.stereovoxelnet import fuse_batchnorm
+from stereovoxel_ros.core.models.stereo_layers import fuse_batchnorm
 
 
 class ChannelGroupError(ValueError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stereovoxel_ros.core.occupancy.occupancy_scoring import FREE, OBSTACLE, UNKNOWN
+from stereovoxel_ros.core.occupancy.visibility import FREE, OBSTACLE, UNKNOWN
 
 _FORGET_LOG_ODDS = 0.05  # a decayed cell this close to even odds is unknown again
 

@@ -2,7 +2,7 @@
 
 Cells (rows = y, columns = x, as nav_msgs/OccupancyGrid): 100 where an occupied voxel lies in the obstacle
 height band, 0 where a camera ray passed before reaching an obstacle, -1 unknown (behind obstacles, outside the
-view or the voxel grid). Visibility is :func:`~stereovoxel_ros.core.occupancy.occupancy_scoring.raycast_visibility`, as in the
+view or the voxel grid). Visibility is :func:`~stereovoxel_ros.core.occupancy.visibility.raycast_visibility`, as in the
 scores.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
 from stereovoxel_ros.core.geometry.voxel_grid import obstacle_grid_2d, transform_points
-from stereovoxel_ros.core.occupancy.occupancy_scoring import camera_ray_directions, raycast_visibility
+from stereovoxel_ros.core.occupancy.visibility import camera_ray_directions, raycast_visibility
 
 
 class ObstacleGridGeometry(Protocol):
@@ -84,7 +84,7 @@ def obstacle_cells(
     0 free where a camera ray passed before reaching an obstacle, -1 unknown: behind obstacles, outside the
     view or the voxel grid), and the origin [m] of cell (0, 0)'s outer corner.
 
-    Visibility is :func:`~stereovoxel_ros.core.occupancy.occupancy_scoring.raycast_visibility`, as in the scores."""
+    Visibility is :func:`~stereovoxel_ros.core.occupancy.visibility.raycast_visibility`, as in the scores."""
     low, high = config.obstacle_band_m
     in_band = points_base[(points_base[:, 2] >= low) & (points_base[:, 2] <= high)]
     origin, width, height = grid_window(config, base_to_out)

@@ -7,13 +7,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID, GridSpecError, VoxelGridSpec, grid_preset
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel, ZED2_640x360
 from stereovoxel_ros.core.models.checkpoint_files import SHIPPED_CHECKPOINT_DIR
+
+if TYPE_CHECKING:
+    import torch  # imported where it is used: torch is slow to import
 
 BACKENDS = ("stereovoxelnet", "classic", "sgbm")  # sgbm = classic with the StereoSGBM matcher
 SHIPPED_CHECKPOINT = "stereovoxelnet_jackal_wide.pt"
@@ -103,6 +106,20 @@ def _as_uint8(img: np.ndarray) -> np.ndarray:
     return img if img.dtype == np.uint8 else np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def image_tensor(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """An (H, W, 3) RGB image as a (1, 3, h, w) float tensor in [0, 1] at ``size`` = (w, h) (area resampling
+    when shrinking, linear when enlarging)."""
+    import cv2
+    import torch
+
+    w, h = size
+    img = _as_uint8(image)
+    if img.shape[:2] != (h, w):
+        interp = cv2.INTER_AREA if img.shape[1] > w else cv2.INTER_LINEAR
+        img = cv2.resize(img, (w, h), interpolation=interp)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)[None]
+
+
 def _resolve_grid(grid: VoxelGridSpec | str | None) -> VoxelGridSpec:
     if grid is None:
         return DEFAULT_GRID
@@ -166,11 +183,8 @@ class StereoVoxelNetPredictor:
     ) -> None:
         import torch
 
-        from stereovoxel_ros.core.models.stereovoxelnet import (
-            StereoVoxelNetError,
-            fuse_batchnorm,
-            load_checkpoint,
-        )
+        from stereovoxel_ros.core.models.stereo_layers import fuse_batchnorm
+        from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNetError, load_checkpoint
 
         try:
             loaded = load_checkpoint(checkpoint, grid)
@@ -261,22 +275,12 @@ class StereoVoxelNetPredictor:
 
     def prepare(self, left_rgb: np.ndarray, right_rgb: np.ndarray, camera: StereoCameraModel):
         """Check and resize the pair; tensors (1, 3, H, W) in [0, 1] and the (1, 5) camera tensor."""
-        import cv2
-
         check_stereo_images(left_rgb, right_rgb, camera)
         torch = self._torch
-        w, h = self.model.config.input_size
-        cam = camera.scaled(w, h)
-
-        def tensor(img: np.ndarray):
-            img = _as_uint8(img)
-            if img.shape[:2] != (h, w):
-                interp = cv2.INTER_AREA if img.shape[1] > w else cv2.INTER_LINEAR
-                img = cv2.resize(img, (w, h), interpolation=interp)
-            return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)[None]
-
+        size = self.model.config.input_size
+        cam = camera.scaled(*size)
         cam_t = torch.tensor([[cam.fx, cam.fy, cam.cx, cam.cy, cam.baseline]], dtype=torch.float32)
-        return tensor(left_rgb), tensor(right_rgb), cam_t
+        return image_tensor(left_rgb, size), image_tensor(right_rgb, size), cam_t
 
     def predict(
         self, left_rgb: np.ndarray, right_rgb: np.ndarray, camera: StereoCameraModel

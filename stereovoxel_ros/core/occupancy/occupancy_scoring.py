@@ -3,8 +3,8 @@
 Every occupancy number of the project comes from here (``stereovoxel eval``, ``replay`` live and offline,
 the demo, training validation). The scoring grid is the voxel grid seen from above: a cell ``[iz, ix]`` is an
 obstacle when one of its voxels lies in the obstacle height band. Cells are free only where a camera ray
-passed through them before reaching a surface (:func:`raycast_visibility`, also what the node publishes);
-behind the first obstacle, outside the view or beyond the range they are unknown.
+passed through them before reaching a surface (:mod:`~stereovoxel_ros.core.occupancy.visibility`, also what the
+node publishes); behind the first obstacle, outside the view or beyond the range they are unknown.
 
 Per frame (:func:`score_frame`) and pooled per world (:class:`OccupancyScorer`):
 
@@ -33,8 +33,7 @@ from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
 from stereovoxel_ros.core.geometry.jackal import CAMERA_HEIGHT_M, OBSTACLE_MIN_HEIGHT_M
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
 from stereovoxel_ros.core.occupancy.metrics import voxel_chamfer, voxel_iou
-
-UNKNOWN, FREE, OBSTACLE = -1, 0, 100  # nav_msgs/OccupancyGrid cell values
+from stereovoxel_ros.core.occupancy.visibility import FREE, UNKNOWN, ScoringError, camera_visibility
 
 # Object classes the synthetic generator places; label images encode them (see :func:`decode_labels`).
 OBJECT_CLASSES: tuple[str, ...] = (
@@ -54,10 +53,6 @@ RANGE_BANDS_M: tuple[float, ...] = (0.0, 2.0, 4.0, 6.0, 9.0, math.inf)
 OBJECT_BANDS_M: tuple[float, ...] = (0.0, 4.0, 8.0, math.inf)
 HEADLINE_RANGE_M = 6.0  # F1 and false obstacles are headlined over 0 .. this range
 HEADLINE_CLASSES: tuple[str, ...] = ("person", "cone", "box")  # objects found shown in the tables
-
-
-class ScoringError(ValueError):
-    """Grids, voxels or labels do not match each other, or a scoring parameter is invalid."""
 
 
 def band_name(low: float, high: float) -> str:
@@ -131,79 +126,6 @@ def cell_ranges(grid: VoxelGridSpec) -> np.ndarray:
     x = grid.origin[0] + (np.arange(grid.shape[0]) + 0.5) * grid.voxel_size
     z = grid.origin[2] + (np.arange(grid.shape[2]) + 0.5) * grid.voxel_size
     return np.hypot(x[None, :], z[:, None])
-
-
-def camera_ray_directions(
-    camera: StereoCameraModel, optical_to_plane: np.ndarray, spacing: float
-) -> np.ndarray:
-    """(N, 2) unit directions, in a grid's (column, row) axes, of the camera's rays across its image width.
-
-    ``optical_to_plane`` (2, 3) maps an optical-frame direction onto the grid's column and row axes;
-    ``spacing`` [rad] is the largest angle between neighbouring rays.
-    """
-    m = np.asarray(optical_to_plane, dtype=np.float64).reshape(2, 3)
-    left, right = (-0.5 - camera.cx) / camera.fx, (camera.width - 0.5 - camera.cx) / camera.fx
-    fov = math.atan(right) - math.atan(left)
-    count = max(2, math.ceil(fov / max(spacing, 1e-4)) + 1)
-    tan = np.tan(np.linspace(math.atan(left), math.atan(right), count))
-    optical = np.stack([tan, np.zeros_like(tan), np.ones_like(tan)], axis=1)
-    plane = optical @ m.T
-    norm = np.linalg.norm(plane, axis=1, keepdims=True)
-    keep = norm[:, 0] > 1e-9  # a camera looking straight down has no horizontal rays
-    return plane[keep] / norm[keep]
-
-
-def raycast_visibility(
-    obstacles: np.ndarray,
-    sensor_cell: tuple[float, float],
-    directions: np.ndarray,
-    max_range_cells: float,
-    observable: np.ndarray | None = None,
-    step_cells: float = 0.25,
-) -> np.ndarray:
-    """(rows, cols) int8 grid: OBSTACLE where ``obstacles``, FREE where a ray passed before its first obstacle,
-    UNKNOWN elsewhere (behind obstacles, between the rays, beyond ``max_range_cells`` or off ``observable``).
-
-    ``sensor_cell`` = (column, row) in cell units (cell (0, 0) spans [0, 1) x [0, 1)); ``directions`` (N, 2)
-    unit vectors in (column, row). A ray stops at the first obstacle cell, or where it leaves the grid or the
-    observable cells.
-    """
-    obs = np.asarray(obstacles, dtype=bool)
-    rows, cols = obs.shape
-    if observable is not None and np.shape(observable) != obs.shape:
-        raise ScoringError(f"observable mask is {np.shape(observable)}, obstacles are {obs.shape}")
-    dirs = np.asarray(directions, dtype=np.float64).reshape(-1, 2)
-    steps = np.arange(0.0, max(float(max_range_cells), 0.0), step_cells)
-    out = np.where(obs, np.int8(OBSTACLE), np.int8(UNKNOWN))
-    if not len(steps) or not len(dirs):
-        return out
-    c = np.floor(sensor_cell[0] + dirs[:, :1] * steps[None, :]).astype(np.int64)  # (N, S)
-    r = np.floor(sensor_cell[1] + dirs[:, 1:] * steps[None, :]).astype(np.int64)
-    inside = (c >= 0) & (c < cols) & (r >= 0) & (r < rows)
-    cc, rr = np.where(inside, c, 0), np.where(inside, r, 0)
-    if observable is not None:
-        inside &= np.asarray(observable, dtype=bool)[rr, cc]
-    blocked = obs[rr, cc] & inside
-    # a ray runs while it is inside and unblocked; it may start outside (a sensor just off the grid's edge)
-    entered = np.maximum.accumulate(inside, axis=1)
-    stopped = np.maximum.accumulate(blocked | (entered & ~inside), axis=1)
-    free = inside & ~stopped
-    visited = np.zeros(obs.shape, dtype=bool)
-    visited[rr[free], cc[free]] = True
-    out[visited & ~obs] = FREE
-    return out
-
-
-def camera_visibility(
-    obstacles: np.ndarray, grid: VoxelGridSpec, camera: StereoCameraModel, max_range_m: float | None = None
-) -> np.ndarray:
-    """The scoring grid (nz, nx) with free and unknown cells, for a camera at the voxel grid's optical origin."""
-    res = grid.voxel_size
-    sensor = (-grid.origin[0] / res, -grid.origin[2] / res)
-    far = float(np.hypot(grid.shape[0], grid.shape[2])) if max_range_m is None else max_range_m / res
-    optical_to_plane = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # columns = x, rows = z
-    dirs = camera_ray_directions(camera, optical_to_plane, spacing=0.5 / max(far, 1.0))
-    return raycast_visibility(obstacles, sensor, dirs, far)
 
 
 # ----------------------------------------------------------------------------------------- labels
@@ -373,15 +295,18 @@ def score_obstacle_grid(
         obj_edges = config.object_bands_m
         for name, cells in truth.objects:
             band = int(np.digitize(flat_ranges[cells].min(), obj_edges[1:-1]))
-            found = float(near_pred[cells].mean()) >= config.object_found_fraction
-            score.objects.append((name, band, found))
+            score.objects.append((name, band, _cells_found(near_pred, cells, config)))
     return score
+
+
+def _cells_found(near_pred: np.ndarray, cells: np.ndarray, config: ScoringConfig) -> bool:
+    """Whether enough of an object's flat cells have a prediction within the tolerance (``near_pred`` raveled)."""
+    return bool(len(cells)) and float(near_pred[cells].mean()) >= config.object_found_fraction
 
 
 def object_found(predicted: np.ndarray, cells: np.ndarray, config: ScoringConfig) -> bool:
     """Whether a predicted (nz, nx) bool grid finds an object's flat cells (share within the tolerance)."""
-    near_pred = _dilate(np.asarray(predicted, bool), config.tolerance_cells).ravel()
-    return bool(len(cells)) and float(near_pred[cells].mean()) >= config.object_found_fraction
+    return _cells_found(_dilate(np.asarray(predicted, bool), config.tolerance_cells).ravel(), cells, config)
 
 
 def score_frame(

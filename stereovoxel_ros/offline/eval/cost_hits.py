@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from stereovoxel_ros.core.geometry.grid_spec import VoxelGridSpec
 from stereovoxel_ros.core.models.matching_cost import pixel_matching_cost
-from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNet, image_to_input, sampled_cost_volume
+from stereovoxel_ros.core.models.stereo_layers import image_to_input, sampled_cost_volume
+from stereovoxel_ros.core.models.stereovoxelnet import StereoVoxelNet
 from stereovoxel_ros.core.occupancy.occupancy_predictor import PredictorError, StereoVoxelNetPredictor
 from stereovoxel_ros.core.occupancy.occupancy_scoring import ScoringConfig
 from stereovoxel_ros.offline.data.dataset_format import DatasetError, iter_samples, read_manifest

@@ -49,10 +49,7 @@ from stereovoxel_ros.core.geometry.voxel_grid import (
 from stereovoxel_ros.core.occupancy.local_map import LocalMap, LocalMapConfig, sample_grid
 from stereovoxel_ros.core.occupancy.obstacle_grid import obstacle_cells
 from stereovoxel_ros.core.occupancy.occupancy_scoring import (
-    FREE,
     HEADLINE_RANGE_M,
-    OBSTACLE,
-    UNKNOWN,
     OccupancyScorer,
     ScoringConfig,
     TruthGrid,
@@ -63,6 +60,7 @@ from stereovoxel_ros.core.occupancy.occupancy_scoring import (
     score_obstacle_grid,
     truth_grid,
 )
+from stereovoxel_ros.core.occupancy.visibility import FREE, OBSTACLE, UNKNOWN
 from stereovoxel_ros.offline.data.synth_dynamic import DynamicFrame
 
 CLEARED_SHARE = 0.1  # a removed box is cleared when at most this share of its seen footprint is still marked

@@ -26,17 +26,18 @@ from stereovoxel_ros.core.occupancy.occupancy_predictor import (
     OccupancyResult,
     PredictorError,
     check_stereo_images,
+    image_tensor,
 )
 from stereovoxel_ros.core.occupancy.occupancy_scoring import (
     HEADLINE_CLASSES,
     OccupancyScorer,
     ScoringConfig,
-    camera_visibility,
     objects_found_text,
     obstacle_map,
     score_frame,
     truth_grid,
 )
+from stereovoxel_ros.core.occupancy.visibility import camera_visibility
 from stereovoxel_ros.offline.data.dataset_format import StereoSample, iter_samples, read_manifest
 
 
@@ -47,7 +48,7 @@ class DepthNetPredictor:
         import torch
 
         from stereovoxel_ros.core.models.stereo_depth_net import StereoDepthNetError, load_depth_checkpoint
-        from stereovoxel_ros.core.models.stereovoxelnet import fuse_batchnorm
+        from stereovoxel_ros.core.models.stereo_layers import fuse_batchnorm
 
         try:
             model, self.meta = load_depth_checkpoint(checkpoint)
@@ -59,19 +60,11 @@ class DepthNetPredictor:
 
     def depth(self, left_rgb: np.ndarray, right_rgb: np.ndarray, camera: StereoCameraModel):
         """Depth [m] at the network's input size and the camera scaled to it."""
-        import cv2
-
         check_stereo_images(left_rgb, right_rgb, camera)
-        torch = self._torch
-        w, h = self.model.config.input_size
-        cam = camera.scaled(w, h)
-
-        def tensor(img: np.ndarray):
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-            return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)[None]
-
-        with torch.inference_mode():
-            disp = self.model(tensor(left_rgb), tensor(right_rgb))[0].numpy()
+        size = self.model.config.input_size
+        cam = camera.scaled(*size)
+        with self._torch.inference_mode():
+            disp = self.model(image_tensor(left_rgb, size), image_tensor(right_rgb, size))[0].numpy()
         disp = np.where(disp > 0.25, disp, 0.0)  # below a quarter pixel: beyond any grid we use
         return cam.disparity_to_depth(disp), cam
 
