@@ -10,9 +10,8 @@ Checkpoints use the project's format ``{"config", "state_dict", "meta"}``.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from stereovoxel_ros.core.detection.patch_regions import texture_density
 from stereovoxel_ros.core.models.checkpoint_files import (
     SHIPPED_CHECKPOINT_DIR,
     CheckpointFileError,
+    model_checkpoint_body,
     read_checkpoint_file,
     write_checkpoint_file,
 )
@@ -107,12 +107,7 @@ def save_region_model(
     path: str | os.PathLike, model: PatchRegionNet, meta: dict[str, Any] | None = None
 ) -> None:
     """Write ``{"format", "version", "config", "state_dict", "meta"}`` atomically."""
-
-    body = {
-        "config": asdict(model.config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": json.loads(json.dumps(dict(meta or {}), default=str)),
-    }
+    body = model_checkpoint_body(model, meta)
     write_checkpoint_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, body)
 
 

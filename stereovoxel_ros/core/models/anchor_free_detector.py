@@ -11,10 +11,9 @@ The network is split in two so that a defense can work on the shallow feature ma
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from torch import nn
 from stereovoxel_ros.core.models.checkpoint_files import (
     SHIPPED_CHECKPOINT_DIR,
     CheckpointFileError,
+    model_checkpoint_body,
     read_checkpoint_file,
     write_checkpoint_file,
 )
@@ -372,13 +372,7 @@ def save_detector(
     path: str | os.PathLike, model: AnchorFreeDetector, meta: dict[str, Any] | None = None
 ) -> None:
     """Write ``{"format", "version", "config", "state_dict", "meta"}`` atomically."""
-
-    body = {
-        "config": asdict(model.config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        # plain JSON types only, so ``torch.load(weights_only=True)`` can read it back
-        "meta": json.loads(json.dumps(dict(meta or {}), default=str)),
-    }
+    body = model_checkpoint_body(model, meta)
     write_checkpoint_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, body)
 
 

@@ -7,9 +7,11 @@ the file and what is wrong with it: missing, empty, not a torch file, another fo
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,16 @@ def write_checkpoint_file(path: str | os.PathLike, format: str, version: int, bo
 
     with atomic_write(path, "wb") as handle:
         torch.save({"format": format, "version": version, **body}, handle)
+
+
+def model_checkpoint_body(model: Any, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{"config", "state_dict", "meta"}`` of a model whose ``config`` is a dataclass: the weights on the CPU and
+    ``meta`` as plain JSON types only, so ``torch.load(weights_only=True)`` reads it back."""
+    return {
+        "config": asdict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": json.loads(json.dumps(dict(meta or {}), default=str)),
+    }
 
 
 def read_checkpoint_file(
