@@ -6,6 +6,8 @@
 # STAGE 2 (default): from the stage-1 weights (256x128 input, 960 stored frames), stream seed 100.
 # STAGE 3: from the stage-2 weights, adds the full-resolution NCC matching cost (pixel_cost_window 4x8; the new
 #          input weights start at zero, so training starts from the parent's outputs), stream seed 300.
+# STAGE 4: from the stage-3 weights, adds the classic backend's StereoBM votes per slab (block_match_prior; new
+#          input weights start at zero as well), stream seed 400.
 # Stream seeds are never reused for anything else. CPU: one torch thread for training, one render process.
 # GPU: scripts/gpu_train_stereovoxelnet.sh.
 set -euo pipefail
@@ -16,7 +18,8 @@ VAL=.cache/eval/val_s2
 case "$STAGE" in
   2) STAGE_ARGS=(--stream-seed 100 --lr 1e-3 --seed 5) ;;
   3) STAGE_ARGS=(--stream-seed 300 --lr 5e-4 --seed 6 --set 'pixel_cost_window=[4,8]') ;;
-  *) echo "train_stereovoxelnet_stream.sh: STAGE must be 2 or 3, got $STAGE" >&2; exit 2 ;;
+  4) STAGE_ARGS=(--stream-seed 400 --lr 5e-4 --seed 7 --set 'pixel_cost_window=[4,8]' --set block_match_prior=true) ;;
+  *) echo "train_stereovoxelnet_stream.sh: STAGE must be 2, 3 or 4, got $STAGE" >&2; exit 2 ;;
 esac
 [ -f "$VAL/dataset.json" ] || "${SV[@]}" dataset synth "$VAL" --frames 48 --seed 2 --sequence-length 4
 RESUME=()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stereovoxel_ros.core.geometry.grid_spec import DEFAULT_GRID, GridSpecError, VoxelGridSpec
+from stereovoxel_ros.core.models.block_match_prior import BlockMatchPrior
 from stereovoxel_ros.core.models.checkpoint_files import (
     CheckpointFileError,
     read_checkpoint_file,
@@ -42,6 +43,8 @@ STRIDE_OF_FEATURES = 4  # input pixels per feature pixel of the extractor
 # correlation's spread (std ≈ 1.6) so that neither starts out negligible in the encoder's first layer.
 PIXEL_COST_SCALE = 4.0
 TEXTURE_SCALE = 40.0
+# Block-matching votes per slab and matched share are in [0, 1] (1: every pixel of a cell matched at that slab).
+BLOCK_MATCH_SCALE = 2.0
 
 
 class StereoVoxelNetError(ValueError):
@@ -69,6 +72,9 @@ class StereoVoxelNetConfig:
     # (height, width) [input px] of the blocks of a full-resolution NCC matching cost added to the learned
     # correlation (models/matching_cost.py); (0, 0): none, as in the paper.
     pixel_cost_window: tuple[int, int] = (0, 0)
+    # Votes of the classic backend's confident StereoBM disparity per slab (models/block_match_prior.py) as a
+    # further input beside the learned correlation; False: none, as in the paper.
+    block_match_prior: bool = False
 
     def __post_init__(self) -> None:
         w, h = self.input_size
@@ -100,7 +106,12 @@ class StereoVoxelNetConfig:
     @property
     def frustum_in_channels(self) -> int:
         """Channels per (slab, pixel) of the frustum the decoder and the depth head read."""
-        return self.frustum_channels + self.correlation_groups + int(self.pixel_cost)
+        return (
+            self.frustum_channels
+            + self.correlation_groups
+            + int(self.pixel_cost)
+            + int(self.block_match_prior)
+        )
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -111,8 +122,8 @@ class StereoVoxelNetConfig:
         unknown = set(data) - known
         if unknown:
             raise StereoVoxelNetError(f"config has unknown fields {sorted(unknown)}")
-        # configs written before these fields: one cost volume, no pixel cost
-        data = {"cost_volume_levels": None, "pixel_cost_window": (0, 0), **data}
+        # configs written before these fields: one cost volume, no pixel cost, no block-matching prior
+        data = {"cost_volume_levels": None, "pixel_cost_window": (0, 0), "block_match_prior": False, **data}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -220,12 +231,15 @@ class StereoVoxelNet(nn.Module):
         # Training only: per-pixel depth-slab logits from the frustum, supervised with ground-truth depth so that
         # the extractor learns to match (the occupancy loss alone lets the network fall back on a floor prior).
         self.depth_head = nn.Conv3d(cfg.frustum_in_channels, 1, 1)
+        self.block_match = BlockMatchPrior(grid) if cfg.block_match_prior else None
 
     @staticmethod
     def encoder_in_channels(cfg: StereoVoxelNetConfig) -> int:
-        """[correlation (G·D), left features (C), pixel NCC (D) and texture (1) if enabled]."""
+        """[correlation (G·D), left features (C), pixel NCC (D) and texture (1), block-matching votes (D) and
+        matched share (1), each if enabled]."""
         pixel = cfg.cost_levels + 1 if cfg.pixel_cost else 0
-        return cfg.correlation_groups * cfg.cost_levels + cfg.feature_channels + pixel
+        prior = cfg.cost_levels + 1 if cfg.block_match_prior else 0
+        return cfg.correlation_groups * cfg.cost_levels + cfg.feature_channels + pixel + prior
 
     @property
     def num_levels(self) -> int:
@@ -271,6 +285,12 @@ class StereoVoxelNet(nn.Module):
             )
             encoder_in += [ncc * PIXEL_COST_SCALE, texture * TEXTURE_SCALE]
             frustum_extra.append(ncc.unsqueeze(1) * PIXEL_COST_SCALE)
+        if self.block_match is not None:
+            votes, share = self.block_match(
+                left, right, disparities * self.FEATURE_STRIDE, self.FEATURE_STRIDE
+            )
+            encoder_in += [votes * BLOCK_MATCH_SCALE, share * BLOCK_MATCH_SCALE]
+            frustum_extra.append(votes.unsqueeze(1) * BLOCK_MATCH_SCALE)
         encoded = self.encoder(torch.cat(encoder_in, dim=1))
         if encoded.shape[2] != d:  # finer cost volume: encoder slabs interpolated between their centres
             encoded = interpolate_slabs(encoded, d)
@@ -325,14 +345,18 @@ class StereoVoxelNet(nn.Module):
 
 
 def init_from_parent(model: StereoVoxelNet, parent: StereoVoxelNet) -> None:
-    """Copy ``parent``'s weights into ``model``, which may add the pixel cost: the weights that read the new
-    inputs start at zero, so ``model`` first computes exactly what ``parent`` did.
+    """Copy ``parent``'s weights into ``model``, which may add the pixel cost and the block-matching prior: the
+    weights that read the new inputs start at zero, so ``model`` first computes exactly what ``parent`` did.
 
     The new inputs are appended to the encoder's stem and the depth head, and inserted in the decoder's
     point MLPs after the parent's frustum channels (before the cell position and parent features).
     """
     if parent.config.pixel_cost and not model.config.pixel_cost:
         raise StereoVoxelNetError("cannot initialise a model without the pixel cost from one with it")
+    if parent.config.block_match_prior and not model.config.block_match_prior:
+        raise StereoVoxelNetError(
+            "cannot initialise a model without the block-matching prior from one with it"
+        )
     parent_frustum = parent.config.frustum_in_channels
     inserted = {  # weight name -> (input dim, where the new channels go)
         "encoder.stem.0.weight": (1, StereoVoxelNet.encoder_in_channels(parent.config)),

@@ -157,15 +157,24 @@ class ClassicStereo:
             camera = camera.scaled(width, height)
             gl = cv2.resize(gl, (width, height), interpolation=cv2.INTER_AREA)
             gr = cv2.resize(gr, (width, height), interpolation=cv2.INTER_AREA)
-        raw = self._matcher(width).compute(gl, gr)
+        return self.gray_disparity(gl, gr), camera
+
+    def gray_disparity(self, left_gray: np.ndarray, right_gray: np.ndarray) -> np.ndarray:
+        """Confident disparity [px] (0 where no match) of a rectified uint8 gray pair at its own resolution."""
+        if left_gray.shape != right_gray.shape or left_gray.ndim != 2 or left_gray.dtype != np.uint8:
+            raise ClassicStereoError(
+                f"gray pair is {left_gray.shape} {left_gray.dtype} / {right_gray.shape} {right_gray.dtype}, "
+                "expected two equal (H, W) uint8 images"
+            )
+        raw = self._matcher(left_gray.shape[1]).compute(left_gray, right_gray)
         disp = raw.astype(np.float32) * np.float32(1.0 / 16.0)
         valid = raw > 0
         if self.config.texture_threshold > 0:
-            grad = np.abs(cv2.Sobel(gl, cv2.CV_16S, 1, 0, ksize=1)).astype(np.float32)
+            grad = np.abs(cv2.Sobel(left_gray, cv2.CV_16S, 1, 0, ksize=1)).astype(np.float32)
             bs = self.config.block_size
             valid &= cv2.blur(grad, (bs, bs)) >= self.config.texture_threshold
         disp[~valid] = 0.0
-        return disp, camera
+        return disp
 
     def occupancy(self, left_rgb: np.ndarray, right_rgb: np.ndarray, camera: StereoCameraModel) -> np.ndarray:
         """Boolean occupancy (nx, ny, nz) of the confidently matched surfaces."""
