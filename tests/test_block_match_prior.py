@@ -89,3 +89,12 @@ def test_configs_written_before_the_prior_read_without_it() -> None:
     del data["block_match_prior"]
     assert not StereoVoxelNetConfig.from_dict(data).block_match_prior
     assert StereoVoxelNetConfig.from_dict(replace(SMALL, block_match_prior=True).to_dict()).block_match_prior
+
+
+def test_export_refuses_the_prior_by_name(tmp_path) -> None:
+    from stereovoxel_ros.offline.eval.model_export import ExportError, export_onnx
+
+    model = StereoVoxelNet(replace(SMALL, block_match_prior=True), GRID_PRESETS["jackal_wide"])
+    with pytest.raises(ExportError, match="block-matching prior"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -36,13 +36,24 @@ def example_inputs(model: StereoVoxelNet, seed: int = 0) -> tuple[torch.Tensor, 
     return torch.rand(1, 3, h, w, generator=gen), torch.rand(1, 3, h, w, generator=gen), camera
 
 
+def check_exportable(model: StereoVoxelNet) -> None:
+    """Raise ExportError for a model a trace cannot capture: the block-matching prior runs OpenCV."""
+    if model.config.block_match_prior:
+        raise ExportError(
+            "this checkpoint reads the block-matching prior (OpenCV StereoBM), which TorchScript and ONNX cannot "
+            "capture; run it in PyTorch (the node does)"
+        )
+
+
 def export_torchscript(model: StereoVoxelNet, path: str | Path) -> torch.jit.ScriptModule:
     """Trace the dense model (fixed input size) and save it."""
+    check_exportable(model)
     return save_torchscript(DenseOccupancy(model.eval()), example_inputs(model), path)
 
 
 def export_onnx(model: StereoVoxelNet, path: str | Path) -> None:
     """Export the dense model to ONNX (opset 20, legacy TorchScript exporter: no onnxscript needed)."""
+    check_exportable(model)
     save_onnx(
         DenseOccupancy(model.eval()),
         example_inputs(model),
