@@ -34,6 +34,10 @@ bash scripts/train_stereovoxelnet_stream.sh "$WORK/svn_stage1_256.pt" "$WORK/svn
 # from the stage-2 weights; calibrated on the same tuning set.
 bash scripts/train_stereovoxelnet_stream.sh "$CK/stereovoxelnet_jackal_wide.pt" "$WORK/svn512_pc" "$WORK/svn512_pc_ship.pt" 95 3
 "${SV[@]}" calibrate "$WORK/svn512_pc_ship.pt" .cache/eval/val_s2 --out "$CK/stereovoxelnet_jackal_wide_ncc.pt"
+# Stage 4 (stereovoxelnet_jackal_wide_bm.pt): the classic backend's StereoBM votes per slab as a further input,
+# stream seed 400, from the stage-3 weights, 70 min; calibrated on the same tuning set.
+bash scripts/train_stereovoxelnet_stream.sh "$CK/stereovoxelnet_jackal_wide_ncc.pt" "$WORK/svn512_bm" "$WORK/svn512_bm_ship.pt" 70 4
+"${SV[@]}" calibrate "$WORK/svn512_bm_ship.pt" .cache/eval/val_s2 --out "$CK/stereovoxelnet_jackal_wide_bm.pt"
 "${SV[@]}" train "$WORK/data" --model stereo_depth_net --out "$WORK/depth" --epochs 12 --batch-size 4 --lr 2e-3 \
     --seed 0 --threads 1 --time-budget-min 8 --ship "$CK/stereo_depth_net.pt"
 # The shipped stereovoxelnet_jackal_wide_allinone.pt (issue 23) came from the command in its .json card (12 epochs
