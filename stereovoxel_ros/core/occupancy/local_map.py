@@ -8,6 +8,14 @@ number of frames. Stereo depth error grows with z² (σz = z²·δd/(f·B)), so 
 Cells the frame did not see can decay towards unknown (``decay_time_s``, as STVL decays voxels). The window is a
 square of ``size_m`` around the camera on the map's cell lattice; it moves in whole cells when the camera is
 ``recentre_m`` off its centre, so every cell keeps its world position.
+
+``model="depth_aware"`` fuses depth instead of hits: each frame's first hit along every bearing is a range
+measurement (:mod:`~stereovoxel_ros.core.occupancy.projective_sdf`), each cell gets its signed distance to it
+(positive in front, negative within ``sdf_behind_m`` behind), and the map keeps the weighted mean signed
+distance per cell, as a projective TSDF does, with the weight capped at ``sdf_max_weight`` so that what moves
+clears and appears within a few frames. Obstacles are the cells whose mean is at most ``sdf_surface_m``.
+Depth noise is averaged instead of marked as the union of its placements, and cells further behind a hit
+get nothing.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stereovoxel_ros.core.occupancy.projective_sdf import observation_sdf
 from stereovoxel_ros.core.occupancy.visibility import FREE, OBSTACLE, UNKNOWN
 
 _FORGET_LOG_ODDS = 0.05  # a decayed cell this close to even odds is unknown again
+_FORGET_WEIGHT = 0.05  # ... and a depth-aware cell with this little weight left
+MODELS = ("log_odds", "depth_aware")
 
 
 class LocalMapError(ValueError):
@@ -56,6 +67,14 @@ class LocalMapConfig:
     min_weight: float = 0.1  # the smallest range weight
     decay_time_s: float = 2.0  # cells out of view relax to unknown with this time constant [s]; 0 = never
     recentre_m: float = 2.0  # the window moves when the camera is this far off its centre [m]
+    model: str = "log_odds"  # "log_odds" (hits and misses) or "depth_aware" (fused signed distances)
+    # depth_aware only: the signed distance a frame gives a cell in front of its surface is at most sdf_front_m,
+    # behind it at least -sdf_behind_m (further behind: no update); a cell's weight (1 a frame, times the range
+    # weight) is capped at sdf_max_weight; an obstacle is a cell whose mean signed distance is <= sdf_surface_m
+    sdf_front_m: float = 0.3
+    sdf_behind_m: float = 0.4
+    sdf_max_weight: float = 2.0
+    sdf_surface_m: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("resolution_m", "size_m"):
@@ -98,6 +117,19 @@ class LocalMapConfig:
             raise LocalMapError(
                 f"recentre_m ({self.recentre_m}) must be at most half of size_m ({self.size_m})"
             )
+        if self.model not in MODELS:
+            raise LocalMapError(f"model must be one of {MODELS}, got {self.model!r}")
+        for name in ("sdf_front_m", "sdf_behind_m", "sdf_max_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise LocalMapError(f"{name} must be a finite number > 0, got {value}")
+        if not (
+            math.isfinite(self.sdf_surface_m) and -self.sdf_behind_m <= self.sdf_surface_m < self.sdf_front_m
+        ):
+            raise LocalMapError(
+                f"sdf_surface_m must lie in [-sdf_behind_m, sdf_front_m) = [{-self.sdf_behind_m}, "
+                f"{self.sdf_front_m}), got {self.sdf_surface_m}"
+            )
 
     @property
     def cells(self) -> int:
@@ -105,12 +137,28 @@ class LocalMapConfig:
         return max(1, round(self.size_m / self.resolution_m))
 
     def frames_to_clear(self) -> int:
-        """Full-weight free observations that take a cell from the occupied clamp to below occupied."""
+        """Full-weight free observations that take a cell from the occupied clamp (log-odds) or from the
+        deepest signed distance at full weight (depth-aware) to free."""
+        if self.model == "depth_aware":
+            return self._sdf_frames(-self.sdf_behind_m, self.sdf_front_m)
         return math.floor((logit(self.p_max) - logit(self.occupied_threshold)) / -logit(self.p_miss)) + 1
 
     def frames_to_mark(self) -> int:
-        """Full-weight obstacle observations that take a cell from the free clamp to occupied."""
+        """Full-weight obstacle observations that take a cell from the free clamp (log-odds) or from free
+        space at full weight (depth-aware: observed on the surface, signed distance 0) to occupied."""
+        if self.model == "depth_aware":
+            return self._sdf_frames(self.sdf_front_m, 0.0)
         return math.floor((logit(self.occupied_threshold) - logit(self.p_min)) / logit(self.p_hit)) + 1
+
+    def _sdf_frames(self, start: float, observed: float) -> int:
+        """Frames of signed distance ``observed`` that move a full-weight mean from ``start`` across
+        ``sdf_surface_m`` (the mean keeps a share w / (w + 1) of its distance to ``observed`` each frame)."""
+        keep = self.sdf_max_weight / (self.sdf_max_weight + 1.0)
+        share = (self.sdf_surface_m - observed) / (start - observed)  # of the start gap left at the crossing
+        frames = math.log(share) / math.log(keep)
+        if observed < self.sdf_surface_m:  # marking: the mean must reach the surface band
+            return max(1, math.ceil(frames - 1e-9))
+        return math.floor(frames + 1e-9) + 1  # clearing: the mean must pass above it
 
 
 # The faster-clearing sensor model mapbench's sweep chose (tuning seed 2), the default before the closed loop.
@@ -130,6 +178,8 @@ class LocalMap:
         self._low, self._high = logit(config.p_min), logit(config.p_max)
         self._log_odds = np.zeros((n, n), np.float32)
         self._observed = np.zeros((n, n), bool)
+        self._sdf = np.zeros((n, n), np.float32)  # depth_aware: mean signed distance [m] ...
+        self._weight = np.zeros((n, n), np.float32)  # ... and its weight
         self._corner = (-(n // 2), -(n // 2))  # cell (0, 0) as integer cell indices of the lattice
         self._started = False
         self._last_stamp_s: float | None = None
@@ -152,7 +202,8 @@ class LocalMap:
 
     def reset(self) -> None:
         """Forget everything; the next observation centres the window again."""
-        self._log_odds.fill(0.0)
+        for array in (self._log_odds, self._sdf, self._weight):
+            array.fill(0.0)
         self._observed.fill(False)
         self._started = False
         self._last_stamp_s = None
@@ -174,6 +225,8 @@ class LocalMap:
         corner = (sx - n // 2, sy - n // 2)
         dx, dy = corner[0] - self._corner[0], corner[1] - self._corner[1]
         self._log_odds = _shifted(self._log_odds, dx, dy, 0.0)
+        self._sdf = _shifted(self._sdf, dx, dy, 0.0)
+        self._weight = _shifted(self._weight, dx, dy, 0.0)
         self._observed = _shifted(self._observed, dx, dy, False)
         self._corner, self._started = corner, True
         return (dx, dy) != (0, 0)
@@ -225,23 +278,56 @@ class LocalMap:
         seen = np.zeros((n, n), bool)
         if cols.start < cols.stop and rows.start < rows.stop:
             sub = (slice(rows.start - r0, rows.stop - r0), slice(cols.start - c0, cols.stop - c0))
-            hit, miss = hit_all[sub], miss_all[sub]
-            block = self._log_odds[rows, cols]
-            miss_value = np.where(
-                block > self._occupied, np.float32(self._miss), np.float32(self._miss_tentative)
-            )
-            update = np.where(hit, np.float32(self._hit), np.where(miss, miss_value, np.float32(0)))
-            update *= self._range_weights(rows, cols, sensor)
-            np.clip(block + update, self._low, self._high, out=block)
-            self._log_odds[rows, cols] = block
-            seen[rows, cols] = hit | miss
+            if self.config.model == "depth_aware":
+                seen[rows, cols] = self._fuse_depth(obs[sub], rows, cols, sensor)
+            else:
+                seen[rows, cols] = self._fuse_hits(hit_all[sub], miss_all[sub], rows, cols, sensor)
         if self.config.decay_time_s > 0 and dt > 0:
-            out_of_view = ~seen & self._observed
-            self._log_odds[out_of_view] *= np.float32(math.exp(-dt / self.config.decay_time_s))
+            self._decay(~seen & self._observed, math.exp(-dt / self.config.decay_time_s))
+        self._observed |= seen
+
+    def _fuse_hits(
+        self, hit: np.ndarray, miss: np.ndarray, rows: slice, cols: slice, sensor: tuple[float, float]
+    ) -> np.ndarray:
+        """The log-odds update of the window block (rows, cols); returns the cells it updated."""
+        block = self._log_odds[rows, cols]
+        miss_value = np.where(
+            block > self._occupied, np.float32(self._miss), np.float32(self._miss_tentative)
+        )
+        update = np.where(hit, np.float32(self._hit), np.where(miss, miss_value, np.float32(0)))
+        update *= self._range_weights(rows, cols, sensor)
+        np.clip(block + update, self._low, self._high, out=block)
+        self._log_odds[rows, cols] = block
+        return hit | miss
+
+    def _fuse_depth(
+        self, cells: np.ndarray, rows: slice, cols: slice, sensor: tuple[float, float]
+    ) -> np.ndarray:
+        """The depth-aware update: the block's weighted mean signed distances; returns the cells it updated."""
+        res, cfg = self.config.resolution_m, self.config
+        x = (self._corner[0] + np.arange(cols.start, cols.stop) + 0.5) * res
+        y = (self._corner[1] + np.arange(rows.start, rows.stop) + 0.5) * res
+        sdf, update = observation_sdf(cells, (x, y), sensor, res, cfg.sdf_front_m, cfg.sdf_behind_m)
+        weight = np.where(update, self._range_weights(rows, cols, sensor), 0.0).astype(np.float32)
+        mean, total = self._sdf[rows, cols], self._weight[rows, cols]
+        fused = total + weight
+        self._sdf[rows, cols] = np.where(
+            update, (mean * total + sdf * weight) / np.maximum(fused, 1e-6), mean
+        )
+        self._weight[rows, cols] = np.minimum(fused, np.float32(cfg.sdf_max_weight))
+        return update
+
+    def _decay(self, out_of_view: np.ndarray, factor: float) -> None:
+        """Relax the cells out of view towards unknown by ``factor``; forget those that got close to it."""
+        if self.config.model == "depth_aware":
+            self._weight[out_of_view] *= np.float32(factor)
+            forget = out_of_view & (self._weight < _FORGET_WEIGHT)
+            self._sdf[forget] = self._weight[forget] = 0.0
+        else:
+            self._log_odds[out_of_view] *= np.float32(factor)
             forget = out_of_view & (np.abs(self._log_odds) < _FORGET_LOG_ODDS)
             self._log_odds[forget] = 0.0
-            self._observed[forget] = False
-        self._observed |= seen
+        self._observed[forget] = False
 
     def _range_weights(self, rows: slice, cols: slice, sensor: tuple[float, float]) -> np.ndarray | float:
         ref = self.config.range_weight_m
@@ -255,21 +341,45 @@ class LocalMap:
 
     # ---- outputs -----------------------------------------------------------------------------------------
     def log_odds(self) -> np.ndarray:
-        """float32 (rows, cols) log-odds (a copy); 0 where unknown."""
+        """float32 (rows, cols) log-odds (a copy); 0 where unknown. Log-odds model only."""
+        self._require("log_odds", "log_odds()")
         return self._log_odds.copy()
 
+    def signed_distance(self) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (rows, cols) mean signed distance [m] and its weight (copies); 0 where unknown.
+        Depth-aware model only."""
+        self._require("depth_aware", "signed_distance()")
+        return self._sdf.copy(), self._weight.copy()
+
     def occupancy(self) -> np.ndarray:
-        """int8 (rows, cols): 100 above ``occupied_threshold``, 0 below ``free_threshold``, -1 otherwise."""
-        occ, free = logit(self.config.occupied_threshold), logit(self.config.free_threshold)
+        """int8 (rows, cols), -1 where unknown. Log-odds: 100 above ``occupied_threshold``, 0 below
+        ``free_threshold``, -1 in between. Depth-aware: 100 where the mean signed distance is at most
+        ``sdf_surface_m``, 0 above."""
         out = np.full(self.shape, UNKNOWN, np.int8)
+        if self.config.model == "depth_aware":
+            obstacle = self._sdf <= self.config.sdf_surface_m
+            out[self._observed & ~obstacle] = FREE
+            out[self._observed & obstacle] = OBSTACLE
+            return out
+        occ, free = logit(self.config.occupied_threshold), logit(self.config.free_threshold)
         out[self._observed & (self._log_odds < free)] = FREE
         out[self._observed & (self._log_odds > occ)] = OBSTACLE
         return out
 
     def probability(self) -> np.ndarray:
-        """float32 (rows, cols) occupancy probability in [0, 1]; 0.5 where unknown."""
-        p = 1.0 / (1.0 + np.exp(-self._log_odds))
+        """float32 (rows, cols) occupancy probability in [0, 1]; 0.5 where unknown. Depth-aware: 0.5 at
+        ``sdf_surface_m``, 0 at ``sdf_front_m`` and linear in between (1 as far below the surface band)."""
+        if self.config.model == "depth_aware":
+            cfg = self.config
+            span = cfg.sdf_front_m - cfg.sdf_surface_m
+            p = np.clip(0.5 - 0.5 * (self._sdf - cfg.sdf_surface_m) / span, 0.0, 1.0)
+        else:
+            p = 1.0 / (1.0 + np.exp(-self._log_odds))
         return np.where(self._observed, p, 0.5).astype(np.float32)
+
+    def _require(self, model: str, what: str) -> None:
+        if self.config.model != model:
+            raise LocalMapError(f"{what} needs model {model!r}; this map's model is {self.config.model!r}")
 
     def observed(self) -> np.ndarray:
         """bool (rows, cols): cells seen since the last reset (and not decayed back to unknown)."""

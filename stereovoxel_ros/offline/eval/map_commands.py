@@ -33,6 +33,23 @@ SWEEP = {
     for thr in (0.6, 0.65)
     if hit < top
 }
+# The depth-aware model's sweep (``--sweep`` with ``--map model=depth_aware``; tuning seed only): the weight cap
+# trades averaging against clear / detect latency, the surface band and truncations set where the mean crosses.
+SDF_SWEEP = {
+    f"sdf_w{weight:g}_surf{surface:g}_behind{behind:g}_front{front:g}_rw{ref:g}": {
+        "sdf_max_weight": weight,
+        "sdf_surface_m": surface,
+        "sdf_behind_m": behind,
+        "sdf_front_m": front,
+        "range_weight_m": ref,
+    }
+    for weight in (2.0, 4.0)
+    for surface in (0.1, 0.2)
+    for behind in (0.4, 0.8)
+    for front in (0.3, 0.5)
+    for ref in (0.0, 4.0)
+    if surface < front
+}
 TARGETS = {"f1_gain": 0.04, "false_free_ratio": 0.5, "clear_s": 0.5, "detect_s": 0.2, "fusion_ms": 3.0}
 
 
@@ -59,7 +76,16 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
         help="a LocalMapConfig field, e.g. --map decay_time_s=2",
     )
     p.add_argument(
-        "--sweep", action="store_true", help="also fuse with every configuration of the tuning sweep"
+        "--sweep",
+        action="store_true",
+        help="also fuse with every configuration of the tuning sweep of the --map model",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=[],
+        choices=("log_odds", "depth_aware"),
+        help="also fuse with each of these map models (rows fused_<model>: the --map settings, this model)",
     )
     p.add_argument(
         "--out", default="outputs/mapbench", help="report.json, report.md and local_map.png go here"
@@ -78,8 +104,10 @@ def _map_configs(args: argparse.Namespace, resolution_m: float) -> dict[str, Any
         raise ValueError(f"--map: unknown LocalMapConfig field(s) {unknown}; known: {sorted(known)}")
     default = replace(LocalMapConfig(resolution_m=resolution_m), **options)
     configs = {"fused": default}
+    configs.update({f"fused_{model}": replace(default, model=model) for model in args.models})
     if args.sweep:
-        configs.update({name: replace(default, **opts) for name, opts in SWEEP.items()})
+        sweep = SDF_SWEEP if default.model == "depth_aware" else SWEEP
+        configs.update({name: replace(default, **opts) for name, opts in sweep.items()})
     return configs
 
 
@@ -244,8 +272,10 @@ def report_text(per_seed: dict[int, dict[str, Any]], variants: list[str], args: 
         "all cells in brackets):",
     ]
     for method, entries in across.items():
-        for variant in variants[:1]:
-            lines.append(f"  {method}: " + target_text(entries, variant, entries["pipeline_ms_median"]))
+        for variant in [v for v in variants if v == "fused" or v.startswith("fused_")]:
+            lines.append(
+                f"  {method} {variant}: " + target_text(entries, variant, entries["pipeline_ms_median"])
+            )
     return "\n".join(lines)
 
 
