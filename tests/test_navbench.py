@@ -289,3 +289,22 @@ def test_a_phantom_on_the_goal_seen_from_afar_is_a_false_stop_without_the_planne
     assert stopped.path_length_m < 0.2
     result = run_episode(world, _FarPhantom(), None, "phantom", seed=0, config=config)
     assert result.outcome == "success", result
+
+
+def test_every_map_source_is_made_by_name_and_fused_ones_carry_their_model() -> None:
+    from stereovoxel_ros.offline.navbench.map_sources import (
+        MAP_SOURCES,
+        FusedMap,
+        MapSourceError,
+        make_map_source,
+    )
+    from stereovoxel_ros.offline.navbench.planner import PlanWindow
+
+    window = PlanWindow((0.0, 0.0), 0.1, 40, 40)
+    for name in MAP_SOURCES:
+        assert make_map_source(name, window, 0.1) is not None
+    depth_aware = make_map_source("fused_depth_aware", window, 0.1)
+    assert isinstance(depth_aware, FusedMap) and depth_aware._map.config.model == "depth_aware"
+    assert make_map_source("fused", window, 0.1)._map.config.model == "log_odds"
+    with pytest.raises(MapSourceError, match="unknown map source"):
+        make_map_source("fused_bogus", window, 0.1)

@@ -163,6 +163,15 @@ class LocalMapConfig:
 
 # The faster-clearing sensor model mapbench's sweep chose (tuning seed 2), the default before the closed loop.
 FAST_CLEARING = {"p_hit": 0.7, "p_miss": 0.2, "p_min": 0.3, "p_max": 0.8}
+# The depth-aware model at the setting mapbench's sweep chose on tuning seed 2 (docs/local_map.md).
+DEPTH_AWARE = {
+    "model": "depth_aware",
+    "sdf_max_weight": 2.0,
+    "sdf_surface_m": 0.1,
+    "sdf_behind_m": 0.8,
+    "sdf_front_m": 0.5,
+    "range_weight_m": 4.0,
+}
 
 
 class LocalMap:

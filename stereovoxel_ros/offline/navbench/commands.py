@@ -271,7 +271,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help: str) -> No
         default=["fused"],
         help="map each stack backend plans on: fused (the node's ~/local_map, its defaults), fused_octomap "
         "(octomap's sensor model, which the defaults now are), fused_fast (the faster-clearing model the node "
-        "used before) or per_frame (the latest per-frame grid only)",
+        "used before), fused_depth_aware (fused signed distances, issue 19's depth-aware model) or per_frame (the "
+        "latest per-frame grid only)",
     )
     p.add_argument("--checkpoint", default=None, help="StereoVoxelNet checkpoint (default: the shipped one)")
     p.add_argument(

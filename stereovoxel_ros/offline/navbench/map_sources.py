@@ -8,7 +8,8 @@ calls (tests/test_navbench_node_parity.py compares the two on a pair over loopba
 Map sources: ``per_frame`` (the latest per-frame grid only), ``fused`` (``stereovoxel_ros.core.occupancy.local_map.LocalMap``,
 issue 19, with the node's ``local_map.*`` parameter defaults: what ``~/local_map`` publishes), ``fused_octomap``
 (octomap's sensor model, ``OCTOMAP_MODEL``, which the node's defaults now are), ``fused_fast`` (the faster-clearing
-model the node used before, ``local_map.FAST_CLEARING``) and ``ground_truth`` (the true obstacle footprints: the ceiling; only this source
+model the node used before, ``local_map.FAST_CLEARING``), ``fused_depth_aware`` (fused signed distances,
+``local_map.DEPTH_AWARE``) and ``ground_truth`` (the true obstacle footprints: the ceiling; only this source
 ever reads the truth).
 """
 
@@ -22,13 +23,13 @@ import numpy as np
 
 from stereovoxel_ros.core.geometry.stereo_camera import StereoCameraModel
 from stereovoxel_ros.core.geometry.voxel_grid import occupied_voxel_centers, transform_points
-from stereovoxel_ros.core.occupancy.local_map import FAST_CLEARING, LocalMap, LocalMapConfig
+from stereovoxel_ros.core.occupancy.local_map import DEPTH_AWARE, FAST_CLEARING, LocalMap, LocalMapConfig
 from stereovoxel_ros.core.occupancy.obstacle_grid import obstacle_cells
 from stereovoxel_ros.offline.eval.local_map_bench import ObservationGeometry
 from stereovoxel_ros.offline.navbench.planner import MapGrid, PlanWindow
 from stereovoxel_ros.offline.navbench.world import NavWorld
 
-MAP_SOURCES = ("per_frame", "fused", "fused_octomap", "fused_fast", "ground_truth")
+MAP_SOURCES = ("per_frame", "fused", "fused_octomap", "fused_fast", "fused_depth_aware", "ground_truth")
 # octomap's sensor model (hit 0.7, miss 0.4, clamp 0.12 / 0.97), the node's other local_map defaults: slower to
 # clear than the node's defaults (miss 0.2, clamp 0.3 / 0.8, which clear a cell in the first frame that sees
 # through it)
@@ -165,6 +166,8 @@ def make_map_source(name: str, window: PlanWindow, resolution_m: float) -> MapSo
         return FusedMap(LocalMapConfig(resolution_m=resolution_m, **OCTOMAP_MODEL), name)
     if name == "fused_fast":
         return FusedMap(LocalMapConfig(resolution_m=resolution_m, **FAST_CLEARING), name)
+    if name == "fused_depth_aware":
+        return FusedMap(LocalMapConfig(resolution_m=resolution_m, **DEPTH_AWARE), name)
     if name == "ground_truth":
         return TruthMap(window)
     raise MapSourceError(f"unknown map source {name!r}; choose from {', '.join(MAP_SOURCES)}")
